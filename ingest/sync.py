@@ -1,0 +1,293 @@
+"""The sync runner: connector changes → chunk → embed → write, one transaction per batch.
+
+Promises (tested in tests/integration/test_sync.py):
+
+* unchanged documents (same content hash) are skipped; a change of access alone updates the ACL
+  without re-embedding;
+* a batch's documents, chunks, failures, counts and checkpoint commit in one transaction, and a
+  checkpoint is stored only once everything yielded before it has been committed, so a sync killed
+  mid-way resumes from its last checkpoint with nothing lost or doubled;
+* a changed document is replaced atomically (readers never see it absent or doubled);
+* deletions from a listing are applied only after the sync ran to its end and the listing completed;
+* one sync per source at a time, across processes (a PostgreSQL advisory lock).
+
+Embedding (the slow stage) of batch N+1 overlaps with writing batch N on a background thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from citeline import store
+from citeline.connectors.interfaces import Checkpoint, Connector, Delete, Failure, Upsert
+from citeline.db import Database
+from citeline.domain import Document
+from citeline.errors import CitelineError, ConnectorError, SyncLockedError
+from citeline.ingest.chunking import Chunker
+from citeline.ingest.embedding import Embedder
+
+__all__ = ["SyncReport", "SyncRunner", "content_hash"]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[["SyncReport"], None]
+
+
+@dataclass
+class SyncReport:
+    """Counts of one sync run (mutable while it runs; handed to progress callbacks)."""
+
+    source: str
+    run_id: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: int = 0
+    chunks: int = 0
+    status: str = "running"
+    resumed_from: Mapping[str, Any] | None = None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def seen(self) -> int:
+        return self.added + self.updated + self.unchanged + self.failed
+
+
+def content_hash(document: Document, chunker_name: str, embedder_name: str) -> str:
+    """Hash of everything that decides a document's chunks and vectors."""
+    h = hashlib.sha256()
+    for part in (chunker_name, embedder_name, document.content_type.value, document.title, document.text):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+@dataclass
+class _Batch:
+    upserts: list[Document] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    checkpoint: Mapping[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.deletes) + len(self.failures)
+
+
+class SyncRunner:
+    """Runs connectors into one namespace of the index."""
+
+    def __init__(self, db: Database, embedder: Embedder, chunker: Chunker, *, batch_size: int = 64,
+                 on_progress: ProgressCallback | None = None) -> None:
+        self.db = db
+        self.embedder = embedder
+        self.chunker = chunker
+        self.batch_size = batch_size
+        self.on_progress = on_progress
+        self._lock_space = int.from_bytes(hashlib.sha256(f"sync:{db.namespace}".encode()).digest()[:4], "big",
+                                          signed=True)
+
+    def run(self, source: str, connector_name: str, connector: Connector, *, full: bool = False) -> SyncReport:
+        """Sync one source. ``full`` ignores the stored cursor and starts from the beginning."""
+        started = time.perf_counter()
+        with self.db.writer() as conn:
+            source_id, cursor = store.ensure_source(conn, source, connector_name)
+        report = SyncReport(source=source)
+        with self.db.session() as lock_conn:
+            self._acquire(lock_conn, source, source_id)
+            try:
+                run_cursor = None if full else (cursor or None)
+                report.resumed_from = run_cursor
+                report.run_id = self._start_run(source_id, run_cursor)
+                try:
+                    connector.validate()
+                    self._stream(source_id, connector, run_cursor, report)
+                    self._prune(source_id, connector, report)
+                    report.status = "succeeded"
+                except BaseException as exc:
+                    report.status = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
+                    self._finish_run(report, error=_describe(exc))
+                    raise
+                report.seconds = time.perf_counter() - started
+                self._finish_run(report)
+            finally:
+                lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self._lock_space, source_id))
+        return report
+
+    # -- lock and run bookkeeping -------------------------------------------------------------------
+    def _acquire(self, conn: psycopg.Connection, source: str, source_id: int) -> None:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._lock_space, source_id)).fetchone()
+        if not row or not row[0]:
+            raise SyncLockedError(
+                f"source {source!r} is being synced by another process; wait for it to finish "
+                "(citeline sources status shows running syncs)"
+            )
+
+    def _start_run(self, source_id: int, cursor: Mapping[str, Any] | None) -> int:
+        with self.db.writer() as conn:
+            # we hold the lock, so any run still marked running died without finishing
+            conn.execute(
+                "UPDATE sync_runs SET status = 'interrupted', finished_at = now(),"
+                " error = coalesce(error, 'process ended before the sync finished')"
+                " WHERE source_id = %s AND status = 'running'",
+                (source_id,),
+            )
+            row = conn.execute(
+                "INSERT INTO sync_runs (source_id, status, resumed_from, pid) VALUES (%s, 'running', %s, %s)"
+                " RETURNING id",
+                (source_id, Jsonb(cursor) if cursor else None, os.getpid()),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _finish_run(self, report: SyncReport, error: str | None = None) -> None:
+        with self.db.writer() as conn:
+            conn.execute(
+                "UPDATE sync_runs SET status = %s, finished_at = now(), error = %s WHERE id = %s",
+                (report.status, error, report.run_id),
+            )
+            if report.status == "succeeded":
+                conn.execute(
+                    "UPDATE sources SET last_success_at = now() WHERE id = (SELECT source_id FROM sync_runs"
+                    " WHERE id = %s)", (report.run_id,),
+                )
+
+    # -- the stream ---------------------------------------------------------------------------------
+    def _stream(self, source_id: int, connector: Connector, cursor: Mapping[str, Any] | None,
+                report: SyncReport) -> None:
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="citeline-write")
+        pending: Future[None] | None = None
+        try:
+            for batch in self._batches(connector.sync(cursor)):
+                prepared = self._prepare(source_id, batch, report)
+                if pending is not None:
+                    pending.result()  # keep commits in order: one batch in flight at a time
+                pending = writer.submit(self._write, source_id, batch, prepared, report)
+            if pending is not None:
+                pending.result()
+        finally:
+            writer.shutdown(wait=True)
+
+    def _batches(self, changes: Iterator[Any]) -> Iterator[_Batch]:
+        batch = _Batch()
+        for change in changes:
+            if isinstance(change, Upsert):
+                batch.upserts.append(change.document)
+            elif isinstance(change, Delete):
+                batch.deletes.append(change.external_id)
+            elif isinstance(change, Failure):
+                batch.failures.append(change)
+            elif isinstance(change, Checkpoint):
+                # everything before this checkpoint is in this batch or an earlier one
+                batch.checkpoint = dict(change.cursor)
+            else:
+                raise ConnectorError(f"connector yielded {type(change).__name__}; expected Upsert, Delete, "
+                                     "Failure or Checkpoint")
+            if len(batch) >= self.batch_size:
+                yield batch
+                batch = _Batch()
+        if len(batch) or batch.checkpoint is not None:
+            yield batch
+
+    def _prepare(self, source_id: int, batch: _Batch, report: SyncReport) -> dict[str, Any]:
+        """Hash, compare with the index, chunk and embed what changed (no writes)."""
+        latest: dict[str, Document] = {}
+        for doc in batch.upserts:  # a later version of the same id in one batch wins
+            latest[doc.external_id] = doc
+        with self.db.writer() as conn:
+            stored = store.existing_documents(conn, source_id, latest)
+        to_embed: list[tuple[Document, str, list]] = []
+        access_only: list[tuple[int, Document]] = []
+        unchanged = 0
+        for doc in latest.values():
+            digest = content_hash(doc, self.chunker.name, self.embedder.name)
+            old = stored.get(doc.external_id)
+            if old is not None and old.content_hash == digest:
+                if old.same_attributes(doc):
+                    unchanged += 1
+                else:
+                    access_only.append((old.id, doc))
+                continue
+            to_embed.append((doc, digest, self.chunker.chunk(doc)))
+        texts = [f"{doc.title}\n{c.text}" if doc.title and not c.text.startswith(doc.title) else c.text
+                 for doc, _, chunks in to_embed for c in chunks]
+        vectors = self.embedder.embed_documents(texts)
+        ready, at = [], 0
+        for doc, digest, chunks in to_embed:
+            ready.append(store.PreparedDocument(doc, digest, chunks, vectors[at:at + len(chunks)]))
+            at += len(chunks)
+        return {"ready": ready, "access_only": access_only, "unchanged": unchanged,
+                "new": {d.external_id for d, _, _ in to_embed if d.external_id not in stored}}
+
+    def _write(self, source_id: int, batch: _Batch, prepared: dict[str, Any], report: SyncReport) -> None:
+        ready = prepared["ready"]
+        with self.db.writer() as conn:
+            chunks = store.replace_documents(conn, source_id, ready, self.db.ts_config)
+            for doc_id, doc in prepared["access_only"]:
+                store.update_document_access(conn, doc_id, doc)
+            deleted = store.delete_documents(conn, source_id, batch.deletes)
+            for failure in batch.failures:
+                conn.execute("INSERT INTO sync_failures (run_id, external_id, reason) VALUES (%s, %s, %s)",
+                             (report.run_id, failure.external_id, failure.reason))
+            added = len(prepared["new"])
+            counts = (added, len(ready) - added + len(prepared["access_only"]), prepared["unchanged"], deleted,
+                      len(batch.failures), chunks)
+            conn.execute(
+                "UPDATE sync_runs SET added = added + %s, updated = updated + %s, unchanged = unchanged + %s,"
+                " deleted = deleted + %s, failed = failed + %s, chunks = chunks + %s, cursor = coalesce(%s, cursor)"
+                " WHERE id = %s",
+                (*counts, Jsonb(batch.checkpoint) if batch.checkpoint is not None else None, report.run_id),
+            )
+            if batch.checkpoint is not None:
+                conn.execute("UPDATE sources SET cursor = %s WHERE id = %s", (Jsonb(batch.checkpoint), source_id))
+        report.added += counts[0]
+        report.updated += counts[1]
+        report.unchanged += counts[2]
+        report.deleted += counts[3]
+        report.failed += counts[4]
+        report.chunks += counts[5]
+        report.failures.extend((f.external_id, f.reason) for f in batch.failures)
+        if self.on_progress:
+            self.on_progress(report)
+
+    def _prune(self, source_id: int, connector: Connector, report: SyncReport) -> None:
+        try:
+            listing = connector.list_ids()
+            keep = None if listing is None else list(listing)
+        except CitelineError as exc:
+            reason = f"deletions skipped: the source listing is incomplete ({exc})"
+            self._record_failure(report, "*listing*", reason)
+            return
+        if keep is None:
+            return
+        with self.db.writer() as conn:
+            deleted = store.prune_documents(conn, source_id, keep)
+            conn.execute("UPDATE sync_runs SET deleted = deleted + %s WHERE id = %s", (deleted, report.run_id))
+        report.deleted += deleted
+        if self.on_progress:
+            self.on_progress(report)
+
+    def _record_failure(self, report: SyncReport, external_id: str, reason: str) -> None:
+        with self.db.writer() as conn:
+            conn.execute("INSERT INTO sync_failures (run_id, external_id, reason) VALUES (%s, %s, %s)",
+                         (report.run_id, external_id, reason))
+            conn.execute("UPDATE sync_runs SET failed = failed + 1 WHERE id = %s", (report.run_id,))
+        report.failed += 1
+        report.failures.append((external_id, reason))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, CitelineError) else f"{type(exc).__name__}: {text}"
+

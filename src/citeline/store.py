@@ -1,0 +1,201 @@
+"""The index in PostgreSQL: sources, documents, chunks and principals.
+
+Functions here take an open connection so callers decide the transaction (the sync runner writes a
+whole batch in one). All SQL is parameterized; row-level security does the access filtering for
+reads (see :mod:`citeline.db`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from citeline.db import Database
+from citeline.domain import Chunk, Document, Principal
+from citeline.errors import PrincipalError
+
+__all__ = [
+    "PrincipalStore",
+    "StoredDocument",
+    "delete_documents",
+    "ensure_source",
+    "existing_documents",
+    "prune_documents",
+    "replace_documents",
+    "update_document_access",
+]
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    id: int
+    external_id: str
+    content_hash: str
+    access: Mapping[str, Any]
+    url: str | None
+    title: str
+    metadata: Mapping[str, Any]
+
+    def same_attributes(self, doc: Document) -> bool:
+        """True if access, URL, title and metadata equal the document's (content compared by hash)."""
+        return (
+            dict(self.access) == doc.access.as_dict()
+            and self.url == doc.url
+            and self.title == doc.title
+            and dict(self.metadata) == dict(doc.metadata)
+        )
+
+
+@dataclass(frozen=True)
+class PreparedDocument:
+    """A document with its content hash, chunks and one vector per chunk, ready to write."""
+
+    document: Document
+    content_hash: str
+    chunks: Sequence[Chunk]
+    vectors: np.ndarray
+
+
+def ensure_source(conn: psycopg.Connection, name: str, connector: str) -> tuple[int, dict[str, Any] | None]:
+    """The source's id and its last committed cursor, creating the row on first use."""
+    row = conn.execute(
+        "INSERT INTO sources (name, connector) VALUES (%s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET connector = EXCLUDED.connector"
+        " RETURNING id, cursor",
+        (name, connector),
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def existing_documents(conn: psycopg.Connection, source_id: int, external_ids: Iterable[str]) -> dict[str, StoredDocument]:
+    rows = conn.execute(
+        "SELECT id, external_id, content_hash, access, url, title, metadata FROM documents"
+        " WHERE source_id = %s AND external_id = ANY(%s)",
+        (source_id, list(external_ids)),
+    ).fetchall()
+    return {r[1]: StoredDocument(*r) for r in rows}
+
+
+def _doc_params(source_id: int, prepared: PreparedDocument) -> dict[str, Any]:
+    doc = prepared.document
+    return {
+        "source_id": source_id,
+        "external_id": doc.external_id,
+        "url": doc.url,
+        "title": doc.title,
+        "content_hash": prepared.content_hash,
+        "acl": list(doc.access.tokens),
+        "public": doc.access.public,
+        "access": Jsonb(doc.access.as_dict()),
+        "metadata": Jsonb(dict(doc.metadata)),
+        "updated": doc.updated_at,
+    }
+
+
+def replace_documents(conn: psycopg.Connection, source_id: int, batch: Sequence[PreparedDocument],
+                      ts_config: str) -> int:
+    """Insert or replace documents with all their chunks; returns the number of chunks written.
+
+    Call inside one transaction: readers see each document either as it was or as it is now, never
+    absent and never doubled (MVCC), and a crash leaves the previous version in place.
+    """
+    chunk_rows: list[tuple[Any, ...]] = []
+    with conn.cursor() as cur:
+        for prepared in batch:
+            row = cur.execute(
+                "INSERT INTO documents (source_id, external_id, url, title, content_hash, acl, public, access,"
+                " metadata, source_updated_at) VALUES (%(source_id)s, %(external_id)s, %(url)s, %(title)s,"
+                " %(content_hash)s, %(acl)s, %(public)s, %(access)s, %(metadata)s, %(updated)s)"
+                " ON CONFLICT (source_id, external_id) DO UPDATE SET url = EXCLUDED.url, title = EXCLUDED.title,"
+                " content_hash = EXCLUDED.content_hash, acl = EXCLUDED.acl, public = EXCLUDED.public,"
+                " access = EXCLUDED.access, metadata = EXCLUDED.metadata,"
+                " source_updated_at = EXCLUDED.source_updated_at, indexed_at = now()"
+                " RETURNING id",
+                _doc_params(source_id, prepared),
+            ).fetchone()
+            assert row is not None
+            doc_id = row[0]
+            cur.execute("DELETE FROM chunks WHERE document_id = %s", (doc_id,))
+            doc = prepared.document
+            acl = list(doc.access.tokens)
+            for chunk, vector in zip(prepared.chunks, prepared.vectors, strict=True):
+                chunk_rows.append((
+                    doc_id, chunk.ordinal, chunk.heading, chunk.text, chunk.span_start, chunk.span_end,
+                    acl, doc.access.public, vector, ts_config, f"{doc.title}\n{chunk.text}",
+                ))
+        if chunk_rows:
+            cur.executemany(
+                "INSERT INTO chunks (document_id, ordinal, heading, text, span_start, span_end, acl, public,"
+                " embedding, tsv) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_tsvector(%s::regconfig, %s))",
+                chunk_rows,
+            )
+    return len(chunk_rows)
+
+
+def update_document_access(conn: psycopg.Connection, doc_id: int, doc: Document) -> None:
+    """Apply new access/URL/title/metadata to a document whose content did not change."""
+    acl = list(doc.access.tokens)
+    conn.execute(
+        "UPDATE documents SET url = %s, title = %s, acl = %s, public = %s, access = %s, metadata = %s,"
+        " source_updated_at = %s, indexed_at = now() WHERE id = %s",
+        (doc.url, doc.title, acl, doc.access.public, Jsonb(doc.access.as_dict()), Jsonb(dict(doc.metadata)),
+         doc.updated_at, doc_id),
+    )
+    conn.execute("UPDATE chunks SET acl = %s, public = %s WHERE document_id = %s", (acl, doc.access.public, doc_id))
+
+
+def delete_documents(conn: psycopg.Connection, source_id: int, external_ids: Sequence[str]) -> int:
+    if not external_ids:
+        return 0
+    cur = conn.execute(
+        "DELETE FROM documents WHERE source_id = %s AND external_id = ANY(%s)", (source_id, list(external_ids))
+    )
+    return cur.rowcount
+
+
+def prune_documents(conn: psycopg.Connection, source_id: int, keep: Iterable[str]) -> int:
+    """Delete this source's documents whose ids are not in ``keep`` (a complete listing)."""
+    cur = conn.execute(
+        "DELETE FROM documents WHERE source_id = %s AND NOT (external_id = ANY(%s))", (source_id, list(keep))
+    )
+    return cur.rowcount
+
+
+class PrincipalStore:
+    """Principals (users with groups and a team), stored in the database. Admin operations."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def put(self, principal: Principal) -> Principal:
+        with self.db.writer() as conn:
+            conn.execute(
+                "INSERT INTO principals (user_id, groups, team, tokens) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (user_id) DO UPDATE SET groups = EXCLUDED.groups, team = EXCLUDED.team,"
+                " tokens = EXCLUDED.tokens, updated_at = now()",
+                (principal.user, list(principal.groups), principal.team, list(principal.tokens)),
+            )
+        return principal
+
+    def get(self, user: str) -> Principal:
+        with self.db.writer() as conn:
+            row = conn.execute("SELECT user_id, groups, team FROM principals WHERE user_id = %s", (user,)).fetchone()
+        if row is None:
+            raise PrincipalError(f"unknown principal {user!r}: add it with `citeline principals add {user} --groups ...`")
+        return Principal(row[0], tuple(row[1]), row[2])
+
+    def list(self) -> list[Principal]:
+        with self.db.writer() as conn:
+            rows = conn.execute("SELECT user_id, groups, team FROM principals ORDER BY user_id").fetchall()
+        return [Principal(r[0], tuple(r[1]), r[2]) for r in rows]
+
+    def remove(self, user: str) -> bool:
+        with self.db.writer() as conn:
+            return conn.execute("DELETE FROM principals WHERE user_id = %s", (user,)).rowcount > 0
+

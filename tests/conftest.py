@@ -1,0 +1,54 @@
+"""Shared fixtures: the real embedded PostgreSQL, the real embedder, one namespace per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An embedded PostgreSQL + pgvector for the whole session (or CITELINE_TEST_DATABASE_URL)."""
+    url = os.environ.get("CITELINE_TEST_DATABASE_URL")
+    if url:
+        return url
+    from citeline.db.embedded import start_embedded
+
+    return start_embedded(tmp_path_factory.mktemp("pg"))
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from citeline.ingest.embedding import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder()
+
+
+@pytest.fixture(scope="session")
+def chunker(embedder):
+    from citeline.ingest.chunking import StructuredChunker
+    from citeline.settings import ChunkingSettings
+
+    return StructuredChunker(ChunkingSettings(), embedder.tokenize)
+
+
+@pytest.fixture
+def db(pg_url: str, embedder) -> Iterator:
+    """A fresh namespace (Postgres schema) for one test, dropped afterwards."""
+    from citeline.db import Database
+
+    database = Database(pg_url, namespace=f"t_{uuid.uuid4().hex[:12]}", embedding_dim=embedder.dimension)
+    try:
+        yield database
+    finally:
+        database.close()
+        database.drop_namespace()
