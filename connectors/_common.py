@@ -19,18 +19,17 @@ from urllib.parse import quote
 
 from pydantic import Field, ValidationError
 
-from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig, Failure
+from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig
 from citeline.domain import Access
 from citeline.errors import ConnectorError
 
 __all__ = [
     "ItemError",
-    "JsonLine",
+    "Record",
     "access_from_entries",
     "access_from_mapping",
     "checkpoint_every_field",
     "coerce_config",
-    "failure",
     "iter_jsonl",
     "join_url",
     "optional_str",
@@ -95,17 +94,11 @@ def with_checkpoints(items: Iterable[tuple[Mapping[str, Any], Change]], every: i
     The final empty cursor means "start from the beginning": these sources report no changes, so the
     next sync reads everything again and ingest skips the unchanged documents by content hash.
     """
-    count = 0
-    for position, change in items:
+    for count, (position, change) in enumerate(items, start=1):
         yield change
-        count += 1
         if count % every == 0:
             yield Checkpoint(dict(position))
     yield Checkpoint({})
-
-
-def failure(external_id: str, exc: Exception) -> Failure:
-    return Failure(external_id, str(exc))
 
 
 def parse_datetime(value: object, field: str) -> datetime:
@@ -168,15 +161,15 @@ def join_url(base_url: str | None, tail: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class JsonLine:
-    """One non-blank line of a JSON Lines file: its 1-based number and the object, or why it has none."""
+class Record:
+    """One row of a source file: its 1-based number and its fields, or why it has none (``error``)."""
 
     number: int
     data: dict[str, Any] | None
     error: str | None = None
 
 
-def iter_jsonl(path: Path, after_line: int = 0) -> Iterator[JsonLine]:
+def iter_jsonl(path: Path, after_line: int = 0) -> Iterator[Record]:
     """The non-blank lines after ``after_line``, each parsed as one JSON object (errors as data)."""
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
@@ -185,15 +178,19 @@ def iter_jsonl(path: Path, after_line: int = 0) -> Iterator[JsonLine]:
             yield _parse_line(number, raw)
 
 
-def _parse_line(number: int, raw: bytes) -> JsonLine:
+def _parse_line(number: int, raw: bytes) -> Record:
     try:
         text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
     except UnicodeDecodeError as exc:
-        return JsonLine(number, None, f"line {number} is not valid UTF-8 ({exc.reason}): re-export the file as UTF-8")
+        return Record(number, None, f"line {number} is not valid UTF-8 ({exc.reason}): re-export the file as UTF-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return JsonLine(number, None, f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}): fix or remove the line")
+        return Record(
+            number, None, f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}): fix or remove the line"
+        )
     if not isinstance(data, dict):
-        return JsonLine(number, None, f"line {number} is a JSON {type(data).__name__}, not an object: write one object per line")
-    return JsonLine(number, data)
+        return Record(
+            number, None, f"line {number} is a JSON {type(data).__name__}, not an object: write one object per line"
+        )
+    return Record(number, data)

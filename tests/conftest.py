@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pg_url() -> Iterator[str]:
     """An embedded PostgreSQL + pgvector for the whole session (or CITELINE_TEST_DATABASE_URL)."""
     url = os.environ.get("CITELINE_TEST_DATABASE_URL")
     if url:
-        return url
+        yield url
+        return
     from citeline.db.embedded import start_embedded
 
-    return start_embedded(tmp_path_factory.mktemp("pg"))
+    # not under pytest's tmp folders: those are private to root, and the server runs as `pgserver` as root
+    home = Path(tempfile.mkdtemp(prefix="citeline-test-pg-"))
+    home.chmod(0o755)
+    yield start_embedded(home)
 
 
 @pytest.fixture(scope="session")

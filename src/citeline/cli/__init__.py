@@ -1,1 +1,35 @@
-"""citeline command line."""
+"""The ``citeline`` command line: one Typer app per command group, logic in :class:`citeline.Citeline`."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from citeline.cli import evaluate, principals, search, sources, sync
+from citeline.cli._common import fail
+from citeline.errors import CitelineError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="citeline",
+    help="Permission-aware retrieval over your company's documents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("sync")(sync.sync)
+app.command("search")(search.search)
+app.add_typer(principals.app, name="principals", help="Users and their groups (who may see what).")
+app.add_typer(sources.app, name="sources", help="Configured sources and their sync state.")
+app.add_typer(evaluate.app, name="eval", help="Measure retrieval quality on BEIR-format files.")
+
+
+def main() -> None:
+    try:
+        app()
+    except CitelineError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)

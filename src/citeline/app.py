@@ -1,0 +1,153 @@
+"""The :class:`Citeline` facade: settings → database, embedder, chunker → sync, search, principals.
+
+Everything the CLI does is a method here; the CLI only parses arguments and prints::
+
+    from citeline import Citeline
+    with Citeline.open("examples/acme/citeline.toml") as cl:
+        cl.sync()                                   # every configured source
+        cl.principals.put(Principal("alice", ("engineering",)))
+        for hit in cl.search("how do I roll back a deploy", user="alice").hits:
+            print(hit.title, hit.url)
+
+Heavy parts (the embedding model, the database pool) start on first use, not at construction.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from citeline import plugins
+from citeline.connectors.interfaces import Connector
+from citeline.db import Database
+from citeline.domain import Access, SearchMode
+from citeline.errors import ConfigError
+from citeline.ingest.chunking import Chunker
+from citeline.ingest.embedding import Embedder
+from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
+from citeline.retrieval import Retriever, SearchResult
+from citeline.settings import Settings, SourceSettings
+from citeline.store import PrincipalStore
+
+__all__ = ["Citeline", "SourceStatus", "build_connector"]
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    name: str
+    connector: str
+    documents: int
+    last_run_status: str | None
+    last_run_started: datetime | None
+    last_run_finished: datetime | None
+    last_success: datetime | None
+    counts: dict[str, int]
+    error: str | None
+
+
+def build_connector(source: SourceSettings, settings: Settings) -> Connector:
+    """Instantiate the source's connector with its typed config (relative paths resolved)."""
+    cls = plugins.load(plugins.CONNECTORS, source.connector)
+    try:
+        config = cls.Config.model_validate(source.config)
+    except ValueError as exc:
+        raise ConfigError(f"invalid config for source {source.name!r} ({source.connector}):\n{exc}") from exc
+    resolved = {name: settings.resolve_path(value) for name, value in config if isinstance(value, Path)}
+    if resolved:
+        config = config.model_copy(update=resolved)
+    try:
+        default = Access.from_mapping(source.access)
+    except ValueError as exc:
+        raise ConfigError(f"invalid access for source {source.name!r}: {exc}") from exc
+    return cls(config, default)
+
+
+class Citeline:
+    """One configured citeline: its index namespace, embedder and sources."""
+
+    def __init__(self, settings: Settings, *, namespace: str | None = None, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self.namespace = namespace or settings.database.namespace
+        self._embedder = embedder
+        self._db: Database | None = None
+
+    @classmethod
+    def open(cls, config: str | Path | None = None, **overrides: Any) -> Citeline:
+        return cls(Settings.load(config, **overrides))
+
+    # -- parts, built on first use ------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            factory = plugins.load(plugins.EMBEDDERS, self.settings.embedding.provider)
+            self._embedder = factory(self.settings.embedding)
+        return self._embedder
+
+    @functools.cached_property
+    def chunker(self) -> Chunker:
+        factory = plugins.load(plugins.CHUNKERS, self.settings.chunking.chunker)
+        return factory(self.settings.chunking, self.embedder.tokenize)
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database.from_settings(self.settings, self.embedder.dimension, namespace=self.namespace)
+        return self._db
+
+    @functools.cached_property
+    def principals(self) -> PrincipalStore:
+        return PrincipalStore(self.db)
+
+    @functools.cached_property
+    def retriever(self) -> Retriever:
+        return Retriever(self.db, self.embedder, self.settings.retrieval)
+
+    # -- operations ---------------------------------------------------------------------------------
+    def sync(self, source: str | None = None, *, full: bool = False,
+             on_progress: ProgressCallback | None = None) -> list[SyncReport]:
+        """Sync one source (or all, in config order). A failing source does not stop the others."""
+        chosen = [self.settings.source(source)] if source else list(self.settings.sources)
+        if not chosen:
+            raise ConfigError("no sources configured: add [[sources]] tables to citeline.toml")
+        connectors = [(s, build_connector(s, self.settings)) for s in chosen]  # config errors before any work
+        reports = []
+        for src, connector in connectors:
+            runner = SyncRunner(self.db, self.embedder, self.chunker, batch_size=src.batch_size,
+                                on_progress=on_progress)
+            reports.append(runner.run(src.name, src.connector, connector, full=full))
+        return reports
+
+    def search(self, query: str, *, user: str | None, k: int | None = None,
+               mode: SearchMode = SearchMode.HYBRID) -> SearchResult:
+        """Top-k chunks that ``user`` may see. An unknown user sees public documents only."""
+        return self.retriever.search(query, user=user, k=k, mode=mode)
+
+    def source_status(self) -> list[SourceStatus]:
+        with self.db.writer() as conn:
+            rows = conn.execute(
+                "SELECT s.name, s.connector, (SELECT count(*) FROM documents d WHERE d.source_id = s.id),"
+                " r.status, r.started_at, r.finished_at, s.last_success_at, r.added, r.updated, r.unchanged,"
+                " r.deleted, r.failed, r.error"
+                " FROM sources s LEFT JOIN LATERAL (SELECT * FROM sync_runs WHERE source_id = s.id"
+                " ORDER BY id DESC LIMIT 1) r ON true ORDER BY s.name"
+            ).fetchall()
+        out = []
+        for r in rows:
+            counts = dict(zip(("added", "updated", "unchanged", "deleted", "failed"), r[7:12], strict=True))
+            out.append(SourceStatus(r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+                                    {k: v or 0 for k, v in counts.items()}, r[12]))
+        return out
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> Citeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

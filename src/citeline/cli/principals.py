@@ -1,0 +1,53 @@
+"""``citeline principals add|list|remove``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from citeline.cli._common import ConfigOption, JsonOption, console, fail, opened, print_json
+from citeline.domain import Principal
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("add")
+def add(
+    user: Annotated[str, typer.Argument(help="user id, as it appears in document access lists")],
+    groups: Annotated[str, typer.Option(help="comma-separated groups, e.g. staff,engineering")] = "",
+    team: Annotated[str | None, typer.Option(help="team (selects its adapter when answering)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add a principal or replace its groups."""
+    try:
+        principal = Principal(user, tuple(g.strip() for g in groups.split(",") if g.strip()), team)
+    except ValueError as exc:
+        fail(str(exc))
+    with opened(config) as cl:
+        cl.principals.put(principal)
+    console.print(f"principal {principal.user}: groups {', '.join(principal.groups) or '(none)'}")
+
+
+@app.command("list")
+def list_(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List principals and their groups."""
+    with opened(config) as cl:
+        found = cl.principals.list()
+    if as_json:
+        print_json([{"user": p.user, "groups": list(p.groups), "team": p.team} for p in found])
+        return
+    table = Table("user", "groups", "team")
+    for p in found:
+        table.add_row(p.user, ", ".join(p.groups), p.team or "")
+    console.print(table)
+
+
+@app.command("remove")
+def remove(user: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
+    """Remove a principal (it then sees public documents only)."""
+    with opened(config) as cl:
+        if not cl.principals.remove(user):
+            fail(f"no principal named {user!r}")
+    console.print(f"removed {user}")

@@ -1,0 +1,36 @@
+"""``citeline sources list|status``."""
+
+from __future__ import annotations
+
+from rich.table import Table
+import typer
+
+from citeline.cli._common import ConfigOption, JsonOption, console, opened, print_json
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("list")
+def list_(config: ConfigOption = None) -> None:
+    """Sources configured in citeline.toml."""
+    with opened(config) as cl:
+        table = Table("name", "connector", "schedule")
+        for s in cl.settings.sources:
+            table.add_row(s.name, s.connector, s.schedule or "")
+        console.print(table)
+
+
+@app.command("status")
+def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Last run, counts and errors per source."""
+    with opened(config) as cl:
+        rows = cl.source_status()
+    if as_json:
+        print_json([vars(r) for r in rows])
+        return
+    table = Table("source", "documents", "last run", "finished", "added", "updated", "deleted", "failed", "error")
+    for r in rows:
+        c = r.counts
+        table.add_row(r.name, str(r.documents), r.last_run_status or "never", str(r.last_run_finished or ""),
+                      str(c["added"]), str(c["updated"]), str(c["deleted"]), str(c["failed"]), r.error or "")
+    console.print(table)
