@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig
 from citeline.domain import Access
-from citeline.errors import ConnectorError
+from citeline.errors import ConfigError, ConnectorError
 
 __all__ = [
     "ItemError",
@@ -57,7 +57,7 @@ def coerce_config(model: type[C], config: C | Mapping[str, Any]) -> C:
     try:
         return model.model_validate(config)
     except ValidationError as exc:
-        raise ConnectorError(f"invalid connector config: {exc}") from exc
+        raise ConfigError(f"invalid connector config: {exc}") from exc
 
 
 def require_file(path: Path, what: str) -> None:
@@ -123,7 +123,7 @@ def optional_str(data: Mapping[str, Any], key: str) -> str | None:
 
 
 def access_from_mapping(data: object, default: Access, where: str) -> Access:
-    """An explicit access object: keys it sets replace the default's, the others are the default's."""
+    """An explicit access object: it replaces the default as a whole (keys it leaves out are empty)."""
     if not isinstance(data, Mapping):
         raise ItemError(f"{where} must be a mapping like {{groups: [...], users: [...], public: false}}")
     try:

@@ -46,8 +46,19 @@ def parse_html(source: str) -> HtmlPage:
     if not title:
         h1 = soup.find("h1")
         title = _text(h1) if h1 else None
-    text = "\n\n".join(block for block in _blocks(soup) if block.strip())
-    return HtmlPage(text=text, title=title or None, access=access)
+    return HtmlPage(text=_join(block for block in _blocks(soup) if block.strip()), title=title or None, access=access)
+
+
+def _join(blocks: Iterator[str]) -> str:
+    """Blocks separated by blank lines; consecutive list items stay one list."""
+    out: list[str] = []
+    for block in blocks:
+        if out and block.startswith("- ") and out[-1].startswith("- "):
+            out.append("\n")
+        elif out:
+            out.append("\n\n")
+        out.append(block)
+    return "".join(out)
 
 
 def _access_meta(soup: BeautifulSoup) -> Any:

@@ -56,28 +56,31 @@ class Access:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object] | None, default: Access | None = None) -> Access:
-        """Build from ``{"users": [...], "groups": [...], "public": bool}``; missing keys take ``default``'s."""
-        base = default or cls()
-        if not data:
-            return base
+        """Build from ``{"users": [...], "groups": [...], "public": bool}``.
+
+        A mapping replaces ``default`` as a whole (keys it leaves out are empty / false: fail closed);
+        ``default`` (private if not given) applies only when there is no mapping at all.
+        """
+        if data is None:
+            return default or cls()
         unknown = set(data) - {"users", "groups", "public"}
         if unknown:
             raise ValueError(f"unknown access keys {sorted(unknown)}: use users, groups, public")
 
-        def names(key: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
+        def names(key: str) -> tuple[str, ...]:
             value = data.get(key)
             if value is None:
-                return fallback
+                return ()
             if isinstance(value, str):
                 return (value,)
             if not isinstance(value, list | tuple):
                 raise ValueError(f"access.{key} must be a list of names, got {type(value).__name__}")
             return tuple(str(v) for v in value)
 
-        public = data.get("public", base.public)
+        public = data.get("public", False)
         if not isinstance(public, bool):
             raise ValueError(f"access.public must be true or false, got {public!r}")
-        return cls(users=names("users", base.users), groups=names("groups", base.groups), public=public)
+        return cls(users=names("users"), groups=names("groups"), public=public)
 
     @property
     def tokens(self) -> tuple[str, ...]:

@@ -8,7 +8,9 @@ reads (see :mod:`citeline.db`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -194,6 +196,23 @@ class PrincipalStore:
         with self.db.writer() as conn:
             rows = conn.execute("SELECT user_id, groups, team FROM principals ORDER BY user_id").fetchall()
         return [Principal(r[0], tuple(r[1]), r[2]) for r in rows]
+
+    def import_file(self, path: Path) -> list[Principal]:
+        """Add or replace every ``[[principals]]`` entry (user, groups, team) of a TOML file."""
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise PrincipalError(f"cannot read principals file {path}: {exc}") from exc
+        entries = data.get("principals")
+        if not isinstance(entries, list):
+            raise PrincipalError(f"{path} has no [[principals]] tables (user = ..., groups = [...], team = ...)")
+        principals = []
+        for n, entry in enumerate(entries, 1):
+            try:
+                principals.append(Principal(entry["user"], tuple(entry.get("groups", ())), entry.get("team")))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise PrincipalError(f"{path}: principal #{n} is invalid ({exc}); nothing was imported") from exc
+        return [self.put(p) for p in principals]
 
     def remove(self, user: str) -> bool:
         with self.db.writer() as conn:

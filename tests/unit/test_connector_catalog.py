@@ -148,7 +148,7 @@ def test_jsonl_catalog(tmp_path: Path) -> None:
     assert "line 3 is not valid JSON" in changes[1].reason
     found = docs(connector)
     assert found["1"].text == "Rover\nPrice: 499.5\nTags: a, b"
-    assert found["1"].access == Access(groups=("staff",), public=True)
+    assert found["1"].access == Access(public=True)  # an access object replaces the default whole
     assert found["1"].metadata == {"tags": "a, b"}
     assert found["R-2"].access == STAFF
     assert [c.cursor for c in changes if isinstance(c, Checkpoint)] == [{}]
@@ -220,3 +220,13 @@ def test_whole_file_problems_raise(tmp_path: Path) -> None:
     connector = make(latin, text_columns=[], access_column=None, url_column=None, metadata_columns=[])
     with pytest.raises(ConnectorError, match="UTF-8"):
         run_sync(connector)
+
+
+def test_acme_example_catalog_parses() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "acme" / "catalog.csv"
+    connector = make(path, Access.private(), url_column=None, metadata_columns=[])
+    changes = run_sync(connector)
+    assert not [c for c in changes if isinstance(c, Failure)]
+    found = {c.document.external_id: c.document for c in changes if isinstance(c, Upsert)}
+    assert len(found) == len(connector.list_ids()) >= 10
+    assert sorted(i for i, doc in found.items() if not doc.access.public) == ["PRT-KIT", "PRT-TRN"]

@@ -10,7 +10,7 @@ from citeline.connectors.folder import FolderConnector
 from citeline.connectors.interfaces import Checkpoint, Failure, Upsert
 from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
 from citeline.domain import Access, ContentType
-from citeline.errors import ConnectorError
+from citeline.errors import ConfigError, ConnectorError
 
 pytestmark = pytest.mark.unit
 
@@ -72,7 +72,7 @@ def test_ids_are_relative_posix_paths_in_sorted_order(wiki: Path) -> None:
 
 def test_front_matter_access_overrides_the_default(wiki: Path) -> None:
     found = docs(make(wiki))
-    assert found["faq.md"].access == Access(groups=("staff",), public=True)  # keys not set keep the default's
+    assert found["faq.md"].access == Access(public=True)  # an access block replaces the default whole
     assert found["eng/deploy.md"].access == Access(groups=("engineering",))
     assert found["welcome.md"].access == STAFF
     assert docs(make(wiki, Access.private()))["welcome.md"].access == Access.private()
@@ -123,8 +123,7 @@ def test_html_is_converted_to_markdown(tmp_path: Path) -> None:
         "# Bands",
         "Engineers are paid well. Really.",
         "## Levels",
-        "- L1: junior",
-        "- L2: senior",
+        "- L1: junior\n- L2: senior",
         "Level | Band",
         "L1 | 50k",
         "```\ncode  block\n```",
@@ -275,5 +274,18 @@ def test_unreadable_subfolder_fails_the_listing(tmp_path: Path, monkeypatch: pyt
 
 def test_config_accepts_a_mapping_and_refuses_unknown_keys(tmp_path: Path) -> None:
     assert FolderConnector({"path": str(tmp_path)}, None).default_access == Access.private()
-    with pytest.raises(ConnectorError, match="invalid connector config"):
+    with pytest.raises(ConfigError, match="invalid connector config"):
         FolderConnector({"path": str(tmp_path), "recursive": True}, None)
+
+
+def test_acme_example_wiki_parses_with_the_access_the_demo_relies_on() -> None:
+    wiki = Path(__file__).resolve().parents[2] / "examples" / "acme" / "wiki"
+    changes = run_sync(make(wiki, base_url="https://wiki.acme.example"))
+    assert not [c for c in changes if isinstance(c, Failure)]
+    found = {c.document.external_id: c.document for c in changes if isinstance(c, Upsert)}
+    assert found["engineering/deploy-process.md"].access == Access(groups=("engineering",))
+    assert "## Rolling back a deploy" in found["engineering/deploy-process.md"].text
+    assert found["return-policy.md"].access.public
+    assert found["hr/parental-leave.html"].access == Access(groups=("hr",))
+    assert found["hr/reorganisation-plan.md"].access == Access(users=("carol",))
+    assert found["onboarding.md"].access == STAFF

@@ -192,3 +192,12 @@ def test_validate_refuses_missing_file(tmp_path: Path) -> None:
         make(tmp_path).validate()
     with pytest.raises(ConnectorError, match="does not exist"):
         run_sync(make(tmp_path / "missing.jsonl"))
+
+
+def test_acme_example_tickets_parse() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "acme" / "tickets.jsonl"
+    changes = run_sync(make(path, Access.private()))
+    assert not [c for c in changes if isinstance(c, Failure)]
+    found = {c.document.external_id: c.document for c in changes if isinstance(c, Upsert)}
+    assert len(found) == len(make(path).list_ids()) >= 10
+    assert all({"support", "billing"} & set(doc.access.groups) for doc in found.values())

@@ -15,10 +15,13 @@ def test_access_fails_closed_and_builds_tokens():
     assert acc.tokens == ("u:amy", "u:bob", "g:eng")
 
 
-def test_access_from_mapping_overrides_default_per_key():
+def test_access_from_mapping_replaces_the_default_as_a_whole():
     default = Access(groups=("staff",))
     assert Access.from_mapping(None, default) == default
-    assert Access.from_mapping({"public": True}, default) == Access(groups=("staff",), public=True)
+    assert Access.from_mapping(None) == Access.private()
+    assert Access.from_mapping({"public": True}, default) == Access(public=True)
+    assert Access.from_mapping({"users": ["carol"]}, default) == Access(users=("carol",))
+    assert Access.from_mapping({}, default) == Access.private()
     assert Access.from_mapping({"groups": "hr"}, default) == Access(groups=("hr",))
     with pytest.raises(ValueError, match="unknown access keys"):
         Access.from_mapping({"group": ["hr"]})

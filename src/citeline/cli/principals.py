@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,6 +29,17 @@ def add(
     with opened(config) as cl:
         cl.principals.put(principal)
     console.print(f"principal {principal.user}: groups {', '.join(principal.groups) or '(none)'}")
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="TOML file with [[principals]] tables")],
+    config: ConfigOption = None,
+) -> None:
+    """Add or replace principals from a TOML file (user, groups, team per [[principals]] table)."""
+    with opened(config) as cl:
+        done = cl.principals.import_file(path)
+    console.print(f"imported {len(done)} principals: {', '.join(p.user for p in done)}")
 
 
 @app.command("list")
