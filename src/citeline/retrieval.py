@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from citeline.db import Database
 from citeline.domain import SearchHit, SearchMode
 from citeline.ingest.embedding import Embedder
@@ -80,12 +82,17 @@ class Retriever:
         self.settings = settings or RetrievalSettings()
 
     def search(self, query: str, *, user: str | None, k: int | None = None,
-               mode: SearchMode = SearchMode.HYBRID, candidates: int | None = None) -> SearchResult:
-        """Top-``k`` chunks visible to ``user`` (``None``: public documents only)."""
+               mode: SearchMode = SearchMode.HYBRID, candidates: int | None = None,
+               vector: np.ndarray | None = None) -> SearchResult:
+        """Top-``k`` chunks visible to ``user`` (``None``: public documents only).
+
+        ``vector`` is the query's embedding if the caller already has it (it is computed otherwise).
+        """
         k = k or self.settings.top_k
         n = max(candidates or self.settings.candidates, k)
         t0 = time.perf_counter()
-        vector = self.embedder.embed_query(query) if mode is not SearchMode.LEXICAL else None
+        if vector is None and mode is not SearchMode.LEXICAL:
+            vector = self.embedder.embed_query(query)
         t1 = time.perf_counter()
         params = {
             "vec": vector if vector is not None else _zero(self.embedder.dimension),
@@ -104,9 +111,7 @@ class Retriever:
         return SearchResult(query, user, mode, hits, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
 
-def _zero(dim: int):  # noqa: ANN202 - numpy array
-    import numpy as np
-
+def _zero(dim: int) -> np.ndarray:
     v = np.zeros(dim, dtype=np.float32)
     v[0] = 1.0
     return v

@@ -90,7 +90,7 @@ class SourceSettings(_Section):
     config: dict[str, Any] = Field(default_factory=dict)
     access: dict[str, Any] | None = Field(None, description="default access for documents that set none")
     schedule: str | None = Field(None, description="cron expression for `citeline scheduler`")
-    batch_size: int = Field(64, ge=1, le=10000)
+    batch_size: int = Field(256, ge=1, le=10000, description="documents per transaction")
 
     @field_validator("name")
     @classmethod

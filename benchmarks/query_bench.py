@@ -1,0 +1,141 @@
+"""Query latency and recall at 100k chunks, with and without a row-level ACL filter (~10% visible).
+
+    python benchmarks/query_bench.py [--rows 100000] [--queries 200]
+
+Vectors: real all-MiniLM-L6-v2 embeddings of SciFact abstracts (the first ``--seed-docs``), each
+repeated with small Gaussian noise and re-normalised until there are ``--rows`` chunks, so the index
+has the clustered shape of real text embeddings rather than uniform noise. Queries: real SciFact
+claims, embedded once. Every row is readable by group ``all``; 10% also by group ``tenth``.
+
+For each principal (``everyone`` in group all; ``tenth`` in group tenth) and each query: the dense
+search exactly as citeline runs it (RLS policy, HNSW with iterative scan) and the exact answer under
+the same policy (index scans off). Latency is database time: the SQL round trip on a warm connection,
+excluding the query's embedding; recall@10 = overlap with the exact top 10. The hybrid query
+(dense + full text + RRF, the default search) is timed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import uuid
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from _common import SCIFACT, database_url, git_revision, machine
+
+from citeline.db import Database
+from citeline.domain import Principal, SearchMode
+from citeline.evaluation import load_queries
+from citeline.ingest.embedding import SentenceTransformerEmbedder
+from citeline.retrieval import Retriever
+from citeline.settings import RetrievalSettings
+from citeline.store import PrincipalStore
+
+DENSE = "SELECT c.id FROM chunks c ORDER BY c.embedding <=> %s LIMIT %s"
+
+
+def load_rows(db: Database, vectors: np.ndarray, texts: list[str], rows: int, rng: np.random.Generator) -> None:
+    with db.writer() as conn:
+        source_id = conn.execute("INSERT INTO sources (name, connector) VALUES ('bench', 'bench') RETURNING id"
+                                 ).fetchone()[0]
+        conn.execute("INSERT INTO documents (source_id, external_id, title, content_hash, acl, access)"
+                     " VALUES (%s, 'bench', 'bench', 'x', '{g:all}', '{}') ", (source_id,))
+    with db.writer() as conn:
+        doc_id = conn.execute("SELECT id FROM documents WHERE external_id = 'bench'").fetchone()[0]
+    with psycopg.connect(db.url, autocommit=True) as owner:  # bulk load: build the indexes once, at the end
+        owner.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(db.namespace)))
+        owner.execute("DROP INDEX chunks_embedding_hnsw, chunks_tsv_gin")
+    with db.writer() as conn:
+        with conn.cursor().copy("COPY chunks (document_id, ordinal, text, acl, public, embedding, tsv)"
+                                " FROM STDIN") as copy:
+            for i in range(rows):
+                base = vectors[i % len(vectors)]
+                v = base + rng.normal(0, 0.02, base.shape) if i >= len(vectors) else base
+                v = (v / np.linalg.norm(v)).astype(np.float32)
+                acl = "{g:all,g:tenth}" if i % 10 == 0 else "{g:all}"
+                text = texts[i % len(texts)]
+                copy.write_row((doc_id, i, text, acl, False, "[" + ",".join(f"{x:.6f}" for x in v) + "]", ""))
+        conn.execute("UPDATE chunks SET tsv = to_tsvector('english', text)")
+    with psycopg.connect(db.url, autocommit=True) as owner:
+        owner.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(db.namespace)))
+        owner.execute("VACUUM ANALYZE chunks")
+        owner.execute("SET maintenance_work_mem = '2GB'")
+        # the same definitions as migrations/0001_core.sql
+        owner.execute("CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)")
+        owner.execute("CREATE INDEX chunks_tsv_gin ON chunks USING gin (tsv)")
+        owner.execute("ANALYZE chunks")
+
+
+def measure(db: Database, retriever: Retriever, user: str, queries: list[tuple[str, np.ndarray]],
+            k: int) -> dict[str, float]:
+    dense_ms, hybrid_ms, recalls, counts = [], [], [], []
+    for text, vec in queries:
+        with db.reader(user) as conn:
+            t0 = time.perf_counter()
+            got = [r[0] for r in conn.execute(DENSE, (vec, k))]
+            dense_ms.append((time.perf_counter() - t0) * 1000)
+        with db.reader(user) as conn:
+            conn.execute("SET LOCAL enable_indexscan = off")
+            exact = [r[0] for r in conn.execute(DENSE, (vec, k))]
+        recalls.append(len(set(got) & set(exact)) / len(exact))
+        counts.append(len(got))
+        res = retriever.search(text, user=user, k=k, mode=SearchMode.HYBRID, vector=vec)
+        hybrid_ms.append(res.db_ms)
+
+    def pct(xs: list[float], p: float) -> float:
+        return round(float(np.percentile(xs, p)), 2)
+
+    return {"dense_p50_ms": pct(dense_ms, 50), "dense_p95_ms": pct(dense_ms, 95),
+            "hybrid_p50_ms": pct(hybrid_ms, 50), "hybrid_p95_ms": pct(hybrid_ms, 95),
+            "recall_at_10": round(statistics.mean(recalls), 4), "min_results": min(counts)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--seed-docs", type=int, default=2000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("-k", type=int, default=10)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+
+    embedder = SentenceTransformerEmbedder()
+    corpus = [json.loads(line) for line, _ in zip(open(SCIFACT / "corpus.jsonl"), range(args.seed_docs))]
+    texts = [f"{d['title']}\n{d['text']}"[:2000] for d in corpus]
+    t0 = time.perf_counter()
+    vectors = embedder.embed_documents(texts)
+    embed_s = time.perf_counter() - t0
+    qtexts = list(load_queries(SCIFACT / "queries.train.jsonl").values())[: args.queries]
+    qvecs = embedder.embed_documents(qtexts)
+
+    db = Database(database_url(), namespace=f"bench_query_{uuid.uuid4().hex[:8]}", embedding_dim=embedder.dimension)
+    try:
+        t0 = time.perf_counter()
+        load_rows(db, vectors, texts, args.rows, rng)
+        load_s = time.perf_counter() - t0
+        PrincipalStore(db).put(Principal("everyone", ("all",)))
+        PrincipalStore(db).put(Principal("tenth", ("tenth",)))
+        retriever = Retriever(db, embedder, RetrievalSettings())
+        queries = list(zip(qtexts, qvecs, strict=True))
+        measure(db, retriever, "everyone", queries[:20], args.k)  # warm the caches
+        results = {
+            "no_filter (100% visible)": measure(db, retriever, "everyone", queries, args.k),
+            "acl_filter (10% visible)": measure(db, retriever, "tenth", queries, args.k),
+        }
+    finally:
+        db.close()
+        db.drop_namespace()
+    print(json.dumps({
+        "benchmark": "query", "rows": args.rows, "queries": len(qtexts), "k": args.k,
+        "ef_search": RetrievalSettings().ef_search, "results": results,
+        "seed_embedding_s": round(embed_s, 1), "load_and_index_s": round(load_s, 1),
+        "machine": machine(), "revision": git_revision(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
