@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--seed-docs", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--ef-search", type=int, default=RetrievalSettings().ef_search)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
 
@@ -121,7 +122,8 @@ def main() -> None:
     qtexts = list(load_queries(SCIFACT / "queries.train.jsonl").values())[: args.queries]
     qvecs = embedder.embed_documents(qtexts)
 
-    db = Database(database_url(), namespace=f"bench_query_{uuid.uuid4().hex[:8]}", embedding_dim=embedder.dimension)
+    db = Database(database_url(), namespace=f"bench_query_{uuid.uuid4().hex[:8]}", embedding_dim=embedder.dimension,
+                  ef_search=args.ef_search)
     try:
         t0 = time.perf_counter()
         load_rows(db, vectors, texts, args.rows, rng)
@@ -140,7 +142,7 @@ def main() -> None:
         db.drop_namespace()
     print(json.dumps({
         "benchmark": "query", "rows": args.rows, "queries": len(qtexts), "k": args.k,
-        "ef_search": RetrievalSettings().ef_search, "results": results,
+        "ef_search": args.ef_search, "results": results,
         "seed_embedding_s": round(embed_s, 1), "load_and_index_s": round(load_s, 1),
         "machine": machine(), "revision": git_revision(),
     }, indent=2))

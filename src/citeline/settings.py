@@ -78,7 +78,7 @@ class RetrievalSettings(_Section):
     top_k: int = Field(8, ge=1, le=1000)
     candidates: int = Field(100, ge=1, le=10000, description="per-method candidates fused by RRF")
     rrf_k: int = Field(60, ge=1)
-    ef_search: int = Field(100, ge=10, le=1000)
+    ef_search: int = Field(200, ge=10, le=1000)
     text_search_config: str = Field("english", pattern=r"^[a-z_]+$")
 
 
