@@ -10,7 +10,7 @@ access lists and JSON Lines. A per-item problem is raised here as :class:`ItemEr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 from pydantic import Field, ValidationError
 
-from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig
-from citeline.domain import Access
+from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig, Failure, Upsert
+from citeline.domain import Access, Document
 from citeline.errors import ConfigError, ConnectorError
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Record",
     "access_from_entries",
     "access_from_mapping",
+    "record_change",
     "checkpoint_every_field",
     "coerce_config",
     "iter_jsonl",
@@ -167,6 +168,19 @@ class Record:
     number: int
     data: dict[str, Any] | None
     error: str | None = None
+
+
+def record_change(record: Record, read_id: Callable[[Record], str], build: Callable[[str, Any], Document],
+                  unit: str, noun: str) -> Change:
+    """One record as an Upsert, or a Failure named by its id (or ``unit:N`` when the id is unreadable)."""
+    try:
+        item_id = read_id(record)
+    except ItemError as exc:
+        return Failure(f"{unit}:{record.number}", str(exc))
+    try:
+        return Upsert(build(item_id, record.data or {}))
+    except ItemError as exc:
+        return Failure(item_id, f"{unit} {record.number}: {noun} {item_id}: {exc}")
 
 
 def iter_jsonl(path: Path, after_line: int = 0) -> Iterator[Record]:

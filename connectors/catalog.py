@@ -33,11 +33,12 @@ from citeline.connectors._common import (
     coerce_config,
     iter_jsonl,
     join_url,
+    record_change,
     require_file,
     resume_position,
     with_checkpoints,
 )
-from citeline.connectors.interfaces import Change, ConnectorConfig, Failure, Upsert
+from citeline.connectors.interfaces import Change, ConnectorConfig
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
 
@@ -177,14 +178,7 @@ class CatalogConnector:
         return value
 
     def _change(self, row: Record) -> Change:
-        try:
-            product_id = self._row_id(row)
-        except ItemError as exc:
-            return Failure(f"row:{row.number}", str(exc))
-        try:
-            return Upsert(self._document(product_id, row.data or {}))
-        except ItemError as exc:
-            return Failure(product_id, f"row {row.number}: product {product_id}: {exc}")
+        return record_change(row, self._row_id, self._document, "row", "product")
 
     def _document(self, product_id: str, data: Mapping[str, Any]) -> Document:
         cfg = self.config

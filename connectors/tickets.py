@@ -39,11 +39,12 @@ from citeline.connectors._common import (
     join_url,
     optional_str,
     parse_datetime,
+    record_change,
     require_file,
     resume_position,
     with_checkpoints,
 )
-from citeline.connectors.interfaces import Change, ConnectorConfig, Failure, Upsert
+from citeline.connectors.interfaces import Change, ConnectorConfig
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
 
@@ -96,14 +97,7 @@ class TicketsConnector:
         return ids
 
     def _change(self, line: Record) -> Change:
-        try:
-            ticket_id = _line_id(line)
-        except ItemError as exc:
-            return Failure(f"line:{line.number}", str(exc))
-        try:
-            return Upsert(self._document(ticket_id, line.data or {}))
-        except ItemError as exc:
-            return Failure(ticket_id, f"line {line.number}: ticket {ticket_id}: {exc}")
+        return record_change(line, _line_id, self._document, "line", "ticket")
 
     def _document(self, ticket_id: str, data: dict[str, Any]) -> Document:
         subject = (optional_str(data, "subject") or "").strip()

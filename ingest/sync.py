@@ -85,6 +85,16 @@ class _Batch:
         return len(self.upserts) + len(self.deletes) + len(self.failures)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch after hashing, chunking and embedding: what to write (computed without writing)."""
+
+    ready: list[store.PreparedDocument]
+    access_only: list[tuple[int, Document]]
+    unchanged: int
+    new: frozenset[str]
+
+
 class SyncRunner:
     """Runs connectors into one namespace of the index."""
 
@@ -170,7 +180,7 @@ class SyncRunner:
         pending: Future[None] | None = None
         try:
             for batch in self._batches(connector.sync(cursor)):
-                prepared = self._prepare(source_id, batch, report)
+                prepared = self._prepare(source_id, batch)
                 if pending is not None:
                     pending.result()  # keep commits in order: one batch in flight at a time
                 pending = writer.submit(self._write, source_id, batch, prepared, report)
@@ -200,7 +210,7 @@ class SyncRunner:
         if len(batch) or batch.checkpoint is not None:
             yield batch
 
-    def _prepare(self, source_id: int, batch: _Batch, report: SyncReport) -> dict[str, Any]:
+    def _prepare(self, source_id: int, batch: _Batch) -> _Prepared:
         """Hash, compare with the index, chunk and embed what changed (no writes)."""
         latest: dict[str, Document] = {}
         for doc in batch.upserts:  # a later version of the same id in one batch wins
@@ -227,21 +237,21 @@ class SyncRunner:
         for doc, digest, chunks in to_embed:
             ready.append(store.PreparedDocument(doc, digest, chunks, vectors[at:at + len(chunks)]))
             at += len(chunks)
-        return {"ready": ready, "access_only": access_only, "unchanged": unchanged,
-                "new": {d.external_id for d, _, _ in to_embed if d.external_id not in stored}}
+        new = frozenset(d.external_id for d, _, _ in to_embed if d.external_id not in stored)
+        return _Prepared(ready, access_only, unchanged, new)
 
-    def _write(self, source_id: int, batch: _Batch, prepared: dict[str, Any], report: SyncReport) -> None:
-        ready = prepared["ready"]
+    def _write(self, source_id: int, batch: _Batch, prepared: _Prepared, report: SyncReport) -> None:
+        ready = prepared.ready
         with self.db.writer() as conn:
             chunks = store.replace_documents(conn, source_id, ready, self.db.ts_config)
-            for doc_id, doc in prepared["access_only"]:
+            for doc_id, doc in prepared.access_only:
                 store.update_document_access(conn, doc_id, doc)
             deleted = store.delete_documents(conn, source_id, batch.deletes)
             for failure in batch.failures:
                 conn.execute("INSERT INTO sync_failures (run_id, external_id, reason) VALUES (%s, %s, %s)",
                              (report.run_id, failure.external_id, failure.reason))
-            added = len(prepared["new"])
-            counts = (added, len(ready) - added + len(prepared["access_only"]), prepared["unchanged"], deleted,
+            added = len(prepared.new)
+            counts = (added, len(ready) - added + len(prepared.access_only), prepared.unchanged, deleted,
                       len(batch.failures), chunks)
             conn.execute(
                 "UPDATE sync_runs SET added = added + %s, updated = updated + %s, unchanged = unchanged + %s,"

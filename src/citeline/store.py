@@ -22,6 +22,7 @@ from citeline.domain import Chunk, Document, Principal
 from citeline.errors import PrincipalError
 
 __all__ = [
+    "PreparedDocument",
     "PrincipalStore",
     "StoredDocument",
     "delete_documents",
