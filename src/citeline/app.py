@@ -21,14 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from citeline import plugins
+from citeline.answering import Answer, AnswerStream, Assistant
+from citeline.audit import AuditLog
 from citeline.connectors.interfaces import Connector
 from citeline.db import Database
-from citeline.domain import Access, SearchMode
+from citeline.domain import Access, Principal, SearchMode
 from citeline.errors import ConfigError
 from citeline.ingest.chunking import Chunker
 from citeline.ingest.embedding import Embedder
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
+from citeline.keys import KeyStore, NewKey
 from citeline.retrieval import Retriever, SearchResult
+from citeline.serving.generation import GenerationBackend
 from citeline.settings import Settings, SourceSettings
 from citeline.store import PrincipalStore
 
@@ -68,10 +72,12 @@ def build_connector(source: SourceSettings, settings: Settings) -> Connector:
 class Citeline:
     """One configured citeline: its index namespace, embedder and sources."""
 
-    def __init__(self, settings: Settings, *, namespace: str | None = None, embedder: Embedder | None = None) -> None:
+    def __init__(self, settings: Settings, *, namespace: str | None = None, embedder: Embedder | None = None,
+                 backend: GenerationBackend | None = None) -> None:
         self.settings = settings
         self.namespace = namespace or settings.database.namespace
         self._embedder = embedder
+        self._backend = backend
         self._db: Database | None = None
 
     @classmethod
@@ -105,6 +111,27 @@ class Citeline:
     def retriever(self) -> Retriever:
         return Retriever(self.db, self.embedder, self.settings.retrieval)
 
+    @property
+    def backend(self) -> GenerationBackend:
+        """The generation backend named by ``generation.backend`` (entry point group citeline.generators)."""
+        if self._backend is None:
+            factory = plugins.load(plugins.GENERATORS, self.settings.generation.backend)
+            self._backend = factory(self.settings.generation, self.settings.home)
+        return self._backend
+
+    @functools.cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.db)
+
+    @functools.cached_property
+    def keys(self) -> KeyStore:
+        return KeyStore(self.db)
+
+    @functools.cached_property
+    def assistant(self) -> Assistant:
+        return Assistant(self.retriever, self.backend, self.audit, answer=self.settings.answer,
+                         generation=self.settings.generation)
+
     # -- operations ---------------------------------------------------------------------------------
     def sync(self, source: str | None = None, *, full: bool = False,
              on_progress: ProgressCallback | None = None) -> list[SyncReport]:
@@ -125,6 +152,42 @@ class Citeline:
         """Top-k chunks that ``user`` may see. An unknown user sees public documents only."""
         return self.retriever.search(query, user=user, k=k, mode=mode)
 
+    def ask(self, question: str, *, user: str, model: str | None = None) -> Answer:
+        """A grounded, cited (or refused) answer for ``user``; audited before it is returned."""
+        return self.assistant.ask(question, self.principals.get(user), model=model)
+
+    def ask_stream(self, question: str, *, user: str, model: str | None = None) -> AnswerStream:
+        return self.assistant.stream(question, self.principals.get(user), model=model)
+
+    # -- admin actions: each one is audited with the acting identity -------------------------------
+    def add_principal(self, principal: Principal, *, actor: str) -> Principal:
+        done = self.principals.put(principal)
+        self.audit.append("admin", "principal.put", principal=actor,
+                          payload={"user": principal.user, "groups": list(principal.groups), "team": principal.team})
+        return done
+
+    def remove_principal(self, user: str, *, actor: str) -> bool:
+        removed = self.principals.remove(user)
+        self.audit.append("admin", "principal.remove", principal=actor, payload={"user": user, "removed": removed})
+        return removed
+
+    def import_principals(self, path: Path, *, actor: str) -> list[Principal]:
+        done = self.principals.import_file(path)
+        self.audit.append("admin", "principal.import", principal=actor,
+                          payload={"file": str(path), "users": [p.user for p in done]})
+        return done
+
+    def create_key(self, user: str, *, actor: str, admin: bool = False, label: str = "") -> NewKey:
+        new = self.keys.create(user, admin=admin, label=label)
+        self.audit.append("admin", "key.create", principal=actor,
+                          payload={"key_id": new.key.key_id, "user": user, "admin": admin, "label": label})
+        return new
+
+    def revoke_key(self, key_id: str, *, actor: str) -> bool:
+        done = self.keys.revoke(key_id)
+        self.audit.append("admin", "key.revoke", principal=actor, payload={"key_id": key_id, "revoked": done})
+        return done
+
     def source_status(self) -> list[SourceStatus]:
         with self.db.writer() as conn:
             rows = conn.execute(
@@ -142,6 +205,8 @@ class Citeline:
         return out
 
     def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -23,6 +23,7 @@ from citeline.errors import ConfigError
 __all__ = [
     "ChunkingSettings",
     "DatabaseSettings",
+    "AnswerSettings",
     "EmbeddingSettings",
     "GenerationSettings",
     "RetrievalSettings",
@@ -104,6 +105,16 @@ class GenerationSettings(_Section):
     device: str = "cpu"
 
 
+class AnswerSettings(_Section):
+    """Grounded answers: when to refuse, how much evidence to show."""
+
+    min_score: float = Field(0.35, ge=-1.0, le=1.0, description="refuse without calling the model when the best "
+                             "visible chunk's cosine similarity to the question is below this (calibrated on the "
+                             "example corpus: see docs/benchmarks.md)")
+    evidence_k: int = Field(6, ge=1, le=50, description="retrieved chunks offered to the prompt builder")
+    refusal_sources: int = Field(3, ge=0, le=20, description="closest sources listed with a refusal")
+
+
 class SourceSettings(_Section):
     """One ``[[sources]]`` table: a connector kind, its own config table, default access and schedule."""
 
@@ -137,6 +148,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     generation: GenerationSettings = GenerationSettings()
+    answer: AnswerSettings = AnswerSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
 

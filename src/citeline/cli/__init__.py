@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from citeline.cli import evaluate, principals, search, sources, sync
+from citeline.cli import ask, audit, evaluate, keys, principals, search, serve, sources, sync
 from citeline.cli._common import fail
 from citeline.errors import CitelineError
 
@@ -21,9 +21,13 @@ app = typer.Typer(
 )
 app.command("sync")(sync.sync)
 app.command("search")(search.search)
+app.command("ask")(ask.ask)
+app.command("serve")(serve.serve)
 app.add_typer(principals.app, name="principals", help="Users and their groups (who may see what).")
 app.add_typer(sources.app, name="sources", help="Configured sources and their sync state.")
 app.add_typer(evaluate.app, name="eval", help="Measure retrieval quality on BEIR-format files.")
+app.add_typer(keys.app, name="keys", help="API keys for the server.")
+app.add_typer(audit.app, name="audit", help="Verify and export the audit log.")
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -42,6 +43,15 @@ def opened(config: Path | None, **kwargs: Any) -> Iterator[Citeline]:
             yield cl
     except CitelineError as exc:
         fail(str(exc))
+
+
+def cli_actor() -> str:
+    """Who runs an admin command from the shell, for the audit log."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = f"uid {os.getuid()}"
+    return f"cli:{who}"
 
 
 def print_json(obj: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from citeline.cli._common import ConfigOption, JsonOption, console, fail, opened, print_json
+from citeline.cli._common import ConfigOption, JsonOption, cli_actor, console, fail, opened, print_json
 from citeline.domain import Principal
 
 app = typer.Typer(no_args_is_help=True)
@@ -27,7 +27,7 @@ def add(
     except ValueError as exc:
         fail(str(exc))
     with opened(config) as cl:
-        cl.principals.put(principal)
+        cl.add_principal(principal, actor=cli_actor())
     console.print(f"principal {principal.user}: groups {', '.join(principal.groups) or '(none)'}")
 
 
@@ -38,7 +38,7 @@ def import_(
 ) -> None:
     """Add or replace principals from a TOML file (user, groups, team per [[principals]] table)."""
     with opened(config) as cl:
-        done = cl.principals.import_file(path)
+        done = cl.import_principals(path, actor=cli_actor())
     console.print(f"imported {len(done)} principals: {', '.join(p.user for p in done)}")
 
 
@@ -60,6 +60,6 @@ def list_(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 def remove(user: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
     """Remove a principal (it then sees public documents only)."""
     with opened(config) as cl:
-        if not cl.principals.remove(user):
+        if not cl.remove_principal(user, actor=cli_actor()):
             fail(f"no principal named {user!r}")
     console.print(f"removed {user}")

@@ -1,0 +1,306 @@
+"""The support-assistant server: an OpenAI-compatible API, ``/v1/ask``, admin endpoints and the chat page.
+
+``create_app(citeline)`` builds the FastAPI app over a :class:`citeline.Citeline` facade; ``citeline
+serve`` runs it with uvicorn. Every request that retrieves authenticates an API key first and runs as
+that key's principal (never as a user named in the request body). Endpoint handlers are plain ``def``:
+FastAPI runs them in its thread pool, which matches the blocking database pool and model backends.
+
+==========================  ======  ==============================================================
+``/``                       GET     the chat page (log in with an API key)
+``/healthz`` ``/readyz``    GET     liveness; readiness (database reachable, backend built)
+``/metrics``                GET     Prometheus text
+``/v1/models``              GET     ``citeline`` (the grounded assistant) and the backend's models
+``/v1/chat/completions``    POST    OpenAI chat completions; the last user message is the question
+``/v1/ask``                 POST    question → answer, citations, refusal flag, latency (``stream``: SSE)
+``/v1/admin/...``           *       keys, principals, audit verify/export (admin key)
+==========================  ======  ==============================================================
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from citeline.answering import Answer, AnswerStream
+from citeline.app import Citeline
+from citeline.domain import Principal
+from citeline.errors import AuditError, AuthError, CitelineError, DatabaseError, GenerationError
+from citeline.keys import Authenticated
+from citeline.serving.metrics import Metrics
+
+__all__ = ["create_app"]
+
+STATIC = Path(__file__).parent / "static"
+ASSISTANT_MODEL = "citeline"
+
+
+# -- request bodies -------------------------------------------------------------------------------
+class AskBody(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    model: str | None = Field(None, max_length=200)
+    stream: bool = False
+
+
+class ChatMessageBody(BaseModel):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatBody(BaseModel):
+    model: str = Field(ASSISTANT_MODEL, max_length=200)
+    messages: list[ChatMessageBody] = Field(min_length=1, max_length=200)
+    stream: bool = False
+    # accepted for compatibility; the server's generation settings decide
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+class KeyBody(BaseModel):
+    user: str
+    admin: bool = False
+    label: str = ""
+
+
+class PrincipalBody(BaseModel):
+    user: str
+    groups: list[str] = []
+    team: str | None = None
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    return content or ""
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    """Errors in OpenAI's shape, so the openai client raises its typed exceptions."""
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status_code=status)
+
+
+def _sse(data: Any, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _with_sources(answer_text: str, sources: list[dict[str, Any]]) -> str:
+    if not sources:
+        return answer_text
+    lines = [f"[{c['n']}] {c['title']}" + (f" <{c['url']}>" if c["url"] else "") for c in sources]
+    return answer_text + "\n\nSources:\n" + "\n".join(lines)
+
+
+def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best together
+    app = FastAPI(title="citeline", version="0.1.0", docs_url="/docs", redoc_url=None)
+    metrics = Metrics()
+    app.state.citeline = cl
+    app.state.metrics = metrics
+
+    @app.exception_handler(AuthError)
+    def _auth(request: Request, exc: AuthError) -> JSONResponse:
+        metrics.auth_failures.inc()
+        return _error(401, str(exc), "invalid_request_error", "invalid_api_key")
+
+    @app.exception_handler(AuditError)
+    def _audit(request: Request, exc: AuditError) -> JSONResponse:
+        return _error(503, str(exc), "server_error", "audit_unavailable")
+
+    @app.exception_handler(GenerationError)
+    def _gen(request: Request, exc: GenerationError) -> JSONResponse:
+        status = 404 if "not served" in str(exc) else 502
+        return _error(status, str(exc), "invalid_request_error" if status == 404 else "server_error",
+                      "model_not_found" if status == 404 else "backend_error")
+
+    @app.exception_handler(DatabaseError)
+    def _db(request: Request, exc: DatabaseError) -> JSONResponse:
+        return _error(503, str(exc), "server_error", "database_unavailable")
+
+    @app.exception_handler(CitelineError)
+    def _other(request: Request, exc: CitelineError) -> JSONResponse:
+        return _error(400, str(exc), "invalid_request_error")
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    def principal(request: Request) -> Authenticated:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return cl.keys.authenticate(token if scheme.lower() == "bearer" else None)
+
+    def admin(who: Annotated[Authenticated, Depends(principal)]) -> Authenticated:
+        if not who.is_admin:
+            raise HTTPException(403, "this endpoint needs an admin key (`citeline keys create --user U --admin`)")
+        return who
+
+    Auth = Annotated[Authenticated, Depends(principal)]
+    Admin = Annotated[Authenticated, Depends(admin)]
+
+    def observe(answer: Answer) -> None:
+        metrics.observe_answer(answer.latency_ms, refused=answer.refused, shown=len(answer.sources),
+                               invalid=answer.invalid_citations)
+
+    # -- probes, metrics, page ---------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        try:
+            with cl.db.writer() as conn:
+                conn.execute("SELECT 1")
+            backend = cl.backend.name
+        except CitelineError as exc:
+            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ready", "backend": backend})
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        stats = cl.db.pool.get_stats()
+        metrics.pool_size.set(stats.get("pool_size", 0))
+        metrics.pool_available.set(stats.get("pool_available", 0))
+        metrics.pool_waiting.set(stats.get("requests_waiting", 0))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- the assistant -----------------------------------------------------------------------------
+    @app.get("/v1/models")
+    def models(who: Auth) -> dict[str, Any]:
+        now = int(time.time())
+        base = cl.backend.base_model
+        data = [{"id": ASSISTANT_MODEL, "object": "model", "created": now, "owned_by": "citeline", "root": base,
+                 "parent": None}]
+        for m in cl.backend.models():
+            data.append({"id": m, "object": "model", "created": now, "owned_by": "citeline",
+                         "root": base, "parent": None if m == base else base})
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/ask", response_model=None)
+    def ask(body: AskBody, who: Auth) -> dict[str, Any] | StreamingResponse:
+        if body.stream:
+            stream = cl.assistant.stream(body.question, who.principal, model=body.model)
+            return StreamingResponse(_ask_events(stream), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        answer = cl.assistant.ask(body.question, who.principal, model=body.model)
+        observe(answer)
+        return answer.as_dict()
+
+    def _ask_events(stream: AnswerStream) -> Iterator[str]:
+        yield _sse({"sources": [c.as_dict() for c in stream.sources], "refused": stream.refused,
+                    "model": stream.model, "audit_id": stream.audit_id}, "sources")
+        try:
+            for delta in stream:
+                yield _sse({"text": delta}, "delta")
+        except CitelineError as exc:
+            yield _sse({"message": str(exc)}, "error")
+            return
+        assert stream.answer is not None
+        observe(stream.answer)
+        yield _sse(stream.answer.as_dict(), "done")
+
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat(body: ChatBody, who: Auth) -> dict[str, Any] | StreamingResponse:
+        users = [_text(m.content) for m in body.messages if m.role == "user"]
+        if not users or not users[-1].strip():
+            raise HTTPException(422, "the last user message is the question; none was given")
+        question = users[-1].strip()[:4000]
+        model = None if body.model == ASSISTANT_MODEL else body.model
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            stream = cl.assistant.stream(question, who.principal, model=model)
+            return StreamingResponse(_chat_chunks(stream, cid, created, body.model), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        answer = cl.assistant.ask(question, who.principal, model=model)
+        observe(answer)
+        cited = [c.as_dict() for c in answer.citations]
+        return {
+            "id": cid, "object": "chat.completion", "created": created, "model": body.model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": _with_sources(answer.text, cited)}}],
+            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                      "total_tokens": answer.prompt_tokens + answer.completion_tokens},
+            "citations": cited, "sources": [c.as_dict() for c in answer.sources], "refused": answer.refused,
+            "invalid_citations": answer.invalid_citations, "audit_id": answer.audit_id,
+            "latency_ms": answer.latency_ms,
+        }
+
+    def _chat_chunks(stream: AnswerStream, cid: str, created: int, model: str) -> Iterator[str]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            for delta in stream:
+                yield chunk({"content": delta})
+        except CitelineError as exc:
+            yield _sse({"error": {"message": str(exc), "type": "server_error", "code": "backend_error"}})
+            return
+        answer = stream.answer
+        assert answer is not None
+        observe(answer)
+        cited = [c.as_dict() for c in answer.citations]
+        tail = _with_sources("", cited)
+        if tail:
+            yield chunk({"content": tail})
+        yield chunk({}, "stop", citations=cited, sources=[c.as_dict() for c in answer.sources],
+                    refused=answer.refused, invalid_citations=answer.invalid_citations, audit_id=answer.audit_id)
+        yield "data: [DONE]\n\n"
+
+    # -- admin ---------------------------------------------------------------------------------------
+    def actor(who: Authenticated) -> str:
+        return f"{who.principal.user} (key {who.key_id})"
+
+    @app.post("/v1/admin/keys")
+    def create_key(body: KeyBody, who: Admin) -> dict[str, Any]:
+        new = cl.create_key(body.user, actor=actor(who), admin=body.admin, label=body.label)
+        return {"key_id": new.key.key_id, "user": body.user, "admin": body.admin, "key": new.secret}
+
+    @app.delete("/v1/admin/keys/{key_id}")
+    def revoke_key(key_id: str, who: Admin) -> dict[str, Any]:
+        if not cl.revoke_key(key_id, actor=actor(who)):
+            raise HTTPException(404, f"no active key {key_id}")
+        return {"key_id": key_id, "revoked": True}
+
+    @app.put("/v1/admin/principals")
+    def put_principal(body: PrincipalBody, who: Admin) -> dict[str, Any]:
+        try:
+            p = cl.add_principal(Principal(body.user, tuple(body.groups), body.team), actor=actor(who))
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {"user": p.user, "groups": list(p.groups), "team": p.team}
+
+    @app.get("/v1/admin/audit/verify")
+    def audit_verify(who: Admin) -> dict[str, Any]:
+        report = cl.audit.verify()
+        return {"ok": report.ok, "rows": report.rows, "head": report.head, "problems": list(report.problems)}
+
+    @app.get("/v1/admin/audit/export")
+    def audit_export(who: Admin, format: Literal["jsonl", "csv"] = "jsonl", since: str | None = None) -> Response:
+        from datetime import datetime
+
+        try:
+            when = datetime.fromisoformat(since) if since else None
+        except ValueError as exc:
+            raise HTTPException(422, f"since must be an ISO date or time, not {since!r}") from exc
+        media = "application/x-ndjson" if format == "jsonl" else "text/csv"
+        return PlainTextResponse("".join(cl.audit.export(format, since=when)), media_type=media)
+
+    return app

@@ -1,0 +1,37 @@
+"""Prometheus metrics of one server (its own registry, so tests can build many apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_MS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("citeline_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.stage = Histogram("citeline_stage_latency_seconds", "latency per answer stage",
+                               ["stage"], buckets=_MS_BUCKETS, registry=self.registry)
+        self.answers = Counter("citeline_answers", "answers by outcome", ["outcome"], registry=self.registry)
+        self.retrieval_hits = Histogram("citeline_retrieval_hits", "evidence pieces shown per answer",
+                                        buckets=(0, 1, 2, 3, 4, 6, 8, 12, 20), registry=self.registry)
+        self.invalid_citations = Counter("citeline_invalid_citations", "citations removed because no such evidence",
+                                         registry=self.registry)
+        self.auth_failures = Counter("citeline_auth_failures", "requests refused for a missing or bad key",
+                                     registry=self.registry)
+        self.pool_size = Gauge("citeline_db_pool_size", "connections in the pool", registry=self.registry)
+        self.pool_available = Gauge("citeline_db_pool_available", "idle connections", registry=self.registry)
+        self.pool_waiting = Gauge("citeline_db_pool_requests_waiting", "requests waiting for a connection",
+                                  registry=self.registry)
+
+    def observe_answer(self, latency_ms: dict[str, float], *, refused: bool, shown: int, invalid: int) -> None:
+        for stage, ms in latency_ms.items():
+            self.stage.labels(stage.removesuffix("_ms")).observe(ms / 1000)
+        self.answers.labels("refused" if refused else "answered").inc()
+        self.retrieval_hits.observe(shown)
+        if invalid:
+            self.invalid_citations.inc(invalid)

@@ -1,0 +1,45 @@
+"""``citeline ask "QUESTION" --as USER [--json]``: a grounded, cited answer (or a refusal)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from citeline.cli._common import ConfigOption, JsonOption, console, opened, print_json
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="the question")],
+    as_user: Annotated[str, typer.Option("--as", help="answer as this principal (see `citeline principals`)")],
+    model: Annotated[str | None, typer.Option(help="a served adapter name (default: the base model)")] = None,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="print the answer as it is generated")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Answer from the documents USER may see, with citations; refuse when the evidence is too weak."""
+    with opened(config) as cl:
+        if stream and not as_json:
+            s = cl.ask_stream(question, user=as_user, model=model)
+            for delta in s:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            answer = s.answer
+        else:
+            answer = cl.ask(question, user=as_user, model=model)
+    assert answer is not None
+    if as_json:
+        print_json(answer.as_dict())
+        return
+    if not stream:
+        console.print(answer.text, highlight=False, markup=False)
+    shown = answer.sources if answer.refused else answer.citations
+    if shown:
+        console.print("\nclosest sources:" if answer.refused else "\nsources:", style="bold")
+        for c in shown:
+            console.print(f"  [{c.n}] {c.title}" + (f"  {c.url}" if c.url else ""), highlight=False, markup=False)
+    lat = answer.latency_ms
+    console.print(f"\n{answer.model} · {lat.get('total_ms', 0):.0f} ms (retrieval {lat.get('retrieve_ms', 0):.0f}, "
+                  f"generation {lat.get('generate_ms', 0):.0f}) · audit #{answer.audit_id}", style="dim")

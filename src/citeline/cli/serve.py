@@ -1,0 +1,32 @@
+"""``citeline serve``: the API server and chat page (uvicorn over :func:`citeline.serving.app.create_app`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from citeline.cli._common import ConfigOption, err_console, opened
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind (0.0.0.0 for all)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the OpenAI-compatible API, /v1/ask and the chat page until interrupted."""
+    import uvicorn
+
+    from citeline.serving.app import create_app
+
+    with opened(config) as cl:
+        err_console.print(f"starting: database and {cl.settings.generation.backend} backend…")
+        cl.db  # noqa: B018 - start the database and apply migrations before accepting requests
+        cl.backend  # noqa: B018 - load the model now, not on the first question
+        cl.embedder.embed_query("warm up")
+        app = create_app(cl)
+        err_console.print(f"citeline serving on http://{host}:{port}  (chat page at /, API at /v1)")
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
