@@ -99,6 +99,24 @@ def _with_sources(answer_text: str, sources: list[dict[str, Any]]) -> str:
     return answer_text + "\n\nSources:\n" + "\n".join(lines)
 
 
+def _principal(request: Request) -> Authenticated:
+    """The caller's principal, from ``Authorization: Bearer cl_...`` (never from the request body)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    cl: Citeline = request.app.state.citeline
+    return cl.keys.authenticate(token if scheme.lower() == "bearer" else None)
+
+
+def _admin(who: Annotated[Authenticated, Depends(_principal)]) -> Authenticated:
+    if not who.is_admin:
+        raise HTTPException(403, "this endpoint needs an admin key (`citeline keys create --user U --admin`)")
+    return who
+
+
+Auth = Annotated[Authenticated, Depends(_principal)]
+Admin = Annotated[Authenticated, Depends(_admin)]
+
+
 def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best together
     app = FastAPI(title="citeline", version="0.1.0", docs_url="/docs", redoc_url=None)
     metrics = Metrics()
@@ -134,19 +152,6 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
         route = request.scope.get("route")
         metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
-
-    def principal(request: Request) -> Authenticated:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        return cl.keys.authenticate(token if scheme.lower() == "bearer" else None)
-
-    def admin(who: Annotated[Authenticated, Depends(principal)]) -> Authenticated:
-        if not who.is_admin:
-            raise HTTPException(403, "this endpoint needs an admin key (`citeline keys create --user U --admin`)")
-        return who
-
-    Auth = Annotated[Authenticated, Depends(principal)]
-    Admin = Annotated[Authenticated, Depends(admin)]
 
     def observe(answer: Answer) -> None:
         metrics.observe_answer(answer.latency_ms, refused=answer.refused, shown=len(answer.sources),

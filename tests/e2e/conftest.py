@@ -1,0 +1,111 @@
+"""A real ``citeline serve`` process on the Acme example, with keys for alice, bob and an admin."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from citeline.app import Citeline
+from citeline.domain import Principal
+from citeline.settings import Settings
+from tests.conftest import REPO
+
+
+@dataclass
+class Server:
+    url: str
+    keys: dict[str, str]  # user -> API key ("admin" is an admin key of principal "ops")
+    namespace: str
+    pg_url: str
+    env: dict[str, str]
+    config: Path
+    log: Path
+
+    def settings(self) -> Settings:
+        return Settings.load(self.config, database_url=self.pg_url, database={"namespace": self.namespace})
+
+    def owner_sql(self, query: str, *args: object) -> list[tuple]:
+        """Run SQL as the database owner in the server's namespace (to tamper, or to check)."""
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(self.namespace)))
+            cur = conn.execute(query, args or None)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"server not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def run_server(tmp: Path, pg_url: str, embedder, backend: str = "extractive",
+               extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    root = tmp / "acme"
+    shutil.copytree(REPO / "examples" / "acme", root, ignore=shutil.ignore_patterns(".citeline"))
+    namespace = f"e2e_{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "CITELINE_DATABASE_URL": pg_url, "CITELINE_DATABASE__NAMESPACE": namespace,
+           "CITELINE_CONFIG": str(root / "citeline.toml"), "CITELINE_GENERATION__BACKEND": backend,
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
+    config = root / "citeline.toml"
+    settings = Settings.load(config, database_url=pg_url, database={"namespace": namespace},
+                             generation={"backend": backend})
+    keys: dict[str, str] = {}
+    with Citeline(settings, embedder=embedder) as cl:
+        cl.sync()
+        cl.import_principals(root / "principals.toml", actor="test")
+        cl.add_principal(Principal("ops", ("staff",)), actor="test")
+        for user in ("alice", "bob", "carol"):
+            keys[user] = cl.create_key(user, actor="test").secret
+        keys["admin"] = cl.create_key("ops", actor="test", admin=True).secret
+    port = free_port()
+    log = tmp / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from citeline.cli import main; main()", "serve", "--port", str(port),
+             "--log-level", "warning"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        yield Server(url, keys, namespace, pg_url, env, config, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, pg_url, embedder) -> Iterator[Server]:
+    with run_server(tmp_path_factory.mktemp("srv"), pg_url, embedder) as srv:
+        yield srv
