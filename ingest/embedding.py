@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from citeline.batching import Batcher
 from citeline.errors import ConfigError
 from citeline.settings import EmbeddingSettings
 
@@ -77,7 +77,7 @@ class SentenceTransformerEmbedder:
         self.name = f"sentence-transformers:{path.name}"
         self._tokenizer = self._model.tokenizer
         self.max_tokens: int = int(self._model.max_seq_length or 256)
-        self._queries = QueryBatcher(self.embed_documents)
+        self._queries: Batcher[str, np.ndarray] = Batcher(self.embed_documents)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -94,67 +94,3 @@ class SentenceTransformerEmbedder:
 
     def tokenize(self, text: str) -> list[str]:
         return self._tokenizer.tokenize(text)
-
-
-class _Slot:
-    __slots__ = ("done", "error", "event", "text", "vector")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.event = threading.Event()
-        self.done = False
-        self.vector: np.ndarray | None = None
-        self.error: BaseException | None = None
-
-
-class QueryBatcher:
-    """Encodes concurrent single queries together: one thread at a time runs the model on everything waiting.
-
-    A server answers many questions at once; encoding each in its own thread makes torch's threads fight
-    over the cores, while one batch of 20 short queries costs little more than one query. No timer: the
-    first caller encodes at once, whoever arrives meanwhile forms the next batch, whose first member leads it.
-    """
-
-    def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int = 64) -> None:
-        self._encode = encode
-        self._max = max_batch
-        self._lock = threading.Lock()
-        self._pending: list[_Slot] = []
-        self._busy = False
-
-    def __call__(self, text: str) -> np.ndarray:
-        slot = _Slot(text)
-        with self._lock:
-            self._pending.append(slot)
-            lead = not self._busy
-            self._busy = True
-        while True:
-            if lead:
-                self._run()
-            slot.event.wait()
-            if slot.done:
-                if slot.error is not None:
-                    raise slot.error
-                assert slot.vector is not None
-                return slot.vector
-            slot.event.clear()  # woken to lead the next batch
-            lead = True
-
-    def _run(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending[: self._max], self._pending[self._max:]
-        try:
-            vectors = self._encode([s.text for s in batch])
-            for s, v in zip(batch, vectors, strict=True):
-                s.vector = v
-        except BaseException as exc:  # every waiter gets the error, nobody hangs
-            for s in batch:
-                s.error = exc
-        for s in batch:
-            s.done = True
-            s.event.set()
-        with self._lock:
-            if self._pending:
-                self._pending[0].event.set()  # hand the lead to the oldest waiter
-            else:
-                self._busy = False

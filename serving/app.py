@@ -18,13 +18,15 @@ FastAPI runs them in its thread pool, which matches the blocking database pool a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -118,7 +120,14 @@ Admin = Annotated[Authenticated, Depends(_admin)]
 
 
 def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best together
-    app = FastAPI(title="citeline", version="0.1.0", docs_url="/docs", redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A request thread holds at most one database connection at a time, so as many threads as
+        # pooled connections means requests queue here, at the edge, and the pool is never exhausted.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = cl.db.pool.max_size
+        yield
+
+    app = FastAPI(title="citeline", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     metrics = Metrics()
     app.state.citeline = cl
     app.state.metrics = metrics

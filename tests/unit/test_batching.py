@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from citeline.ingest.embedding import QueryBatcher
+from citeline.batching import Batcher as QueryBatcher
 
 pytestmark = pytest.mark.unit
 
