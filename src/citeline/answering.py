@@ -28,7 +28,7 @@ from citeline.retrieval import Retriever
 from citeline.serving.generation import GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings, GenerationSettings
 
-__all__ = ["Answer", "AnswerStream", "Assistant", "Citation"]
+__all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "best_similarity"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,12 @@ class _Prepared:
     latency: dict[str, float] = field(default_factory=dict)
 
 
+def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | None:
+    """The refusal score: the best cosine similarity between the question and a visible retrieved chunk."""
+    sims = [1.0 - h.dense_distance for h in hits if h.dense_distance is not None]
+    return max(sims) if sims else None
+
+
 def _snippet(text: str, limit: int = 280) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
@@ -119,8 +125,7 @@ class Assistant:
         chosen = self.resolve_model(principal, model)
         result = self.retriever.search(question, user=principal.user, k=self.settings.evidence_k,
                                        mode=SearchMode.HYBRID)
-        sims = [1.0 - h.dense_distance for h in result.hits if h.dense_distance is not None]
-        best = max(sims) if sims else None
+        best = best_similarity(result.hits)
         refused = best is None or best < self.settings.min_score
         t1 = time.perf_counter()
         if refused:

@@ -82,6 +82,11 @@ class RetrievalSettings(_Section):
     rrf_k: int = Field(60, ge=1)
     ef_search: int = Field(200, ge=10, le=1000)
     text_search_config: str = Field("english", pattern=r"^[a-z_]+$")
+    lexical_row_budget: int = Field(5000, ge=1, description="lexical search matches rows through the question's "
+                                    "rarest terms whose document frequencies sum to at most this (the rarest "
+                                    "term always counts); bounds the rows BM25 ranks")
+    bm25_k1: float = Field(1.2, ge=0.0, description="BM25 term-frequency saturation")
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0, description="BM25 length normalisation")
 
 
 class GenerationSettings(_Section):
@@ -108,7 +113,7 @@ class GenerationSettings(_Section):
 class AnswerSettings(_Section):
     """Grounded answers: when to refuse, how much evidence to show."""
 
-    min_score: float = Field(0.35, ge=-1.0, le=1.0, description="refuse without calling the model when the best "
+    min_score: float = Field(0.45, ge=-1.0, le=1.0, description="refuse without calling the model when the best "
                              "visible chunk's cosine similarity to the question is below this (calibrated on the "
                              "example corpus: see docs/benchmarks.md)")
     evidence_k: int = Field(6, ge=1, le=50, description="retrieved chunks offered to the prompt builder")
