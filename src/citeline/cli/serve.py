@@ -30,3 +30,22 @@ def serve(
         err_console.print(f"citeline serving on http://{host}:{port}  (chat page at /, API at /v1)")
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def model_server(
+    host: Annotated[str, typer.Option(help="interface to bind; keep loopback (no authentication)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8001,
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Serve the configured generation backend (default: embedded) with vLLM's OpenAI-compatible API."""
+    import uvicorn
+
+    from citeline.serving.model_server import create_model_app
+
+    with opened(config) as cl:
+        backend = cl.backend
+        gen = cl.settings.generation
+        app = create_model_app(backend, max_tokens=gen.max_tokens, context_tokens=gen.context_tokens)
+        err_console.print(f"model server ({backend.name}, base {backend.base_model}) on http://{host}:{port}/v1")
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,149 @@
+"""The embedded model server: any :class:`GenerationBackend` behind vLLM's OpenAI-compatible surface.
+
+Production generation is vLLM; this server speaks the same subset so citeline's ``openai`` backend, the
+adapter hot-swap code and tests talk to either without knowing which:
+
+=================================  =====================================================================
+``GET  /v1/models``                the base model, then loaded adapters with ``parent`` = the base
+``POST /v1/chat/completions``      ``model`` = base or adapter name; ``stream`` gives SSE chunks
+``POST /tokenize``                 ``{"prompt": ...}`` → ``{"count", "tokens": [], "max_model_len"}``
+``POST /v1/load_lora_adapter``     ``{"lora_name", "lora_path"}`` (backends that host adapters)
+``POST /v1/unload_lora_adapter``   ``{"lora_name"}``
+=================================  =====================================================================
+
+It has no authentication: bind it to loopback (as vLLM is usually run behind the API server).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from citeline.errors import GenerationError
+from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
+
+__all__ = ["create_model_app"]
+
+
+class _Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class _Chat(BaseModel):
+    model: str
+    messages: list[_Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    stream: bool = False
+
+
+class _Tokenize(BaseModel):
+    prompt: str
+    model: str | None = None
+    add_special_tokens: bool = False
+
+
+class _Load(BaseModel):
+    lora_name: str = Field(min_length=1, max_length=200)
+    lora_path: str
+    load_inplace: bool = False
+
+
+class _Unload(BaseModel):
+    lora_name: str
+
+
+def _err(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def create_model_app(backend: GenerationBackend, *, max_tokens: int = 256, context_tokens: int = 2048) -> FastAPI:
+    app = FastAPI(title=f"citeline model server ({backend.name})")
+
+    def request_for(body: _Chat) -> GenerationRequest | JSONResponse:
+        if body.model not in backend.models():
+            return _err(404, f"The model `{body.model}` does not exist.", "NotFoundError")
+        model = None if body.model == backend.base_model else body.model
+        return GenerationRequest(tuple(ChatMessage(m.role, m.content) for m in body.messages), model=model,
+                                 max_tokens=body.max_tokens or max_tokens, temperature=body.temperature)
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        now = int(time.time())
+        base = backend.base_model
+        return {"object": "list", "data": [
+            {"id": m, "object": "model", "created": now, "owned_by": "citeline", "root": base,
+             "parent": None if m == base else base, "max_model_len": context_tokens} for m in backend.models()]}
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/tokenize")
+    def tokenize(body: _Tokenize) -> dict[str, Any]:
+        return {"count": backend.count_tokens(body.prompt), "tokens": [], "max_model_len": context_tokens}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat(body: _Chat) -> Any:
+        req = request_for(body)
+        if isinstance(req, JSONResponse):
+            return req
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            return StreamingResponse(_chunks(req, cid, created, body.model), media_type="text/event-stream")
+        try:
+            gen = backend.generate(req)
+        except GenerationError as exc:
+            return _err(500, str(exc), "InternalServerError")
+        return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                             "finish_reason": gen.finish_reason}],
+                "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+                          "total_tokens": gen.prompt_tokens + gen.completion_tokens}}
+
+    def _chunks(req: GenerationRequest, cid: str, created: int, model: str) -> Iterator[str]:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                          "model": model, "choices": [{"index": 0, "delta": delta,
+                                                                       "finish_reason": finish}]}) + "\n\n"
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            for piece in backend.stream(req):
+                yield chunk({"content": piece})
+        except GenerationError as exc:
+            yield "data: " + json.dumps({"error": {"message": str(exc), "type": "InternalServerError"}}) + "\n\n"
+            return
+        yield chunk({}, "stop")
+        yield "data: [DONE]\n\n"
+
+    @app.post("/v1/load_lora_adapter", response_model=None)
+    def load(body: _Load) -> Any:
+        if not isinstance(backend, AdapterHost):
+            return _err(400, f"the {backend.name} backend does not host LoRA adapters")
+        if body.lora_name in backend.adapters() and not body.load_inplace:
+            return _err(400, f"The lora adapter '{body.lora_name}' has already been loaded.")
+        try:
+            if body.lora_name in backend.adapters():
+                backend.unload_adapter(body.lora_name)
+            backend.load_adapter(body.lora_name, Path(body.lora_path))
+        except GenerationError as exc:
+            return _err(404 if "does not exist" in str(exc) or "missing" in str(exc) else 400, str(exc))
+        return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+
+    @app.post("/v1/unload_lora_adapter", response_model=None)
+    def unload(body: _Unload) -> Any:
+        if not isinstance(backend, AdapterHost) or body.lora_name not in backend.adapters():
+            return _err(404, f"The lora adapter '{body.lora_name}' cannot be found.", "NotFoundError")
+        backend.unload_adapter(body.lora_name)
+        return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+    return app
