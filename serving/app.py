@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +29,9 @@ from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -42,6 +45,10 @@ from citeline.serving.metrics import Metrics
 __all__ = ["create_app"]
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
+_SECURITY_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                     "Cache-Control": "no-store"}
 ASSISTANT_MODEL = "citeline"
 
 
@@ -132,6 +139,16 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
     app.state.citeline = cl
     app.state.metrics = metrics
 
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _error(exc.status_code, str(exc.detail), kind)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        return _error(422, f"invalid request: {problems}", "invalid_request_error")
+
     @app.exception_handler(AuthError)
     def _auth(request: Request, exc: AuthError) -> JSONResponse:
         metrics.auth_failures.inc()
@@ -158,6 +175,7 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
     @app.middleware("http")
     async def _count(request: Request, call_next: Any) -> Response:
         response = await call_next(request)
+        response.headers.update(_SECURITY_HEADERS)
         route = request.scope.get("route")
         metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
@@ -221,8 +239,10 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
         try:
             for delta in stream:
                 yield _sse({"text": delta}, "delta")
-        except CitelineError as exc:
-            yield _sse({"message": str(exc)}, "error")
+        except Exception as exc:  # the status line is gone: report in the stream, never end silently
+            log.exception("answer stream failed")
+            message = str(exc) if isinstance(exc, CitelineError) else "internal error while generating"
+            yield _sse({"message": message}, "error")
             return
         assert stream.answer is not None
         observe(stream.answer)
@@ -264,8 +284,10 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
         try:
             for delta in stream:
                 yield chunk({"content": delta})
-        except CitelineError as exc:
-            yield _sse({"error": {"message": str(exc), "type": "server_error", "code": "backend_error"}})
+        except Exception as exc:  # the status line is gone: report in the stream, never end silently
+            log.exception("chat stream failed")
+            message = str(exc) if isinstance(exc, CitelineError) else "internal error while generating"
+            yield _sse({"error": {"message": message, "type": "server_error", "code": "backend_error"}})
             return
         answer = stream.answer
         assert answer is not None

@@ -89,8 +89,12 @@ def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | No
     return max(sims) if sims else None
 
 
+def _is_refusal(text: str) -> bool:
+    return text.strip().rstrip(".").lower() == REFUSAL.rstrip(".").lower()
+
+
 def _snippet(text: str, limit: int = 280) -> str:
-    text = " ".join(text.split())
+    text = " ".join(re.sub(r"(?m)^\s{0,3}#{1,6}\s+", "", text).split())  # no Markdown heading marks
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
@@ -175,6 +179,7 @@ class Assistant:
             p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
             check = check_citations(gen.text, len(p.sources))
             text, cited, invalid = check.text, check.cited, check.invalid
+            p.refused = _is_refusal(text)  # the model itself may decline from the evidence
             gen_tokens = (gen.prompt_tokens, gen.completion_tokens)
         t2 = time.perf_counter()
         audit_id = self._audit(p, text=text, invalid=invalid, streamed=False,
@@ -229,7 +234,7 @@ class AnswerStream:
         p.latency["total_ms"] = (time.perf_counter() - self._t0) * 1000
         check = check_citations("".join(parts), len(p.sources))
         by_n = {c.n: c for c in p.sources}
-        self.answer = Answer(p.question, "".join(parts), p.refused, tuple(by_n[n] for n in check.cited), p.sources,
+        self.answer = Answer(p.question, "".join(parts), p.refused or _is_refusal("".join(parts)), tuple(by_n[n] for n in check.cited), p.sources,
                              filt.invalid, p.model, p.best, {k: round(v, 2) for k, v in p.latency.items()},
                              self.audit_id)
 

@@ -139,7 +139,7 @@ def test_openai_client_with_a_bad_key_raises_authentication_error(server):
 def test_admin_endpoints_need_an_admin_key_and_are_audited(server):
     r = httpx.post(f"{server.url}/v1/admin/keys", json={"user": "bob"},
                    headers={"Authorization": f"Bearer {server.keys['bob']}"})
-    assert r.status_code == 403
+    assert r.status_code == 403 and "admin key" in r.json()["error"]["message"]
     r = httpx.post(f"{server.url}/v1/admin/keys", json={"user": "bob", "label": "second"},
                    headers={"Authorization": f"Bearer {server.keys['admin']}"})
     assert r.status_code == 200
@@ -224,6 +224,15 @@ def test_models_health_ready_and_metrics(server):
     assert "citeline_answers_total" in text and "citeline_db_pool_size" in text
 
 
-def test_chat_page_is_served(server):
+def test_chat_page_is_served_with_security_headers(server):
     r = httpx.get(f"{server.url}/")
     assert r.status_code == 200 and "<html" in r.text.lower()
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_invalid_requests_get_openai_shaped_errors(server):
+    h = {"Authorization": f"Bearer {server.keys['alice']}"}
+    r = httpx.post(f"{server.url}/v1/ask", json={"question": ""}, headers=h)
+    assert r.status_code == 422 and "question" in r.json()["error"]["message"]
+    with pytest.raises(openai.UnprocessableEntityError):
+        client(server, "alice").chat.completions.create(model="citeline", messages=[])
