@@ -169,6 +169,9 @@ def _convert(gguf: Path, dest: Path) -> None:
     marker = {"source": gguf.name, "source_bytes": gguf.stat().st_size,
               "converted_at": datetime.now(UTC).isoformat(timespec="seconds")}
     (dest / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    for file in dest.iterdir():  # mkdtemp and safetensors create owner-only files; a model is not a secret
+        file.chmod(0o644)
+    dest.chmod(0o755)
     log.info("converted %s in %.1f s", gguf.name, time.monotonic() - started)
 
 
@@ -296,14 +299,12 @@ class EmbeddedBackend:
         if not name or name == self.base_model:
             raise GenerationError(f"embedded: {name!r} cannot name an adapter: pick a name other than the base "
                                   f"model's ({self.base_model!r})")
+        if self._already_loaded(name, path):
+            return
         config = self._check_adapter(name, path)
         with self._acquire(f"load adapter {name!r}"):
-            existing = self._adapters.get(name)
-            if existing is not None:
-                if existing.path == path:
-                    return
-                raise GenerationError(f"embedded: adapter {name!r} is already loaded from {existing.path}: unload "
-                                      "it first or load the new version under another name")
+            if self._already_loaded(name, path):  # loaded by another thread meanwhile
+                return
             key = f"lora{self._next_key}"
             self._next_key += 1
             started = time.monotonic()
@@ -437,13 +438,24 @@ class EmbeddedBackend:
 
     # -- adapters ---------------------------------------------------------------------------------
 
+    def _already_loaded(self, name: str, path: Path) -> bool:
+        """True when ``name`` is loaded from ``path``; an error when it is loaded from another folder."""
+        existing = self._adapters.get(name)
+        if existing is None:
+            return False
+        if existing.path != path:
+            raise GenerationError(f"embedded: adapter {name!r} is already loaded from {existing.path}: unload it "
+                                  "first or load the new version under another name")
+        return True
+
     def _check_adapter(self, name: str, path: Path) -> LoraConfig:
         """Refuse what is not a LoRA adapter for this base model, before touching the model."""
         from peft import PeftConfig, PeftType
 
         if not path.is_dir():
-            raise GenerationError(f"embedded: adapter {name!r}: {path} is not a folder; pass the folder that "
-                                  "holds adapter_config.json and adapter_model.safetensors")
+            problem = "is not a folder" if path.exists() else "does not exist"
+            raise GenerationError(f"embedded: adapter {name!r}: {path} {problem}; pass the folder that holds "
+                                  "adapter_config.json and adapter_model.safetensors")
         weights = path / "adapter_model.safetensors"
         if not (path / "adapter_config.json").is_file() or not weights.is_file():
             raise GenerationError(f"embedded: adapter {name!r}: {path} is not a PEFT adapter folder (it needs "

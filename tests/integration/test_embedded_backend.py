@@ -1,0 +1,253 @@
+"""The embedded generation backend with the real SmolLM2-135M-Instruct and real peft LoRA adapters.
+
+The GGUF → safetensors conversion runs once per machine into a cache shared across test runs
+(``$CITELINE_TEST_MODELS``, default ``~/.cache/citeline-test-models``); everything else uses that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from citeline import plugins
+from citeline.errors import GenerationError
+from citeline.serving.embedded import BASE_MODEL_NAME, EmbeddedBackend, ensure_base_model
+from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
+from citeline.settings import GenerationSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MAX_TOKENS = 16
+ADAPTER_TOKENS = 8  # enough to tell a perturbed adapter from the base model
+PROMPT = "Name three colours of the rainbow."
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("CITELINE_TEST_MODELS", Path.home() / ".cache" / "citeline-test-models"))
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return ensure_base_model(_cache_home())
+
+
+@pytest.fixture(scope="module")
+def backend(model_dir: Path) -> Iterator[EmbeddedBackend]:
+    b = EmbeddedBackend(GenerationSettings(), _cache_home())
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter (r=8 on q_proj, v_proj) whose lora_B is random, so it changes the first tokens."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    torch.manual_seed(0)  # lora_A's initialisation
+    tuned = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                            task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in tuned.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.4)  # 0.1 can leave 8 tokens alike
+    dest = tmp_path_factory.mktemp("adapter") / "team-a"
+    tuned.save_pretrained(dest)
+    return dest
+
+
+def ask(question: str = PROMPT, model: str | None = None, max_tokens: int = MAX_TOKENS) -> GenerationRequest:
+    return GenerationRequest(messages=(ChatMessage("user", question),), model=model, max_tokens=max_tokens)
+
+
+def short(model: str | None = None) -> GenerationRequest:
+    """The adapter tests' request: the same prompt and length for the base model and every adapter."""
+    return ask(model=model, max_tokens=ADAPTER_TOKENS)
+
+
+def broken_copy(adapter_dir: Path, dest: Path, **config_changes: object) -> Path:
+    shutil.copytree(adapter_dir, dest)
+    config_file = dest / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(config_changes)
+    config_file.write_text(json.dumps(config))
+    return dest
+
+
+# -- the base model ---------------------------------------------------------------------------------
+
+
+def test_conversion_makes_a_standard_folder_that_loads_fast_and_generates(model_dir: Path) -> None:
+    assert model_dir == _cache_home().resolve() / "models" / BASE_MODEL_NAME
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (model_dir / name).is_file(), name
+    config = json.loads((model_dir / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["rope_theta"] == 100000.0  # for the older transformers vLLM bundles
+    assert "<|im_start|>" in json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"]
+    assert ensure_base_model(_cache_home()) == model_dir  # reused, not converted again
+
+    started = time.monotonic()
+    fresh = EmbeddedBackend(GenerationSettings(model=str(model_dir)), _cache_home())
+    try:
+        assert time.monotonic() - started < 30  # the GGUF path takes ~25 s before dequantizing anything
+        answer = fresh.generate(ask("What is the capital of France?"))
+        assert "Paris" in answer.text
+        assert answer.finish_reason == "stop"
+        assert answer.model == BASE_MODEL_NAME
+    finally:
+        fresh.close()
+    with pytest.raises(GenerationError, match="closed"):
+        fresh.generate(ask())
+
+
+def test_incomplete_conversion_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "models" / BASE_MODEL_NAME).mkdir(parents=True)
+    with pytest.raises(GenerationError, match="not a complete conversion"):
+        ensure_base_model(tmp_path)
+
+
+def test_registered_and_implements_the_contract(backend: EmbeddedBackend) -> None:
+    assert plugins.load(plugins.GENERATORS, "embedded") is EmbeddedBackend
+    assert isinstance(backend, GenerationBackend)
+    assert isinstance(backend, AdapterHost)
+    assert backend.name == "embedded"
+    assert backend.base_model == BASE_MODEL_NAME
+    assert backend.models() == [BASE_MODEL_NAME]
+
+
+def test_generate_equals_the_concatenated_stream(backend: EmbeddedBackend) -> None:
+    for question in (PROMPT, "Write one sentence about the sea, with an emoji."):
+        whole = backend.generate(ask(question))
+        pieces = list(backend.stream(ask(question)))
+        assert len(pieces) > 1
+        assert "".join(pieces) == whole.text
+        assert whole.text.strip()
+    abandoned = backend.stream(ask())
+    assert next(abandoned)
+    abandoned.close()  # a client that went away: the model is free again at once (else the next call times out)
+    cut = backend.generate(ask("Count from one to one hundred in words.", max_tokens=5))
+    assert cut.completion_tokens == 5 and cut.finish_reason == "length"
+
+
+def test_token_counts_use_the_model_tokenizer(backend: EmbeddedBackend, model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    for text in ("hello world", "Zürich — 東京 ✓ [1] citations", ""):
+        assert backend.count_tokens(text) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    answer = backend.generate(ask())
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=True)["input_ids"]
+    assert answer.prompt_tokens == len(prompt)
+    assert 1 <= answer.completion_tokens <= MAX_TOKENS
+
+
+def test_unknown_adapter_is_refused_before_streaming(backend: EmbeddedBackend) -> None:
+    with pytest.raises(GenerationError, match="no-such-team"):
+        backend.generate(ask(model="no-such-team"))
+    with pytest.raises(GenerationError, match="no-such-team"):
+        backend.stream(ask(model="no-such-team"))  # at the call, not at the first delta
+    with pytest.raises(GenerationError, match="no-such-team"):
+        backend.unload_adapter("no-such-team")
+
+
+# -- adapters ---------------------------------------------------------------------------------------
+
+
+def test_adapter_selected_per_request(backend: EmbeddedBackend, adapter_dir: Path) -> None:
+    assert backend.adapters() == {}
+    base = backend.generate(short()).text
+    backend.load_adapter("team-a", adapter_dir)
+    try:
+        assert backend.models() == [BASE_MODEL_NAME, "team-a"]
+        assert backend.adapters() == {"team-a": adapter_dir}
+        tuned = backend.generate(short("team-a"))
+        assert tuned.model == "team-a"
+        assert tuned.text != base
+        assert "".join(backend.stream(short("team-a"))) == tuned.text
+        assert backend.generate(short()).text == base  # adapters off for the base model
+        assert backend.generate(short(BASE_MODEL_NAME)).text == base
+        assert backend.generate(short("team-a")).text == tuned.text
+
+        backend.load_adapter("team-a", adapter_dir)  # same name, same folder: nothing to do
+        with pytest.raises(GenerationError, match="already loaded"):
+            backend.load_adapter("team-a", adapter_dir.parent)
+        _concurrent_requests_keep_their_models(backend, {None: base, "team-a": tuned.text})
+    finally:
+        backend.unload_adapter("team-a")
+    assert backend.models() == [BASE_MODEL_NAME]
+    assert backend.adapters() == {}
+    with pytest.raises(GenerationError, match="team-a"):
+        backend.generate(short("team-a"))
+    assert backend.generate(short()).text == base
+
+    backend.load_adapter("team-a-v2", adapter_dir)  # loading again after the last one went away
+    try:
+        assert backend.generate(short("team-a-v2")).text == tuned.text
+    finally:
+        backend.unload_adapter("team-a-v2")
+
+
+def _concurrent_requests_keep_their_models(backend: EmbeddedBackend, expected: dict[str | None, str]) -> None:
+    results: dict[int, str] = {}
+    models = [None, "team-a", None, "team-a"]
+
+    def worker(i: int) -> None:
+        results[i] = "".join(backend.stream(short(models[i])))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(models))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert {i: expected[m] for i, m in enumerate(models)} == results
+
+
+def test_broken_adapters_are_refused_and_loaded_ones_keep_working(
+    backend: EmbeddedBackend, adapter_dir: Path, tmp_path: Path
+) -> None:
+    assert backend.adapters() == {}
+    base = backend.generate(short()).text
+    # a failure inside peft (weights for modules the config names are missing) on the very first adapter:
+    # the model must come back unwrapped
+    extra_targets = broken_copy(adapter_dir, tmp_path / "extra", target_modules=["q_proj", "v_proj", "k_proj"])
+    with pytest.raises(GenerationError, match="'extra'.*lacks weights"):
+        backend.load_adapter("extra", extra_targets)
+    assert backend.models() == [BASE_MODEL_NAME]
+    assert backend.generate(short()).text == base
+
+    backend.load_adapter("good", adapter_dir)
+    try:
+        tuned = backend.generate(short("good")).text
+        no_weights = broken_copy(adapter_dir, tmp_path / "no-weights")
+        (no_weights / "adapter_model.safetensors").unlink()
+        not_an_adapter = tmp_path / "plain-folder"
+        not_an_adapter.mkdir()
+        cases = {
+            "wrong-rank": (broken_copy(adapter_dir, tmp_path / "wrong-rank", r=16), "does not fit"),
+            "no-weights": (no_weights, "adapter_model.safetensors"),
+            "missing": (tmp_path / "gone", "does not exist"),  # the model server answers 404 for this one
+            "a-file": (adapter_dir / "adapter_config.json", "not a folder"),
+            "plain": (not_an_adapter, "not a PEFT adapter"),
+            "extra": (extra_targets, "lacks weights"),  # rolled back inside peft this time
+        }
+        for name, (path, why) in cases.items():
+            with pytest.raises(GenerationError, match=why) as caught:
+                backend.load_adapter(name, path)
+            assert repr(name) in str(caught.value)
+            assert backend.models() == [BASE_MODEL_NAME, "good"]
+        assert backend.generate(short("good")).text == tuned
+        assert backend.generate(short()).text == base
+    finally:
+        backend.unload_adapter("good")
