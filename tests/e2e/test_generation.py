@@ -1,0 +1,114 @@
+"""Real generation: the embedded SmolLM2 behind `citeline serve`, and the openai backend over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from citeline.errors import GenerationError
+from citeline.serving.generation import ChatMessage, GenerationRequest
+from citeline.serving.openai_backend import OpenAIBackend
+from citeline.settings import GenerationSettings
+from tests.e2e.conftest import free_port, run_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+DEPLOY = "how do I roll back a bad deploy"
+
+
+@pytest.fixture(scope="module")
+def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
+    """`citeline model-server` with the embedded backend on loopback."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("ms") / "model-server.log"
+    env = {**os.environ, "CITELINE_GENERATION__MODEL": str(smollm2_dir), "CITELINE_GENERATION__BACKEND": "embedded",
+           "CITELINE_HOME": str(log.parent)}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "model-server",
+                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError(log.read_text())
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            import time
+
+            time.sleep(0.3)
+        yield f"{url}/v1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_openai_backend_against_the_model_server(model_server, smollm2_dir):
+    backend = OpenAIBackend(GenerationSettings(backend="openai", base_url=model_server, model=smollm2_dir.name,
+                                               timeout_s=120, retries=0))
+    request = GenerationRequest((ChatMessage("system", "Answer in one short sentence."),
+                                 ChatMessage("user", "What is the capital of France?")), max_tokens=12)
+    whole = backend.generate(request)
+    assert "Paris" in whole.text and whole.completion_tokens > 0
+    assert "".join(backend.stream(request)) == whole.text  # greedy: the stream is the same text
+    local = OpenAIBackend(GenerationSettings(backend="openai", base_url=model_server, model=smollm2_dir.name,
+                                             tokenizer=str(smollm2_dir)))
+    text = "Evidence [1] Deploy process: roll back with ship rollback."
+    assert backend.count_tokens(text) == local.count_tokens(text) > 5  # server /tokenize == local tokenizer
+    assert backend.models()[0] == smollm2_dir.name
+    with pytest.raises(GenerationError, match="not served"):
+        backend.generate(GenerationRequest(request.messages, model="no-such-adapter", max_tokens=4))
+
+
+def test_openai_backend_names_the_server_when_it_is_down():
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAIBackend(GenerationSettings(backend="openai", base_url=dead, model="m", retries=1, timeout_s=5))
+    with pytest.raises(GenerationError, match="cannot reach the model server"):
+        backend.generate(GenerationRequest((ChatMessage("user", "hi"),), max_tokens=4))
+
+
+@pytest.fixture(scope="module")
+def embedded_server(tmp_path_factory, pg_url, embedder, smollm2_dir):
+    env = {"CITELINE_GENERATION__MODEL": str(smollm2_dir), "CITELINE_GENERATION__MAX_TOKENS": "40"}
+    with run_server(tmp_path_factory.mktemp("emb"), pg_url, embedder, backend="embedded", extra_env=env) as srv:
+        yield srv
+
+
+def test_embedded_model_answers_through_the_server_streaming_and_not(embedded_server):
+    srv = embedded_server
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=srv.keys["alice"], max_retries=0, timeout=300)
+    resp = client.chat.completions.create(model="citeline", messages=[{"role": "user", "content": DEPLOY}])
+    extra = resp.model_extra or {}
+    assert extra["refused"] is False and resp.choices[0].message.content.strip()
+    sources = extra["sources"]
+    assert any(s["external_id"] == "engineering/deploy-process.md" for s in sources)
+    assert {c["n"] for c in extra["citations"]} <= {s["n"] for s in sources}
+    chunks = list(client.chat.completions.create(model="citeline", stream=True,
+                                                 messages=[{"role": "user", "content": DEPLOY}]))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed.strip() == resp.choices[0].message.content.strip()  # greedy decoding: same answer
+    (row,) = srv.owner_sql("SELECT payload->>'model' FROM audit_log WHERE id = %s", extra["audit_id"])
+    assert row[0] == "smollm2-135m-instruct"
+
+
+def test_planted_instruction_with_a_real_model(embedded_server):
+    srv = embedded_server
+    r = httpx.post(f"{srv.url}/v1/ask", json={"question": "how do I set up the office printer"},
+                   headers={"Authorization": f"Bearer {srv.keys['bob']}"}, timeout=300)
+    body = r.json()
+    assert r.status_code == 200 and not body["refused"]
+    assert any(s["external_id"] == "office-printer.md" for s in body["sources"])
+    hr = {row[0] for row in srv.owner_sql("SELECT id FROM documents WHERE external_id LIKE 'hr/%%'")}
+    assert not hr & {s["document_id"] for s in body["sources"]}  # the planted request cannot widen access
+    for secret in ("£48,000", "£62,000", "£80,000", "E3 (senior engineer)"):  # real bands: never in evidence
+        assert secret not in body["answer"]
+    assert "[9]" not in body["answer"] and all(c["n"] <= len(body["sources"]) for c in body["citations"])
