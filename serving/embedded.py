@@ -370,7 +370,7 @@ class EmbeddedBackend:
         prefix_offset = read_offset = 0
         next_input, cache = prepared.prompt_ids, None
         for _ in range(prepared.max_new_tokens):
-            token, cache = self._step(next_input, cache, prepared.temperature)
+            token, cache = self._step(next_input, cache, prepared.temperature, generated)
             stats.completion_tokens += 1
             if token in self._eos_ids:
                 stats.finish_reason = "stop"
@@ -387,14 +387,20 @@ class EmbeddedBackend:
         if len(rest) > len(prefix):
             yield rest[len(prefix):]
 
-    def _step(self, input_ids: list[int], cache: Any, temperature: float) -> tuple[int, Any]:
+    def _step(self, input_ids: list[int], cache: Any, temperature: float,
+              generated: list[int] | None = None) -> tuple[int, Any]:
         import torch
 
+        penalty = self._settings.repetition_penalty
         try:
             with torch.inference_mode():
                 ids = torch.tensor([input_ids], device=self._model.device)
                 out = self._model(input_ids=ids, past_key_values=cache, use_cache=True, **self._logits_kw)
                 logits = out.logits[0, -1].float()
+                if generated and penalty != 1.0:  # CTRL-style, on the answer's own tokens only: quoting
+                    seen = torch.tensor(sorted(set(generated)), device=logits.device)  # evidence is fine
+                    picked = logits[seen]
+                    logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
                 if temperature <= 0:
                     token = int(torch.argmax(logits))
                 else:

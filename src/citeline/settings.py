@@ -107,6 +107,8 @@ class GenerationSettings(_Section):
     context_tokens: int = Field(2048, ge=256, description="the model's context window")
     evidence_tokens: int = Field(1200, ge=64, description="token budget for quoted evidence in the prompt")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
+    repetition_penalty: float = Field(1.3, ge=1.0, le=3.0, description="embedded: penalise tokens the answer "
+                                      "already used (small models loop under greedy decoding); 1.0 = off")
     device: str = "cpu"
 
 
