@@ -11,6 +11,10 @@ Promises (tested in tests/integration/test_sync.py):
 * deletions from a listing are applied only after the sync ran to its end and the listing completed;
 * one sync per source at a time, across processes (a PostgreSQL advisory lock).
 
+A ``stop`` event (set by the scheduler on SIGTERM) is checked between batches: the batch in hand
+commits with its checkpoint, then the run ends as ``interrupted`` without pruning, and the next run
+resumes from that checkpoint.
+
 Embedding (the slow stage) of batch N+1 overlaps with writing batch N on a background thread.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +46,11 @@ __all__ = ["SyncReport", "SyncRunner", "content_hash"]
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[["SyncReport"], None]
+STOPPED = "stopped on request after a batch; the next run resumes from its checkpoint"
+
+
+class _Stopped(Exception):
+    """Raised between batches when the stop event is set."""
 
 
 @dataclass
@@ -99,12 +109,13 @@ class SyncRunner:
     """Runs connectors into one namespace of the index."""
 
     def __init__(self, db: Database, embedder: Embedder, chunker: Chunker, *, batch_size: int = 64,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None, stop: threading.Event | None = None) -> None:
         self.db = db
         self.embedder = embedder
         self.chunker = chunker
         self.batch_size = batch_size
         self.on_progress = on_progress
+        self.stop = stop  # checked between batches: see the module docstring
         self._lock_space = int.from_bytes(hashlib.sha256(f"sync:{db.namespace}".encode()).digest()[:4], "big",
                                           signed=True)
 
@@ -125,12 +136,15 @@ class SyncRunner:
                     self._stream(source_id, connector, run_cursor, report)
                     self._prune(source_id, connector, report)
                     report.status = "succeeded"
+                except _Stopped:
+                    report.status = "interrupted"
+                    log.info("source %s: %s", source, STOPPED)
                 except BaseException as exc:
                     report.status = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
                     self._finish_run(report, error=_describe(exc))
                     raise
                 report.seconds = time.perf_counter() - started
-                self._finish_run(report)
+                self._finish_run(report, error=STOPPED if report.status == "interrupted" else None)
             finally:
                 lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self._lock_space, source_id))
         return report
@@ -184,6 +198,9 @@ class SyncRunner:
                 if pending is not None:
                     pending.result()  # keep commits in order: one batch in flight at a time
                 pending = writer.submit(self._write, source_id, batch, prepared, report)
+                if self.stop is not None and self.stop.is_set():
+                    pending.result()  # the batch in hand commits with its checkpoint
+                    raise _Stopped
             if pending is not None:
                 pending.result()
         finally:

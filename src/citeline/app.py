@@ -15,8 +15,9 @@ Heavy parts (the embedding model, the database pool) start on first use, not at 
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from citeline.domain import Access, Principal, SearchMode
 from citeline.errors import ConfigError
 from citeline.ingest.chunking import Chunker
 from citeline.ingest.embedding import Embedder
+from citeline.ingest.scheduler import RetryPolicy, Scheduler, last_runs, next_run
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
 from citeline.keys import KeyStore, NewKey
 from citeline.retrieval import Retriever, SearchResult
@@ -50,6 +52,8 @@ class SourceStatus:
     last_success: datetime | None
     counts: dict[str, int]
     error: str | None
+    schedule: str | None = None
+    next_run: datetime | None = None  # from the cron schedule (and retry backoff); None: not scheduled
 
 
 def build_connector(source: SourceSettings, settings: Settings) -> Connector:
@@ -134,16 +138,21 @@ class Citeline:
 
     # -- operations ---------------------------------------------------------------------------------
     def sync(self, source: str | None = None, *, full: bool = False,
-             on_progress: ProgressCallback | None = None) -> list[SyncReport]:
-        """Sync one source (or all, in config order). A failing source does not stop the others."""
+             on_progress: ProgressCallback | None = None, stop: threading.Event | None = None) -> list[SyncReport]:
+        """Sync one source (or all, in config order). A failing source does not stop the others.
+
+        ``stop``, once set, ends the run after its current batch (status ``interrupted``, resumable).
+        """
         chosen = [self.settings.source(source)] if source else list(self.settings.sources)
         if not chosen:
             raise ConfigError("no sources configured: add [[sources]] tables to citeline.toml")
         connectors = [(s, build_connector(s, self.settings)) for s in chosen]  # config errors before any work
         reports = []
         for src, connector in connectors:
+            if stop is not None and stop.is_set():
+                break
             runner = SyncRunner(self.db, self.embedder, self.chunker, batch_size=src.batch_size,
-                                on_progress=on_progress)
+                                on_progress=on_progress, stop=stop)
             reports.append(runner.run(src.name, src.connector, connector, full=full))
         return reports
 
@@ -188,7 +197,12 @@ class Citeline:
         self.audit.append("admin", "key.revoke", principal=actor, payload={"key_id": key_id, "revoked": done})
         return done
 
-    def source_status(self) -> list[SourceStatus]:
+    def scheduler(self, *, retry: RetryPolicy = RetryPolicy(), tick_s: float = 30.0) -> Scheduler:
+        """Runs the sources with a ``schedule`` when due (``citeline scheduler``)."""
+        return Scheduler(self, retry=retry, tick_s=tick_s)
+
+    def source_status(self, *, retry: RetryPolicy = RetryPolicy()) -> list[SourceStatus]:
+        """Every configured or indexed source: last run, counts, error, and next scheduled run."""
         with self.db.writer() as conn:
             rows = conn.execute(
                 "SELECT s.name, s.connector, (SELECT count(*) FROM documents d WHERE d.source_id = s.id),"
@@ -197,11 +211,19 @@ class Citeline:
                 " FROM sources s LEFT JOIN LATERAL (SELECT * FROM sync_runs WHERE source_id = s.id"
                 " ORDER BY id DESC LIMIT 1) r ON true ORDER BY s.name"
             ).fetchall()
+            last = last_runs(conn)
+        configured = {s.name: s for s in self.settings.sources}
+        never = [(s.name, s.connector, 0, None, None, None, None, None, None, None, None, None, None)
+                 for s in self.settings.sources if s.name not in {r[0] for r in rows}]
+        now = datetime.now(UTC)
         out = []
-        for r in rows:
+        for r in sorted([*rows, *never], key=lambda row: row[0]):
             counts = dict(zip(("added", "updated", "unchanged", "deleted", "failed"), r[7:12], strict=True))
+            src = configured.get(r[0])
+            schedule = src.schedule if src else None
             out.append(SourceStatus(r[0], r[1], r[2], r[3], r[4], r[5], r[6],
-                                    {k: v or 0 for k, v in counts.items()}, r[12]))
+                                    {k: v or 0 for k, v in counts.items()}, r[12], schedule,
+                                    next_run(r[0], schedule, last.get(r[0]), now, retry)))
         return out
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from citeline.cli import ask, audit, evaluate, keys, principals, search, serve, sources, sync
+from citeline.cli import ask, audit, evaluate, keys, principals, scheduler, search, serve, sources, sync
 from citeline.cli._common import fail
 from citeline.errors import CitelineError
 
@@ -24,6 +24,7 @@ app.command("search")(search.search)
 app.command("ask")(ask.ask)
 app.command("serve")(serve.serve)
 app.command("model-server")(serve.model_server)
+app.command("scheduler")(scheduler.scheduler)
 app.add_typer(principals.app, name="principals", help="Users and their groups (who may see what).")
 app.add_typer(sources.app, name="sources", help="Configured sources and their sync state.")
 app.add_typer(evaluate.app, name="eval", help="Measure retrieval quality on BEIR-format files.")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from rich.table import Table
+from datetime import UTC, datetime
+
 import typer
+from rich.table import Table
 
 from citeline.cli._common import ConfigOption, JsonOption, console, opened, print_json
 
@@ -22,15 +24,21 @@ def list_(config: ConfigOption = None) -> None:
 
 @app.command("status")
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Last run, counts and errors per source."""
+    """Last run, next run (from the cron schedule, UTC), counts and errors per source."""
     with opened(config) as cl:
         rows = cl.source_status()
     if as_json:
         print_json([vars(r) for r in rows])
         return
-    table = Table("source", "documents", "last run", "finished", "added", "updated", "deleted", "failed", "error")
+    table = Table("source", "documents", "last run", "started", "finished", "next run", "added", "updated",
+                  "deleted", "failed", "error")
     for r in rows:
         c = r.counts
-        table.add_row(r.name, str(r.documents), r.last_run_status or "never", str(r.last_run_finished or ""),
+        table.add_row(r.name, str(r.documents), r.last_run_status or "never", _when(r.last_run_started),
+                      _when(r.last_run_finished), _when(r.next_run) if r.schedule else "manual (no schedule)",
                       str(c["added"]), str(c["updated"]), str(c["deleted"]), str(c["failed"]), r.error or "")
     console.print(table)
+
+
+def _when(t: datetime | None) -> str:
+    return f"{t.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if t else ""

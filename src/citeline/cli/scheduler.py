@@ -1,0 +1,84 @@
+"""``citeline scheduler [--once] [--tick SECONDS]``: run each source on its cron schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from citeline.cli._common import ConfigOption, JsonOption, console, opened, print_json
+from citeline.ingest.scheduler import Outcome, RetryPolicy, RunResult, Scheduler
+
+
+def scheduler(
+    once: Annotated[bool, typer.Option("--once", help="sync the sources that are due now, then exit")] = False,
+    tick: Annotated[float, typer.Option("--tick", min=0.05, help="seconds between looks for due sources")] = 30.0,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="retries of a failed run per cron slot")] = 3,
+    backoff: Annotated[float, typer.Option("--backoff", min=0.01,
+                                           help="seconds before the first retry; doubles per failure")] = 30.0,
+    max_backoff: Annotated[float, typer.Option("--max-backoff", min=0.01, help="longest wait between retries")] = 900.0,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Sync each source when its cron `schedule` (UTC) is due; SIGTERM/SIGINT stop after the current batch."""
+    if "CITELINE_LOG_LEVEL" not in os.environ:
+        logging.getLogger("citeline.ingest").setLevel(logging.INFO)  # one line per run on stderr
+    with opened(config) as cl:
+        sched = cl.scheduler(retry=RetryPolicy(retries, backoff, max(max_backoff, backoff)), tick_s=tick)
+        with _stop_on_signals(sched):
+            if once:
+                results = sched.run_pending()
+            else:
+                sched.serve()
+                return
+    if as_json:
+        print_json([_as_dict(r) for r in results])
+    else:
+        _print(results)
+    if any(r.outcome is Outcome.FAILED for r in results):
+        raise typer.Exit(code=1)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(sched: Scheduler) -> Iterator[None]:
+    """First SIGTERM/SIGINT: stop after the current batch. A second one: stop now (KeyboardInterrupt)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if sched.stopping:
+            raise KeyboardInterrupt
+        os.write(2, f"{signal.Signals(signum).name}: stopping after the current batch "
+                    "(send it again to stop at once)\n".encode())
+        sched.stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _as_dict(r: RunResult) -> dict[str, object]:
+    report = vars(r.report) if r.report else None
+    return {"source": r.source, "outcome": r.outcome.value, "started": r.started, "error": r.error,
+            "next_run": r.next_run, "report": report}
+
+
+def _print(results: list[RunResult]) -> None:
+    if not results:
+        console.print("nothing is due")
+        return
+    table = Table("source", "outcome", "added", "updated", "unchanged", "deleted", "failed", "next run", "error")
+    for r in results:
+        rep = r.report
+        counts = [str(getattr(rep, k)) if rep else "" for k in ("added", "updated", "unchanged", "deleted", "failed")]
+        table.add_row(r.source, r.outcome.value, *counts, f"{r.next_run:%Y-%m-%d %H:%M UTC}" if r.next_run else "",
+                      r.error or "")
+    console.print(table)
