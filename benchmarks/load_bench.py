@@ -70,7 +70,7 @@ async def sample_pool(base: str, stop: asyncio.Event, out: list[dict[str, float]
                 await asyncio.wait_for(stop.wait(), 0.25)
 
 
-async def run_level(base: str, keys: dict[str, str], concurrency: int, duration: float) -> dict:
+async def run_level(base: str, keys: dict[str, str], concurrency: int, duration: float, unique: bool) -> dict:
     results: list[tuple[float, int, dict]] = []
     deadline = time.perf_counter() + duration
     stop = asyncio.Event()
@@ -83,6 +83,8 @@ async def run_level(base: str, keys: dict[str, str], concurrency: int, duration:
         async with httpx.AsyncClient(timeout=60, headers=headers) as client:
             while time.perf_counter() < deadline:
                 q = QUESTIONS[n % len(QUESTIONS)]
+                if unique:  # every question text new: no help from the server's cache of question vectors
+                    q = f"{q} (case {n})"
                 n += concurrency
                 t0 = time.perf_counter()
                 try:
@@ -124,6 +126,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--duration", type=float, default=30)
     parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--unique", action="store_true", help="make every question text unique (defeats the "
+                        "question-vector cache; the default repeats the 66 questions, as real support traffic does)")
     args = parser.parse_args()
     url = database_url()
     tmp = Path(tempfile.mkdtemp(prefix="citeline-load-"))
@@ -140,8 +144,8 @@ def main() -> None:
                 if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
             time.sleep(0.5)
-        asyncio.run(run_level(base, keys, 4, args.warmup))
-        levels = [asyncio.run(run_level(base, keys, c, args.duration)) for c in args.concurrency]
+        asyncio.run(run_level(base, keys, 4, args.warmup, unique=True))
+        levels = [asyncio.run(run_level(base, keys, c, args.duration, args.unique)) for c in args.concurrency]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -149,7 +153,8 @@ def main() -> None:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(env["CITELINE_DATABASE__NAMESPACE"])))
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps({"benchmark": "load", "backend": "extractive", "questions": len(QUESTIONS), "levels": levels,
+    print(json.dumps({"benchmark": "load", "backend": "extractive", "questions": len(QUESTIONS),
+                      "unique_questions": args.unique, "levels": levels,
                       "machine": machine(), "revision": git_revision()}, indent=2))
 
 
