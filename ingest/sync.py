@@ -9,7 +9,10 @@ Promises (tested in tests/integration/test_sync.py):
   mid-way resumes from its last checkpoint with nothing lost or doubled;
 * a changed document is replaced atomically (readers never see it absent or doubled);
 * deletions from a listing are applied only after the sync ran to its end and the listing completed;
-* one sync per source at a time, across processes (a PostgreSQL advisory lock).
+* one sync per source at a time, across processes (a PostgreSQL advisory lock);
+* after a run that changed the chunks (or finds the lexicon statistics stale, e.g. after an earlier
+  run failed part-way), the corpus statistics that BM25 ranking reads are recomputed
+  (:func:`citeline.store.refresh_lexicon`); until then lexical ranking uses the previous ones.
 
 A ``stop`` event (set by the scheduler on SIGTERM) is checked between batches: the batch in hand
 commits with its checkpoint, then the run ends as ``interrupted`` without pruning, and the next run
@@ -69,6 +72,7 @@ class SyncReport:
     resumed_from: Mapping[str, Any] | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    lexicon_seconds: float | None = None  # time spent refreshing the lexicon statistics (None: not needed)
 
     @property
     def seen(self) -> int:
@@ -135,6 +139,7 @@ class SyncRunner:
                     connector.validate()
                     self._stream(source_id, connector, run_cursor, report)
                     self._prune(source_id, connector, report)
+                    self._refresh_lexicon(report)
                     report.status = "succeeded"
                 except _Stopped:
                     report.status = "interrupted"
@@ -186,6 +191,21 @@ class SyncRunner:
                     "UPDATE sources SET last_success_at = now() WHERE id = (SELECT source_id FROM sync_runs"
                     " WHERE id = %s)", (report.run_id,),
                 )
+
+    def _refresh_lexicon(self, report: SyncReport) -> None:
+        """Recompute BM25's corpus statistics if the chunks changed since they were last computed."""
+        started = time.perf_counter()
+        try:
+            with self.db.writer() as conn:
+                stats = store.refresh_lexicon(conn, if_stale=True)
+        except psycopg.Error as exc:  # the sync's own writes are committed; ranking uses older statistics
+            log.warning("source %s: lexicon statistics not refreshed (%s); lexical ranking uses the previous "
+                        "ones until the next sync", report.source, exc)
+            return
+        if stats is not None:
+            report.lexicon_seconds = time.perf_counter() - started
+            log.info("source %s: lexicon statistics refreshed (%d chunks, %d lexemes, %d changed) in %.2f s",
+                     report.source, stats.chunks, stats.lexemes, stats.changed_lexemes, report.lexicon_seconds)
 
     # -- the stream ---------------------------------------------------------------------------------
     def _stream(self, source_id: int, connector: Connector, cursor: Mapping[str, Any] | None,

@@ -3,7 +3,8 @@
 The corpus is ingested through the normal pipeline (chunk → embed → write) into its own namespace
 (a separate Postgres schema named after the corpus' content hash), so evaluation never touches the
 live index and a second run over the same corpus reuses what is stored. Chunk hits are collapsed
-to documents (a document ranks at its best chunk).
+to documents (a document ranks at its best chunk). Before scoring, the corpus statistics that lexical
+(BM25) ranking reads are recomputed if they are missing or older than the chunks.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def evaluate_retrieval(citeline_factory: Callable[[str], Any], corpus: Path, que
     import statistics
     import time
 
+    from citeline import store
     from citeline.ingest.sync import SyncRunner
 
     judged = load_qrels(qrels)
@@ -150,6 +152,8 @@ def evaluate_retrieval(citeline_factory: Callable[[str], Any], corpus: Path, que
         t0 = time.perf_counter()
         runner = SyncRunner(cl.db, cl.embedder, cl.chunker, batch_size=256)
         report = runner.run("beir", "beir", BeirCorpus(BeirCorpus.Config(path=corpus)))
+        with cl.db.writer() as conn:  # the sync refreshes them too; this covers a namespace synced before
+            store.refresh_lexicon(conn, if_stale=True)
         ingest_s = time.perf_counter() - t0
         documents = report.added + report.updated + report.unchanged
         results: dict[str, dict[str, float]] = {}

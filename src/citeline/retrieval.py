@@ -1,12 +1,33 @@
-"""Hybrid retrieval: dense (HNSW, cosine) + lexical (PostgreSQL full text), fused by reciprocal rank.
+"""Hybrid retrieval: dense (HNSW, cosine) + lexical (BM25 over PostgreSQL full text), fused by reciprocal rank.
 
 Both candidate lists are computed in one SQL statement that runs as ``citeline_reader`` for the
 asking principal, so row-level security filters inside the HNSW index scan (with
-``hnsw.iterative_scan`` the scan keeps going until it has enough visible rows) and inside the GIN
-scan. Nothing is filtered in Python.
+``hnsw.iterative_scan`` the scan keeps going until it has enough visible rows) and every chunk row the
+statement reads. Nothing is filtered in Python.
 
-The lexical query ORs the question's terms (``plainto_tsquery`` ANDs them, which finds nothing for a
-natural-language question) and ranks with ``ts_rank`` normalised by document length.
+Dense: the HNSW scan returns ``candidates`` rows, which are then ordered by their exact distance
+(an iterative scan in ``relaxed_order`` may return them slightly out of order), so the top ``k`` are
+the ``k`` nearest of a candidate set larger than ``k`` (recall and cost: docs/benchmarks.md).
+
+Lexical matching goes through the GIN index on ``tsv`` via ``lexical_match()`` (migration 0002): under
+row-level security PostgreSQL will not use an index for ``@@`` (the operator is not leakproof) and would
+read every row's ``tsv``. That function returns only ids of chunks the principal may see; the rows
+themselves are then read here, under row-level security.
+
+Lexical (BM25): the question's lexemes (``to_tsvector`` of the question, so stemming and stop words
+match the index) are looked up in the corpus statistics of migration 0002 (per-lexeme document
+frequencies, chunk count, mean length; refreshed by :func:`citeline.store.refresh_lexicon` after each
+sync that changed chunks, so they may lag the chunks in between). Rows are *matched* only through the
+rarest terms whose document frequencies add up to at most ``lexical_row_budget`` (the rarest term
+is always used): that bounds the rows the GIN scan and the ranking visit, whatever the question.
+Every matched row is then *scored* with all of the question's terms::
+
+    score = sum over terms t in the row of  idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))
+    idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))
+
+with ``tf`` the term's number of positions in the chunk and ``dl`` the chunk's number of distinct
+lexemes (``length(tsv)``). The tsquery is assembled in SQL from quoted lexemes; the question's text
+is only ever a bound parameter. A question made only of stop words has no lexemes and no lexical hits.
 """
 
 from __future__ import annotations
@@ -23,29 +44,81 @@ from citeline.settings import RetrievalSettings
 
 __all__ = ["Retriever", "SearchResult"]
 
-_SQL = """
-WITH dense AS MATERIALIZED (
+# The statement is assembled per mode: WITH <dense CTEs>, <lexical CTEs>, <fused> <select>; a mode
+# plans and runs only its own half.
+_DENSE = """
+dense AS MATERIALIZED (
     SELECT c.id, c.embedding <=> %(vec)s AS dist
     FROM chunks c
     ORDER BY c.embedding <=> %(vec)s
     LIMIT %(n_dense)s
 ), dense_ranked AS (
-    SELECT id, dist, row_number() OVER (ORDER BY dist, id) AS r FROM dense
-), query AS (
-    SELECT replace(plainto_tsquery(%(cfg)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS q
+    -- "+ 0": the planner takes the CTE's rows as already sorted by dist and would stop reading them once
+    -- it has k; a relaxed-order HNSW scan returns them only roughly sorted, so all are read and sorted
+    SELECT id, dist, row_number() OVER (ORDER BY dist + 0, id) AS r FROM dense
+)"""
+
+_LEXICAL = """
+terms AS MATERIALIZED (
+    -- the question's lexemes with document frequency, IDF, whether they are used to match rows (the
+    -- rarest ones within the row budget), and each quoted as a tsquery operand
+    SELECT t.lexeme, t.ndoc AS df,
+           ln(1 + (greatest(corpus.n, t.ndoc) - t.ndoc + 0.5) / (t.ndoc + 0.5))::float8 AS idf,
+           (row_number() OVER w = 1 OR sum(t.ndoc) OVER w <= %(budget)s) AS matching,
+           chr(39) || replace(replace(t.lexeme, chr(92), chr(92) || chr(92)), chr(39), chr(39) || chr(39))
+               || chr(39) AS operand
+    FROM lexicon_lookup(CASE WHEN %(n_lex)s > 0
+                             THEN tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s)) END) t,
+         (SELECT coalesce(max(chunks), 0) AS n FROM lexicon_stats) corpus
+    WINDOW w AS (ORDER BY t.ndoc, t.lexeme)
+), hits AS MATERIALIZED (
+    -- rows holding a matching term, found through the GIN index by lexical_match() (migration 0002:
+    -- under row-level security `@@` cannot use the index) and read here under row-level security,
+    -- with only the question's terms kept from their tsv
+    SELECT c.id, length(c.tsv) AS dl,
+           ts_filter(setweight(c.tsv, 'A', (SELECT array_agg(lexeme) FROM terms)), '{a}') AS found
+    FROM chunks c
+    WHERE c.id = ANY (ARRAY(
+        SELECT m.id FROM lexical_match((SELECT string_agg(operand, ' | ')::tsquery FROM terms WHERE matching)) m))
 ), lexical AS MATERIALIZED (
-    SELECT c.id, ts_rank(c.tsv, query.q, 1) AS score
-    FROM chunks c, query
-    WHERE %(n_lex)s > 0 AND c.tsv @@ query.q
-    ORDER BY score DESC, c.id
+    SELECT h.id,
+           sum(t.idf * f.tf * (%(k1)s + 1)
+               / (f.tf + %(k1)s * (1 - %(b)s + %(b)s * h.dl / coalesce(s.avgdl, h.dl)))) AS score
+    FROM hits h
+    CROSS JOIN LATERAL (SELECT u.lexeme, coalesce(cardinality(u.positions), 1) AS tf FROM unnest(h.found) u) f
+    JOIN terms t ON t.lexeme = f.lexeme
+    CROSS JOIN (SELECT max(nullif(avg_length, 0)) AS avgdl FROM lexicon_stats) s
+    GROUP BY h.id
+    ORDER BY score DESC, h.id
     LIMIT %(n_lex)s
 ), lexical_ranked AS (
     SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS r FROM lexical
-), fused AS (
-    SELECT coalesce(d.id, l.id) AS id, d.r AS dense_rank, l.r AS lexical_rank, d.dist, l.score,
+)"""
+
+_FUSED = {
+    SearchMode.DENSE: """
+fused AS (
+    SELECT id, r AS dense_rank, NULL::bigint AS lexical_rank, dist, NULL::float8 AS score,
+           1.0 / (%(rrf_k)s + r) AS rrf
+    FROM dense_ranked
+)""",
+    SearchMode.LEXICAL: """
+fused AS (
+    SELECT id, NULL::bigint AS dense_rank, r AS lexical_rank, NULL::float8 AS dist, score,
+           1.0 / (%(rrf_k)s + r) AS rrf
+    FROM lexical_ranked
+)""",
+    SearchMode.HYBRID: """
+fused AS (
+    -- CASE, not coalesce(): under row-level security only leakproof join keys reach the chunks index
+    SELECT CASE WHEN d.id IS NULL THEN l.id ELSE d.id END AS id, d.r AS dense_rank, l.r AS lexical_rank,
+           d.dist, l.score,
            coalesce(1.0 / (%(rrf_k)s + d.r), 0) + coalesce(1.0 / (%(rrf_k)s + l.r), 0) AS rrf
     FROM dense_ranked d FULL JOIN lexical_ranked l ON d.id = l.id
-)
+)""",
+}
+
+_SELECT = """
 SELECT c.id, c.document_id, s.name, doc.external_id, doc.title, doc.url, c.text, c.span_start, c.span_end,
        f.dense_rank, f.lexical_rank, f.dist, f.score, f.rrf
 FROM fused f
@@ -57,7 +130,7 @@ LIMIT %(k)s
 """
 
 _ORDER = {
-    SearchMode.DENSE: "f.dist ASC NULLS LAST, c.id",
+    SearchMode.DENSE: "f.dense_rank",
     SearchMode.LEXICAL: "f.score DESC NULLS LAST, c.id",
     SearchMode.HYBRID: "f.rrf DESC, c.id",
 }
@@ -101,14 +174,23 @@ class Retriever:
             "cfg": self.db.ts_config,
             "text": query,
             "rrf_k": self.settings.rrf_k,
+            "budget": self.settings.lexical_row_budget,
+            "k1": self.settings.bm25_k1,
+            "b": self.settings.bm25_b,
             "k": k,
         }
-        sql = _SQL.replace("{order}", _ORDER[mode])
+        sql = _statement(mode)
         with self.db.reader(user) as conn:
             rows = conn.execute(sql, params).fetchall()  # type: ignore[call-overload]
         t2 = time.perf_counter()
         hits = tuple(_hit(row, mode) for row in rows)
         return SearchResult(query, user, mode, hits, (t1 - t0) * 1000, (t2 - t1) * 1000)
+
+
+def _statement(mode: SearchMode) -> str:
+    parts = [_DENSE] if mode is not SearchMode.LEXICAL else []
+    parts += [_LEXICAL] if mode is not SearchMode.DENSE else []
+    return "WITH" + ",".join([*parts, _FUSED[mode]]) + _SELECT.replace("{order}", _ORDER[mode])
 
 
 def _zero(dim: int) -> np.ndarray:

@@ -79,11 +79,13 @@ class ChunkingSettings(_Section):
 
 class RetrievalSettings(_Section):
     top_k: int = Field(8, ge=1, le=1000)
-    candidates: int = Field(100, ge=1, le=10000, description="per-method candidates fused by RRF")
+    candidates: int = Field(40, ge=1, le=10000, description="per-method candidates fused by RRF; the dense "
+                            "ones (HNSW) are ordered by exact distance, so more candidates raise dense recall "
+                            "and cost more under a selective ACL (docs/benchmarks.md)")
     rrf_k: int = Field(60, ge=1)
     ef_search: int = Field(200, ge=10, le=1000)
     text_search_config: str = Field("english", pattern=r"^[a-z_]+$")
-    lexical_row_budget: int = Field(5000, ge=1, description="lexical search matches rows through the question's "
+    lexical_row_budget: int = Field(2000, ge=1, description="lexical search matches rows through the question's "
                                     "rarest terms whose document frequencies sum to at most this (the rarest "
                                     "term always counts); bounds the rows BM25 ranks")
     bm25_k1: float = Field(1.2, ge=0.0, description="BM25 term-frequency saturation")

@@ -1,4 +1,4 @@
-"""The index in PostgreSQL: sources, documents, chunks and principals.
+"""The index in PostgreSQL: sources, documents, chunks, principals, and the lexicon statistics.
 
 Functions here take an open connection so callers decide the transaction (the sync runner writes a
 whole batch in one). All SQL is parameterized; row-level security does the access filtering for
@@ -8,6 +8,7 @@ reads (see :mod:`citeline.db`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,16 @@ from citeline.domain import Chunk, Document, Principal
 from citeline.errors import PrincipalError
 
 __all__ = [
+    "LexiconStats",
     "PreparedDocument",
     "PrincipalStore",
     "StoredDocument",
     "delete_documents",
     "ensure_source",
     "existing_documents",
+    "lexicon_is_stale",
     "prune_documents",
+    "refresh_lexicon",
     "replace_documents",
     "update_document_access",
 ]
@@ -168,6 +172,79 @@ def prune_documents(conn: psycopg.Connection, source_id: int, keep: Iterable[str
         "DELETE FROM documents WHERE source_id = %s AND NOT (external_id = ANY(%s))", (source_id, list(keep))
     )
     return cur.rowcount
+
+
+@dataclass(frozen=True)
+class LexiconStats:
+    """What :func:`refresh_lexicon` computed (the statistics BM25 ranking reads)."""
+
+    chunks: int
+    avg_length: float
+    lexemes: int
+    changed_lexemes: int
+    seconds: float
+
+
+_LEXICON_LOCK = 0x6C657869  # "lexi"; second key: the namespace
+
+
+def lexicon_is_stale(conn: psycopg.Connection) -> bool:
+    """True if the lexicon statistics are missing or the chunk set changed since they were computed.
+
+    Chunk ids only grow (a re-indexed document gets new chunk rows), so the pair (count, largest id)
+    changes whenever chunks are added, replaced or deleted.
+    """
+    row = conn.execute(
+        "SELECT s.chunks = c.n AND s.max_chunk_id IS NOT DISTINCT FROM c.max_id"
+        " FROM (SELECT count(*) AS n, max(id) AS max_id FROM chunks) c"
+        " LEFT JOIN lexicon_stats s ON true"
+    ).fetchone()
+    return not (row and row[0])
+
+
+def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> LexiconStats | None:
+    """Recompute per-lexeme document frequencies and corpus statistics from all chunks.
+
+    Run as ``citeline_writer`` (it reads every chunk, whatever its ACL). Refreshes of one namespace are
+    serialised by a transaction-level advisory lock; with ``if_stale`` a refresh that finds the
+    statistics current (e.g. another process just refreshed them) does nothing and returns ``None``.
+    Only lexemes whose frequency changed are written, so a refresh after a small sync writes little;
+    the cost is one ``ts_stat`` pass over the chunks (about 1 s per 100k chunks).
+    Readers keep using the previous statistics until this transaction commits.
+    """
+    started = time.perf_counter()
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LEXICON_LOCK,))
+    if if_stale and not lexicon_is_stale(conn):
+        return None
+    with conn.cursor() as cur:
+        # the chunk set first: if a sync commits while ts_stat runs, the statistics look stale (and are
+        # refreshed again next time) rather than current
+        row = cur.execute(
+            "SELECT count(*), coalesce(avg(length(tsv)), 0)::float8, max(id) FROM chunks"
+        ).fetchone()
+        assert row is not None
+        # one statement: the new frequencies, written only where they changed, and vanished lexemes deleted
+        # (the two modifications touch disjoint rows: lexemes in the new set, lexemes not in it)
+        counts = cur.execute(
+            "WITH fresh AS MATERIALIZED (SELECT word, ndoc FROM ts_stat('SELECT tsv FROM chunks')),"
+            " upserted AS (INSERT INTO lexemes (lexeme, ndoc) SELECT word, ndoc FROM fresh"
+            "   ON CONFLICT (lexeme) DO UPDATE SET ndoc = EXCLUDED.ndoc WHERE lexemes.ndoc <> EXCLUDED.ndoc"
+            "   RETURNING 1),"
+            " removed AS (DELETE FROM lexemes l WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.word = l.lexeme)"
+            "   RETURNING 1)"
+            " SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM upserted) + (SELECT count(*) FROM removed)"
+        ).fetchone()
+        assert counts is not None
+        total, changed = int(counts[0]), int(counts[1])
+        seconds = time.perf_counter() - started
+        cur.execute(
+            "INSERT INTO lexicon_stats (chunks, avg_length, max_chunk_id, lexemes, refresh_ms, refreshed_at)"
+            " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (singleton) DO UPDATE SET chunks = EXCLUDED.chunks,"
+            " avg_length = EXCLUDED.avg_length, max_chunk_id = EXCLUDED.max_chunk_id, lexemes = EXCLUDED.lexemes,"
+            " refresh_ms = EXCLUDED.refresh_ms, refreshed_at = EXCLUDED.refreshed_at",
+            (row[0], row[1], row[2], total, seconds * 1000),
+        )
+    return LexiconStats(int(row[0]), float(row[1]), total, changed, seconds)
 
 
 class PrincipalStore:

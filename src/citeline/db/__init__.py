@@ -40,7 +40,7 @@ class Database:
 
     def __init__(self, url: str, *, namespace: str, embedding_dim: int, ts_config: str = "english",
                  min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
-                 ef_search: int = 100) -> None:
+                 ef_search: int = 200) -> None:
         self.url = url
         self.namespace = namespace
         self.embedding_dim = embedding_dim
