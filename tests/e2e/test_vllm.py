@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from citeline.errors import GenerationError
+from citeline.adapters import Problem, preflight
+from citeline.errors import ConfigError, GenerationError
 from citeline.serving.generation import ChatMessage, GenerationRequest
 from citeline.serving.openai_backend import OpenAIBackend
 from citeline.serving.vllm_server import VllmProcess, default_venv, start_vllm
@@ -126,7 +127,9 @@ def test_openai_backend_generates_streams_and_counts(vllm: VllmProcess, backend:
         assert backend.count_tokens(text) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def test_adapter_loads_serves_and_unloads(vllm: VllmProcess, backend: OpenAIBackend, adapter_dir: Path) -> None:
+def test_adapter_loads_serves_and_unloads(vllm: VllmProcess, backend: OpenAIBackend, adapter_dir: Path,
+                                          smollm2_dir: Path) -> None:
+    assert preflight(adapter_dir, base_model_dir=smollm2_dir, max_rank=MAX_LORA_RANK) == []
     base = backend.generate(ask()).text
     started = time.perf_counter()
     resp = load(vllm, "team-a-v1", adapter_dir)
@@ -162,9 +165,18 @@ def test_real_error_codes(vllm: VllmProcess, adapter_dir: Path, smollm2_dir: Pat
     finally:
         assert unload(vllm, "dup").status_code == 200
     wide = make_adapter(smollm2_dir, tmp_path / "wide", rank=2 * MAX_LORA_RANK)
+    assert {p.kind for p in preflight(wide, base_model_dir=smollm2_dir, max_rank=MAX_LORA_RANK)} == {
+        Problem.RANK_TOO_HIGH}  # what citeline refuses before vLLM would answer 500
     observed["rank above max"] = load(vllm, "wide", wide).status_code
     observed["unload unknown"] = unload(vllm, "never-loaded").status_code
     print(f"\n[vllm] error codes: {observed}")
     assert observed == {"unknown path": 404, "duplicate name": 400, "duplicate name, load_inplace": 200,
                         "rank above max": 500, "unload unknown": 404}
     assert served(vllm) == {vllm.model: None}  # nothing half-loaded
+
+
+def test_launcher_refuses_a_missing_environment_or_model(smollm2_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="vllm-env.sh"):
+        start_vllm(smollm2_dir, port=free_port(), venv=tmp_path / "no-venv")
+    with pytest.raises(ConfigError, match="config.json"):
+        start_vllm(tmp_path, port=free_port(), venv=default_venv())
