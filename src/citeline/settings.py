@@ -79,7 +79,7 @@ class ChunkingSettings(_Section):
 
 class RetrievalSettings(_Section):
     top_k: int = Field(8, ge=1, le=1000)
-    candidates: int = Field(40, ge=1, le=10000, description="per-method candidates fused by RRF; the dense "
+    candidates: int = Field(20, ge=1, le=10000, description="per-method candidates fused by RRF; the dense "
                             "ones (HNSW) are ordered by exact distance, so more candidates raise dense recall "
                             "and cost more under a selective ACL (docs/benchmarks.md)")
     rrf_k: int = Field(60, ge=1)
