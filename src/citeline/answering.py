@@ -23,7 +23,7 @@ from typing import Any
 from citeline.audit import AuditLog
 from citeline.domain import Principal, SearchHit, SearchMode
 from citeline.errors import GenerationError
-from citeline.prompting import _CITE, REFUSAL, GroundedPrompt, build_prompt, check_citations
+from citeline.prompting import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
 from citeline.retrieval import Retriever
 from citeline.serving.generation import GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings, GenerationSettings
@@ -125,7 +125,6 @@ class Assistant:
         return requested
 
     def _prepare(self, question: str, principal: Principal, model: str | None) -> _Prepared:
-        t0 = time.perf_counter()
         chosen = self.resolve_model(principal, model)
         result = self.retriever.search(question, user=principal.user, k=self.settings.evidence_k,
                                        mode=SearchMode.HYBRID)
@@ -143,7 +142,6 @@ class Assistant:
             sources = tuple(_citation(e.n, by_chunk[e.chunk_id]) for e in prompt.evidence)
         latency = {"embed_ms": result.embed_ms, "retrieve_ms": result.db_ms,
                    "prompt_ms": (time.perf_counter() - t1) * 1000}
-        _ = t0
         return _Prepared(question, principal, chosen, result.hits, best, refused, prompt, sources, latency)
 
     def _request(self, p: _Prepared) -> GenerationRequest:
@@ -262,11 +260,6 @@ class _CitationFilter:
     def _clean(self, text: str) -> str:
         if "[" not in text:
             return text
-
-        def fix(m: re.Match[str]) -> str:
-            nums = [int(x) for x in m.group(1).split(",")]
-            keep = [n for n in nums if 1 <= n <= self.n]
-            self.invalid += len(nums) - len(keep)
-            return "".join(f"[{n}]" for n in keep)
-
-        return _CITE.sub(fix, text)
+        replaced = replace_citations(text, self.n)
+        self.invalid += replaced.invalid
+        return replaced.text

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from citeline.domain import SearchHit
 from citeline.serving.generation import ChatMessage, Evidence
 
-__all__ = ["REFUSAL", "SYSTEM_PROMPT", "CitationCheck", "GroundedPrompt", "build_prompt", "check_citations"]
+__all__ = ["REFUSAL", "SYSTEM_PROMPT", "CitationCheck", "GroundedPrompt", "build_prompt", "check_citations", "replace_citations"]
 
 REFUSAL = "I don't know from the available documents."
 
@@ -86,8 +86,8 @@ def build_prompt(question: str, hits: Sequence[SearchHit], count_tokens: Callabl
     return GroundedPrompt(messages, tuple(evidence), total, dropped)
 
 
-def check_citations(text: str, n_evidence: int) -> CitationCheck:
-    """Keep citations of existing evidence ``[1..n_evidence]``; drop the rest and count them."""
+def replace_citations(text: str, n_evidence: int) -> CitationCheck:
+    """``[n]`` markers naming no evidence removed (``[1, 9]`` → ``[1]``), nothing else touched."""
     cited: list[int] = []
     invalid = 0
 
@@ -104,7 +104,12 @@ def check_citations(text: str, n_evidence: int) -> CitationCheck:
                 invalid += 1
         return "".join(f"[{n}]" for n in keep)
 
-    cleaned = _CITE.sub(fix, text)
-    cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned)
+    return CitationCheck(_CITE.sub(fix, text), tuple(cited), invalid)
+
+
+def check_citations(text: str, n_evidence: int) -> CitationCheck:
+    """Keep citations of existing evidence ``[1..n_evidence]``; drop the rest, count them, tidy spacing."""
+    replaced = replace_citations(text, n_evidence)
+    cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", replaced.text)
     cleaned = re.sub(r"[ \t]{2,}", " ", cleaned).strip()
-    return CitationCheck(cleaned, tuple(cited), invalid)
+    return CitationCheck(cleaned, replaced.cited, replaced.invalid)

@@ -53,13 +53,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         time.sleep(0.3)
     raise RuntimeError(f"server not ready after {timeout}s:\n{log.read_text()[-4000:]}")

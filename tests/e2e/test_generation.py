@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from citeline.errors import GenerationError
 from citeline.serving.generation import ChatMessage, GenerationRequest
 from citeline.serving.openai_backend import OpenAIBackend
 from citeline.settings import GenerationSettings
-from tests.e2e.conftest import free_port, run_server
+from tests.e2e.conftest import free_port, run_server, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,15 +36,7 @@ def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(log.read_text())
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            import time
-
-            time.sleep(0.3)
+        wait_ready(url, proc, log, path="/health")
         yield f"{url}/v1"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -6,6 +6,7 @@ The GGUF → safetensors conversion runs once per machine into a cache shared ac
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -121,6 +122,11 @@ def test_registered_and_implements_the_contract(backend: EmbeddedBackend) -> Non
     assert plugins.load(plugins.GENERATORS, "embedded") is EmbeddedBackend
     assert isinstance(backend, GenerationBackend)
     assert isinstance(backend, AdapterHost)
+    for protocol in (GenerationBackend, AdapterHost):  # same parameters as the contract, not just the names
+        for name, member in vars(protocol).items():
+            if callable(member) and not name.startswith("_"):
+                assert list(inspect.signature(getattr(type(backend), name)).parameters) == \
+                    list(inspect.signature(member).parameters), name
     assert backend.name == "embedded"
     assert backend.base_model == BASE_MODEL_NAME
     assert backend.models() == [BASE_MODEL_NAME]
