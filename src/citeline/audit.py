@@ -104,17 +104,19 @@ class AuditLog:
                 conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_SPACE,))
                 last = conn.execute("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
                 prev = last[0] if last else GENESIS
-                for e in entries:
-                    id_, at = conn.execute(
-                        "SELECT nextval(pg_get_serial_sequence('audit_log', 'id')), date_trunc('microseconds', "
-                        "clock_timestamp())").fetchone()
+                slots = conn.execute(  # ids and times for the whole batch in one round trip
+                    "SELECT nextval(pg_get_serial_sequence('audit_log', 'id')), date_trunc('microseconds', "
+                    "clock_timestamp()) FROM generate_series(1, %s) ORDER BY 1", (len(entries),)).fetchall()
+                rows = []
+                for e, (id_, at) in zip(entries, slots, strict=True):
                     digest = _digest(prev, id_, at, e.kind, e.principal, e.team, e.action, e.payload)
-                    conn.execute(
-                        "INSERT INTO audit_log (id, at, kind, principal, team, action, payload, prev_hash, hash)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
-                        (id_, at, e.kind, e.principal, e.team, e.action, json.dumps(e.payload), prev, digest))
+                    rows.append((id_, at, e.kind, e.principal, e.team, e.action, json.dumps(e.payload), prev, digest))
                     out.append(AuditRecord(id_, at, e.kind, e.principal, e.team, e.action, e.payload, prev, digest))
                     prev = digest
+                with conn.cursor() as cur:  # executemany pipelines the inserts: one round trip
+                    cur.executemany(
+                        "INSERT INTO audit_log (id, at, kind, principal, team, action, payload, prev_hash, hash)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)", rows)
         except psycopg.Error as exc:
             raise AuditError(f"cannot write the audit log ({type(exc).__name__}: {exc}); the answer was withheld. "
                              "Check that the database is reachable and citeline_writer may INSERT into audit_log"
