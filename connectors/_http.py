@@ -10,7 +10,8 @@
     ``max_retry_after_s`` fails the run at once with a message saying when to come back;
   - other ``5xx`` and transport errors retry with exponential backoff and full jitter;
   - ``401``/``403`` raise :class:`CredentialsRejected` (the whole run stops: nothing is deleted);
-  - ``404`` raises :class:`NotFound` (an :class:`ItemError`: the caller decides between Failure and Delete);
+  - ``404`` and ``410 Gone`` raise :class:`NotFound` (an :class:`ItemError`: the caller decides between
+    Failure and Delete);
   - every request counts against ``request_budget``; spending it raises :class:`BudgetExhausted`.
 
 A whole-source problem is a :class:`~citeline.errors.ConnectorError` subclass: ingest ends the run as
@@ -117,7 +118,11 @@ class BudgetExhausted(ApiError):
 
 
 class NotFound(ItemError):
-    """404 for one item: gone at the source (or never visible to these credentials)."""
+    """404 or 410 for one item: gone at the source (or never visible to these credentials)."""
+
+    def __init__(self, message: str, *, status: int = 404) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -207,9 +212,9 @@ class ApiClient:
                     raise CredentialsRejected(
                         f"{self.source}: {method} {_where(response.request.url)} answered {status} "
                         f"{_reason(response)}: {self.fix_credentials}", status=status)
-                if status == 404:
-                    raise NotFound(f"{method} {_where(response.request.url)} answered 404 (deleted, or not "
-                                   "visible to these credentials)")
+                if status in (404, 410):
+                    raise NotFound(f"{method} {_where(response.request.url)} answered {status} (deleted, or not "
+                                   "visible to these credentials)", status=status)
                 if not limited and status != 429 and status < 500:
                     raise ApiError(f"{self.source}: {method} {_where(response.request.url)} answered {status} "
                                    f"{_reason(response)}: the connector and this API version disagree; report it "

@@ -31,6 +31,8 @@ class Items(FakeApi):
             return Reply(200, {"items": [1, 2, 3]})
         if request.path == "/html":
             return Reply(200, "<html>login page</html>", {"Content-Type": "text/html"})
+        if request.path == "/gone":
+            return self.error(410, "this item was deleted")
         if request.path == "/teapot":
             return self.error(418, "short and stout")
         return self.error(404, "no such item")
@@ -99,6 +101,13 @@ def test_404_is_an_item_error(server):
     api, _ = client(server)
     with pytest.raises(NotFound, match="404"):
         api.get_json("/items/9")
+
+
+def test_410_gone_is_not_found(server):
+    api, waits = client(server)
+    with pytest.raises(NotFound, match="410") as info:
+        api.get_json("/gone")
+    assert info.value.status == 410 and waits == []
 
 
 def test_other_4xx_and_non_json(server):
