@@ -38,7 +38,15 @@ from pydantic import BaseModel, Field
 from citeline.answering import Answer, AnswerStream
 from citeline.app import Citeline
 from citeline.domain import Principal
-from citeline.errors import AuditError, AuthError, CitelineError, DatabaseError, GenerationError
+from citeline.errors import (
+    AuditError,
+    AuthError,
+    CitelineError,
+    DatabaseError,
+    ForbiddenError,
+    GenerationError,
+    ModelNotFoundError,
+)
 from citeline.keys import Authenticated
 from citeline.serving.metrics import Metrics
 
@@ -160,9 +168,13 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
 
     @app.exception_handler(GenerationError)
     def _gen(request: Request, exc: GenerationError) -> JSONResponse:
-        status = 404 if "not served" in str(exc) else 502
+        status = 404 if isinstance(exc, ModelNotFoundError) else 502
         return _error(status, str(exc), "invalid_request_error" if status == 404 else "server_error",
                       "model_not_found" if status == 404 else "backend_error")
+
+    @app.exception_handler(ForbiddenError)
+    def _forbidden(request: Request, exc: ForbiddenError) -> JSONResponse:
+        return _error(403, str(exc), "invalid_request_error", "forbidden")
 
     @app.exception_handler(DatabaseError)
     def _db(request: Request, exc: DatabaseError) -> JSONResponse:
@@ -219,6 +231,8 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
         data = [{"id": ASSISTANT_MODEL, "object": "model", "created": now, "owned_by": "citeline", "root": base,
                  "parent": None}]
         for m in cl.backend.models():
+            if not cl.router.may_use(who.principal, m):
+                continue  # another team's adapter: not listed, not usable
             data.append({"id": m, "object": "model", "created": now, "owned_by": "citeline",
                          "root": base, "parent": None if m == base else base})
         return {"object": "list", "data": data}
@@ -235,7 +249,7 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
 
     def _ask_events(stream: AnswerStream) -> Iterator[str]:
         yield _sse({"sources": [c.as_dict() for c in stream.sources], "refused": stream.refused,
-                    "model": stream.model, "audit_id": stream.audit_id}, "sources")
+                    "model": stream.model, "model_note": stream.model_note, "audit_id": stream.audit_id}, "sources")
         try:
             for delta in stream:
                 yield _sse({"text": delta}, "delta")
@@ -272,7 +286,7 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
                       "total_tokens": answer.prompt_tokens + answer.completion_tokens},
             "citations": cited, "sources": [c.as_dict() for c in answer.sources], "refused": answer.refused,
             "invalid_citations": answer.invalid_citations, "audit_id": answer.audit_id,
-            "latency_ms": answer.latency_ms,
+            "latency_ms": answer.latency_ms, "served_model": answer.model, "model_note": answer.model_note,
         }
 
     def _chat_chunks(stream: AnswerStream, cid: str, created: int, model: str) -> Iterator[str]:

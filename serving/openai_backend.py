@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import openai
 
-from citeline.errors import ConfigError, GenerationError
+from citeline.errors import ConfigError, GenerationError, ModelNotFoundError
 from citeline.serving.generation import Generation, GenerationRequest
 from citeline.settings import GenerationSettings
 
@@ -50,7 +50,7 @@ class OpenAIBackend:
     def _fail(self, exc: Exception, model: str) -> GenerationError:
         where = self.settings.base_url
         if isinstance(exc, openai.NotFoundError):
-            return GenerationError(f"model {model!r} is not served at {where}; load the adapter or fix "
+            return ModelNotFoundError(f"model {model!r} is not served at {where}; load the adapter or fix "
                                    "generation.model")
         if isinstance(exc, openai.APITimeoutError):
             return GenerationError(f"the model server at {where} timed out after {self.settings.timeout_s}s "

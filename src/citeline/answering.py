@@ -22,10 +22,11 @@ from typing import Any
 
 from citeline.audit import AuditLog
 from citeline.domain import Principal, SearchHit, SearchMode
-from citeline.errors import GenerationError
+from citeline.errors import GenerationError, ModelNotFoundError
 from citeline.prompting import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
 from citeline.retrieval import Retriever
-from citeline.serving.generation import GenerationBackend, GenerationRequest
+from citeline.registry import AdapterRouter, ModelChoice
+from citeline.serving.generation import AdapterHost, GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings, GenerationSettings
 
 __all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "best_similarity"]
@@ -61,11 +62,13 @@ class Answer:
     audit_id: int
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    model_note: str | None = None  # why the team's adapter was not used (the base model answered)
 
     def as_dict(self) -> dict[str, Any]:
         return {"question": self.question, "answer": self.text, "refused": self.refused,
                 "citations": [c.as_dict() for c in self.citations], "sources": [c.as_dict() for c in self.sources],
-                "invalid_citations": self.invalid_citations, "model": self.model, "best_score": self.best_score,
+                "invalid_citations": self.invalid_citations, "model": self.model, "model_note": self.model_note,
+                "best_score": self.best_score,
                 "latency_ms": self.latency_ms, "audit_id": self.audit_id,
                 "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}}
 
@@ -81,6 +84,7 @@ class _Prepared:
     prompt: GroundedPrompt | None
     sources: tuple[Citation, ...]
     latency: dict[str, float] = field(default_factory=dict)
+    note: str | None = None
 
 
 def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | None:
@@ -107,25 +111,40 @@ class Assistant:
     """Answers questions for principals from what they may see."""
 
     def __init__(self, retriever: Retriever, backend: GenerationBackend, audit: AuditLog, *,
-                 answer: AnswerSettings | None = None, generation: GenerationSettings | None = None) -> None:
+                 answer: AnswerSettings | None = None, generation: GenerationSettings | None = None,
+                 router: AdapterRouter | None = None) -> None:
         self.retriever = retriever
+        self.router = router
         self.backend = backend
         self.audit = audit
         self.settings = answer or AnswerSettings()
         self.generation = generation or GenerationSettings()
 
     # -- stages ------------------------------------------------------------------------------------
-    def resolve_model(self, principal: Principal, requested: str | None) -> str:
-        """The model to generate with: the base unless the request names another one the backend serves."""
-        if requested in (None, "", "citeline", self.backend.base_model):
-            return self.backend.base_model
-        if requested not in self.backend.models():
-            raise GenerationError(f"model {requested!r} is not served by the {self.backend.name} backend "
-                                  f"(available: {', '.join(self.backend.models())})")
-        return requested
+    def resolve_model(self, principal: Principal, requested: str | None) -> ModelChoice:
+        """The model to generate with: the team's adapter (with a router), the base, or one the request names.
+
+        A named adapter of another team is refused (ForbiddenError); a team without an active adapter gets
+        the base model and a note saying so. An in-process backend loads a registered adapter on first use.
+        """
+        base = self.backend.base_model
+        if self.router is not None:
+            choice = self.router.choose(principal, requested, base)
+        else:
+            choice = ModelChoice(base if requested in (None, "", "citeline") else requested)
+        if choice.model == base:
+            return choice
+        if choice.adapter is not None:
+            if isinstance(self.backend, AdapterHost) and choice.model not in self.backend.adapters():
+                self.backend.load_adapter(choice.model, choice.adapter.path)  # preflighted when registered
+            return choice  # a remote server reports a missing adapter itself (ModelNotFoundError)
+        if choice.model not in self.backend.models():
+            raise ModelNotFoundError(f"model {choice.model!r} is not served by the {self.backend.name} backend "
+                                     f"(available: {', '.join(self.backend.models())})")
+        return choice
 
     def _prepare(self, question: str, principal: Principal, model: str | None) -> _Prepared:
-        chosen = self.resolve_model(principal, model)
+        choice = self.resolve_model(principal, model)
         result = self.retriever.search(question, user=principal.user, k=self.settings.evidence_k,
                                        mode=SearchMode.HYBRID)
         best = best_similarity(result.hits)
@@ -142,7 +161,8 @@ class Assistant:
             sources = tuple(_citation(e.n, by_chunk[e.chunk_id]) for e in prompt.evidence)
         latency = {"embed_ms": result.embed_ms, "retrieve_ms": result.db_ms,
                    "prompt_ms": (time.perf_counter() - t1) * 1000}
-        return _Prepared(question, principal, chosen, result.hits, best, refused, prompt, sources, latency)
+        return _Prepared(question, principal, choice.model, result.hits, best, refused, prompt, sources, latency,
+                         choice.note)
 
     def _request(self, p: _Prepared) -> GenerationRequest:
         assert p.prompt is not None
@@ -152,7 +172,8 @@ class Assistant:
 
     def _audit(self, p: _Prepared, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float]) -> int:
         payload = {
-            "question": p.question, "model": p.model, "refused": p.refused, "streamed": streamed,
+            "question": p.question, "model": p.model, "model_note": p.note, "refused": p.refused,
+            "streamed": streamed,
             "best_score": None if p.best is None else round(p.best, 4),
             "shown": [{"n": c.n, "chunk_id": c.chunk_id, "document_id": c.document_id, "source": c.source,
                        "external_id": c.external_id} for c in p.sources],
@@ -175,6 +196,9 @@ class Assistant:
             t1 = time.perf_counter()
             gen = self.backend.generate(self._request(p))
             p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
+            if gen.model != p.model:  # every answer comes from exactly the model it was routed to
+                raise GenerationError(f"the {self.backend.name} backend answered with model {gen.model!r} for a "
+                                      f"request routed to {p.model!r}; check the model server's served names")
             check = check_citations(gen.text, len(p.sources))
             text, cited, invalid = check.text, check.cited, check.invalid
             p.refused = _is_refusal(text)  # the model itself may decline from the evidence
@@ -186,7 +210,7 @@ class Assistant:
         p.latency["total_ms"] = (time.perf_counter() - t0) * 1000
         by_n = {c.n: c for c in p.sources}
         return Answer(question, text, p.refused, tuple(by_n[n] for n in cited), p.sources, invalid, p.model,
-                      p.best, {k: round(v, 2) for k, v in p.latency.items()}, audit_id, *gen_tokens)
+                      p.best, {k: round(v, 2) for k, v in p.latency.items()}, audit_id, *gen_tokens, p.note)
 
     def stream(self, question: str, principal: Principal, *, model: str | None = None) -> AnswerStream:
         """Retrieve, audit, then return a stream whose deltas can be sent as they come."""
@@ -208,6 +232,7 @@ class AnswerStream:
         self.sources = prepared.sources
         self.refused = prepared.refused
         self.model = prepared.model
+        self.model_note = prepared.note
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -232,9 +257,9 @@ class AnswerStream:
         p.latency["total_ms"] = (time.perf_counter() - self._t0) * 1000
         check = check_citations("".join(parts), len(p.sources))
         by_n = {c.n: c for c in p.sources}
-        self.answer = Answer(p.question, "".join(parts), p.refused or _is_refusal("".join(parts)), tuple(by_n[n] for n in check.cited), p.sources,
-                             filt.invalid, p.model, p.best, {k: round(v, 2) for k, v in p.latency.items()},
-                             self.audit_id)
+        self.answer = Answer(p.question, "".join(parts), p.refused or _is_refusal("".join(parts)),
+                             tuple(by_n[n] for n in check.cited), p.sources, filt.invalid, p.model, p.best,
+                             {k: round(v, 2) for k, v in p.latency.items()}, self.audit_id, model_note=p.note)
 
 
 class _CitationFilter:

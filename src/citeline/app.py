@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from citeline import plugins
 from citeline.answering import Answer, AnswerStream, Assistant
@@ -27,16 +27,20 @@ from citeline.audit import AuditLog
 from citeline.connectors.interfaces import Connector
 from citeline.db import Database
 from citeline.domain import Access, Principal, SearchMode
-from citeline.errors import ConfigError
+from citeline.errors import CitelineError, ConfigError
 from citeline.ingest.chunking import Chunker
 from citeline.ingest.embedding import Embedder
 from citeline.ingest.scheduler import RetryPolicy, Scheduler, last_runs, next_run
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
 from citeline.keys import KeyStore, NewKey
 from citeline.retrieval import Retriever, SearchResult
-from citeline.serving.generation import GenerationBackend
+from citeline.registry import AdapterRegistry, AdapterRouter, AdapterVersion
+from citeline.serving.generation import AdapterHost, GenerationBackend
 from citeline.settings import Settings, SourceSettings
 from citeline.store import PrincipalStore
+
+if TYPE_CHECKING:
+    from citeline.serving.hotswap import HostReport, Promotion
 
 __all__ = ["Citeline", "SourceStatus", "build_connector"]
 
@@ -132,9 +136,19 @@ class Citeline:
         return KeyStore(self.db)
 
     @functools.cached_property
+    def registry(self) -> AdapterRegistry:
+        """Versioned team adapters (``adapters`` table; files under ``adapters.store``)."""
+        store = self.settings.adapters.store
+        return AdapterRegistry(self.db, self.settings.resolve_path(store) if store else self.settings.home / "adapters")
+
+    @functools.cached_property
+    def router(self) -> AdapterRouter:
+        return AdapterRouter(self.registry, ttl_s=self.settings.adapters.cache_s)
+
+    @functools.cached_property
     def assistant(self) -> Assistant:
         return Assistant(self.retriever, self.backend, self.audit, answer=self.settings.answer,
-                         generation=self.settings.generation)
+                         generation=self.settings.generation, router=self.router)
 
     # -- operations ---------------------------------------------------------------------------------
     def sync(self, source: str | None = None, *, full: bool = False,
@@ -196,6 +210,73 @@ class Citeline:
         done = self.keys.revoke(key_id)
         self.audit.append("admin", "key.revoke", principal=actor, payload={"key_id": key_id, "revoked": done})
         return done
+
+    # -- adapters: registry and hot swap (admin actions, audited) ------------------------------------
+    def base_model_dir(self) -> Path:
+        """The local copy of the served base model that adapters are checked against."""
+        configured = self.settings.adapters.base_model_path
+        if configured is not None:
+            path = self.settings.resolve_path(configured)
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"adapters.base_model_path {path} has no config.json: point it at a local copy of "
+                                  "the base model the servers run")
+            return path
+        from citeline.serving.embedded import ensure_base_model
+        return ensure_base_model(self.settings.home)
+
+    def adapter_hosts(self) -> list[Any]:
+        """Where adapters are loaded: each configured replica, else the openai backend's server, else in process."""
+        from citeline.serving.hotswap import ReplicaClient
+        gen = self.settings.generation
+        urls = list(self.settings.adapters.replicas)
+        if not urls and gen.backend == "openai" and gen.base_url:
+            urls = [gen.base_url]
+        key = gen.api_key.get_secret_value() if gen.api_key else None
+        if urls:
+            return [ReplicaClient(u, api_key=key, timeout_s=gen.timeout_s) for u in urls]
+        return [self.backend] if isinstance(self.backend, AdapterHost) else []
+
+    def register_adapter(self, path: Path, *, team: str, name: str | None = None, actor: str) -> AdapterVersion:
+        """Preflight an adapter folder against the base model and record it as a new version."""
+        adapter, new = self.registry.register(path, team=team, name=name, base_model_dir=self.base_model_dir(),
+                                              max_rank=self.settings.adapters.max_rank, actor=actor)
+        self.audit.append("admin", "adapter.register", principal=actor, team=team,
+                          payload={"adapter": adapter.served_name, "path": str(path), "new": new})
+        return adapter
+
+    def promote_adapter(self, served_name: str, *, actor: str, force: bool = False,
+                        drain_s: float | None = None) -> Promotion:
+        """Load on every host, make it the team's adapter, unload the old version after the drain."""
+        from citeline.serving.hotswap import promote
+        hosts = self.adapter_hosts()
+        try:
+            result = promote(self.registry, hosts, served_name, force=force,
+                             drain_s=self.settings.adapters.drain_s if drain_s is None else drain_s,
+                             base_model_dir=self.base_model_dir(), max_rank=self.settings.adapters.max_rank,
+                             on_flip=self.router.invalidate)
+        except CitelineError as exc:
+            self.audit.append("admin", "adapter.promote", principal=actor,
+                              payload={"adapter": served_name, "forced": force, "refused": str(exc)})
+            raise
+        self.audit.append("admin", "adapter.promote", principal=actor, team=result.adapter.team,
+                          payload={**result.as_dict(), "forced": force})
+        return result
+
+    def retire_adapter(self, served_name: str, *, actor: str) -> AdapterVersion:
+        """Withdraw an adapter; its team falls back to the base model. ``sync_adapters`` unloads it."""
+        adapter = self.registry.retire(served_name)
+        self.router.invalidate()
+        self.audit.append("admin", "adapter.retire", principal=actor, team=adapter.team,
+                          payload={"adapter": served_name})
+        return adapter
+
+    def sync_adapters(self, *, actor: str) -> list[HostReport]:
+        """Make every model server serve exactly the active adapters (after a restart, a retire, ...)."""
+        from citeline.serving.hotswap import reconcile
+        reports = reconcile(self.registry, self.adapter_hosts(), base_model_dir=self.base_model_dir(),
+                            max_rank=self.settings.adapters.max_rank)
+        self.audit.append("admin", "adapter.sync", principal=actor, payload={"hosts": [r.as_dict() for r in reports]})
+        return reports
 
     def scheduler(self, *, retry: RetryPolicy = RetryPolicy(), tick_s: float = 30.0) -> Scheduler:
         """Runs the sources with a ``schedule`` when due (``citeline scheduler``)."""

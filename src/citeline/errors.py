@@ -12,8 +12,12 @@ Exceptions are for operations that fail as a whole; each message names the thing
     ├── SyncLockedError          another process is syncing the same source
     ├── PrincipalError           unknown or malformed principal
     ├── EvaluationError          malformed BEIR files
-    ├── GenerationError          the model backend cannot answer (down, timeout, unknown adapter)
+    ├── TrainingError            an adapter cannot be trained (bad data, no GPU for QLoRA, refused result)
+    ├── GenerationError          the model backend cannot answer (down, timeout)
+    │   └── ModelNotFoundError   the requested model or adapter is not served
     ├── AuthError                missing, unknown or revoked API key
+    ├── ForbiddenError           authenticated, but not allowed (another team's adapter)
+    ├── AdapterError             an adapter cannot be registered, promoted or loaded
     └── AuditError               the audit log cannot be written or fails verification
 """
 
@@ -24,13 +28,17 @@ __all__ = [
     "ConfigError",
     "ConnectorError",
     "DatabaseError",
+    "AdapterError",
     "AuditError",
     "AuthError",
     "EvaluationError",
+    "ForbiddenError",
     "GenerationError",
+    "ModelNotFoundError",
     "PrincipalError",
     "SchemaMismatchError",
     "SyncLockedError",
+    "TrainingError",
 ]
 
 
@@ -70,9 +78,25 @@ class GenerationError(CitelineError):
     """The generation backend cannot answer; the message names the backend and the fix."""
 
 
+class TrainingError(CitelineError):
+    """An adapter cannot be trained or evaluated: bad data, a missing GPU or package, a refused result."""
+
+
 class AuthError(CitelineError):
     """An API key is missing, unknown, revoked or lacks the needed role."""
 
 
 class AuditError(CitelineError):
     """The audit log cannot be written (the answer is withheld) or its hash chain is broken."""
+
+
+class ModelNotFoundError(GenerationError):
+    """The request names a model or adapter that the backend does not serve."""
+
+
+class ForbiddenError(CitelineError):
+    """The caller is authenticated but may not use what it asked for (e.g. another team's adapter)."""
+
+
+class AdapterError(CitelineError):
+    """An adapter cannot be registered, promoted or loaded; the message names the problem and the fix."""

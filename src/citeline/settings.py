@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from citeline.errors import ConfigError
 
 __all__ = [
+    "AdapterSettings",
     "ChunkingSettings",
     "DatabaseSettings",
     "AnswerSettings",
@@ -125,6 +126,23 @@ class AnswerSettings(_Section):
     refusal_sources: int = Field(3, ge=0, le=20, description="closest sources listed with a refusal")
 
 
+class AdapterSettings(_Section):
+    """Team LoRA adapters: where registered adapters live, which servers load them, how swaps drain."""
+
+    store: Path | None = Field(None, description="folder for registered adapters (default <home>/adapters); model "
+                               "servers load from here, so it must be the same path on their side (a shared volume)")
+    replicas: list[str] = Field(default_factory=list, description="model servers' URLs that `citeline adapter sync` "
+                                "and promotions load adapters on (default: generation.base_url for the openai "
+                                "backend; the embedded backend loads in process)")
+    base_model_path: Path | None = Field(None, description="a local copy of the served base model (its config.json "
+                                         "is what preflight checks adapters against; default: the embedded "
+                                         "SmolLM2 conversion, which is also what the tests' vLLM serves)")
+    max_rank: int = Field(16, ge=1, le=512, description="the servers' --max-lora-rank")
+    cache_s: float = Field(1.0, ge=0.0, description="how long a server caches the team -> adapter mapping")
+    drain_s: float = Field(10.0, ge=0.0, description="after a promotion, wait this long before unloading the old "
+                           "version (longer than cache_s plus the slowest answer)")
+
+
 class SourceSettings(_Section):
     """One ``[[sources]]`` table: a connector kind, its own config table, default access and schedule."""
 
@@ -159,6 +177,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     generation: GenerationSettings = GenerationSettings()
     answer: AnswerSettings = AnswerSettings()
+    adapters: AdapterSettings = AdapterSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
 

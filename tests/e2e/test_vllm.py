@@ -22,27 +22,13 @@ from citeline.serving.generation import ChatMessage, GenerationRequest
 from citeline.serving.openai_backend import OpenAIBackend
 from citeline.serving.vllm_server import VllmProcess, default_venv, start_vllm
 from citeline.settings import GenerationSettings
-from tests.conftest import REPO
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_port, make_adapter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MAX_LORA_RANK = 16
 TOKENS = 12
 PROMPT = "Name three colours of the rainbow."
-
-
-@pytest.fixture(scope="session")
-def vllm_venv() -> Path:
-    """vLLM's own virtual environment, created by deploy/vllm-env.sh if it is not there (CI does this)."""
-    venv = default_venv()
-    started = time.monotonic()
-    done = subprocess.run(["bash", str(REPO / "deploy" / "vllm-env.sh")], env={**os.environ,
-                          "CITELINE_VLLM_VENV": str(venv)}, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        pytest.fail(f"deploy/vllm-env.sh failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    print(f"\n[vllm] environment ready in {time.monotonic() - started:.1f} s ({venv})")
-    return venv
 
 
 @pytest.fixture(scope="module")
@@ -56,25 +42,6 @@ def vllm(vllm_venv: Path, smollm2_dir: Path, tmp_path_factory: pytest.TempPathFa
     finally:
         code = server.stop()
         print(f"\n[vllm] stopped with {code}")
-
-
-def make_adapter(model_dir: Path, dest: Path, *, rank: int = 8, seed: int = 0) -> Path:
-    """A peft LoRA adapter on q_proj, v_proj whose random lora_B changes the first tokens."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    torch.manual_seed(seed)
-    tuned = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
-                                            task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in tuned.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.4)
-    tuned.save_pretrained(dest)
-    return dest.resolve()  # vLLM wants an absolute lora_path
 
 
 @pytest.fixture(scope="module")
