@@ -119,25 +119,6 @@ def vllm_venv() -> Path:
     return venv
 
 
-def make_adapter(model_dir: Path, dest: Path, *, rank: int = 8, seed: int = 0) -> Path:
-    """A peft LoRA adapter on q_proj, v_proj whose random lora_B changes the first tokens."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    torch.manual_seed(seed)
-    tuned = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
-                                            task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in tuned.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.4)
-    tuned.save_pretrained(dest)
-    return dest.resolve()  # vLLM wants an absolute lora_path
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, pg_url, embedder) -> Iterator[Server]:
     with run_server(tmp_path_factory.mktemp("srv"), pg_url, embedder) as srv:

@@ -7,8 +7,6 @@ Timings (start-up, adapter load and unload) are printed; run with ``-s`` to see 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,8 @@ from citeline.serving.generation import ChatMessage, GenerationRequest
 from citeline.serving.openai_backend import OpenAIBackend
 from citeline.serving.vllm_server import VllmProcess, default_venv, start_vllm
 from citeline.settings import GenerationSettings
-from tests.e2e.conftest import free_port, make_adapter
+from tests.e2e.conftest import free_port
+from tests.support.adapters import make_adapter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,0 +1,149 @@
+"""The adapter registry against the real database, and hot swap in process on the real embedded backend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from citeline.answering import Assistant
+from citeline.audit import AuditLog
+from citeline.domain import Access, Principal
+from citeline.errors import AdapterError, ForbiddenError
+from citeline.ingest.sync import SyncRunner
+from citeline.registry import AdapterRegistry, AdapterRouter, adapter_version, promotion_problems
+from citeline.retrieval import Retriever
+from citeline.serving.embedded import EmbeddedBackend
+from citeline.serving.hotswap import promote, reconcile
+from citeline.settings import AnswerSettings, GenerationSettings
+from citeline.store import PrincipalStore
+from tests.support.adapters import make_adapter, with_metrics
+from tests.support.connectors import ListConnector, doc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MAX_RANK = 16
+ALICE = Principal("alice", ("staff",), team="support")
+BOB = Principal("bob", ("staff",), team="sales")
+
+
+@pytest.fixture(scope="module")
+def adapters(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    made = {"v1": make_adapter(smollm2_dir, root / "v1", seed=1), "v2": make_adapter(smollm2_dir, root / "v2", seed=2),
+            "sales": make_adapter(smollm2_dir, root / "sales", seed=3)}
+    made["wide"] = make_adapter(smollm2_dir, root / "wide", rank=2 * MAX_RANK, seed=4)
+    return made
+
+
+@pytest.fixture
+def registry(db, tmp_path: Path) -> AdapterRegistry:
+    return AdapterRegistry(db, tmp_path / "store")
+
+
+def register(registry: AdapterRegistry, path: Path, team: str, base: Path):
+    return registry.register(path, team=team, name=team, base_model_dir=base, max_rank=MAX_RANK, actor="test")[0]
+
+
+def test_versions_are_content_hashes_and_registration_is_idempotent(registry, adapters, smollm2_dir):
+    v1 = register(registry, adapters["v1"], "support", smollm2_dir)
+    assert v1.version == adapter_version(adapters["v1"])[:12] and v1.served_name == f"support-{v1.version}"
+    assert v1.status == "registered" and v1.rank == 8 and set(v1.target_modules) == {"q_proj", "v_proj"}
+    assert v1.path.is_dir() and v1.path.parent == registry.store  # an immutable copy the servers load from
+    again, new = registry.register(adapters["v1"], team="support", name="support", base_model_dir=smollm2_dir,
+                                   max_rank=MAX_RANK, actor="test")
+    assert (again.id, new) == (v1.id, False)
+    v2 = register(registry, adapters["v2"], "support", smollm2_dir)
+    assert v2.version != v1.version and v2.served_name != v1.served_name  # re-trained: a new served name
+
+
+def test_preflight_refuses_before_anything_is_stored(registry, adapters, smollm2_dir, tmp_path):
+    with pytest.raises(AdapterError, match="rank_too_high"):
+        register(registry, adapters["wide"], "support", smollm2_dir)
+    saved = tmp_path / "saves-lm-head"
+    shutil.copytree(adapters["v1"], saved)
+    config = json.loads((saved / "adapter_config.json").read_text())
+    (saved / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": ["lm_head"]}))
+    with pytest.raises(AdapterError, match="modules_to_save"):
+        register(registry, saved, "support", smollm2_dir)
+    assert registry.list() == [] and not registry.store.exists()
+
+
+def test_one_active_adapter_per_team_and_the_promotion_gate(registry, adapters, smollm2_dir, tmp_path):
+    v1 = register(registry, adapters["v1"], "support", smollm2_dir)
+    assert "no evaluation results" in promotion_problems(v1)[0]
+    worse = with_metrics(shutil.copytree(adapters["v2"], tmp_path / "worse"), smollm2_dir,
+                         format_compliance=0.4, baseline_format_compliance=0.6)
+    better = with_metrics(shutil.copytree(adapters["sales"], tmp_path / "better"), smollm2_dir,
+                          format_compliance=0.9, baseline_format_compliance=0.6, grounding=0.8,
+                          baseline_grounding=0.9)
+    w, b = register(registry, worse, "support", smollm2_dir), register(registry, better, "support", smollm2_dir)
+    assert "does not beat the prompting baseline" in promotion_problems(w)[0]
+    assert any("grounding" in p for p in promotion_problems(b))  # better format, worse grounding: refused
+    with pytest.raises(AdapterError, match="not promoted"):
+        promote(registry, [], w.served_name, drain_s=0)
+    assert registry.activate(v1.served_name) is None
+    previous = registry.activate(w.served_name)
+    assert previous is not None and previous.served_name == v1.served_name
+    assert [a.served_name for a in registry.list(status="active")] == [w.served_name]
+    assert registry.require(v1.served_name).status == "retired"
+
+
+def test_router_uses_the_team_adapter_falls_back_and_refuses_other_teams(registry, adapters, smollm2_dir):
+    router = AdapterRouter(registry, ttl_s=0)
+    support = register(registry, adapters["v1"], "support", smollm2_dir)
+    sales = register(registry, adapters["sales"], "sales", smollm2_dir)
+    choice = router.choose(ALICE, None, "base")
+    assert choice.model == "base" and "no active adapter" in choice.note
+    registry.activate(support.served_name)
+    assert router.choose(ALICE, None, "base").model == support.served_name
+    assert router.choose(ALICE, "base", "base").model == "base"  # the base model may always be asked for
+    assert router.choose(BOB, None, "base").model == "base"
+    with pytest.raises(ForbiddenError, match="belongs to team 'support'"):
+        router.choose(BOB, support.served_name, "base")
+    assert not router.may_use(BOB, support.served_name) and router.may_use(ALICE, support.served_name)
+    registry.activate(sales.served_name)
+    assert router.choose(BOB, None, "base").model == sales.served_name
+
+
+def test_in_process_promotion_reconcile_and_answers(db, embedder, chunker, registry, adapters, smollm2_dir,
+                                                    tmp_path):
+    """The embedded backend is an AdapterHost: promote/reconcile work on it exactly as on a vLLM replica."""
+    backend = EmbeddedBackend(GenerationSettings(max_tokens=8), smollm2_dir.parent.parent)
+    try:
+        PrincipalStore(db).put(ALICE)
+        SyncRunner(db, embedder, chunker).run("wiki", "list", ListConnector([doc(
+            "returns", "# Returns\n\nCustomers may return a robot within 30 days of delivery for a full refund.",
+            access=Access(groups=("staff",)))]))
+        router = AdapterRouter(registry, ttl_s=0)
+        assistant = Assistant(Retriever(db, embedder), backend, AuditLog(db),
+                              answer=AnswerSettings(min_score=0.0), generation=GenerationSettings(max_tokens=8),
+                              router=router)
+        base_answer = assistant.ask("How long do customers have to return a robot?", ALICE)
+        assert base_answer.model == backend.base_model and "no active adapter" in base_answer.model_note
+
+        v1 = register(registry, adapters["v1"], "support", smollm2_dir)
+        v2 = register(registry, adapters["v2"], "support", smollm2_dir)
+        done = promote(registry, [backend], v1.served_name, drain_s=0, force=True, base_model_dir=smollm2_dir,
+                       max_rank=MAX_RANK)
+        assert done.previous is None and set(backend.adapters()) == {v1.served_name}
+        first = assistant.ask("How long do customers have to return a robot?", ALICE)
+        assert first.model == v1.served_name and first.model_note is None
+
+        done = promote(registry, [backend], v2.served_name, drain_s=0, force=True)
+        assert done.previous.served_name == v1.served_name
+        assert set(backend.adapters()) == {v2.served_name}  # the old version unloaded after the drain
+        second = assistant.ask("How long do customers have to return a robot?", ALICE)
+        assert second.model == v2.served_name
+
+        backend.unload_adapter(v2.served_name)  # as if the server had restarted
+        backend.load_adapter("stray", adapters["sales"])  # an adapter the registry does not know
+        (report,) = reconcile(registry, [backend], base_model_dir=smollm2_dir, max_rank=MAX_RANK)
+        assert (report.loaded, report.unloaded, report.errors) == ([v2.served_name], ["stray"], [])
+        assert set(backend.adapters()) == {v2.served_name}
+        shown = [r.payload["model"] for r in AuditLog(db).records(kind="ask")]
+        assert shown == [backend.base_model, v1.served_name, v2.served_name]  # the audit names the version
+    finally:
+        backend.close()
