@@ -10,7 +10,7 @@ from rich.table import Table
 
 from citeline.cli._common import ConfigOption, JsonOption, cli_actor, console, fail, opened, print_json
 
-__all__ = ["list_", "promote", "register", "retire", "sync"]
+__all__ = ["attach", "list_", "promote", "register", "retire", "sync"]
 
 
 def register(
@@ -98,3 +98,12 @@ def sync(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         fail("no model server to sync: set adapters.replicas (or generation.backend = 'openai' with base_url)")
     if any(not r.ok for r in reports):
         raise typer.Exit(1)
+
+
+def attach(app: typer.Typer) -> None:
+    """Add these commands to the ``citeline adapter`` group."""
+    app.command("register")(register)
+    app.command("list")(list_)
+    app.command("promote")(promote)
+    app.command("retire")(retire)
+    app.command("sync")(sync)
