@@ -184,8 +184,14 @@ class ApiClient:
                            "check config.base_url points at the API root", status=response.status_code) from None
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                json: Any = None, data: Any = None) -> httpx.Response:
-        """One request with the retry policy; returns a 2xx/3xx response or raises an :class:`ApiError`."""
+                json: Any = None, data: Any = None,
+                retry_when: Callable[[httpx.Response], str | None] | None = None) -> httpx.Response:
+        """One request with the retry policy; returns a 2xx/3xx response or raises an :class:`ApiError`.
+
+        ``retry_when`` is for APIs that report a transient failure in a 2xx body (MediaWiki's ``maxlag``
+        and ``ratelimited``): given a 2xx/3xx response it returns a reason to retry it like a 429
+        (``Retry-After`` honoured, else backoff), or ``None`` to accept it.
+        """
         attempt = 0
         while True:
             if self.requests_made >= self.config.request_budget:
@@ -205,9 +211,10 @@ class ApiClient:
                                             "service is up") from exc
             else:
                 status = response.status_code
-                if status < 400:
+                soft = retry_when(response) if retry_when is not None and status < 400 else None
+                if status < 400 and soft is None:
                     return response
-                limited = _rate_limited(response)
+                limited = soft is not None or _rate_limited(response)
                 if status in (401, 403) and not limited:
                     raise CredentialsRejected(
                         f"{self.source}: {method} {_where(response.request.url)} answered {status} "
@@ -222,11 +229,11 @@ class ApiClient:
                 told = _told_wait(response) if limited or status in (429, 503) else None
                 if told is not None and told > self.config.max_retry_after_s:
                     raise SourceUnavailable(
-                        f"{self.source}: rate limited ({status}); the API asks to wait {told:.0f} s, more than "
+                        f"{self.source}: rate limited ({soft or status}); the API asks to wait {told:.0f} s, more than "
                         f"config.max_retry_after_s={self.config.max_retry_after_s:.0f}: the next scheduled sync "
                         "resumes from the last checkpoint", status=status)
                 wait = told if told is not None else self._backoff(attempt)
-                reason = f"{status} {_reason(response)}"
+                reason = soft or f"{status} {_reason(response)}"
                 if attempt >= self.config.max_retries:
                     raise SourceUnavailable(f"{self.source}: {method} {_where(response.request.url)} still answered "
                                             f"{reason} after {attempt + 1} tries: try again later (the next sync "

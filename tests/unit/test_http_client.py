@@ -64,6 +64,17 @@ def test_retry_after_is_honoured(server):
     assert waits == [7.0, 7.0] and api.requests_made == 3
 
 
+def test_retry_when_retries_a_failure_reported_in_a_2xx_body(server):
+    server.fail_next("/items", 200, times=2, headers={"Retry-After": "3"}, message="lagged")
+    api, waits = client(server)
+    lagged = lambda r: "maxlag: lagged" if "message" in r.json() else None  # noqa: E731
+    assert api.json(api.request("GET", "/items", retry_when=lagged)) == {"items": [1, 2, 3]}
+    assert waits == [3.0, 3.0] and api.retries == 2
+    server.fail_next("/items", 200, times=9, message="lagged")
+    with pytest.raises(SourceUnavailable, match="maxlag: lagged after 4 tries"):
+        api.request("GET", "/items", retry_when=lagged)
+
+
 def test_github_style_403_rate_limit_is_retried(server):
     server.fail_next("/items", 403, headers={"Retry-After": "2"})
     api, waits = client(server)
