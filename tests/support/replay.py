@@ -50,7 +50,7 @@ class Request:
 class Reply:
     status: int = 200
     body: Any = None  # JSON-able (sent as application/json), or str/bytes sent as is
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)  # a list value sends the header once per item (Set-Cookie)
 
 
 @dataclass
@@ -143,6 +143,8 @@ class ReplayServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes: without this, keep-alive
+            # requests wait ~40 ms for the client's delayed ACK
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output clean
                 pass
@@ -163,7 +165,8 @@ class ReplayServer:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 for name, value in reply.headers.items():
-                    self.send_header(name, value)
+                    for item in value if isinstance(value, list) else [value]:
+                        self.send_header(name, item)
                 self.end_headers()
                 self.wfile.write(payload)
 
