@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs beyond Python: Chromium and its WebDriver, for the
-# chat page's browser tests (tests/e2e/test_chat_page.py). Idempotent and quick when they are there.
+# chat page's browser tests (tests/e2e/test_chat_page.py), and MediaWiki with PHP's SQLite driver, for
+# the MediaWiki connector's tests against a real wiki (tests/support/mediawiki.py; the package pulls in
+# apache2, which stays stopped: the tests serve the wiki with `php -S`). Idempotent and quick when they
+# are there.
 #
 #   bash deploy/system-deps.sh        # as root (CI runs it from tests/run.sh); otherwise it says what to install
 set -euo pipefail
 
-packages=(chromium chromium-driver)
+packages=(chromium chromium-driver mediawiki php-cli php-sqlite3)
 # without recommends: no printer, GPU or notification daemons; the fonts are the one recommend wanted
 extras=(fonts-liberation)
 
@@ -15,26 +18,31 @@ missing=()
 for p in "${packages[@]}"; do
   installed "$p" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ] && [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+binaries_there() {
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/php ] \
+    && [ -f /usr/share/mediawiki/maintenance/install.php ]
+}
+if [ ${#missing[@]} -eq 0 ] && binaries_there; then
   exit 0
 fi
 [ ${#missing[@]} -eq 0 ] && missing=("${packages[@]}")  # packages there but the binaries are not: reinstall
 
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "the browser tests need Chromium and chromedriver (missing: ${missing[*]}); this is not a Debian" \
-       "system, so install them yourself and set CITELINE_CHROMIUM / CITELINE_CHROMEDRIVER" >&2
+  echo "the browser and MediaWiki tests need Chromium, chromedriver, MediaWiki and PHP with SQLite (missing:" \
+       "${missing[*]}); this is not a Debian system, so install them yourself and set CITELINE_CHROMIUM /" \
+       "CITELINE_CHROMEDRIVER" >&2
   exit 1
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "the browser tests need these Debian packages: ${missing[*]}" >&2
+  echo "the browser and MediaWiki tests need these Debian packages: ${missing[*]}" >&2
   echo "install them as root:  sudo apt-get update && sudo apt-get install -y --no-install-recommends" \
        "${missing[*]} ${extras[*]}" >&2
   exit 1
 fi
 
-echo "==> installing ${missing[*]} with apt-get (for the browser tests)" >&2
+echo "==> installing ${missing[*]} with apt-get (for the browser and MediaWiki tests)" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >&2
 apt-get install -y -q --no-install-recommends "${missing[@]}" "${extras[@]}" >&2
-[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] \
-  || { echo "apt-get finished but /usr/bin/chromium or /usr/bin/chromedriver is missing" >&2; exit 1; }
+binaries_there \
+  || { echo "apt-get finished but chromium, chromedriver, php or MediaWiki's install.php is missing" >&2; exit 1; }
