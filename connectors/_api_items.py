@@ -1,0 +1,60 @@
+"""Per-item helpers the API connectors share (private: not part of the connector contract).
+
+* :func:`fetch_item` runs the requests for one item and sorts what can go wrong into the contract's
+  values: the item as built, ``GONE`` (404/410: the caller yields a Delete), or a :class:`Failure` for a
+  problem of that item alone (a 5xx that outlasted the retries, an item that does not parse). Anything
+  that concerns the whole source (credentials, budget, rate limit, network) is raised and ends the run.
+* :func:`grants` turns configured entries (``public``, ``user:NAME``, group names) into one Access.
+* :func:`retry_ids` reads the ids a cursor carries to retry: items that failed in an earlier sync
+  although the source's change feed has already moved past them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar
+
+from citeline.connectors._common import ItemError, access_from_entries
+from citeline.connectors._http import ApiError, NotFound
+from citeline.connectors.interfaces import Failure
+from citeline.domain import Access
+from citeline.errors import ConnectorError
+
+__all__ = ["GONE", "Gone", "fetch_item", "grants", "retry_ids"]
+
+T = TypeVar("T")
+
+
+class Gone:
+    """The item answered 404/410: deleted at the source, or moved where these credentials cannot see it."""
+
+
+GONE: Final = Gone()
+
+
+def fetch_item(external_id: str, build: Callable[[], T]) -> T | Gone | Failure:
+    """``build()``, or GONE, or a Failure for ``external_id``; whole-source errors propagate."""
+    try:
+        return build()
+    except NotFound:
+        return GONE
+    except ItemError as exc:
+        return Failure(external_id, str(exc))
+    except ApiError as exc:
+        if exc.status is not None and 500 <= exc.status < 600 and exc.status != 503:
+            return Failure(external_id, f"{exc} (retried next sync)")
+        raise
+
+
+def grants(entries: Iterable[str], where: str) -> Access:
+    """``public``, ``user:NAME`` and group names as one Access (an ItemError when a name is invalid)."""
+    return access_from_entries(entries, where)
+
+
+def retry_ids(cursor: Mapping[str, Any], kind: type = str) -> list[Any]:
+    """The ``retry`` list of a cursor this connector wrote (empty when absent)."""
+    value = cursor.get("retry", [])
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ConnectorError(f"cursor retry list {value!r} was not written by this connector: reset the "
+                             "source's sync state to start over")
+    return list(value)
