@@ -1,0 +1,243 @@
+"""The Confluence connector against a fake Confluence on a real loopback server (tests/support/apis/confluence.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from pydantic import ValidationError
+
+from citeline.connectors._http import BudgetExhausted, CredentialsRejected, SourceUnavailable
+from citeline.connectors.confluence import ConfluenceConnector
+from citeline.connectors.interfaces import Checkpoint, Delete, Failure, Upsert
+from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
+from citeline.domain import Access, ContentType
+from citeline.errors import ConnectorError
+from tests.support.apis.confluence import FakeConfluence
+from tests.support.replay import ReplayServer
+
+pytestmark = pytest.mark.unit
+
+ENG = Access(groups=("eng",))
+SEARCH = "/wiki/rest/api/content/search"
+
+
+@pytest.fixture
+def fake() -> FakeConfluence:
+    api = FakeConfluence()
+    api.add_space("ENG")
+    api.add_space("OPS")
+    api.add_space("HR")  # not configured: never read
+    home = api.add_page("ENG", "Engineering Home", "<p>Welcome to engineering.</p>")
+    api.ids = {"home": home}
+    api.ids["calib"] = api.add_page("ENG", "Robot calibration", "<h2>Procedure</h2><p>Calibrate the arm daily.</p>",
+                                    parent=home)
+    api.ids["secret"] = api.add_page("ENG", "Salary bands", "<p>Band 4 pays well.</p>", parent=home,
+                                     users=("alice",), groups=("eng-leads",))
+    api.ids["child"] = api.add_page("ENG", "Band details", "<p>Details of band 4.</p>", parent=api.ids["secret"],
+                                    groups=("eng-leads", "hr"))
+    api.ids["runbook"] = api.add_page("OPS", "Pager runbook", "<ul><li>Ack the page</li><li>Fix it</li></ul>")
+    api.ids["oncall"] = api.add_page("OPS", "On-call rota", "<table><tr><td>Mon</td><td>dana</td></tr></table>")
+    api.add_page("HR", "Out of scope", "<p>never synced</p>")
+    return api
+
+
+@pytest.fixture
+def server(fake: FakeConfluence) -> Iterator[ReplayServer]:
+    with ReplayServer(fake) as srv:
+        yield srv
+
+
+def make(server: ReplayServer, default: Access = Access.private(), **overrides: object) -> ConfluenceConnector:
+    config = {"base_url": f"{server.url}/wiki", "email": "bot@acme.example", "token": "good-token",
+              "spaces": ["ENG", "OPS"], "space_access": {"ENG": ["eng"]}, "max_retries": 2, "backoff_s": 0.01,
+              "checkpoint_every": 2, "page_size": 2, **overrides}
+    return ConfluenceConnector(ConfluenceConnector.Config(**config), default)
+
+
+def docs(changes) -> dict:
+    return {c.document.external_id: c.document for c in changes if isinstance(c, Upsert)}
+
+
+def final_cursor(changes) -> dict:
+    assert isinstance(changes[-1], Checkpoint)
+    return dict(changes[-1].cursor)
+
+
+class TestConfluenceContract(ConnectorContract):
+    @pytest.fixture
+    def connector(self, server: ReplayServer) -> ConfluenceConnector:
+        return make(server)
+
+
+def test_pages_become_documents_with_their_access(fake, server):
+    got = docs(run_sync(make(server)))
+    ids = fake.ids
+    assert set(got) == set(ids.values())
+    calib = got[ids["calib"]]
+    assert calib.title == "Robot calibration" and calib.content_type is ContentType.MARKDOWN
+    assert calib.text == "# Robot calibration\n\n## Procedure\n\nCalibrate the arm daily.\n"
+    assert calib.url == f"{server.url}/wiki/spaces/ENG/pages/{ids['calib']}/Robot+calibration"
+    assert calib.metadata == {"space": "ENG", "version": "1"}
+    assert calib.access == ENG  # unrestricted: the space's access
+    assert got[ids["secret"]].access == Access(users=("alice@acme.example",), groups=("eng-leads",))
+    # the child's own restriction (eng-leads, hr) meets its parent's (alice, eng-leads): only eng-leads
+    assert got[ids["child"]].access == Access(groups=("eng-leads",))
+    assert got[ids["runbook"]].access == Access.private()  # OPS has no space_access: the source default
+    assert "- Ack the page" in got[ids["runbook"]].text
+
+
+def test_user_field_picks_the_identity(fake, server):
+    got = docs(run_sync(make(server, user_field="accountId")))
+    assert got[fake.ids["secret"]].access.users == ("557058:alice",)
+
+
+def test_incremental_sync_reads_only_changes(fake, server):
+    connector = make(server)
+    cursor = final_cursor(run_sync(connector))
+    assert set(cursor) == {"since", "restricted"}
+    fake.edit(fake.ids["calib"], body="<p>Calibrate twice a day.</p>")
+    new = fake.add_page("OPS", "Escalation", "<p>Call the duty manager.</p>")
+    server.requests.clear()
+    changes = run_sync(connector, cursor)
+    # the changes, and the last page of the previous run (re-read within the overlap, skipped by hash)
+    assert item_ids(changes) == [fake.ids["oncall"], fake.ids["calib"], new]
+    assert "Calibrate twice a day." in docs(changes)[fake.ids["calib"]].text
+    cql = [r.arg("cql") for r in server.requests if r.path == SEARCH and "lastmodified >=" in (r.arg("cql") or "")]
+    assert cql and '"2024-05-01 13:55"' in cql[0]  # minute precision, 5 minutes before the last change (14:00)
+
+
+def test_query_dates_are_in_the_users_time_zone():
+    fake = FakeConfluence(time_zone="America/New_York")
+    fake.add_space("ENG")
+    for n in range(3):
+        fake.add_page("ENG", f"Page {n}", f"<p>text {n}</p>")
+    with ReplayServer(fake) as server:
+        connector = make(server, time_zone="America/New_York", space_access={})
+        cursor = final_cursor(run_sync(connector))
+        changed = fake.add_page("ENG", "Late", "<p>late</p>")
+        server.requests.clear()
+        assert item_ids(run_sync(connector, cursor))[-1] == changed
+        cql = next(r.arg("cql") for r in server.requests if "lastmodified" in (r.arg("cql") or ""))
+        assert '"2024-05-01 06:55"' in cql  # 10:55 UTC is 06:55 in New York (EDT)
+
+
+def test_restriction_change_without_an_edit_is_picked_up(fake, server):
+    connector = make(server)
+    cursor = final_cursor(run_sync(connector))
+    fake.restrict(fake.ids["calib"], users=("bob",))  # Confluence does not touch lastmodified for this
+    fake.restrict(fake.ids["secret"])  # lifted: back to the space's access, and the child follows
+    changes = run_sync(connector, cursor)
+    got = docs(changes)
+    assert got[fake.ids["calib"]].access == Access(users=("bob@acme.example",))
+    assert got[fake.ids["secret"]].access == ENG
+    assert got[fake.ids["child"]].access == Access(groups=("eng-leads", "hr"))
+    cursor = final_cursor(changes)
+    again = run_sync(connector, cursor)  # nothing changed since: only the overlap re-read
+    assert item_ids(again) == [fake.ids["oncall"]]
+
+
+def test_restricting_a_parent_narrows_its_children(fake, server):
+    connector = make(server)
+    cursor = final_cursor(run_sync(connector))
+    fake.restrict(fake.ids["home"], groups=("eng-leads",))
+    got = docs(run_sync(connector, cursor))
+    assert got[fake.ids["home"]].access == Access(groups=("eng-leads",))
+    assert got[fake.ids["calib"]].access == Access(groups=("eng-leads",))
+    assert got[fake.ids["secret"]].access == Access(groups=("eng-leads",))  # alice was not in both
+
+
+def test_trashed_pages_are_deleted_and_purged_pages_pruned(fake, server):
+    connector = make(server)
+    cursor = final_cursor(run_sync(connector))
+    fake.trash(fake.ids["runbook"])
+    fake.purge(fake.ids["oncall"])
+    changes = run_sync(connector, cursor)
+    assert Delete(fake.ids["runbook"]) in changes
+    listed = connector.list_ids()
+    assert fake.ids["runbook"] not in listed and fake.ids["oncall"] not in listed
+    assert set(listed) == {fake.ids[k] for k in ("home", "calib", "secret", "child")}
+
+
+def test_429_retry_after_is_honoured(fake, server):
+    server.fail_next(SEARCH, 429, headers={"Retry-After": "1"}, message="Rate limit exceeded")
+    started = time.monotonic()
+    changes = run_sync(make(server))
+    assert time.monotonic() - started >= 1.0
+    assert len(docs(changes)) == 6
+    first, second = server.requests[0], server.requests[1]
+    assert first.path == second.path == SEARCH and first.query == second.query  # the same request, retried
+
+
+def test_5xx_on_the_search_is_retried_then_fails_the_run(server):
+    server.fail_next(SEARCH, 503, times=10)
+    with pytest.raises(SourceUnavailable, match="503"):
+        run_sync(make(server))
+    assert len([r for r in server.requests if r.path == SEARCH]) == 3  # one try and max_retries=2 retries
+
+
+def test_5xx_once_is_retried_and_the_run_succeeds(server):
+    server.fail_next(SEARCH, 500, times=2)
+    assert len(docs(run_sync(make(server)))) == 6
+
+
+def test_5xx_on_one_page_is_a_failure_and_the_run_goes_on(fake, server):
+    connector = make(server)
+    cursor = final_cursor(run_sync(connector))
+    fake.restrict(fake.ids["calib"], users=("bob",))
+    fake.restrict(fake.ids["runbook"], users=("bob",))
+    server.fail_next(f"/wiki/rest/api/content/{fake.ids['calib']}", 500, times=3)  # every try of this sync
+    changes = run_sync(connector, cursor)
+    failures = [c for c in changes if isinstance(c, Failure)]
+    assert [f.external_id for f in failures] == [fake.ids["calib"]] and "500" in failures[0].reason
+    assert docs(changes)[fake.ids["runbook"]].access == Access(users=("bob@acme.example",))
+    # the failed page is not marked as done: the next sync tries it again
+    retried = run_sync(connector, final_cursor(changes))
+    assert docs(retried)[fake.ids["calib"]].access == Access(users=("bob@acme.example",))
+
+
+def test_expired_credentials_name_the_fix(server):
+    connector = make(server)
+    server.expire_credentials()
+    with pytest.raises(CredentialsRejected, match="401.*create a new API token") as info:
+        connector.validate()
+    assert info.value.status == 401
+    with pytest.raises(CredentialsRejected):
+        run_sync(connector)
+    with pytest.raises(CredentialsRejected):
+        connector.list_ids()
+
+
+def test_data_center_bearer_token(fake, server):
+    connector = make(server, email=None, token="good-pat")
+    connector.validate()
+    assert len(docs(run_sync(connector))) == 6
+    assert server.requests[-1].headers["authorization"] == "Bearer good-pat"
+
+
+def test_unknown_space_fails_validation(server):
+    with pytest.raises(ConnectorError, match="space NOPE does not exist"):
+        make(server, spaces=["ENG", "NOPE"]).validate()
+
+
+def test_request_budget_ends_the_run(server):
+    with pytest.raises(BudgetExhausted, match="budget of 3"):
+        run_sync(make(server, request_budget=3))
+
+
+def test_token_from_the_environment(monkeypatch, server):
+    monkeypatch.setenv("CITELINE_TEST_CONFLUENCE", "good-token")
+    assert len(docs(run_sync(make(server, token="env:CITELINE_TEST_CONFLUENCE")))) == 6
+
+
+def test_config_is_checked():
+    base = {"base_url": "https://acme.atlassian.net/wiki", "token": "t", "spaces": ["ENG"]}
+    with pytest.raises(ValidationError, match="space key"):
+        ConfluenceConnector.Config(**{**base, "spaces": ["ENG OPS"]})
+    with pytest.raises(ValidationError, match="time zone"):
+        ConfluenceConnector.Config(**{**base, "time_zone": "Mars/Olympus"})
+    with pytest.raises(ValidationError, match="invalid group name"):
+        ConfluenceConnector.Config(**{**base, "space_access": {"ENG": ["two words"]}})
+    with pytest.raises(ConnectorError, match="not written by this connector"):
+        run_sync(ConfluenceConnector(ConfluenceConnector.Config(**base)), {"line": 3})
