@@ -5,6 +5,8 @@
   problem of that item alone (a 5xx that outlasted the retries, an item that does not parse). Anything
   that concerns the whole source (credentials, budget, rate limit, network) is raised and ends the run.
 * :func:`grants` turns configured entries (``public``, ``user:NAME``, group names) into one Access.
+* :func:`as_change` turns what :func:`fetch_item` returned into the Change to yield; :func:`change_id`
+  is the external id of any Change but a Checkpoint.
 * :func:`retry_ids` reads the ids a cursor carries to retry: items that failed in an earlier sync
   although the source's change feed has already moved past them.
 """
@@ -16,11 +18,11 @@ from typing import Any, Final, TypeVar
 
 from citeline.connectors._common import ItemError, access_from_entries
 from citeline.connectors._http import ApiError, NotFound
-from citeline.connectors.interfaces import Failure
-from citeline.domain import Access
+from citeline.connectors.interfaces import Change, Delete, Failure, Upsert
+from citeline.domain import Access, Document
 from citeline.errors import ConnectorError
 
-__all__ = ["GONE", "Gone", "fetch_item", "grants", "retry_ids"]
+__all__ = ["GONE", "Gone", "as_change", "change_id", "fetch_item", "grants", "retry_ids"]
 
 T = TypeVar("T")
 
@@ -58,3 +60,21 @@ def retry_ids(cursor: Mapping[str, Any], kind: type = str) -> list[Any]:
         raise ConnectorError(f"cursor retry list {value!r} was not written by this connector: reset the "
                              "source's sync state to start over")
     return list(value)
+
+
+def as_change(external_id: str, result: Document | Delete | Gone | Failure) -> Change:
+    """A built document as an Upsert, GONE as a Delete; Deletes and Failures as they are."""
+    if isinstance(result, Gone):
+        return Delete(external_id)
+    if isinstance(result, Document):
+        return Upsert(result)
+    return result
+
+
+def change_id(change: Change) -> str:
+    """The external id an Upsert, Delete or Failure is about."""
+    if isinstance(change, Upsert):
+        return change.document.external_id
+    if isinstance(change, Delete | Failure):
+        return change.external_id
+    raise TypeError(f"{type(change).__name__} has no external id")

@@ -46,10 +46,10 @@ from typing import Annotated, Any
 import httpx
 from pydantic import AfterValidator, Field, model_validator
 
-from citeline.connectors._api_items import GONE, Gone, fetch_item, grants, retry_ids
+from citeline.connectors._api_items import as_change, change_id, fetch_item, grants, retry_ids
 from citeline.connectors._common import ItemError, coerce_config, parse_datetime
 from citeline.connectors._http import ApiClient, ApiConfig, CredentialsRejected, Secret
-from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure, Upsert
+from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
 
@@ -148,7 +148,7 @@ class ZendeskConnector:
                 lookups.add(page)
                 for ticket in tickets:
                     change = self._ticket_change(client, ticket, lookups)
-                    seen.add(_change_id(change))
+                    seen.add(change_id(change))
                     if isinstance(change, Failure):
                         failed.append(change.external_id)
                     yield change
@@ -176,7 +176,7 @@ class ZendeskConnector:
         if ticket.get("status") == "deleted":
             return Delete(ticket_id)
         result = fetch_item(ticket_id, lambda: self._document(client, ticket_id, ticket, lookups))
-        return _as_change(ticket_id, result)
+        return as_change(ticket_id, result)
 
     def _refetch(self, client: ApiClient, ticket_id: str, lookups: _Lookups) -> Change:
         def build() -> Document | Delete:
@@ -189,7 +189,7 @@ class ZendeskConnector:
             return self._document(client, ticket_id, body["ticket"], lookups)
 
         result = fetch_item(ticket_id, build)
-        return result if isinstance(result, Delete) else _as_change(ticket_id, result)
+        return as_change(ticket_id, result)
 
     def _document(self, client: ApiClient, ticket_id: str, ticket: Mapping[str, Any],
                   lookups: _Lookups) -> Document:
@@ -302,20 +302,6 @@ def _ticket_id(ticket: Mapping[str, Any]) -> str:
     return str(value)
 
 
-def _as_change(ticket_id: str, result: Document | Gone | Failure) -> Change:
-    if result is GONE:
-        return Delete(ticket_id)
-    if isinstance(result, Document):
-        return Upsert(result)
-    assert isinstance(result, Failure)
-    return result
-
-
-def _change_id(change: Change) -> str:
-    if isinstance(change, Upsert):
-        return change.document.external_id
-    assert isinstance(change, Delete | Failure)
-    return change.external_id
 
 
 def _slug(name: str) -> str:
