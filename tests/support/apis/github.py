@@ -194,7 +194,8 @@ class GitHubApi(FakeApi):
         owner, name = repo.full_name.split("/")
         out = copy.deepcopy(self._repo_template)
         out.update(id=repo.id, name=name, full_name=repo.full_name, private=repo.private,
-                   visibility=repo.visibility, html_url=f"https://github.com/{repo.full_name}", url=f"https://api.github.com/repos/{repo.full_name}")
+                   visibility=repo.visibility, html_url=f"https://github.com/{repo.full_name}",
+                   url=f"https://api.github.com/repos/{repo.full_name}")
         out["owner"].update(login=owner, html_url=f"https://github.com/{owner}")
         return out
 
