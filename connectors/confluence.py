@@ -130,7 +130,7 @@ class ConfluenceConnector:
                               for key, entries in self.config.space_access.items()}
 
     def _client(self) -> ApiClient:
-        return ApiClient(self.config, source="confluence",
+        return ApiClient(self.config, source=f"confluence {self.config.base_url}",
                          headers=auth_headers(self.config.email, self.config.token), fix_credentials=_FIX_CREDENTIALS)
 
     # -- the contract -------------------------------------------------------------------------------
@@ -266,9 +266,14 @@ class ConfluenceConnector:
 
     # -- mapping ------------------------------------------------------------------------------------
     def _own_restriction(self, page: Mapping[str, Any]) -> frozenset[str] | None:
-        read = ((page.get("restrictions") or {}).get("read") or {}).get("restrictions") or {}
-        users = (read.get("user") or {}).get("results") or []
-        groups = (read.get("group") or {}).get("results") or []
+        read = ((page.get("restrictions") or {}).get("read") or {}).get("restrictions")
+        if not isinstance(read, Mapping) or not all(isinstance((read.get(k) or {}).get("results"), list)
+                                                    for k in ("user", "group")):
+            # never guess "unrestricted": a server that ignores the expansion would leak every restricted page
+            raise ApiError(f"confluence: page {page.get('id')} came without restrictions.read.restrictions.user/"
+                           "group although they were expanded: this Confluence does not expand restrictions in "
+                           "searches; report it with the version (nothing was indexed from this answer)")
+        users, groups = read["user"]["results"], read["group"]["results"]
         if not users and not groups:
             return None
         tokens = set()
@@ -298,8 +303,8 @@ class ConfluenceConnector:
 
     def _page_change(self, page: Mapping[str, Any], nodes: dict[str, _Node], restricted: dict[str, str]) -> Change:
         page_id = str(page["id"])
-        if "restrictions" in page:  # fresher than the sweep (and the only source for a page created since)
-            nodes[page_id] = _Node(self._own_restriction(page), _ancestors(page))
+        # the page's own expansion is fresher than the sweep (and the only source for a page created since)
+        nodes[page_id] = _Node(self._own_restriction(page), _ancestors(page))
         fingerprint = _fingerprint(page_id, nodes)
         if fingerprint is None:
             restricted.pop(page_id, None)

@@ -130,8 +130,8 @@ class JiraConnector:
         self._levels = {k: access_from_entries(v, k) for k, v in self.config.security_level_access.items()}
 
     def _client(self) -> ApiClient:
-        return ApiClient(self.config, source="jira", headers=auth_headers(self.config.email, self.config.token),
-                         fix_credentials=_FIX_CREDENTIALS)
+        return ApiClient(self.config, source=f"jira {self.config.base_url}",
+                         headers=auth_headers(self.config.email, self.config.token), fix_credentials=_FIX_CREDENTIALS)
 
     # -- the contract -------------------------------------------------------------------------------
     def validate(self) -> None:

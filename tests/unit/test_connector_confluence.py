@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from citeline.connectors._http import BudgetExhausted, CredentialsRejected, SourceUnavailable
+from citeline.connectors._http import ApiError, BudgetExhausted, CredentialsRejected, SourceUnavailable
 from citeline.connectors.confluence import ConfluenceConnector
 from citeline.connectors.interfaces import Checkpoint, Delete, Failure, Upsert
 from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
@@ -241,3 +241,11 @@ def test_config_is_checked():
         ConfluenceConnector.Config(**{**base, "space_access": {"ENG": ["two words"]}})
     with pytest.raises(ConnectorError, match="not written by this connector"):
         run_sync(ConfluenceConnector(ConfluenceConnector.Config(**base)), {"line": 3})
+
+
+def test_a_server_ignoring_the_restriction_expansion_fails_closed(fake, server, monkeypatch):
+    render = fake._render
+    monkeypatch.setattr(fake, "_render", lambda page, expand: {k: v for k, v in render(page, expand).items()
+                                                               if k != "restrictions"})
+    with pytest.raises(ApiError, match="does not expand restrictions"):
+        run_sync(make(server))
