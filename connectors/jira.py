@@ -31,7 +31,8 @@ plus :class:`~citeline.connectors._http.ApiConfig`'s retry, backoff, ``request_b
   it). Deleted issues, issues moved out of scope or hidden from the API user are pruned. An issue found
   gone while its comments are read is a Delete.
 * **Failures**: comments that cannot be read after the retries make that issue a Failure (its previous
-  version stays); 401/403 (:class:`CredentialsRejected`), an exhausted budget or a search that stays
+  version stays) and put its id in the cursor's ``retry`` list: the next sync reads it again
+  (``/rest/api/2/issue/{id}``) even if it did not change; 401/403 (:class:`CredentialsRejected`), an exhausted budget or a search that stays
   unavailable end the run, keeping the last checkpoint.
 """
 
@@ -145,16 +146,46 @@ class JiraConnector:
                                          " fix config.projects or give the user Browse permission") from None
 
     def sync(self, cursor: Mapping[str, Any] | None) -> Iterator[Change]:
-        position = read_position(cursor)
+        position = read_position(cursor, frozenset({"retry"}))
+        retry = _retry(cursor)
+        seen: set[str] = set()
         count = 0
         with self._client() as api:
             for position, stamped in changed_items(lambda lo, tok: self._search_page(api, lo, tok), position,
                                                    self._overlap):
-                yield self._issue_change(api, stamped.item)
+                yield self._tracked(self._issue_change(api, stamped.item), retry)
+                seen.add(stamped.id)
                 count += 1
                 if count % self.config.checkpoint_every == 0:
-                    yield Checkpoint(position.cursor())
-        yield Checkpoint(position.final().cursor())
+                    yield Checkpoint(_cursor(position.cursor(), retry))
+            for issue_id in sorted(retry - seen, key=int):  # failed in an earlier sync and not changed since
+                yield self._tracked(self._reread(api, issue_id), retry)
+                count += 1
+                if count % self.config.checkpoint_every == 0:
+                    yield Checkpoint(_cursor(position.cursor(), retry))
+        yield Checkpoint(_cursor(position.final().cursor(), retry))
+
+    @staticmethod
+    def _tracked(change: Change, retry: set[str]) -> Change:
+        """Remember failed issues in the cursor (``retry``) so the next sync reads them again."""
+        if isinstance(change, Failure):
+            retry.add(change.external_id)
+        elif isinstance(change, Upsert):
+            retry.discard(change.document.external_id)
+        elif isinstance(change, Delete):
+            retry.discard(change.external_id)
+        return change
+
+    def _reread(self, api: ApiClient, issue_id: str) -> Change:
+        try:
+            issue = api.get_json(f"rest/api/2/issue/{issue_id}", {"fields": _FIELDS})
+        except NotFound:
+            return Delete(issue_id)
+        except (CredentialsRejected, BudgetExhausted):
+            raise
+        except ApiError as exc:
+            return Failure(issue_id, f"issue {issue_id} (failed before) cannot be read: {exc}")
+        return self._issue_change(api, issue)
 
     def list_ids(self) -> list[str]:
         ids: list[str] = []
@@ -283,6 +314,17 @@ class JiraConnector:
             metadata={k: str(v) for k, v in (("key", key), ("project", (fields.get("project") or {}).get("key")),
                                                ("status", status), ("type", kind)) if v},
         )
+
+
+def _retry(cursor: Mapping[str, Any] | None) -> set[str]:
+    value = (cursor or {}).get("retry", [])
+    if not isinstance(value, list) or not all(isinstance(i, str) and i.isdigit() for i in value):
+        raise ConnectorError(f"cursor's 'retry' is not a list of issue ids: {value!r}; reset the source's sync state")
+    return set(value)
+
+
+def _cursor(position: dict[str, Any], retry: set[str]) -> dict[str, Any]:
+    return {**position, "retry": sorted(retry, key=int)} if retry else position
 
 
 def _issues(data: Any) -> list[dict[str, Any]]:

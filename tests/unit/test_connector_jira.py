@@ -165,6 +165,13 @@ def test_5xx_on_one_issues_comments_is_a_failure_and_the_run_goes_on(fake, serve
     assert [f.external_id for f in failures] == [fake.ids["belt"]]
     assert "OPS-1: comments cannot be read" in failures[0].reason and "500" in failures[0].reason
     assert len(docs(changes)) == 4
+    cursor = final_cursor(changes)
+    assert cursor["retry"] == [fake.ids["belt"]]
+    # the next sync reads the failed issue again although it did not change, and forgets it once read
+    again = run_sync(make(server), cursor)
+    assert "Replaced the sensor" in docs(again)[fake.ids["belt"]].text
+    assert f"/rest/api/2/issue/{fake.ids['belt']}" in server.paths()
+    assert "retry" not in final_cursor(again)
 
 
 def test_expired_credentials_name_the_fix(server):

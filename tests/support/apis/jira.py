@@ -10,7 +10,7 @@ fields the connector asks for, the search and comment envelopes, ``myself``, a p
   clauses in parentheses, ``ORDER BY updated|created ASC[, key ASC]``); anything else is Jira's 400. Only the
   requested fields are returned; ``maxResults`` is capped at 100; the embedded ``comment`` field holds at
   most ``embedded_comments`` comments with the real ``total``.
-* ``GET /rest/api/2/issue/{id}/comment?startAt=...&maxResults=...``
+* ``GET /rest/api/2/issue/{idOrKey}?fields=...``, ``GET /rest/api/2/issue/{id}/comment?startAt=...&maxResults=...``
 
 Tests change the state between syncs (:meth:`add_issue`, :meth:`edit`, :meth:`comment`, :meth:`secure`,
 :meth:`delete`); the clock moves ``step`` per change.
@@ -139,6 +139,12 @@ class FakeJira(FakeApi):
             return Reply(200, body)
         if path == "/rest/api/2/search":
             return self._search(request)
+        if match := re.fullmatch(r"/rest/api/2/issue/([^/]+)", path):
+            issue = self.issues.get(match.group(1)) or next(
+                (i for i in self.issues.values() if i.key == match.group(1)), None)
+            if issue is None:
+                return self.error(404, "Issue does not exist or you do not have permission to see it.")
+            return Reply(200, self._render(issue, set((request.arg("fields") or "*all").split(","))))
         if match := re.fullmatch(r"/rest/api/2/issue/([^/]+)/comment", path):
             issue = self.issues.get(match.group(1))
             if issue is None:
