@@ -4,7 +4,9 @@
   values: the item as built, ``GONE`` (404/410: the caller yields a Delete), or a :class:`Failure` for a
   problem of that item alone (a 5xx that outlasted the retries, an item that does not parse). Anything
   that concerns the whole source (credentials, budget, rate limit, network) is raised and ends the run.
-* :func:`grants` turns configured entries (``public``, ``user:NAME``, group names) into one Access.
+* :func:`grants` turns configured entries (``public``, ``user:NAME``, group names) into one Access;
+  :data:`AccessMapping` is the config type of a mapping from a source's names to such entries, checked
+  when the config loads.
 * :func:`as_change` turns what :func:`fetch_item` returned into the Change to yield; :func:`change_id`
   is the external id of any Change but a Checkpoint.
 * :func:`retry_ids` reads the ids a cursor carries to retry: items that failed in an earlier sync
@@ -14,7 +16,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
+
+from pydantic import AfterValidator
 
 from citeline.connectors._common import ItemError, access_from_entries
 from citeline.connectors._http import ApiError, NotFound
@@ -22,7 +26,7 @@ from citeline.connectors.interfaces import Change, Delete, Failure, Upsert
 from citeline.domain import Access, Document
 from citeline.errors import ConnectorError
 
-__all__ = ["GONE", "Gone", "as_change", "change_id", "fetch_item", "grants", "retry_ids"]
+__all__ = ["GONE", "AccessMapping", "Gone", "as_change", "change_id", "fetch_item", "grants", "retry_ids"]
 
 T = TypeVar("T")
 
@@ -51,6 +55,19 @@ def fetch_item(external_id: str, build: Callable[[], T]) -> T | Gone | Failure:
 def grants(entries: Iterable[str], where: str) -> Access:
     """``public``, ``user:NAME`` and group names as one Access (an ItemError when a name is invalid)."""
     return access_from_entries(entries, where)
+
+
+def _check_mapping(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    for key, entries in value.items():
+        try:
+            access_from_entries(entries, key)
+        except ItemError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+AccessMapping = Annotated[dict[str, list[str]], AfterValidator(_check_mapping)]
+"""``{source name: ["public" | "user:NAME" | group, ...]}``, every entry checked at load time."""
 
 
 def retry_ids(cursor: Mapping[str, Any], kind: type = str) -> list[Any]:

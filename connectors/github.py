@@ -26,8 +26,9 @@ sync and per listing, ``max_retries``, ``backoff_s``, ``max_retry_after_s``, ``t
   dropped and every issue is read again with the new access.
 * **Deletions**: GitHub has no deletion feed. ``list_ids()`` lists every issue number of every
   repository (no ``since``); ingest prunes what is not listed: deleted issues, issues transferred away
-  (301 elsewhere) and repositories that are gone or no longer readable (404; the sync reports them as a
-  Failure and forgets their cursor, so they are read in full should they come back).
+  (301 elsewhere) and repositories that are gone, no longer readable (404) or have issues disabled
+  (410); the sync reports such a repository as a Failure and forgets its cursor, so it is read in full
+  should it come back.
 * **Failures**: an issue whose comments answer 5xx after the retries is a Failure and is fetched again
   (``GET …/issues/{n}``) at the end of the next sync (its id travels in the cursor's ``retry``); 410/404
   then mean it is gone. 401, a 403 that is not a rate limit, a spent budget, a long wait or an unreachable
@@ -42,12 +43,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
-from citeline.connectors._api_items import GONE, Gone, as_change, change_id, fetch_item, grants, retry_ids
+from citeline.connectors._api_items import (
+    GONE,
+    AccessMapping,
+    Gone,
+    as_change,
+    change_id,
+    fetch_item,
+    grants,
+    retry_ids,
+)
 from citeline.connectors._common import ItemError, coerce_config, parse_datetime
 from citeline.connectors._http import ApiClient, ApiConfig, NotFound, Secret
 from citeline.connectors.interfaces import Change, Checkpoint, Failure
@@ -77,9 +88,17 @@ class GitHubConfig(ApiConfig):
                                                                               description="owner/repo names")
     include_pull_requests: bool = Field(False, description="index pull requests too")
     public_repositories_public: bool = Field(True, description="issues of public repositories are public")
-    repository_access: dict[str, list[str]] = Field(default_factory=dict,
+    repository_access: AccessMapping = Field(default_factory=dict,
                                                     description="owner/repo → entries, for private repos")
     page_size: int = Field(100, ge=1, le=100, description="items per page (GitHub allows at most 100)")
+
+    @model_validator(mode="after")
+    def _mapped_repositories_are_listed(self) -> GitHubConfig:
+        for name in self.repository_access:
+            if name not in self.repositories:
+                raise ValueError(f"repository_access names {name!r}, which is not in repositories: add it there "
+                                 "or remove the mapping")
+        return self
 
 
 class GitHubIssuesConnector:
@@ -90,10 +109,6 @@ class GitHubIssuesConnector:
     def __init__(self, config: GitHubConfig | Mapping[str, Any], default_access: Access | None = None) -> None:
         self.config = coerce_config(GitHubConfig, config)
         self.default_access = default_access or Access.private()
-        for name in self.config.repository_access:
-            if name not in self.config.repositories:
-                raise ConnectorError(f"github: repository_access names {name!r}, which is not in "
-                                     "config.repositories: add it there or remove the mapping")
 
     # -- the contract -------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -107,43 +122,20 @@ class GitHubIssuesConnector:
 
     def sync(self, cursor: Mapping[str, Any] | None) -> Iterator[Change]:
         states, retry = _read_cursor(cursor)
-        failed: list[str] = []
-        seen: set[str] = set()
-        count = 0
+        run = _Run(states, retry)
         with self._client() as client:
             for name in self.config.repositories:
                 try:
-                    access = self._repo_access(client, name)
-                except NotFound as exc:
+                    yield from self._sync_repository(client, name, run)
+                except NotFound as exc:  # the repository, or its issues (410: issues disabled), are gone
                     states.pop(name, None)  # read in full should it come back; list_ids() drops its issues
-                    yield Failure(name, f"repository {name} is gone or not readable with this token ({exc}); "
-                                        "its issues are removed from the index: fix config.repositories or "
-                                        "the token's access")
-                    continue
-                state = states.get(name)
-                if state is None or state.get("access") != access.as_dict():
-                    state = {"access": access.as_dict()}  # new, or its access changed: read every issue again
-                states[name] = state
-                for issue in self._issues(client, name, state.get("since")):
-                    if not _advance(state, issue):
-                        continue
-                    if _is_pull_request(issue) and not self.config.include_pull_requests:
-                        continue
-                    change = self._change(client, name, issue, access)
-                    seen.add(change_id(change))
-                    if isinstance(change, Failure):
-                        failed.append(change.external_id)
-                    yield change
-                    count += 1
-                    if count % self.config.checkpoint_every == 0:
-                        yield Checkpoint(_cursor(states, retry + failed))
+                    yield Failure(name, f"repository {name} or its issues are gone or not readable with this "
+                                        f"token ({exc}); its issues are removed from the index: fix "
+                                        "config.repositories or the token's access")
             for external_id in retry:
-                if external_id not in seen:
-                    change = self._refetch(client, external_id)
-                    if isinstance(change, Failure):
-                        failed.append(external_id)
-                    yield change
-        yield Checkpoint(_cursor(states, failed))
+                if external_id not in run.seen:
+                    yield run.record(self._refetch(client, external_id))
+        yield Checkpoint(_cursor(states, run.failed))
 
     def list_ids(self) -> list[str]:
         ids: list[str] = []
@@ -151,11 +143,27 @@ class GitHubIssuesConnector:
             for name in self.config.repositories:
                 try:
                     client.get_json(f"/repos/{name}")
+                    ids.extend(_issue_id(name, issue) for issue in self._issues(client, name, None)
+                               if self.config.include_pull_requests or not _is_pull_request(issue))
                 except NotFound:
-                    continue  # gone or unreadable: none of its issues stays
-                ids.extend(_issue_id(name, issue) for issue in self._issues(client, name, None)
-                           if self.config.include_pull_requests or not _is_pull_request(issue))
+                    ids = [i for i in ids if not i.startswith(f"{name}#")]  # gone: none of its issues stays
         return ids
+
+    def _sync_repository(self, client: ApiClient, name: str, run: _Run) -> Iterator[Change]:
+        access = self._repo_access(client, name)
+        state = run.states.get(name)
+        if state is None or state.get("access") != access.as_dict():
+            state = {"access": access.as_dict()}  # new, or its access changed: read every issue again
+        run.states[name] = state
+        for issue in self._issues(client, name, state.get("since")):
+            if not _advance(state, issue):
+                continue
+            if _is_pull_request(issue) and not self.config.include_pull_requests:
+                continue
+            yield run.record(self._change(client, name, issue, access))
+            run.count += 1
+            if run.count % self.config.checkpoint_every == 0:
+                yield Checkpoint(_cursor(run.states, run.retry + run.failed))
 
     # -- issues -------------------------------------------------------------------------------------
     def _issues(self, client: ApiClient, name: str, since: str | None) -> Iterator[Mapping[str, Any]]:
@@ -232,11 +240,8 @@ class GitHubIssuesConnector:
         public = not repo["private"] and repo.get("visibility", "public") == "public"
         if public and self.config.public_repositories_public:
             return Access.everyone()
-        if name in self.config.repository_access:
-            try:
-                return grants(self.config.repository_access[name], f"repository_access[{name!r}]")
-            except ItemError as exc:
-                raise ConnectorError(f"github: {exc}: fix config.repository_access") from None
+        if name in self.config.repository_access:  # entries checked when the config loaded
+            return grants(self.config.repository_access[name], f"repository_access[{name!r}]")
         return self.default_access
 
     # -- plumbing -----------------------------------------------------------------------------------
@@ -248,6 +253,23 @@ class GitHubIssuesConnector:
                          fix_credentials="the token is invalid, expired or lacks read access to these "
                          "repositories' issues: create a new one (Settings > Developer settings > Personal "
                          "access tokens) and update config.token")
+
+
+@dataclass
+class _Run:
+    """One sync's progress: repository positions, ids to retry, what failed and what was seen."""
+
+    states: dict[str, dict[str, Any]]
+    retry: list[str]
+    failed: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    count: int = 0
+
+    def record(self, change: Change) -> Change:
+        self.seen.add(change_id(change))
+        if isinstance(change, Failure):
+            self.failed.append(change.external_id)
+        return change
 
 
 def _read_cursor(cursor: Mapping[str, Any] | None) -> tuple[dict[str, dict[str, Any]], list[str]]:

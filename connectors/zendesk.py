@@ -33,7 +33,8 @@ plus the :class:`~citeline.connectors._http.ApiConfig` keys (``page_size`` = tic
   cursor (``retry``) and is fetched again (``GET /api/v2/tickets/{id}.json``) at the end of the next
   sync, because the export has moved past it. 401/403, a spent request budget, a long Retry-After or
   an unreachable API end the run; the next one resumes from the last checkpoint.
-* **Cursor**: ``{"cursor": after_cursor, "retry": [ids]}``, checkpointed after every export page.
+* **Cursor**: ``{"cursor": after_cursor, "retry": [ids]}``, checkpointed after every export page (a
+  Zendesk cursor points between pages, so ``page_size`` rather than ``checkpoint_every`` sets how often).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from typing import Annotated, Any
 import httpx
 from pydantic import AfterValidator, Field, model_validator
 
-from citeline.connectors._api_items import as_change, change_id, fetch_item, grants, retry_ids
+from citeline.connectors._api_items import AccessMapping, as_change, change_id, fetch_item, grants, retry_ids
 from citeline.connectors._common import ItemError, coerce_config, parse_datetime
 from citeline.connectors._http import ApiClient, ApiConfig, CredentialsRejected, Secret
 from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure
@@ -73,8 +74,8 @@ class ZendeskConfig(ApiConfig):
     oauth_token: Secret | None = Field(None, description="OAuth access token (instead of email + api_token)")
     start_time: int = Field(0, ge=0, description="Unix time the first export starts from")
     include_internal_comments: bool = Field(False, description="index internal notes too")
-    group_access: dict[str, list[str]] = Field(default_factory=dict, description="group name or id → entries")
-    organization_access: dict[str, list[str]] = Field(default_factory=dict,
+    group_access: AccessMapping = Field(default_factory=dict, description="group name or id → entries")
+    organization_access: AccessMapping = Field(default_factory=dict,
                                                       description="organization name or id → entries")
     name_groups: bool = Field(True, description='unmapped group/organization → "group:<name>"/"org:<name>"')
     requester_access: bool = Field(False, description="the requester's email as a user grant")

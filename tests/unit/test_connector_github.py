@@ -139,6 +139,14 @@ def test_repository_gone_is_a_failure_and_its_issues_are_not_listed(api: GitHubA
     assert not any(i.startswith(LAB) for i in connector.list_ids())
 
 
+def test_issues_disabled_is_a_failure_and_nothing_is_listed(api: GitHubApi, server: ReplayServer) -> None:
+    connector = make(server)
+    api.repos[FIRMWARE].issues_disabled = True  # GitHub answers 410 for the issues of such a repository
+    changes = run_sync(connector)
+    assert [c.external_id for c in changes if isinstance(c, Failure)] == [FIRMWARE]
+    assert sorted(connector.list_ids()) == ["acme/lab#1", "acme/widgets#12", "acme/widgets#14"]
+
+
 def test_rate_limit_403_waits_for_reset_and_429_for_retry_after(server: ReplayServer) -> None:
     reset = str(int(time.time()) + 1)
     server.fail_next(f"/repos/{WIDGETS}/issues", 403, headers={"X-RateLimit-Remaining": "0",
@@ -223,7 +231,7 @@ def test_config_and_cursor_checks(server: ReplayServer) -> None:
         GitHubIssuesConnector.Config(repositories=["widgets"])
     with pytest.raises(ValidationError, match="at most 100|less than or equal"):
         GitHubIssuesConnector.Config(repositories=[WIDGETS], page_size=500)
-    with pytest.raises(ConnectorError, match="not in config.repositories"):
+    with pytest.raises(ValidationError, match="not in repositories"):
         make(server, repository_access={"acme/other": ["x"]})
     with pytest.raises(ConnectorError, match="reset the source's sync state"):
         run_sync(make(server), {"cursor": "abc"})

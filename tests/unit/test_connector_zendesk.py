@@ -221,6 +221,8 @@ def test_config() -> None:
     with pytest.raises(ValidationError, match="not a Zendesk subdomain"):
         ZendeskConnector.Config(subdomain="acme.zendesk.com", oauth_token="x")
     assert TOKEN not in repr(config)
+    with pytest.raises(ValidationError, match="invalid group name"):
+        ZendeskConnector.Config(subdomain="acme", oauth_token="x", group_access={"Billing": ["two words"]})
 
 
 def test_foreign_cursor_is_refused(server: ReplayServer) -> None:

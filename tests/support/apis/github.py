@@ -55,6 +55,7 @@ class Repo:
     issues: dict[int, Issue] = field(default_factory=dict)
     deleted: set[int] = field(default_factory=set)
     moved: dict[int, tuple[str, int]] = field(default_factory=dict)
+    issues_disabled: bool = False
 
 
 class GitHubApi(FakeApi):
@@ -134,6 +135,10 @@ class GitHubApi(FakeApi):
         rest = parts[3:]
         if not rest:
             return self._reply(self._render_repo(repo))
+        if rest and rest[0] == "issues" and repo.issues_disabled:
+            reply = self.error(410, "disabled")
+            reply.body["message"] = "Issues are disabled for this repo"
+            return reply
         if rest == ["issues"]:
             listed = [i for i in repo.issues.values() if request.arg("state", "open") in ("all", i.state)]
             if request.arg("since"):
