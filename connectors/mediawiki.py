@@ -108,7 +108,7 @@ class MediaWikiConnector:
     """Reads a MediaWiki's pages through its Action API; see the module docstring."""
 
     class Config(ApiConfig):
-        base_url: str = Field(description="the wiki's root URL (where api.php is), e.g. https://wiki.example.com/w")
+        # base_url (from ApiConfig): the wiki's root, where api.php is, e.g. https://wiki.example.com/w
         api_path: str | None = Field(None, description="api.php's path under base_url when it is not found")
         username: str | None = Field(None, description="bot password user name 'User@app'; none: anonymous")
         password: Secret | None = Field(None, description="the bot password, or env:NAME")
