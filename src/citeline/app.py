@@ -278,12 +278,19 @@ class Citeline:
         self.audit.append("admin", "adapter.sync", principal=actor, payload={"hosts": [r.as_dict() for r in reports]})
         return reports
 
-    def scheduler(self, *, retry: RetryPolicy = RetryPolicy(), tick_s: float = 30.0) -> Scheduler:
-        """Runs the sources with a ``schedule`` when due (``citeline scheduler``)."""
-        return Scheduler(self, retry=retry, tick_s=tick_s)
+    def retry_policy(self) -> RetryPolicy:
+        """The ``[scheduler]`` settings' retry policy."""
+        s = self.settings.scheduler
+        return RetryPolicy(s.retries, s.backoff_s, s.max_backoff_s)
 
-    def source_status(self, *, retry: RetryPolicy = RetryPolicy()) -> list[SourceStatus]:
+    def scheduler(self, *, retry: RetryPolicy | None = None, tick_s: float | None = None) -> Scheduler:
+        """Runs the sources with a ``schedule`` when due (``citeline scheduler``); defaults from ``[scheduler]``."""
+        return Scheduler(self, retry=retry or self.retry_policy(),
+                         tick_s=self.settings.scheduler.tick_s if tick_s is None else tick_s)
+
+    def source_status(self, *, retry: RetryPolicy | None = None) -> list[SourceStatus]:
         """Every configured or indexed source: last run, counts, error, and next scheduled run."""
+        retry = retry or self.retry_policy()
         with self.db.writer() as conn:
             rows = conn.execute(
                 "SELECT s.name, s.connector, (SELECT count(*) FROM documents d WHERE d.source_id = s.id),"

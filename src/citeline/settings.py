@@ -28,6 +28,7 @@ __all__ = [
     "EmbeddingSettings",
     "GenerationSettings",
     "RetrievalSettings",
+    "SchedulerSettings",
     "Settings",
     "SourceSettings",
 ]
@@ -143,6 +144,21 @@ class AdapterSettings(_Section):
                            "version (longer than cache_s plus the slowest answer)")
 
 
+class SchedulerSettings(_Section):
+    """``citeline scheduler``: how often it looks for due sources and how a failed run is retried."""
+
+    tick_s: float = Field(30.0, gt=0, description="seconds between looks for due sources")
+    retries: int = Field(3, ge=0, le=100, description="retries of a failed run per cron slot")
+    backoff_s: float = Field(30.0, gt=0, description="wait before the first retry; doubles per failure")
+    max_backoff_s: float = Field(900.0, gt=0, description="longest wait between retries")
+
+    @model_validator(mode="after")
+    def _order(self) -> SchedulerSettings:
+        if self.max_backoff_s < self.backoff_s:
+            raise ValueError("scheduler.max_backoff_s must be >= scheduler.backoff_s")
+        return self
+
+
 class SourceSettings(_Section):
     """One ``[[sources]]`` table: a connector kind, its own config table, default access and schedule."""
 
@@ -178,6 +194,7 @@ class Settings(BaseSettings):
     generation: GenerationSettings = GenerationSettings()
     answer: AnswerSettings = AnswerSettings()
     adapters: AdapterSettings = AdapterSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
 

@@ -57,3 +57,14 @@ def test_missing_config_file_and_unknown_source(tmp_path):
         Settings.load(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="unknown source 'x'"):
         Settings.load(_write(tmp_path, "")).source("x")
+
+
+def test_scheduler_section_from_file_and_environment(tmp_path, monkeypatch):
+    toml = tmp_path / "citeline.toml"
+    toml.write_text("[scheduler]\nretries = 5\nbackoff_s = 10\n")
+    monkeypatch.setenv("CITELINE_SCHEDULER__MAX_BACKOFF_S", "60")
+    s = Settings.load(toml).scheduler
+    assert (s.retries, s.backoff_s, s.max_backoff_s, s.tick_s) == (5, 10.0, 60.0, 30.0)
+    monkeypatch.setenv("CITELINE_SCHEDULER__MAX_BACKOFF_S", "5")
+    with pytest.raises(ConfigError, match="max_backoff_s must be >= scheduler.backoff_s"):
+        Settings.load(toml)

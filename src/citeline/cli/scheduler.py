@@ -19,11 +19,14 @@ from citeline.ingest.scheduler import Outcome, RetryPolicy, RunResult, Scheduler
 
 def scheduler(
     once: Annotated[bool, typer.Option("--once", help="sync the sources that are due now, then exit")] = False,
-    tick: Annotated[float, typer.Option("--tick", min=0.05, help="seconds between looks for due sources")] = 30.0,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="retries of a failed run per cron slot")] = 3,
-    backoff: Annotated[float, typer.Option("--backoff", min=0.01,
-                                           help="seconds before the first retry; doubles per failure")] = 30.0,
-    max_backoff: Annotated[float, typer.Option("--max-backoff", min=0.01, help="longest wait between retries")] = 900.0,
+    tick: Annotated[float | None, typer.Option("--tick", min=0.05, help="seconds between looks for due sources "
+                                               "(default scheduler.tick_s)")] = None,
+    retries: Annotated[int | None, typer.Option("--retries", min=0, help="retries of a failed run per cron slot "
+                                                "(default scheduler.retries)")] = None,
+    backoff: Annotated[float | None, typer.Option("--backoff", min=0.01, help="seconds before the first retry; "
+                                                  "doubles per failure (default scheduler.backoff_s)")] = None,
+    max_backoff: Annotated[float | None, typer.Option("--max-backoff", min=0.01, help="longest wait between "
+                                                      "retries (default scheduler.max_backoff_s)")] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -31,7 +34,11 @@ def scheduler(
     if "CITELINE_LOG_LEVEL" not in os.environ:
         logging.getLogger("citeline.ingest").setLevel(logging.INFO)  # one line per run on stderr
     with opened(config) as cl:
-        sched = cl.scheduler(retry=RetryPolicy(retries, backoff, max(max_backoff, backoff)), tick_s=tick)
+        s = cl.settings.scheduler
+        backoff = s.backoff_s if backoff is None else backoff
+        max_backoff = s.max_backoff_s if max_backoff is None else max_backoff
+        policy = RetryPolicy(s.retries if retries is None else retries, backoff, max(max_backoff, backoff))
+        sched = cl.scheduler(retry=policy, tick_s=tick)
         with _stop_on_signals(sched):
             if once:
                 results = sched.run_pending()
