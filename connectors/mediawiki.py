@@ -118,6 +118,8 @@ class MediaWikiConnector:
         restriction_access: dict[str, tuple[str, ...]] = Field(
             default_factory=dict, description='page protection "type=level" -> access entries')
         render: Rendering = Field(Rendering.WIKITEXT, description="wikitext (converted here) or parsed HTML")
+        page_size: int = Field(500, ge=1, le=5000, description="rows per list request (500 is the API's "
+                               "limit; 5000 with the highvolume grant)")
         content_batch: int = Field(50, ge=1, le=50, description="pages read per request")
         maxlag_s: int | None = Field(5, ge=0, description="maxlag sent with every request (none: not sent)")
         overlap_s: float = Field(10.0, ge=0, description="re-read the change feeds from this long before the cursor")
