@@ -10,6 +10,7 @@ instead when that matters.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 __all__ = ["wikitext_to_markdown"]
 
@@ -59,7 +60,7 @@ def wikitext_to_markdown(source: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", out).strip()
 
 
-def _innermost_first(pattern: re.Pattern[str], replace, text: str) -> str:  # type: ignore[no-untyped-def]
+def _innermost_first(pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str], text: str) -> str:
     """Apply ``pattern`` until nothing matches: nested templates and links inside file captions."""
     for _ in range(20):
         new = pattern.sub(replace, text)

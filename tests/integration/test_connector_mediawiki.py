@@ -7,6 +7,8 @@ front of the real wiki; expired credentials are a bot password revoked on the wi
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -124,6 +126,18 @@ def test_validate_names_the_problem(mediawiki):
         connector(mediawiki, namespaces=[0, 4242], namespace_access={}).validate()
     with pytest.raises(Exception, match="no MediaWiki Action API answered"):
         connector(f"{mediawiki.url}/nowhere").validate()
+
+
+def test_a_session_lost_mid_sync_logs_in_again(mediawiki, caplog):
+    """The wiki forgets every session (expired, cache flushed) while a sync runs: one new login, no gap."""
+    expected = item_ids(run_sync(connector(mediawiki)))
+    changes = connector(mediawiki).sync(None)
+    first = [next(changes) for _ in range(3)]
+    with sqlite3.connect(mediawiki.root / "data" / "wikicache.sqlite") as cache:
+        assert cache.execute("DELETE FROM objectcache WHERE keyname LIKE '%session%'").rowcount > 0
+    with caplog.at_level(logging.INFO, logger="citeline.connectors._mediawiki"):
+        assert item_ids(first + list(changes)) == expected
+    assert "session lost (assertuserfailed); logging in again" in caplog.text
 
 
 def test_incremental_sync_reads_edits_deletions_moves_and_protections(wiki):
