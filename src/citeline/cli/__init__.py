@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from citeline.cli import adapter_registry, ask, audit, evaluate, keys, principals, scheduler, search, serve, sources, sync
+from citeline.cli import adapter, adapter_registry, ask, audit, evaluate, keys, principals, scheduler, search, serve, sources, sync
 from citeline.cli._common import fail
 from citeline.errors import CitelineError
 
@@ -30,10 +30,10 @@ app.add_typer(sources.app, name="sources", help="Configured sources and their sy
 app.add_typer(evaluate.app, name="eval", help="Measure retrieval quality on BEIR-format files.")
 app.add_typer(keys.app, name="keys", help="API keys for the server.")
 app.add_typer(audit.app, name="audit", help="Verify and export the audit log.")
-# the registry and hot-swap commands join the adapter group (training commands: citeline.cli.adapter)
-adapter_app = typer.Typer(no_args_is_help=True)
-adapter_registry.attach(adapter_app)
-app.add_typer(adapter_app, name="adapter", help="Team LoRA adapters: register, promote, sync to the model servers.")
+# one `adapter` group: training commands (citeline.cli.adapter) and the registry and hot-swap commands
+adapter_registry.attach(adapter.app)
+app.add_typer(adapter.app, name="adapter", help="Team LoRA adapters: check data, train, evaluate, register, "
+              "promote, sync to the model servers.")
 
 
 def main() -> None:

@@ -1,0 +1,240 @@
+"""``citeline adapter ...``: a team's LoRA adapter from data to evaluation (check-data, train, eval).
+
+Logic lives in :mod:`citeline.adapter_data`, :mod:`citeline.adapter_training` and
+:mod:`citeline.adapter_eval`; this module parses options and prints. ``app`` is the command group the
+registry commands (register, promote, sync, list) join as well.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from citeline.cli._common import ConfigOption, JsonOption, console, err_console, fail, opened, print_json
+from citeline.errors import CitelineError
+from citeline.settings import Settings
+
+app = typer.Typer(no_args_is_help=True)
+
+BaseOption = Annotated[Path | None, typer.Option("--base", help="local base model folder (default: the built-in "
+                                                 "SmolLM2-135M-Instruct, converted once into <home>/models)",
+                                                 show_default=False)]
+HeldoutOption = Annotated[float, typer.Option("--heldout", min=0.0, max=0.9, help="share of examples held out")]
+SeedOption = Annotated[int, typer.Option("--seed", help="seed of the train / held-out split and of training")]
+MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="longest example, in the base "
+                                              "model's tokens (chat template included)")]
+
+
+def _base_model(base: Path | None, config: Path | None) -> Path:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if base is not None:
+        if not (base / "config.json").is_file():
+            fail(f"--base {base} is not a local Hugging Face model folder (no config.json)")
+        return base.resolve()
+    from citeline.serving.embedded import ensure_base_model
+
+    try:
+        return ensure_base_model(Settings.load(config).home)
+    except CitelineError as exc:
+        fail(str(exc))
+
+
+def _tokenizer(base: Path):  # noqa: ANN202 (transformers' tokenizer types are heavy to import here)
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    return AutoTokenizer.from_pretrained(base, local_files_only=True)
+
+
+def _print_report(report) -> None:  # noqa: ANN001
+    from citeline.adapter_data import DataReport
+
+    assert isinstance(report, DataReport)
+    console.print(f"{report.path}: {report.lines} lines, {len(report.examples)} usable examples → "
+                  f"{len(report.split.train)} train, {len(report.split.heldout)} held out", highlight=False)
+    tokens = list(report.token_counts.values())
+    if tokens:
+        console.print(f"tokens per example ({report.counter}): min {min(tokens)}, mean "
+                      f"{sum(tokens) / len(tokens):.0f}, max {max(tokens)}, limit {report.max_tokens}", highlight=False)
+        widest = max(n for _, _, n in report.histogram) or 1
+        for lo, hi, n in report.histogram:
+            console.print(f"  {lo:>5}–{hi - 1:<5} {'█' * round(30 * n / widest):<30} {n}", highlight=False)
+    if report.ok:
+        console.print("[green]no problems[/]")
+        return
+    table = Table("line", "problem", "detail", title=f"{len(report.problems)} problem(s)", title_justify="left")
+    for p in report.problems:
+        table.add_row("-" if p.line is None else str(p.line), p.kind.value, p.message)
+    console.print(table)
+
+
+@app.command("check-data")
+def check_data(
+    file: Annotated[Path, typer.Argument(help="training data: chat JSONL or prompt/completion JSONL")],
+    base: BaseOption = None,
+    max_tokens: MaxTokensOption = 1024,
+    heldout: HeldoutOption = 0.1,
+    seed: SeedOption = 0,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check training data: schema, role order, empty, overlong, duplicates, lengths, split. Exit 1 on problems."""
+    from citeline.adapter_data import chat_token_counter
+    from citeline.adapter_data import check_data as run_check
+
+    if not file.is_file():
+        fail(f"{file} does not exist")
+    counter = chat_token_counter(_tokenizer(_base_model(base, config)))
+    report = run_check(file, count_tokens=counter, max_tokens=max_tokens, heldout=heldout, seed=seed)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("train")
+def train(
+    team: Annotated[str, typer.Option("--team", help="the team the adapter is for")],
+    data: Annotated[Path, typer.Option("--data", help="training data (checked first; bad data trains nothing)")],
+    base: BaseOption = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="adapter folder to write (default: "
+                                                "<home>/adapters/<team>)", show_default=False)] = None,
+    rank: Annotated[int, typer.Option("--rank", min=1, max=256, help="LoRA rank")] = 8,
+    alpha: Annotated[int | None, typer.Option("--alpha", min=1, help="LoRA alpha (default: 2 × rank)",
+                                              show_default=False)] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
+    learning_rate: Annotated[float, typer.Option("--lr", help="peak learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
+    save_every: Annotated[int, typer.Option("--save-every", min=1, help="checkpoint every N steps")] = 10,
+    qlora: Annotated[bool, typer.Option("--qlora", help="4-bit base (QLoRA): needs a CUDA GPU and bitsandbytes")]
+    = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="discard checkpoints instead of resuming from them")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: all cores)",
+                                                show_default=False)] = None,
+    max_tokens: MaxTokensOption = 1024,
+    heldout: HeldoutOption = 0.1,
+    seed: SeedOption = 0,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train TEAM's LoRA adapter; Ctrl-C saves a checkpoint and the same command continues from it."""
+    from citeline.adapter_training import TrainingConfig, TrainingProgress, train_adapter
+
+    base_dir = _base_model(base, config)
+    out = output or Settings.load(config).home / "adapters" / team
+    cfg = TrainingConfig(team=team, data=data, output=out, base_model=base_dir, rank=rank, alpha=alpha or 2 * rank,
+                         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, save_every=save_every,
+                         qlora=qlora, threads=threads, max_tokens=max_tokens, heldout=heldout, seed=seed)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=err_console, disable=as_json) as bar:
+            task = bar.add_task(f"training {team}", total=None, loss="-")
+
+            def on_step(p: TrainingProgress) -> None:
+                bar.update(task, completed=p.step, total=p.total_steps, loss=f"{p.loss:.3f}")
+
+            result = train_adapter(cfg, progress=on_step, stop=stop, resume=not fresh)
+    except CitelineError as exc:
+        fail(str(exc))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    body = {"output": str(result.output), "completed": result.completed, "step": result.step,
+            "total_steps": result.total_steps, "resumed_from": result.resumed_from,
+            "seconds": round(result.seconds, 1),
+            "metrics": dict(result.manifest.metrics) if result.manifest else {}}
+    if as_json:
+        print_json(body)
+    elif not result.completed:
+        console.print(f"stopped at step {result.step}/{result.total_steps}; a checkpoint is saved: run the same "
+                      "command again to continue", highlight=False)
+    else:
+        m = result.manifest.metrics if result.manifest else {}
+        resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+        console.print(f"adapter written to {result.output}{resumed} in {result.seconds:.0f} s: held-out loss "
+                      f"{m.get('base_heldout_loss', 0):.3f} (base) → {m.get('heldout_loss', 0):.3f}", highlight=False)
+    if not result.completed:
+        raise typer.Exit(130 if stop.is_set() else 1)
+
+
+@app.command("eval")
+def evaluate(
+    adapter: Annotated[Path, typer.Argument(help="the adapter folder `citeline adapter train` wrote")],
+    rules: Annotated[Path, typer.Option("--rules", help="the team's rules file (format rules, system prompt)")],
+    heldout_file: Annotated[Path | None, typer.Option("--heldout-file", help="evaluation examples (default: the "
+                                                      "training data's held-out split)", show_default=False)] = None,
+    base: BaseOption = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="evaluate the first N examples only",
+                                              show_default=False)] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=8, help="answer length limit")] = 256,
+    grounding: Annotated[bool, typer.Option("--grounding/--no-grounding", help="also ask the held-out questions "
+                                            "through the assistant (needs the index: citeline sync)")] = False,
+    as_user: Annotated[str | None, typer.Option("--as", help="grounding: ask as this principal",
+                                                show_default=False)] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Adapter vs base model vs prompting baseline on held-out prompts; writes citeline_eval.json."""
+    from citeline.adapter_eval import (decide_promotion, evaluate_adapter, grounding_check, heldout_examples,
+                                       load_rules, question_of)
+    from citeline.serving.embedded import EmbeddedBackend
+    from citeline.settings import GenerationSettings
+
+    if grounding and not as_user:
+        fail("--grounding needs --as USER: the principal whose documents the questions are answered from")
+    base_dir = _base_model(base, config)
+    name = adapter.name or "adapter"
+    try:
+        team_rules = load_rules(rules)
+        examples = heldout_examples(adapter, data=heldout_file, tokenizer=_tokenizer(base_dir))[:limit]
+        settings = Settings.load(config)
+        backend = EmbeddedBackend(settings.generation.model_copy(update={"model": str(base_dir)}), settings.home)
+        backend.load_adapter(name, adapter)
+        with Progress(TextColumn("evaluating"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"),
+                      TimeElapsedColumn(), console=err_console, disable=as_json) as bar:
+            task = bar.add_task("eval", total=len(examples))
+            report = evaluate_adapter(adapter, team_rules, backend, adapter_name=name, examples=examples,
+                                      max_tokens=max_tokens, progress=lambda i, n: bar.update(task, completed=i))
+        if grounding:
+            from citeline.answering import Assistant
+
+            with opened(config) as cl:
+                assistant = Assistant(cl.retriever, backend, cl.audit, answer=cl.settings.answer,
+                                      generation=GenerationSettings(max_tokens=max_tokens))
+                g = grounding_check(assistant, cl.principals.get(as_user), [question_of(p) for p in report.prompts],
+                                    adapter_name=name)
+            report = type(report)(**{**report.__dict__, "grounding": g})
+        report.write(adapter)
+    except CitelineError as exc:
+        fail(str(exc))
+    decision = decide_promotion(report)
+    if as_json:
+        print_json({**report.as_dict(), "decision": {"promote": decision.promote, "reasons": list(decision.reasons)}})
+        return
+    table = Table("model", "compliant", *report.rules, "ROUGE-L", title=f"{report.examples} held-out prompts",
+                  title_justify="left")
+    labels = {"base": "base model", "baseline": "prompting baseline", "adapter": "adapter"}
+    for key in ("base", "baseline", "adapter"):
+        s = report.scores[key]
+        table.add_row(labels[key], f"{s.compliance:.0%}", *(f"{s.per_rule[r]:.0%}" for r in report.rules),
+                      f"{s.similarity:.3f}")
+    console.print(table)
+    if report.grounding is not None:
+        g = report.grounding
+        console.print(f"grounded answers: {g.base_share:.0%} without the adapter, {g.adapter_share:.0%} with it",
+                      highlight=False)
+    verdict = "[green]fit to promote[/]" if decision.promote else "[red]not fit to promote[/]"
+    console.print(f"{verdict}: " + "; ".join(decision.reasons), highlight=False)
