@@ -53,6 +53,7 @@ __all__ = [
     "AdapterVersion",
     "ModelChoice",
     "adapter_version",
+    "evaluation_metrics",
     "promotion_problems",
 ]
 
@@ -102,6 +103,26 @@ def adapter_version(adapter_dir: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def evaluation_metrics(adapter_dir: Path) -> dict[str, float]:
+    """The numbers of ``citeline adapter eval`` (``citeline_eval.json``) that the promotion gate reads."""
+    from citeline.adapter_eval import EvalReport
+
+    try:
+        report = EvalReport.read(adapter_dir)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AdapterError(f"{adapter_dir}/citeline_eval.json is malformed ({exc!r}): run `citeline adapter eval` "
+                           "again") from exc
+    if report is None:
+        return {}
+    scores = report.scores
+    out = {"format_compliance": scores["adapter"].compliance, "baseline_format_compliance":
+           scores["baseline"].compliance, "base_format_compliance": scores["base"].compliance,
+           "similarity": scores["adapter"].similarity, "baseline_similarity": scores["baseline"].similarity}
+    if report.grounding is not None:
+        out.update(grounding=report.grounding.adapter_share, baseline_grounding=report.grounding.base_share)
+    return {k: round(float(v), 4) for k, v in out.items()}
 
 
 def promotion_problems(adapter: AdapterVersion) -> list[str]:
@@ -168,7 +189,8 @@ class AdapterRegistry:
                     (name, team, version, served, str(dest), manifest.base_model if manifest else base_model_dir.name,
                      base_model_fingerprint(base_model_dir), int(config.get("r", 0)),
                      list(config.get("target_modules") or []),
-                     json.dumps(dict(manifest.metrics) if manifest else {}), actor)).fetchone()
+                     json.dumps({**(dict(manifest.metrics) if manifest else {}), **evaluation_metrics(source)}),
+                     actor)).fetchone()
         except psycopg.errors.UniqueViolation:
             existing = self.get(served)
             assert existing is not None
@@ -183,7 +205,8 @@ class AdapterRegistry:
         self.store.mkdir(parents=True, exist_ok=True)
         tmp = self.store / f".{served}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        for fname in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, "README.md"):
+        for fname in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, "README.md", "citeline_eval.json",
+                      "citeline_training.json"):
             if (source / fname).is_file():
                 shutil.copy2(source / fname, tmp / fname)
         if dest.exists():
