@@ -8,6 +8,7 @@ front of the real wiki; expired credentials are a bot password revoked on the wi
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -48,6 +49,7 @@ def _fresh_wiki() -> Iterator[MediaWiki]:
         yield wiki
     finally:
         wiki.stop()
+        shutil.rmtree(wiki.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
