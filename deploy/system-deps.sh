@@ -2,7 +2,7 @@
 # Install the Debian packages the test suite needs beyond Python: Chromium and its WebDriver, for the
 # chat page's browser tests (tests/e2e/test_chat_page.py), and MediaWiki with PHP's SQLite driver, for
 # the MediaWiki connector's tests against a real wiki (tests/support/mediawiki.py; the package pulls in
-# apache2, which stays stopped: the tests serve the wiki with `php -S`). Idempotent and quick when they
+# apache2, kept from starting by a policy-rc.d during the install: the tests serve the wiki with `php -S`). Idempotent and quick when they
 # are there.
 #
 #   bash deploy/system-deps.sh        # as root (CI runs it from tests/run.sh); otherwise it says what to install
@@ -43,6 +43,12 @@ fi
 echo "==> installing ${missing[*]} with apt-get (for the browser and MediaWiki tests)" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >&2
+# keep the services these packages bring (apache2) from starting where an init system would run them
+guard=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+fi
 apt-get install -y -q --no-install-recommends "${missing[@]}" "${extras[@]}" >&2
+[ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
 binaries_there \
   || { echo "apt-get finished but chromium, chromedriver, php or MediaWiki's install.php is missing" >&2; exit 1; }
