@@ -132,7 +132,10 @@ def create_model_app(backend: GenerationBackend, *, max_tokens: int = 256, conte
         if body.lora_name in backend.adapters() and not body.load_inplace:
             return _err(400, f"The lora adapter '{body.lora_name}' has already been loaded.")
         try:
-            if body.lora_name in backend.adapters():
+            if body.lora_name in backend.adapters():  # load_inplace: prove the new files load before the swap,
+                trial = f"{body.lora_name}~inplace"    # so a bad replacement leaves the old adapter serving
+                backend.load_adapter(trial, Path(body.lora_path))
+                backend.unload_adapter(trial)
                 backend.unload_adapter(body.lora_name)
             backend.load_adapter(body.lora_name, Path(body.lora_path))
         except GenerationError as exc:

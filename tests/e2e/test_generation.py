@@ -17,6 +17,7 @@ from citeline.serving.generation import ChatMessage, GenerationRequest
 from citeline.serving.openai_backend import OpenAIBackend
 from citeline.settings import GenerationSettings
 from tests.e2e.conftest import free_port, run_server, wait_ready
+from tests.support.adapters import make_adapter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -58,6 +59,40 @@ def test_openai_backend_against_the_model_server(model_server, smollm2_dir):
     assert backend.models()[0] == smollm2_dir.name
     with pytest.raises(GenerationError, match="not served"):
         backend.generate(GenerationRequest(request.messages, model="no-such-adapter", max_tokens=4))
+
+
+def test_model_server_hot_swaps_adapters_and_keeps_the_old_one_when_a_replacement_fails(model_server, smollm2_dir,
+                                                                                       tmp_path):
+    from citeline.serving.hotswap import ReplicaClient
+
+    good = make_adapter(smollm2_dir, tmp_path / "good", seed=5)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text((good / "adapter_config.json").read_text())
+    (broken / "adapter_model.safetensors").write_bytes(b"\x00" * 16)  # truncated weights
+    replica = ReplicaClient(model_server)
+    try:
+        replica.load_adapter("team-x", good)
+        assert set(replica.adapters()) == {"team-x"}
+        r = httpx.post(f"{replica.base_url}/v1/load_lora_adapter", timeout=120,
+                       json={"lora_name": "team-x", "lora_path": str(broken), "load_inplace": True})
+        assert r.status_code in (400, 404), r.text
+        assert set(replica.adapters()) == {"team-x"}  # the old version still serves
+        backend = OpenAIBackend(GenerationSettings(backend="openai", base_url=model_server, model=smollm2_dir.name,
+                                                   timeout_s=120, retries=0))
+        assert backend.generate(GenerationRequest((ChatMessage("user", "Hi"),), model="team-x", max_tokens=4)).text
+        r = httpx.post(f"{replica.base_url}/v1/load_lora_adapter", timeout=120,
+                       json={"lora_name": "team-x", "lora_path": str(good), "load_inplace": True})
+        assert r.status_code == 200 and set(replica.adapters()) == {"team-x"}
+    finally:
+        replica.unload_adapter("team-x")
+        replica.close()
+    assert replica_adapters_after_close(model_server) == set()
+
+
+def replica_adapters_after_close(url: str) -> set[str]:
+    data = httpx.get(f"{url.removesuffix('/v1')}/v1/models", timeout=10).json()["data"]
+    return {m["id"] for m in data if m.get("parent")}
 
 
 def test_openai_backend_names_the_server_when_it_is_down():
