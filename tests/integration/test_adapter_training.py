@@ -1,0 +1,209 @@
+"""Adapter training with real peft and torch: a tiny Llama (SmolLM2's tokenizer and chat template) for the
+mechanics (assistant-only labels, resumable checkpoints, a servable output, refusals), and the real
+SmolLM2-135M-Instruct on the example support dataset for the effect (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from citeline.adapter_data import check_data
+from citeline.adapter_training import TRAINING_FILE, TrainingConfig, _encode, qlora_missing, train_adapter
+from citeline.adapters import ADAPTER_CONFIG, LLAMA_MODULES, AdapterManifest, base_model_fingerprint, preflight
+from citeline.errors import TrainingError
+from tests.conftest import REPO
+from tests.unit.test_adapter_data import chat, write
+
+pytestmark = pytest.mark.integration
+
+SUPPORT = REPO / "examples" / "adapters" / "support"
+
+
+@pytest.fixture(scope="module")
+def tiny_base(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer: trains in seconds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-smollm2"
+    config = AutoConfig.from_pretrained(smollm2_dir)
+    for key, value in {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "num_key_value_heads": 1, "head_dim": 16}.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    for file in smollm2_dir.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
+            shutil.copy(file, folder / file.name)
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write(tmp_path, [chat(i) for i in range(22)])
+
+
+def config(tiny_base: Path, data: Path, output: Path, **kw) -> TrainingConfig:
+    return TrainingConfig(**{"team": "support", "data": data, "output": output, "base_model": tiny_base,
+                             "epochs": 2, "batch_size": 4, "save_every": 2, "threads": 2, **kw})
+
+
+def test_loss_is_taken_on_the_assistant_tokens_only(smollm2_dir: Path, tmp_path: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    multi = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "first question"},
+                          {"role": "assistant", "content": "first answer"},
+                          {"role": "user", "content": "second question"},
+                          {"role": "assistant", "content": "second answer"}]}
+    example = check_data(write(tmp_path, [multi] + [chat(i) for i in range(10)]), heldout=0.0,
+                         min_examples=1).examples[0]
+    enc = _encode(tokenizer, example, 1024)
+    learned = tokenizer.decode([t for t, label in zip(enc.ids, enc.labels, strict=True) if label != -100])
+    assert learned == "first answer<|im_end|>\nsecond answer<|im_end|>\n"
+    assert len(enc.ids) == len(enc.labels)
+
+
+def test_trains_a_servable_peft_adapter_with_a_manifest(tiny_base: Path, data: Path, tmp_path: Path):
+    out = tmp_path / "support"
+    seen: list[int] = []
+    result = train_adapter(config(tiny_base, data, out), progress=lambda p: seen.append(p.step))
+    assert result.completed and result.step == result.total_steps == seen[-1] == 2 * 5  # 19 train / 4 per batch
+    assert not (out / "checkpoints").exists()  # removed once the adapter is written
+    assert preflight(out, base_model_dir=tiny_base, max_rank=8) == []
+    adapter_config = json.loads((out / ADAPTER_CONFIG).read_text())
+    assert adapter_config["peft_type"] == "LORA" and not adapter_config.get("modules_to_save")
+    assert set(adapter_config["target_modules"]) <= LLAMA_MODULES
+    manifest = AdapterManifest.read(out)
+    assert manifest is not None
+    assert manifest.base_model == tiny_base.name and manifest.base_fingerprint == base_model_fingerprint(tiny_base)
+    assert manifest.rank == 8 and manifest.team == "support" and manifest.data_hash == result.report.data_hash
+    assert {"train_loss", "heldout_loss", "base_heldout_loss", "steps"} <= set(manifest.metrics)
+    training = json.loads((out / TRAINING_FILE).read_text())
+    assert training["seed"] == 0 and len(training["heldout_lines"]) == 3
+    with pytest.raises(TrainingError, match="already holds a trained adapter"):
+        train_adapter(config(tiny_base, data, out))
+
+
+def test_interrupted_training_resumes_to_the_same_result(tiny_base: Path, data: Path, tmp_path: Path):
+    import torch
+    from safetensors.torch import load_file
+
+    straight = train_adapter(config(tiny_base, data, tmp_path / "straight"))
+
+    stop = threading.Event()
+    out = tmp_path / "resumed"
+
+    def interrupt(p) -> None:
+        if p.step == 3:
+            stop.set()  # what Ctrl-C does in the CLI
+
+    first = train_adapter(config(tiny_base, data, out), progress=interrupt, stop=stop)
+    assert not first.completed and first.step == 3
+    assert (out / "checkpoints" / "step-000003" / "state.json").is_file()
+    assert not (out / "citeline_adapter.json").exists()
+    second = train_adapter(config(tiny_base, data, out))
+    assert second.completed and second.resumed_from == 3
+    assert second.step == straight.step == second.total_steps
+    assert second.losses == pytest.approx(straight.losses, rel=1e-4)
+    a, b = load_file(str(out / "adapter_model.safetensors")), load_file(str(tmp_path / "straight" /
+                                                                            "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_checkpoints_of_another_run_are_not_continued(tiny_base: Path, data: Path, tmp_path: Path):
+    stop = threading.Event()
+    stop.set()
+    out = tmp_path / "a"
+    assert not train_adapter(config(tiny_base, data, out), stop=stop).completed
+    with pytest.raises(TrainingError, match="another training run.*rank"):
+        train_adapter(config(tiny_base, data, out, rank=4, alpha=8))
+    assert train_adapter(config(tiny_base, data, out, rank=4, alpha=8), resume=False).completed
+
+
+def test_bad_data_trains_nothing(tiny_base: Path, tmp_path: Path):
+    rows = [chat(i) for i in range(12)] + [chat(3)]
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match=r"(?s)1 problem.*line 13: same user and assistant text as line 4"):
+        train_adapter(config(tiny_base, write(tmp_path, rows), out))
+    assert not out.exists()
+
+
+def test_qlora_without_gpu_says_what_is_missing(tiny_base: Path, data: Path, tmp_path: Path):
+    missing = qlora_missing()
+    if not missing:
+        pytest.skip("this machine has a CUDA GPU and bitsandbytes")
+    with pytest.raises(TrainingError, match="--qlora needs") as info:
+        train_adapter(config(tiny_base, data, tmp_path / "q", qlora=True))
+    for part in missing:
+        assert part in str(info.value)
+    assert "without --qlora" in str(info.value)
+
+    from citeline.cli import app
+
+    result = CliRunner().invoke(app, ["adapter", "train", "--team", "support", "--data", str(data), "--base",
+                                      str(tiny_base), "--output", str(tmp_path / "q2"), "--qlora"])
+    assert result.exit_code == 1
+    assert "--qlora needs" in result.output and not (tmp_path / "q2").exists()
+
+
+def test_cli_check_data_reports_problems_and_exit_code(smollm2_dir: Path, tmp_path: Path):
+    from citeline.cli import app
+
+    runner = CliRunner()
+    good = runner.invoke(app, ["adapter", "check-data", str(SUPPORT / "train.jsonl"), "--base", str(smollm2_dir),
+                               "--json"])
+    assert good.exit_code == 0, good.output
+    body = json.loads(good.output)
+    assert body["ok"] and body["examples"] == 128 and body["heldout"] == 13
+    bad = write(tmp_path, [chat(i) for i in range(10)] + ["{oops", chat(2)])
+    result = runner.invoke(app, ["adapter", "check-data", str(bad), "--base", str(smollm2_dir)])
+    assert result.exit_code == 1
+    assert "malformed_json" in result.output and "duplicate" in result.output
+
+
+# -- the real model ------------------------------------------------------------------------------------------
+
+
+def _compact(row: dict) -> dict:
+    """A shorter example for the CPU test: the grounded user message and reply, without the long system prompt."""
+    messages = [m for m in row["messages"] if m["role"] != "system"]
+    return {"prompt": messages[0]["content"], "completion": messages[1]["content"]}
+
+
+@pytest.mark.slow
+def test_a_cpu_trained_lora_moves_held_out_answers_toward_the_team_format(smollm2_dir: Path, tmp_path: Path):
+    from citeline.adapter_eval import evaluate_adapter, heldout_examples, load_rules
+    from citeline.serving.embedded import EmbeddedBackend
+    from citeline.settings import GenerationSettings
+
+    rows = [json.loads(line) for line in (SUPPORT / "train.jsonl").read_text().splitlines()[:44]]
+    data = write(tmp_path, [_compact(r) for r in rows])
+    out = tmp_path / "support"
+    started = time.monotonic()
+    result = train_adapter(TrainingConfig(team="support", data=data, output=out, base_model=smollm2_dir, epochs=2,
+                                          batch_size=4, heldout=0.1, threads=2))
+    trained_s = time.monotonic() - started
+    assert result.completed and result.heldout_loss < result.base_heldout_loss
+
+    rules = load_rules(SUPPORT / "rules.toml")
+    backend = EmbeddedBackend(GenerationSettings(model=str(smollm2_dir)), smollm2_dir.parent)
+    backend.load_adapter("support", out)
+    examples = heldout_examples(out)
+    report = evaluate_adapter(out, rules, backend, adapter_name="support", examples=examples, max_tokens=96)
+    backend.close()
+    adapter, base, baseline = (report.scores[k] for k in ("adapter", "base", "baseline"))
+    print(f"\ntrained {result.step} steps on {len(result.report.split.train)} examples in {trained_s:.0f} s; held-out "
+          f"loss {result.base_heldout_loss:.3f} -> {result.heldout_loss:.3f}; evaluated {report.examples} held-out "
+          f"prompts in {report.seconds:.0f} s")
+    for s in (base, baseline, adapter):
+        print(f"  {s.name:9} compliance {s.compliance:.0%} per rule {s.per_rule} ROUGE-L {s.similarity:.3f}")
+    assert adapter.compliance > base.compliance
+    assert sum(adapter.per_rule.values()) > sum(base.per_rule.values())
+    assert adapter.similarity > base.similarity
