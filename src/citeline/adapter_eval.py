@@ -39,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citeline.adapter_data import Example, chat_token_counter, check_data, read_examples
+from citeline.adapter_data import Example, data_hash, read_examples
 from citeline.adapter_training import TRAINING_FILE
 from citeline.adapters import AdapterManifest
 from citeline.errors import ConfigError, TrainingError
@@ -282,11 +282,11 @@ def decide_promotion(report: EvalReport, *, force: bool = False, require_groundi
 # -- running the evaluation --------------------------------------------------------------------------
 
 
-def heldout_examples(adapter_dir: Path, *, data: Path | None = None, tokenizer: Any = None) -> list[Example]:
+def heldout_examples(adapter_dir: Path, *, data: Path | None = None) -> list[Example]:
     """The held-out examples the adapter was not trained on.
 
-    With ``data``: every example of that file. Without: the training data's held-out split, recomputed from
-    ``citeline_training.json`` (the file must still hash as it did when the adapter was trained).
+    With ``data``: every example of that file. Without: the lines of the training data that
+    ``citeline_training.json`` records as held out (the file must still hash as it did at training).
     """
     if data is not None:
         examples, problems, _ = read_examples(data)
@@ -294,24 +294,22 @@ def heldout_examples(adapter_dir: Path, *, data: Path | None = None, tokenizer: 
             raise TrainingError(f"{data} has problems: " + "; ".join(str(p) for p in problems[:5]))
         return examples
     training = _training_record(adapter_dir)
-    counter = chat_token_counter(tokenizer) if tokenizer is not None else None
-    kwargs = {"count_tokens": counter} if counter else {}
     source = Path(training["data"])
     if not source.is_file():
-        raise TrainingError(f"the training data {source} is gone: pass --heldout FILE with evaluation examples")
-    report = check_data(source, max_tokens=int(training["max_tokens"]), heldout=float(training["heldout"]),
-                        seed=int(training["seed"]), **kwargs)
-    if report.data_hash != training["data_hash"]:
+        raise TrainingError(f"the training data {source} is gone: pass --heldout-file with evaluation examples")
+    if data_hash(source) != training["data_hash"]:
         raise TrainingError(f"{source} changed since {adapter_dir} was trained on it, so its held-out split is not "
-                            "held out any more: pass --heldout FILE with examples the adapter has not seen")
-    return list(report.split.heldout)
+                            "held out any more: pass --heldout-file with examples the adapter has not seen")
+    held = set(training["heldout_lines"])
+    examples, _, _ = read_examples(source)
+    return [e for e in examples if e.line in held]
 
 
 def _training_record(adapter_dir: Path) -> dict[str, Any]:
     path = Path(adapter_dir) / TRAINING_FILE
     if not path.is_file():
         raise TrainingError(f"{adapter_dir} has no {TRAINING_FILE} (it was not trained by citeline): pass "
-                            "--heldout FILE with evaluation examples")
+                            "--heldout-file with evaluation examples")
     return json.loads(path.read_text())
 
 

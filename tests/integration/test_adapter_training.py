@@ -168,6 +168,25 @@ def test_cli_check_data_reports_problems_and_exit_code(smollm2_dir: Path, tmp_pa
     assert "malformed_json" in result.output and "duplicate" in result.output
 
 
+def test_cli_train_then_eval(tiny_base: Path, data: Path, tmp_path: Path):
+    from citeline.adapter_eval import EVAL_FILE
+    from citeline.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "support"
+    trained = runner.invoke(app, ["adapter", "train", "--team", "support", "--data", str(data), "--base",
+                                  str(tiny_base), "--output", str(out), "--epochs", "1", "--json"])
+    assert trained.exit_code == 0, trained.output
+    assert json.loads(trained.output)["completed"] is True
+    evaluated = runner.invoke(app, ["adapter", "eval", str(out), "--rules", str(SUPPORT / "rules.toml"), "--base",
+                                    str(tiny_base), "--max-tokens", "8", "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    body = json.loads(evaluated.output)
+    assert body["examples"] == 3 and set(body["scores"]) == {"adapter", "base", "baseline"}
+    assert body["decision"]["promote"] is False  # a random tiny model beats nothing; grounding unmeasured too
+    assert (out / EVAL_FILE).is_file()
+
+
 # -- the real model ------------------------------------------------------------------------------------------
 
 
@@ -177,21 +196,27 @@ def _compact(row: dict) -> dict:
     return {"prompt": messages[0]["content"], "completion": messages[1]["content"]}
 
 
+@pytest.fixture(scope="module")
+def support_adapter(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2 trained on CPU on the first 44 examples of the support dataset (compact form): ~5 min here."""
+    tmp = tmp_path_factory.mktemp("support")
+    rows = [json.loads(line) for line in (SUPPORT / "train.jsonl").read_text().splitlines()[:44]]
+    data = write(tmp, [_compact(r) for r in rows])
+    out = tmp / "support"
+    started = time.monotonic()
+    result = train_adapter(TrainingConfig(team="support", data=data, output=out, base_model=smollm2_dir, epochs=2,
+                                          batch_size=4, heldout=0.1, threads=2))
+    return out, result, time.monotonic() - started
+
+
 @pytest.mark.slow
-def test_a_cpu_trained_lora_moves_held_out_answers_toward_the_team_format(smollm2_dir: Path, tmp_path: Path):
+def test_a_cpu_trained_lora_moves_held_out_answers_toward_the_team_format(smollm2_dir: Path, support_adapter):
     from citeline.adapter_eval import evaluate_adapter, heldout_examples, load_rules
     from citeline.serving.embedded import EmbeddedBackend
     from citeline.settings import GenerationSettings
 
-    rows = [json.loads(line) for line in (SUPPORT / "train.jsonl").read_text().splitlines()[:44]]
-    data = write(tmp_path, [_compact(r) for r in rows])
-    out = tmp_path / "support"
-    started = time.monotonic()
-    result = train_adapter(TrainingConfig(team="support", data=data, output=out, base_model=smollm2_dir, epochs=2,
-                                          batch_size=4, heldout=0.1, threads=2))
-    trained_s = time.monotonic() - started
+    out, result, trained_s = support_adapter
     assert result.completed and result.heldout_loss < result.base_heldout_loss
-
     rules = load_rules(SUPPORT / "rules.toml")
     backend = EmbeddedBackend(GenerationSettings(model=str(smollm2_dir)), smollm2_dir.parent)
     backend.load_adapter("support", out)
@@ -207,3 +232,39 @@ def test_a_cpu_trained_lora_moves_held_out_answers_toward_the_team_format(smollm
     assert adapter.compliance > base.compliance
     assert sum(adapter.per_rule.values()) > sum(base.per_rule.values())
     assert adapter.similarity > base.similarity
+
+
+@pytest.mark.slow
+def test_grounding_with_and_without_the_adapter_through_the_assistant(smollm2_dir: Path, support_adapter, pg_url,
+                                                                       embedder, tmp_path: Path):
+    """The real Assistant over the Acme example (embedded PostgreSQL, real retrieval, audit), as alice."""
+    import uuid
+
+    from citeline.adapter_eval import grounding_check
+    from citeline.answering import Assistant
+    from citeline.app import Citeline
+    from citeline.serving.embedded import EmbeddedBackend
+    from citeline.settings import GenerationSettings, Settings
+
+    root = tmp_path / "acme"
+    shutil.copytree(REPO / "examples" / "acme", root, ignore=shutil.ignore_patterns(".citeline"))
+    settings = Settings.load(root / "citeline.toml", database_url=pg_url,
+                             database={"namespace": f"t_{uuid.uuid4().hex[:12]}"})
+    backend = EmbeddedBackend(GenerationSettings(model=str(smollm2_dir)), smollm2_dir.parent)
+    backend.load_adapter("support", support_adapter[0])
+    questions = ["How long is the warranty?", "How do I start a return?", "How do I reset the Dock?",
+                 "what is the capital of Mongolia?"]
+    with Citeline(settings, embedder=embedder, backend=backend) as cl:
+        cl.sync()
+        cl.import_principals(root / "principals.toml", actor="test")
+        assistant = Assistant(cl.retriever, backend, cl.audit, answer=settings.answer,
+                              generation=GenerationSettings(max_tokens=96))
+        g = grounding_check(assistant, cl.principals.get("alice"), questions, adapter_name="support")
+        db = cl.db
+    db.drop_namespace()
+    print(f"\ngrounded answers: {g.base_grounded}/{g.base_answered} without the adapter, "
+          f"{g.adapter_grounded}/{g.adapter_answered} with it")
+    assert g.questions == 4
+    # retrieval is the same for both, so are the refusals before the model runs (the off-topic question)
+    assert g.base_answered == g.adapter_answered and 2 <= g.base_answered <= 3
+    assert 0 <= g.base_grounded <= 3 and 0 <= g.adapter_grounded <= 3

@@ -199,7 +199,7 @@ def evaluate(
     name = adapter.name or "adapter"
     try:
         team_rules = load_rules(rules)
-        examples = heldout_examples(adapter, data=heldout_file, tokenizer=_tokenizer(base_dir))[:limit]
+        examples = heldout_examples(adapter, data=heldout_file)[:limit]
         settings = Settings.load(config)
         backend = EmbeddedBackend(settings.generation.model_copy(update={"model": str(base_dir)}), settings.home)
         backend.load_adapter(name, adapter)
