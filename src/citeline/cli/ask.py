@@ -13,7 +13,8 @@ from citeline.cli._common import ConfigOption, JsonOption, console, opened, prin
 def ask(
     question: Annotated[str, typer.Argument(help="the question")],
     as_user: Annotated[str, typer.Option("--as", help="answer as this principal (see `citeline principals`)")],
-    model: Annotated[str | None, typer.Option(help="a served adapter name (default: the base model)")] = None,
+    model: Annotated[str | None, typer.Option(help="a served model or adapter name of the user's team (default: "
+                                              "the team's active adapter, else the base model)")] = None,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="print the answer as it is generated")] = False,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -41,5 +42,7 @@ def ask(
         for c in shown:
             console.print(f"  [{c.n}] {c.title}" + (f"  {c.url}" if c.url else ""), highlight=False, markup=False)
     lat = answer.latency_ms
+    if answer.model_note:
+        console.print(f"\nnote: {answer.model_note}", style="dim", highlight=False, markup=False)
     console.print(f"\n{answer.model} · {lat.get('total_ms', 0):.0f} ms (retrieval {lat.get('retrieve_ms', 0):.0f}, "
                   f"generation {lat.get('generate_ms', 0):.0f}) · audit #{answer.audit_id}", style="dim")
