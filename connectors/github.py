@@ -167,11 +167,11 @@ class GitHubIssuesConnector:
 
     # -- issues -------------------------------------------------------------------------------------
     def _issues(self, client: ApiClient, name: str, since: str | None) -> Iterator[Mapping[str, Any]]:
-        params: dict[str, Any] | None = {"state": "all", "sort": "updated", "direction": "asc",
-                                         "per_page": self.config.page_size}
+        first: dict[str, Any] = {"state": "all", "sort": "updated", "direction": "asc",
+                                 "per_page": self.config.page_size}
         if since:  # one second early: GitHub's since is inclusive, but nothing is lost if it is not
-            assert params is not None
-            params["since"] = _iso(parse_datetime(since, "since") - timedelta(seconds=1))
+            first["since"] = _iso(parse_datetime(since, "since") - timedelta(seconds=1))
+        params: dict[str, Any] | None = first  # later pages: the next link carries the query
         url: str | None = f"/repos/{name}/issues"
         while url:
             response = client.request("GET", url, params=params)

@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,6 +20,9 @@ from rich.table import Table
 from citeline.cli._common import ConfigOption, JsonOption, console, err_console, fail, opened, print_json
 from citeline.errors import CitelineError
 from citeline.settings import Settings
+
+if TYPE_CHECKING:
+    from citeline.adapter_data import DataReport
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -54,10 +57,7 @@ def _tokenizer(base: Path):  # noqa: ANN202 (transformers' tokenizer types are h
     return AutoTokenizer.from_pretrained(base, local_files_only=True)
 
 
-def _print_report(report) -> None:  # noqa: ANN001
-    from citeline.adapter_data import DataReport
-
-    assert isinstance(report, DataReport)
+def _print_report(report: DataReport) -> None:
     console.print(f"{report.path}: {report.lines} lines, {len(report.examples)} usable examples → "
                   f"{len(report.split.train)} train, {len(report.split.heldout)} held out", highlight=False)
     tokens = list(report.token_counts.values())
