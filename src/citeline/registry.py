@@ -128,10 +128,17 @@ def evaluation_metrics(adapter_dir: Path) -> dict[str, float]:
 def promotion_problems(adapter: AdapterVersion) -> list[str]:
     """Why an adapter may not become its team's active one (empty: it may).
 
-    Needs the evaluation's numbers in the manifest's metrics (``citeline adapter eval`` writes them): the
-    adapter must beat the prompting baseline on format compliance, and its grounding (share of answers whose
-    citations point at shown evidence) must not be worse than the base model's.
+    When the registered folder carries ``citeline adapter eval``'s report (``citeline_eval.json``), the
+    evaluation's own rule decides (:func:`citeline.adapter_eval.decide_promotion`: beat the prompting
+    baseline on format compliance, with grounding measured and not worse). Otherwise the metrics recorded
+    with the adapter must show the same: compliance above the baseline's, grounding (when given) not worse.
     """
+    from citeline.adapter_eval import EvalReport, decide_promotion
+
+    report = EvalReport.read(adapter.path)
+    if report is not None:
+        decision = decide_promotion(report)
+        return [] if decision.promote else list(decision.reasons)
     m = adapter.metrics
     have = {k for k in ("format_compliance", "baseline_format_compliance") if isinstance(m.get(k), int | float)}
     if len(have) < 2:

@@ -147,3 +147,18 @@ def test_in_process_promotion_reconcile_and_answers(db, embedder, chunker, regis
         assert shown == [backend.base_model, v1.served_name, v2.served_name]  # the audit names the version
     finally:
         backend.close()
+
+
+def test_an_evaluated_adapter_is_gated_by_the_evaluations_own_rule(registry, adapters, smollm2_dir, tmp_path):
+    """citeline_eval.json, when present, decides: here grounding was never measured, so it is refused."""
+    from citeline.adapter_eval import EvalReport, ModelScores
+
+    folder = shutil.copytree(adapters["v2"], tmp_path / "evaluated")
+    scores = {k: ModelScores(k, c, {}, 0.3, ()) for k, c in (("adapter", 0.9), ("base", 0.1), ("baseline", 0.2))}
+    EvalReport(str(folder), "support", 10, ("bullets",), scores, None, 1.0).write(folder)
+    adapter = register(registry, folder, "support", smollm2_dir)
+    assert adapter.metrics["format_compliance"] == 0.9 and adapter.metrics["baseline_format_compliance"] == 0.2
+    problems = promotion_problems(adapter)
+    assert any("grounding was not measured" in p for p in problems)
+    with pytest.raises(AdapterError, match="grounding was not measured"):
+        promote(registry, [], adapter.served_name, drain_s=0)
