@@ -100,15 +100,19 @@ class AuditLog:
     def _write(self, entries: list[_Entry]) -> list[AuditRecord]:
         out: list[AuditRecord] = []
         try:
-            with self.db.writer() as conn:
+            # Two round trips per batch (pipeline mode): BEGIN + lock + chain head + ids and times, then
+            # the inserts + COMMIT. The head is read by a statement after the lock's, so it sees the last
+            # row committed by whoever held the lock before.
+            with self.db.writer(pipeline=True) as conn:
                 conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_SPACE,))
-                last = conn.execute("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
-                prev = last[0] if last else GENESIS
-                slots = conn.execute(  # ids and times for the whole batch in one round trip
-                    "SELECT nextval(pg_get_serial_sequence('audit_log', 'id')), date_trunc('microseconds', "
-                    "clock_timestamp()) FROM generate_series(1, %s) ORDER BY 1", (len(entries),)).fetchall()
+                slots = conn.execute(
+                    "SELECT (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1),"
+                    " nextval(pg_get_serial_sequence('audit_log', 'id')) AS id,"
+                    " date_trunc('microseconds', clock_timestamp()) FROM generate_series(1, %s) ORDER BY 2",
+                    (len(entries),)).fetchall()
+                prev = slots[0][0] or GENESIS
                 rows = []
-                for e, (id_, at) in zip(entries, slots, strict=True):
+                for e, (_, id_, at) in zip(entries, slots, strict=True):
                     digest = _digest(prev, id_, at, e.kind, e.principal, e.team, e.action, e.payload)
                     rows.append((id_, at, e.kind, e.principal, e.team, e.action, json.dumps(e.payload), prev, digest))
                     out.append(AuditRecord(id_, at, e.kind, e.principal, e.team, e.action, e.payload, prev, digest))

@@ -88,7 +88,7 @@ class KeyStore:
         if m is None:
             raise AuthError("malformed API key: keys look like cl_<12 chars>_<43 chars>")
         key_id, secret = m.groups()
-        with self.db.writer() as conn:
+        with self.db.writer(pipeline=True) as conn:  # BEGIN + role + lookup in one round trip
             row = conn.execute(
                 "SELECT k.secret_hash, k.is_admin, k.revoked_at, p.user_id, p.groups, p.team FROM api_keys k"
                 " LEFT JOIN principals p ON p.user_id = k.user_id WHERE k.key_id = %s", (key_id,)).fetchone()

@@ -87,9 +87,10 @@ class Database:
         conn.commit()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection]:
+    def _transaction(self, pipeline: bool = False) -> Iterator[psycopg.Connection]:
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self.pool.connection() as conn, (conn.pipeline() if pipeline else contextlib.nullcontext()), \
+                    conn.transaction():
                 yield conn
         except PoolTimeout as exc:
             raise DatabaseError(
@@ -99,8 +100,12 @@ class Database:
 
     @contextlib.contextmanager
     def reader(self, user: str | None) -> Iterator[psycopg.Connection]:
-        """A transaction as ``citeline_reader`` on behalf of ``user`` (``None``: public documents only)."""
-        with self._transaction() as conn:
+        """A transaction as ``citeline_reader`` on behalf of ``user`` (``None``: public documents only).
+
+        It runs in pipeline mode: ``BEGIN``, the settings and the first query travel in one round trip,
+        ``COMMIT`` in a second (results are read with ``fetch*`` as usual; ``COPY`` is not available here).
+        """
+        with self._transaction(pipeline=True) as conn:
             conn.execute(
                 "SELECT set_config('role', 'citeline_reader', true),"
                 " set_config('citeline.user', %s, true),"
@@ -111,9 +116,13 @@ class Database:
             yield conn
 
     @contextlib.contextmanager
-    def writer(self) -> Iterator[psycopg.Connection]:
-        """A transaction as ``citeline_writer`` (ingest and admin work)."""
-        with self._transaction() as conn:
+    def writer(self, *, pipeline: bool = False) -> Iterator[psycopg.Connection]:
+        """A transaction as ``citeline_writer`` (ingest and admin work).
+
+        ``pipeline=True`` sends statements without waiting for each reply (until a result is fetched):
+        fewer round trips for short hot-path transactions (API-key lookup, audit appends); no ``COPY``.
+        """
+        with self._transaction(pipeline) as conn:
             conn.execute("SELECT set_config('role', 'citeline_writer', true)")
             yield conn
 
