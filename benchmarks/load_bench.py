@@ -7,8 +7,10 @@ starts `citeline serve` as a subprocess, then for each concurrency level runs th
 clients (asyncio + httpx, one connection each) for ``--duration`` seconds, asking a rotating set of
 varied questions as alice and bob in turn (``POST /v1/ask``). Reports requests/s, errors, client
 latency, the server's own per-stage latency (from each answer's ``latency_ms``), *server overhead* =
-everything but generation (total − generate), and the database pool as /metrics saw it (sampled every
-0.25 s). The load generator shares the machine's cores with the server and PostgreSQL.
+everything the request's thread did but generation (API-key lookup + total − generate), *in-server time*
+(the ``Server-Timing`` header: from the request's arrival in the app to its response, waiting for a free
+request thread included), and the database pool as /metrics saw it (sampled every 0.25 s). The load
+generator shares the machine's cores with the server and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -90,7 +92,11 @@ async def run_level(base: str, keys: dict[str, str], concurrency: int, duration:
                 try:
                     r = await client.post(f"{base}/v1/ask", json={"question": q})
                     body = r.json() if r.status_code == 200 else {}
-                    results.append(((time.perf_counter() - t0) * 1000, r.status_code, body.get("latency_ms", {})))
+                    stages = dict(body.get("latency_ms", {}))
+                    timing = re.search(r"app;dur=([\d.]+)", r.headers.get("server-timing", ""))
+                    if timing:
+                        stages["in_server_ms"] = float(timing.group(1))
+                    results.append(((time.perf_counter() - t0) * 1000, r.status_code, stages))
                 except httpx.HTTPError:
                     results.append(((time.perf_counter() - t0) * 1000, 0, {}))
 
@@ -106,14 +112,15 @@ async def run_level(base: str, keys: dict[str, str], concurrency: int, duration:
         return {"p50": round(float(np.percentile(xs, 50)), 1), "p95": round(float(np.percentile(xs, 95)), 1)} \
             if xs else {}
 
-    stages = sorted({k for r in ok for k in r[2]})
-    overhead = [r[2]["total_ms"] - r[2].get("generate_ms", 0.0) for r in ok]
+    stages = sorted({k for r in ok for k in r[2]} - {"in_server_ms"})
+    overhead = [r[2]["total_ms"] + r[2]["auth_ms"] - r[2].get("generate_ms", 0.0) for r in ok]
     return {
         "concurrency": concurrency, "duration_s": round(elapsed, 1), "requests": len(results),
         "requests_per_s": round(len(results) / elapsed, 1), "errors": len(results) - len(ok),
         "client_ms": pct([r[0] for r in ok]),
         "server_stage_ms": {s.removesuffix("_ms"): pct([r[2][s] for r in ok if s in r[2]]) for s in stages},
         "server_overhead_ms": pct(overhead),
+        "in_server_ms": pct([r[2]["in_server_ms"] for r in ok if "in_server_ms" in r[2]]),
         "refused_share": round(sum(1 for r in ok if "generate_ms" not in r[2]) / max(len(ok), 1), 3),
         "pool": {"size_max": max((p.get("size", 0) for p in pool), default=0),
                  "available_min": min((p.get("available", 0) for p in pool), default=0),

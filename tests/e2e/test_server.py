@@ -217,10 +217,16 @@ def test_models_health_ready_and_metrics(server):
     assert [m.id for m in models.data][:2] == ["citeline", "extractive"]
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").json()["status"] == "ready"
-    ask(server, "alice", DEPLOY)
+    r = ask(server, "alice", DEPLOY)
+    latency = r.json()["latency_ms"]
+    assert {"auth_ms", "embed_ms", "retrieve_ms", "prompt_ms", "audit_ms", "total_ms"} <= set(latency)
+    assert latency["total_ms"] >= latency["retrieve_ms"] + latency["audit_ms"]
+    in_server = float(r.headers["server-timing"].removeprefix("app;dur="))  # the app's whole time, to first byte
+    assert in_server >= latency["total_ms"] + latency["auth_ms"]
     text = httpx.get(f"{server.url}/metrics").text
     assert 'citeline_requests_total{endpoint="/v1/ask",status="200"}' in text
-    assert 'citeline_stage_latency_seconds_count{stage="retrieve"}' in text
+    for stage in ("auth", "retrieve", "audit"):
+        assert f'citeline_stage_latency_seconds_count{{stage="{stage}"}}' in text
     assert "citeline_answers_total" in text and "citeline_db_pool_size" in text
 
 
