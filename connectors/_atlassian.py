@@ -1,8 +1,13 @@
 """What the Confluence and Jira connectors share (private: not part of the connector contract).
 
+* Config: :class:`AtlassianConfig` holds what both connectors' configs have (credentials, the API user's
+  time zone, the overlap); :data:`AccessMap` is a ``{name: ["public" | "user:NAME" | group, ...]}`` field
+  checked at load time, :func:`access_by_name` turns it into Access values.
 * Credentials: Atlassian Cloud takes HTTP Basic ``email:API-token``; Data Center / Server takes a
   personal access token as ``Authorization: Bearer``. :func:`auth_headers` picks by whether an email is
-  configured.
+  configured; :func:`atlassian_client` builds the sync's :class:`ApiClient` with them.
+* :func:`require_visible`: ``validate()``'s check that each configured space or project exists and the
+  credentials may see it.
 * Time: both query languages compare dates at *minute* precision (CQL ``"yyyy-MM-dd HH:mm"``, JQL
   ``"yyyy/MM/dd HH:mm"``) in the *API user's profile time zone*; items carry exact timestamps.
   :class:`Position` keeps the exact timestamp and queries from its minute (minus an overlap); what was
@@ -19,27 +24,34 @@ Cursors (JSON): ``{"after": ISO, "ids": [...]}`` — exactly after the item(s) l
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr, ValidationInfo
 
-from citeline.connectors._common import ItemError, parse_datetime
+from citeline.connectors._common import ItemError, access_from_entries, parse_datetime
+from citeline.connectors._http import ApiClient, ApiConfig, NotFound, Secret
+from citeline.domain import Access
 from citeline.errors import ConnectorError
 
 __all__ = [
+    "AccessMap",
+    "AtlassianConfig",
     "Position",
     "Stamped",
     "TimeZoneName",
+    "access_by_name",
+    "atlassian_client",
     "auth_headers",
     "changed_items",
     "overlap_field",
     "parse_instant",
     "query_time",
     "read_position",
+    "require_visible",
 ]
 
 T = TypeVar("T")
@@ -59,6 +71,52 @@ TimeZoneName = Annotated[str, AfterValidator(_zone)]
 
 def overlap_field() -> Any:
     return Field(5, ge=0, le=24 * 60, description="minutes re-read before the cursor (late indexing, clock skew)")
+
+
+class AtlassianConfig(ApiConfig):
+    """The fields the Confluence and Jira configs share; each adds its scope and access mappings."""
+
+    email: str | None = Field(None, description="Cloud: the account's email (Basic auth); unset: Bearer PAT")
+    token: Secret = Field(description="API token (Cloud) or personal access token (Data Center)")
+    time_zone: TimeZoneName = "UTC"
+    overlap_minutes: int = overlap_field()
+
+
+def _access_entries(value: dict[str, tuple[str, ...]], info: ValidationInfo) -> dict[str, tuple[str, ...]]:
+    for key, entries in value.items():
+        try:
+            access_from_entries(entries, f"{info.field_name}.{key}")
+        except ItemError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+AccessMap = Annotated[dict[str, tuple[str, ...]], AfterValidator(_access_entries)]
+"""``{space, project or level name: ["public" | "user:NAME" | group, ...]}``, every entry checked at load."""
+
+
+def access_by_name(mapping: Mapping[str, tuple[str, ...]], field_name: str) -> dict[str, Access]:
+    """An :data:`AccessMap` field's value as one Access per name."""
+    return {key: access_from_entries(entries, f"{field_name}.{key}") for key, entries in mapping.items()}
+
+
+def atlassian_client(config: AtlassianConfig, product: str, may: str) -> ApiClient:
+    """The HTTP client of one sync; ``may``: what the API user must be allowed, for the credentials fix."""
+    fix = ("create a new API token at id.atlassian.com (Cloud, with config.email) or a personal access token "
+           f"(Data Center, without email), put it in config.token, and check the user may {may}")
+    return ApiClient(config, source=f"{product} {config.base_url}", headers=auth_headers(config.email, config.token),
+                     fix_credentials=fix)
+
+
+def require_visible(api: ApiClient, product: str, kind: str, keys: Iterable[str], path: Callable[[str], str],
+                    fix: str) -> None:
+    """Each key's ``path`` answers; a 404 is a ConnectorError naming the key and ``fix``."""
+    for key in keys:
+        try:
+            api.get_json(path(key))
+        except NotFound:
+            raise ConnectorError(f"{product}: {kind} {key} does not exist or is not visible to these credentials: "
+                                 f"{fix}") from None
 
 
 def auth_headers(email: str | None, token: SecretStr) -> dict[str, str]:

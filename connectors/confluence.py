@@ -50,19 +50,21 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field
 
 from citeline.connectors._atlassian import (
+    AccessMap,
+    AtlassianConfig,
     Position,
     Stamped,
-    TimeZoneName,
-    auth_headers,
+    access_by_name,
+    atlassian_client,
     changed_items,
-    overlap_field,
     parse_instant,
     query_time,
     read_position,
+    require_visible,
 )
-from citeline.connectors._common import ItemError, access_from_entries, coerce_config
+from citeline.connectors._common import ItemError, coerce_config
 from citeline.connectors._html import parse_html
-from citeline.connectors._http import ApiClient, ApiConfig, ApiError, CredentialsRejected, NotFound, Secret
+from citeline.connectors._http import ApiClient, ApiError, CredentialsRejected, NotFound
 from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
@@ -73,9 +75,6 @@ log = logging.getLogger(__name__)
 
 _SWEEP_EXPAND = "ancestors,restrictions.read.restrictions.user,restrictions.read.restrictions.group"
 _CONTENT_EXPAND = f"body.storage,version,space,{_SWEEP_EXPAND}"
-_FIX_CREDENTIALS = ("create a new API token at id.atlassian.com (Cloud, with config.email) or a personal access "
-                    "token (Data Center, without email), put it in config.token, and check the user may view "
-                    "the spaces")
 
 
 class UserField(str, enum.Enum):
@@ -92,15 +91,6 @@ def _space_key(value: str) -> str:
     return value
 
 
-def _entries(value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
-    for key, entries in value.items():
-        try:
-            access_from_entries(entries, f"space_access.{key}")
-        except ItemError as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
 @dataclass(frozen=True)
 class _Node:
     """A page's own read restriction (``None``: unrestricted) and its ancestors' ids."""
@@ -112,36 +102,26 @@ class _Node:
 class ConfluenceConnector:
     """Confluence pages with their view restrictions; see the module docstring."""
 
-    class Config(ApiConfig):
-        email: str | None = Field(None, description="Cloud: the account's email (Basic auth); unset: Bearer PAT")
-        token: Secret = Field(description="API token (Cloud) or personal access token (Data Center)")
+    class Config(AtlassianConfig):
         spaces: tuple[Annotated[str, AfterValidator(_space_key)], ...] = Field(min_length=1)
-        space_access: Annotated[dict[str, tuple[str, ...]], AfterValidator(_entries)] = Field(default_factory=dict)
+        space_access: AccessMap = Field(default_factory=dict)
         user_field: UserField = UserField.EMAIL
-        time_zone: TimeZoneName = "UTC"
-        overlap_minutes: int = overlap_field()
         read_trash: bool = Field(True, description="yield trashed pages as Deletes")
 
     def __init__(self, config: Config | Mapping[str, Any], default_access: Access | None = None) -> None:
         self.config = coerce_config(self.Config, config)
         self.default_access = default_access or Access.private()
         self._overlap = timedelta(minutes=self.config.overlap_minutes)
-        self._space_access = {key: access_from_entries(entries, f"space_access.{key}")
-                              for key, entries in self.config.space_access.items()}
+        self._space_access = access_by_name(self.config.space_access, "space_access")
 
     def _client(self) -> ApiClient:
-        return ApiClient(self.config, source=f"confluence {self.config.base_url}",
-                         headers=auth_headers(self.config.email, self.config.token), fix_credentials=_FIX_CREDENTIALS)
+        return atlassian_client(self.config, "confluence", "view the spaces")
 
     # -- the contract -------------------------------------------------------------------------------
     def validate(self) -> None:
         with self._client() as api:
-            for key in self.config.spaces:
-                try:
-                    api.get_json(f"rest/api/space/{key}")
-                except NotFound:
-                    raise ConnectorError(f"confluence: space {key} does not exist or is not visible to these "
-                                         "credentials: fix config.spaces or give the user view permission") from None
+            require_visible(api, "confluence", "space", self.config.spaces, lambda key: f"rest/api/space/{key}",
+                            "fix config.spaces or give the user view permission")
 
     def sync(self, cursor: Mapping[str, Any] | None) -> Iterator[Change]:
         position = read_position(cursor, frozenset({"restricted"}))

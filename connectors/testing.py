@@ -27,7 +27,7 @@ from typing import Any
 from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access, Document
 
-__all__ = ["ConnectorContract", "item_ids", "run_sync"]
+__all__ = ["ConnectorContract", "documents", "final_cursor", "item_ids", "run_sync"]
 
 MIN_ITEMS = 5
 _SENTINEL_GROUP = "contract-default-group"
@@ -49,8 +49,17 @@ def item_ids(changes: Iterable[Change]) -> list[str]:
     return out
 
 
-def _documents(changes: Iterable[Change]) -> dict[str, Document]:
+def documents(changes: Iterable[Change]) -> dict[str, Document]:
+    """The documents of the Upserts by external id (a later Upsert of the same id wins)."""
     return {c.document.external_id: c.document for c in changes if isinstance(c, Upsert)}
+
+
+def final_cursor(changes: list[Change]) -> dict[str, Any]:
+    """The cursor of the last change, which must be a Checkpoint (every sync ends with one)."""
+    last = changes[-1] if changes else None
+    if not isinstance(last, Checkpoint):
+        raise AssertionError(f"a sync must end with a Checkpoint, this one ended with {last!r}")
+    return dict(last.cursor)
 
 
 class ConnectorContract:
@@ -102,8 +111,8 @@ class ConnectorContract:
                 assert isinstance(doc.access, Access), f"{doc.external_id}: access is not an Access"
 
     def test_default_access_is_honoured(self, connector: Any) -> None:
-        private = _documents(run_sync(self.rebuild(connector, Access.private())))
-        marked = _documents(run_sync(self.rebuild(connector, Access(groups=(_SENTINEL_GROUP,)))))
+        private = documents(run_sync(self.rebuild(connector, Access.private())))
+        marked = documents(run_sync(self.rebuild(connector, Access(groups=(_SENTINEL_GROUP,)))))
         assert private.keys() == marked.keys(), "the default access changed which documents exist"
         took_default = [i for i, doc in marked.items() if doc.access == Access(groups=(_SENTINEL_GROUP,))]
         assert took_default, "no document took the default access: add an item without access of its own"
@@ -153,9 +162,9 @@ class ConnectorContract:
         full = run_sync(connector)
         checkpoints = [c for c in full[:-1] if isinstance(c, Checkpoint)]
         assert checkpoints, "no checkpoint before the final one: lower checkpoint_every"
-        documents = _documents(full)
-        for doc_id, doc in _documents(run_sync(connector, checkpoints[0].cursor)).items():
-            assert documents[doc_id] == doc, f"{doc_id} differs when resumed from {checkpoints[0].cursor}"
+        complete = documents(full)
+        for doc_id, doc in documents(run_sync(connector, checkpoints[0].cursor)).items():
+            assert complete[doc_id] == doc, f"{doc_id} differs when resumed from {checkpoints[0].cursor}"
 
     def test_empty_cursor_starts_from_the_beginning(self, connector: Any) -> None:
         assert item_ids(run_sync(connector, {})) == item_ids(run_sync(connector, None))

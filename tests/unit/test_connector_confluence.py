@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 from pydantic import ValidationError
 
-from citeline.connectors._http import ApiError, BudgetExhausted, CredentialsRejected, SourceUnavailable
+from citeline.connectors._http import ApiError
 from citeline.connectors.confluence import ConfluenceConnector
-from citeline.connectors.interfaces import Checkpoint, Delete, Failure, Upsert
-from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
+from citeline.connectors.interfaces import Delete, Failure
+from citeline.connectors.testing import ConnectorContract, documents, final_cursor, item_ids, run_sync
 from citeline.domain import Access, ContentType
 from citeline.errors import ConnectorError
 from tests.support.apis.confluence import FakeConfluence
+from tests.support.atlassian import AtlassianHttpPolicy
 from tests.support.replay import ReplayServer
 
 pytestmark = pytest.mark.unit
@@ -56,23 +56,21 @@ def make(server: ReplayServer, default: Access = Access.private(), **overrides: 
     return ConfluenceConnector(ConfluenceConnector.Config(**config), default)
 
 
-def docs(changes) -> dict:
-    return {c.document.external_id: c.document for c in changes if isinstance(c, Upsert)}
-
-
-def final_cursor(changes) -> dict:
-    assert isinstance(changes[-1], Checkpoint)
-    return dict(changes[-1].cursor)
-
-
 class TestConfluenceContract(ConnectorContract):
     @pytest.fixture
     def connector(self, server: ReplayServer) -> ConfluenceConnector:
         return make(server)
 
 
+class TestConfluenceHttpPolicy(AtlassianHttpPolicy):
+    search, full_sync = SEARCH, 6
+
+    def make(self, server: ReplayServer, **overrides: object) -> ConfluenceConnector:
+        return make(server, **overrides)
+
+
 def test_pages_become_documents_with_their_access(fake, server):
-    got = docs(run_sync(make(server)))
+    got = documents(run_sync(make(server)))
     ids = fake.ids
     assert set(got) == set(ids.values())
     calib = got[ids["calib"]]
@@ -89,7 +87,7 @@ def test_pages_become_documents_with_their_access(fake, server):
 
 
 def test_user_field_picks_the_identity(fake, server):
-    got = docs(run_sync(make(server, user_field="accountId")))
+    got = documents(run_sync(make(server, user_field="accountId")))
     assert got[fake.ids["secret"]].access.users == ("557058:alice",)
 
 
@@ -103,7 +101,7 @@ def test_incremental_sync_reads_only_changes(fake, server):
     changes = run_sync(connector, cursor)
     # the changes, and the last page of the previous run (re-read within the overlap, skipped by hash)
     assert item_ids(changes) == [fake.ids["oncall"], fake.ids["calib"], new]
-    assert "Calibrate twice a day." in docs(changes)[fake.ids["calib"]].text
+    assert "Calibrate twice a day." in documents(changes)[fake.ids["calib"]].text
     cql = [r.arg("cql") for r in server.requests if r.path == SEARCH and "lastmodified >=" in (r.arg("cql") or "")]
     assert cql and '"2024-05-01 13:55"' in cql[0]  # minute precision, 5 minutes before the last change (14:00)
 
@@ -129,7 +127,7 @@ def test_restriction_change_without_an_edit_is_picked_up(fake, server):
     fake.restrict(fake.ids["calib"], users=("bob",))  # Confluence does not touch lastmodified for this
     fake.restrict(fake.ids["secret"])  # lifted: back to the space's access, and the child follows
     changes = run_sync(connector, cursor)
-    got = docs(changes)
+    got = documents(changes)
     assert got[fake.ids["calib"]].access == Access(users=("bob@acme.example",))
     assert got[fake.ids["secret"]].access == ENG
     assert got[fake.ids["child"]].access == Access(groups=("eng-leads", "hr"))
@@ -142,7 +140,7 @@ def test_restricting_a_parent_narrows_its_children(fake, server):
     connector = make(server)
     cursor = final_cursor(run_sync(connector))
     fake.restrict(fake.ids["home"], groups=("eng-leads",))
-    got = docs(run_sync(connector, cursor))
+    got = documents(run_sync(connector, cursor))
     assert got[fake.ids["home"]].access == Access(groups=("eng-leads",))
     assert got[fake.ids["calib"]].access == Access(groups=("eng-leads",))
     assert got[fake.ids["secret"]].access == Access(groups=("eng-leads",))  # alice was not in both
@@ -160,28 +158,6 @@ def test_trashed_pages_are_deleted_and_purged_pages_pruned(fake, server):
     assert set(listed) == {fake.ids[k] for k in ("home", "calib", "secret", "child")}
 
 
-def test_429_retry_after_is_honoured(fake, server):
-    server.fail_next(SEARCH, 429, headers={"Retry-After": "1"}, message="Rate limit exceeded")
-    started = time.monotonic()
-    changes = run_sync(make(server))
-    assert time.monotonic() - started >= 1.0
-    assert len(docs(changes)) == 6
-    first, second = server.requests[0], server.requests[1]
-    assert first.path == second.path == SEARCH and first.query == second.query  # the same request, retried
-
-
-def test_5xx_on_the_search_is_retried_then_fails_the_run(server):
-    server.fail_next(SEARCH, 503, times=10)
-    with pytest.raises(SourceUnavailable, match="503"):
-        run_sync(make(server))
-    assert len([r for r in server.requests if r.path == SEARCH]) == 3  # one try and max_retries=2 retries
-
-
-def test_5xx_once_is_retried_and_the_run_succeeds(server):
-    server.fail_next(SEARCH, 500, times=2)
-    assert len(docs(run_sync(make(server)))) == 6
-
-
 def test_5xx_on_one_page_is_a_failure_and_the_run_goes_on(fake, server):
     connector = make(server)
     cursor = final_cursor(run_sync(connector))
@@ -191,29 +167,10 @@ def test_5xx_on_one_page_is_a_failure_and_the_run_goes_on(fake, server):
     changes = run_sync(connector, cursor)
     failures = [c for c in changes if isinstance(c, Failure)]
     assert [f.external_id for f in failures] == [fake.ids["calib"]] and "500" in failures[0].reason
-    assert docs(changes)[fake.ids["runbook"]].access == Access(users=("bob@acme.example",))
+    assert documents(changes)[fake.ids["runbook"]].access == Access(users=("bob@acme.example",))
     # the failed page is not marked as done: the next sync tries it again
     retried = run_sync(connector, final_cursor(changes))
-    assert docs(retried)[fake.ids["calib"]].access == Access(users=("bob@acme.example",))
-
-
-def test_expired_credentials_name_the_fix(server):
-    connector = make(server)
-    server.expire_credentials()
-    with pytest.raises(CredentialsRejected, match="401.*create a new API token") as info:
-        connector.validate()
-    assert info.value.status == 401
-    with pytest.raises(CredentialsRejected):
-        run_sync(connector)
-    with pytest.raises(CredentialsRejected):
-        connector.list_ids()
-
-
-def test_data_center_bearer_token(fake, server):
-    connector = make(server, email=None, token="good-pat")
-    connector.validate()
-    assert len(docs(run_sync(connector))) == 6
-    assert server.requests[-1].headers["authorization"] == "Bearer good-pat"
+    assert documents(retried)[fake.ids["calib"]].access == Access(users=("bob@acme.example",))
 
 
 def test_unknown_space_fails_validation(server):
@@ -221,14 +178,9 @@ def test_unknown_space_fails_validation(server):
         make(server, spaces=["ENG", "NOPE"]).validate()
 
 
-def test_request_budget_ends_the_run(server):
-    with pytest.raises(BudgetExhausted, match="budget of 3"):
-        run_sync(make(server, request_budget=3))
-
-
 def test_token_from_the_environment(monkeypatch, server):
     monkeypatch.setenv("CITELINE_TEST_CONFLUENCE", "good-token")
-    assert len(docs(run_sync(make(server, token="env:CITELINE_TEST_CONFLUENCE")))) == 6
+    assert len(documents(run_sync(make(server, token="env:CITELINE_TEST_CONFLUENCE")))) == 6
 
 
 def test_config_is_checked():

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
 
-from citeline.connectors._http import BudgetExhausted, CredentialsRejected, SourceUnavailable
-from citeline.connectors.interfaces import Checkpoint, Delete, Failure, Upsert
-from citeline.connectors.jira import JiraConnector
-from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
+from citeline.connectors._http import ApiError
+from citeline.connectors.interfaces import Delete, Failure
+from citeline.connectors.jira import JiraApi, JiraConnector, detect_api
+from citeline.connectors.testing import ConnectorContract, documents, final_cursor, item_ids, run_sync
 from citeline.domain import Access, ContentType
 from citeline.errors import ConnectorError
 from tests.support.apis.jira import FakeJira
-from tests.support.replay import ReplayServer
+from tests.support.atlassian import AtlassianHttpPolicy
+from tests.support.replay import ReplayServer, Reply
 
 pytestmark = pytest.mark.unit
 
@@ -58,23 +59,21 @@ def make(server: ReplayServer, default: Access = Access.private(), **overrides: 
     return JiraConnector(JiraConnector.Config(**config), default)
 
 
-def docs(changes) -> dict:
-    return {c.document.external_id: c.document for c in changes if isinstance(c, Upsert)}
-
-
-def final_cursor(changes) -> dict:
-    assert isinstance(changes[-1], Checkpoint)
-    return dict(changes[-1].cursor)
-
-
 class TestJiraContract(ConnectorContract):
     @pytest.fixture
     def connector(self, server: ReplayServer) -> JiraConnector:
         return make(server)
 
 
+class TestJiraHttpPolicy(AtlassianHttpPolicy):
+    search, full_sync = SEARCH, 5
+
+    def make(self, server: ReplayServer, **overrides: object) -> JiraConnector:
+        return make(server, **overrides)
+
+
 def test_issues_become_documents_with_their_access(fake, server):
-    got = docs(run_sync(make(server)))
+    got = documents(run_sync(make(server)))
     ids = fake.ids
     assert set(got) == set(ids.values())
     belt = got[ids["belt"]]
@@ -108,7 +107,7 @@ def test_incremental_sync_reads_only_changes(fake, server):
     changes = run_sync(connector, cursor)
     # the changes, and the last issue of the previous run (re-read within the overlap, skipped by hash)
     assert item_ids(changes) == [fake.ids["faq"], fake.ids["howto"], fake.ids["vpn"]]
-    assert "Happens on Wi-Fi only." in docs(changes)[fake.ids["vpn"]].text
+    assert "Happens on Wi-Fi only." in documents(changes)[fake.ids["vpn"]].text
     jql = server.requests[0].arg("jql")
     assert jql == ('project in ("OPS", "KB") AND updated >= "2024/05/01 15:55" ORDER BY updated ASC, key ASC')
 
@@ -118,7 +117,7 @@ def test_setting_a_security_level_changes_access(fake, server):
     cursor = final_cursor(run_sync(connector))
     fake.secure(fake.ids["belt"], "10100")
     fake.secure(fake.ids["vpn"], None)
-    got = docs(run_sync(connector, cursor))
+    got = documents(run_sync(connector, cursor))
     assert got[fake.ids["belt"]].access == SECURITY
     assert got[fake.ids["vpn"]].access == OPS
 
@@ -136,65 +135,25 @@ def test_an_issue_deleted_while_read_is_a_delete(fake, server):
     assert Delete(fake.ids["belt"]) in run_sync(make(server))
 
 
-def test_429_retry_after_is_honoured(fake, server):
-    server.fail_next(SEARCH, 429, headers={"Retry-After": "1"}, message="Rate limit exceeded")
-    started = time.monotonic()
-    changes = run_sync(make(server))
-    assert time.monotonic() - started >= 1.0
-    assert len(docs(changes)) == 5
-    first, second = server.requests[0], server.requests[1]
-    assert first.path == second.path == SEARCH and first.query == second.query
-
-
-def test_5xx_on_the_search_is_retried_then_fails_the_run(server):
-    server.fail_next(SEARCH, 500, times=10)
-    with pytest.raises(SourceUnavailable, match="500"):
-        run_sync(make(server))
-    assert len([r for r in server.requests if r.path == SEARCH]) == 3
-
-
-def test_5xx_once_is_retried_and_the_run_succeeds(server):
-    server.fail_next(SEARCH, 502, times=2)
-    assert len(docs(run_sync(make(server)))) == 5
-
-
 def test_5xx_on_one_issues_comments_is_a_failure_and_the_run_goes_on(fake, server):
     server.fail_next(f"/rest/api/2/issue/{fake.ids['belt']}/comment", 500, times=3)
     changes = run_sync(make(server))
     failures = [c for c in changes if isinstance(c, Failure)]
     assert [f.external_id for f in failures] == [fake.ids["belt"]]
     assert "OPS-1: comments cannot be read" in failures[0].reason and "500" in failures[0].reason
-    assert len(docs(changes)) == 4
+    assert len(documents(changes)) == 4
     cursor = final_cursor(changes)
     assert cursor["retry"] == [fake.ids["belt"]]
     # the next sync reads the failed issue again although it did not change, and forgets it once read
     again = run_sync(make(server), cursor)
-    assert "Replaced the sensor" in docs(again)[fake.ids["belt"]].text
+    assert "Replaced the sensor" in documents(again)[fake.ids["belt"]].text
     assert f"/rest/api/2/issue/{fake.ids['belt']}" in server.paths()
     assert "retry" not in final_cursor(again)
 
 
-def test_expired_credentials_name_the_fix(server):
-    connector = make(server)
-    server.expire_credentials()
-    with pytest.raises(CredentialsRejected, match="401.*create a new API token") as info:
-        connector.validate()
-    assert info.value.status == 401
-    with pytest.raises(CredentialsRejected):
-        run_sync(connector)
-    with pytest.raises(CredentialsRejected):
-        connector.list_ids()
-
-
-def test_data_center_bearer_token(server):
-    connector = make(server, email=None, token="good-pat")
-    connector.validate()
-    assert len(docs(run_sync(connector))) == 5
-
-
 def test_extra_jql_scope(fake, server):
     fake.edit(fake.ids["faq"], labels=["kb"])
-    got = docs(run_sync(make(server, projects=[], jql="labels = kb")))
+    got = documents(run_sync(make(server, projects=[], jql="labels = kb")))
     assert set(got) == {fake.ids["faq"]}
 
 
@@ -203,9 +162,10 @@ def test_unknown_project_fails_validation(server):
         make(server, projects=["OPS", "NOPE"]).validate()
 
 
-def test_request_budget_ends_the_run(server):
-    with pytest.raises(BudgetExhausted, match="budget of 2"):
-        run_sync(make(server, request_budget=2))
+def test_jql_jira_rejects_fails_validation_naming_the_fix(server):
+    with pytest.raises(ApiError, match="rejected the JQL .*priority = High.*fix config.jql") as info:
+        make(server, jql="priority = High").validate()
+    assert info.value.status == 400
 
 
 def test_config_is_checked():
@@ -216,5 +176,142 @@ def test_config_is_checked():
         JiraConnector.Config(**{**base, "jql": "labels = kb order by created"})
     with pytest.raises(ValidationError, match="project key"):
         JiraConnector.Config(**{**base, "projects": ["OPS-1"]})
+    with pytest.raises(ValidationError, match="project_access.OPS is invalid"):
+        JiraConnector.Config(**{**base, "project_access": {"OPS": ["user:"]}})
+    with pytest.raises(ValidationError, match="'cloud' or 'datacenter'"):
+        JiraConnector.Config(**{**base, "api": "server"})
     with pytest.raises(ConnectorError, match="not written by this connector"):
         run_sync(JiraConnector(JiraConnector.Config(**base)), {"since": "yesterday"})
+
+
+# -- Jira Cloud: REST v3, the enhanced JQL search, ADF -----------------------------------------------------
+CLOUD_SEARCH = "/rest/api/3/search/jql"
+
+
+def adf(*paragraphs: str) -> dict:
+    return {"type": "doc", "version": 1,
+            "content": [{"type": "paragraph", "content": [{"type": "text", "text": p}]} for p in paragraphs]}
+
+
+@pytest.fixture
+def cloud(fake: FakeJira, server: ReplayServer) -> ReplayServer:
+    """The same site as Jira Cloud: REST v3 with /search/jql; /rest/api/{2,3}/search answer 410."""
+    fake.cloud = True
+    return server
+
+
+class TestJiraCloudContract(ConnectorContract):
+    @pytest.fixture
+    def connector(self, cloud: ReplayServer) -> JiraConnector:
+        return make(cloud, api="cloud")
+
+
+class TestJiraCloudHttpPolicy(AtlassianHttpPolicy):
+    search, full_sync = CLOUD_SEARCH, 5
+
+    def make(self, server: ReplayServer, **overrides: object) -> JiraConnector:
+        server.api.cloud = True
+        return make(server, api="cloud", **overrides)
+
+
+def test_cloud_reads_rest_v3_and_gets_the_same_documents(fake, server):
+    datacenter = make(server)
+    assert datacenter.api is JiraApi.DATACENTER  # a loopback URL is not *.atlassian.net
+    expected = documents(run_sync(datacenter))
+    assert all(path.startswith("/rest/api/2/") for path in server.paths())
+    fake.cloud = True
+    server.requests.clear()
+    got = documents(run_sync(make(server, api="cloud")))
+    assert got == expected  # v3's ADF descriptions and comments read as v2's strings did
+    assert "Replaced the sensor" in got[fake.ids["belt"]].text  # paged from /rest/api/3/issue/{id}/comment
+    assert all(path.startswith("/rest/api/3/") for path in server.paths())
+    searches = [r for r in server.requests if r.path == CLOUD_SEARCH]
+    assert searches and all(r.arg("startAt") is None for r in searches)
+    assert {r.arg("fields") for r in searches} == {"summary,description,comment,updated,created,project,security,"
+                                                   "status,issuetype"}  # v3 answers only ids unless asked
+    assert f"/rest/api/3/issue/{fake.ids['belt']}/comment" in server.paths()
+
+
+def test_cloud_resync_reads_changes_in_adf_and_the_listing_prunes_deleted_issues(fake, cloud):
+    connector = make(cloud, api="cloud")
+    first = run_sync(connector)
+    cursor = final_cursor(first)
+    assert set(cursor) == {"since"}
+    fake.edit(fake.ids["howto"], description={"type": "doc", "version": 1, "content": [
+        {"type": "heading", "attrs": {"level": 2}, "content": [{"type": "text", "text": "Lost badge"}]},
+        {"type": "bulletList", "content": [
+            {"type": "listItem", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "Call "},
+                {"type": "mention", "attrs": {"id": "5b10ac8d", "text": "@Front Desk"}}]}]}]}]})
+    fake.comment(fake.ids["vpn"], "Sam Vimes", adf("Happens on Wi-Fi only.", "Not on cable."))
+    fake.delete(fake.ids["belt"])
+    cloud.requests.clear()
+    changes = run_sync(connector, cursor)
+    # the changes, and the last issue of the previous run (re-read within the overlap, skipped by hash)
+    assert item_ids(changes) == [fake.ids["faq"], fake.ids["howto"], fake.ids["vpn"]]
+    got = documents(changes)
+    assert "## Lost badge\n\n- Call @Front Desk" in got[fake.ids["howto"]].text
+    assert "Happens on Wi-Fi only.\n\nNot on cable." in got[fake.ids["vpn"]].text
+    assert 'updated >= "2024/05/01 15:55"' in cloud.requests[0].arg("jql")
+
+    cloud.requests.clear()
+    listed = connector.list_ids()
+    assert sorted(listed) == sorted(v for k, v in fake.ids.items() if k != "belt")
+    listing = cloud.requests
+    assert {r.path for r in listing} == {CLOUD_SEARCH} and {r.arg("fields") for r in listing} == {"id"}
+    assert [r.arg("nextPageToken") is None for r in listing] == [True, False]  # 4 issues, pages of 2
+    assert all(r.arg("jql").endswith("ORDER BY created ASC, key ASC") for r in listing)
+
+
+def test_cloud_sync_follows_next_page_tokens_across_pages():
+    fake = FakeJira(cloud=True, step=timedelta(seconds=1))  # every issue in one minute: no re-anchoring
+    fake.add_project("OPS")
+    ids = [fake.add_issue("OPS", f"Issue {n}", f"Body {n}") for n in range(7)]
+    with ReplayServer(fake) as server:
+        connector = make(server, api="cloud", projects=["OPS"])
+        changes = run_sync(connector)
+        assert item_ids(changes) == ids  # each issue once, in order
+        assert documents(changes)[ids[6]].text.endswith("Body 6\n")
+        searches = [r for r in server.requests if r.path == CLOUD_SEARCH]
+        # the first page re-anchors the query at the minute of its last issue, then tokens carry it on
+        anchored = searches[1:]
+        tokens = [r.arg("nextPageToken") for r in anchored]
+        assert len(anchored) == 4 and tokens[0] is None and len(set(tokens[1:])) == 3 and all(tokens[1:])
+        assert len({r.arg("jql") for r in anchored}) == 1 and "updated >=" in anchored[0].arg("jql")
+        assert sorted(connector.list_ids()) == sorted(ids)
+
+
+def test_a_cloud_page_that_says_more_without_a_token_stops_the_listing(fake, cloud, monkeypatch):
+    monkeypatch.setattr(fake, "_search_jql", lambda request: Reply(200, {"issues": [], "isLast": False}))
+    with pytest.raises(ApiError, match="isLast=false without a nextPageToken"):
+        make(cloud, api="cloud").list_ids()
+
+
+def test_the_wrong_api_for_the_site_names_the_fix(fake, server):
+    with pytest.raises(ConnectorError, match="rest/api/3/myself answered 404.*config.api \\(now 'cloud'\\)"):
+        make(server, api="cloud").validate()  # a Data Center site has no REST v3
+    fake.cloud = True
+    datacenter = make(server, api="datacenter")
+    with pytest.raises(ApiError, match='rest/api/2/search answered 410 Gone.*set config.api = "cloud"') as info:
+        datacenter.validate()  # Cloud still has REST v2's myself and project: the search tells
+    assert info.value.status == 410
+    with pytest.raises(ApiError, match="410 Gone"):
+        run_sync(datacenter)
+    with pytest.raises(ApiError, match="410 Gone"):
+        datacenter.list_ids()
+
+
+@pytest.mark.parametrize(("url", "api"), [
+    ("https://acme.atlassian.net", JiraApi.CLOUD),
+    ("https://ACME.Atlassian.NET:443/", JiraApi.CLOUD),
+    ("https://api.atlassian.com/ex/jira/1a11d016-8984-4c3e-b9ab-142dd06acb1b", JiraApi.CLOUD),
+    ("https://jira.example.com", JiraApi.DATACENTER),
+    ("https://atlassian.net.example.com", JiraApi.DATACENTER),
+    ("https://notatlassian.net", JiraApi.DATACENTER),
+    ("http://127.0.0.1:8080/jira", JiraApi.DATACENTER),
+])
+def test_the_api_is_detected_from_the_host_unless_set(url, api):
+    base = {"base_url": url, "token": "t", "projects": ["OPS"]}
+    assert detect_api(url) is api
+    assert JiraConnector(base).api is api
+    other = JiraApi.DATACENTER if api is JiraApi.CLOUD else JiraApi.CLOUD
+    assert JiraConnector({**base, "api": other.value}).api is other

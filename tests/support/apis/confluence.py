@@ -18,26 +18,19 @@ Tests change the state between syncs: :meth:`add_page`, :meth:`edit`, :meth:`res
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
-from tests.support.replay import FakeApi, Reply, Request
+from tests.support.apis._atlassian import AtlassianFake, clauses, keys_of, page_token, read_page_token, retarget
+from tests.support.replay import Reply, Request
 
 __all__ = ["FakeConfluence", "Page", "user"]
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "replay" / "confluence"
 CONTEXT = "/wiki"
-
-
-def _fixture(name: str) -> dict:
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
 
 
 def user(name: str) -> dict:
@@ -61,24 +54,17 @@ class Page:
     groups: list[str] = field(default_factory=list)
 
 
-class FakeConfluence(FakeApi):
-    def __init__(self, *, email: str = "bot@acme.example", token: str = "good-token", pat: str = "good-pat",
-                 time_zone: str = "UTC", start: datetime = datetime(2024, 5, 1, 8, 0, tzinfo=UTC),
-                 step: timedelta = timedelta(hours=1)) -> None:
-        self.basic = "Basic " + base64.b64encode(f"{email}:{token}".encode()).decode()
-        self.bearer = f"Bearer {pat}"
-        self.zone = ZoneInfo(time_zone)
-        self.now = start
-        self.step = step
+class FakeConfluence(AtlassianFake):
+    product = "confluence"
+
+    def __init__(self, **site: Any) -> None:
+        """``site``: :class:`AtlassianFake`'s credentials, time zone and clock."""
+        super().__init__(**site)
         self.spaces: dict[str, str] = {}
         self.pages: dict[str, Page] = {}
         self._next_id = 1000
 
     # -- state changes (tests) ----------------------------------------------------------------------
-    def tick(self) -> datetime:
-        self.now += self.step
-        return self.now
-
     def add_space(self, key: str, name: str | None = None) -> None:
         self.spaces[key] = name or key.title()
 
@@ -111,11 +97,8 @@ class FakeConfluence(FakeApi):
         del self.pages[page_id]
 
     # -- FakeApi ------------------------------------------------------------------------------------
-    def authorized(self, request: Request) -> bool:
-        return request.headers.get("authorization") in (self.basic, self.bearer)
-
     def error(self, status: int, message: str) -> Reply:
-        body = _fixture("error.json")
+        body = self.fixture("error.json")
         body["statusCode"], body["message"] = status, message
         return Reply(status, body)
 
@@ -141,7 +124,7 @@ class FakeConfluence(FakeApi):
     def _space(self, key: str) -> Reply:
         if key not in self.spaces:
             return self.error(404, f"No space found with key : {key}")
-        body = _retarget(_fixture("space.json"), "ENG", key)
+        body = retarget(self.fixture("space.json"), "ENG", key)
         body["name"] = self.spaces[key]
         return Reply(200, body)
 
@@ -156,7 +139,7 @@ class FakeConfluence(FakeApi):
         limit = min(int(request.arg("limit") or 25), cap)
         pages = match
         window = pages[start:start + limit]
-        body = _fixture("content_search.json")
+        body = self.fixture("content_search.json")
         body.update(results=[self._render(p, expand) for p in window], start=start, limit=limit, size=len(window),
                     totalSize=len(pages), cqlQuery=cql)
         params = {"cql": cql, "limit": limit, "expand": expand}
@@ -168,7 +151,7 @@ class FakeConfluence(FakeApi):
         start, limit = int(request.arg("start") or 0), min(int(request.arg("limit") or 25), 200)
         pages = [p for p in self.pages.values() if p.status == status and (space is None or p.space == space)]
         window = pages[start:start + limit]
-        body = _fixture("content_list.json")
+        body = self.fixture("content_list.json")
         body.update(results=[self._render(p, request.arg("expand") or "") for p in window], start=start,
                     limit=limit, size=len(window))
         params = {k: v for k, v in {"spaceKey": space, "type": "page", "status": status, "limit": limit}.items() if v}
@@ -181,8 +164,7 @@ class FakeConfluence(FakeApi):
         body["_links"]["self"] = f"{base}{route}?{urlencode(params)}"
         body["_links"].pop("next", None)
         if following < total:
-            extra = {"next": "true", "cursor": base64.b64encode(f"start={following}".encode()).decode()} if cursor \
-                else {"start": following}
+            extra = {"next": "true", "cursor": page_token(start=following)} if cursor else {"start": following}
             body["_links"]["next"] = f"{route}?{urlencode({**extra, **params})}"
 
     # -- CQL ----------------------------------------------------------------------------------------
@@ -190,14 +172,12 @@ class FakeConfluence(FakeApi):
         order = re.search(r"\s+ORDER\s+BY\s+(lastmodified|created)\s+(ASC|DESC)\s*$", cql, re.IGNORECASE)
         where = cql[:order.start()] if order else cql
         tests = []
-        for clause in re.split(r"\s+AND\s+", where.strip(), flags=re.IGNORECASE):
+        for clause in clauses(where):
             if re.fullmatch(r"type\s*=\s*page", clause, re.IGNORECASE):
                 continue
-            if m := re.fullmatch(r'space\s*(?:=\s*"?(\w+)"?|in\s*\(([^)]*)\))', clause, re.IGNORECASE):
-                keys = {m.group(1)} if m.group(1) else {k.strip().strip('"') for k in m.group(2).split(",")}
+            if (keys := keys_of("space", clause)) is not None:
                 tests.append(lambda p, keys=keys: p.space in keys)
-            elif m := re.fullmatch(r'lastmodified\s*>=\s*"(\d{4}-\d\d-\d\d \d\d:\d\d)"', clause, re.IGNORECASE):
-                since = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M").replace(tzinfo=self.zone)
+            elif (since := self.since("lastmodified", clause, "%Y-%m-%d %H:%M")) is not None:
                 tests.append(lambda p, since=since: p.when >= since)
             else:
                 raise ValueError(f"unsupported clause {clause!r}")
@@ -209,17 +189,17 @@ class FakeConfluence(FakeApi):
 
     # -- rendering ----------------------------------------------------------------------------------
     def _render(self, page: Page, expand: str) -> dict:
-        template = _fixture("page.json")
+        template = self.fixture("page.json")
         wanted = set(expand.split(",")) if expand else set()
-        out = _retarget({k: v for k, v in template.items()
+        out = retarget({k: v for k, v in template.items()
                          if k not in ("space", "version", "ancestors", "body", "restrictions")}, "393219", page.id)
         out.update(id=page.id, title=page.title, status=page.status)
         out["_links"]["webui"] = f"/spaces/{page.space}/pages/{page.id}/{page.title.replace(' ', '+')}"
         if "space" in wanted:
-            out["space"] = _retarget(template["space"], "ENG", page.space)
+            out["space"] = retarget(template["space"], "ENG", page.space)
             out["space"]["name"] = self.spaces.get(page.space, page.space)
         if "version" in wanted:
-            out["version"] = _retarget(template["version"], "393219", page.id)
+            out["version"] = retarget(template["version"], "393219", page.id)
             out["version"].update(number=page.version, when=_iso(page.when))
         if "ancestors" in wanted:
             out["ancestors"] = [self._ancestor(template["ancestors"][0], a) for a in self._ancestry(page)]
@@ -227,7 +207,7 @@ class FakeConfluence(FakeApi):
             out["body"] = copy.deepcopy(template["body"])
             out["body"]["storage"]["value"] = page.body
         if any(w.startswith("restrictions.read") for w in wanted):
-            out["restrictions"] = _retarget(template["restrictions"], "393219", page.id)
+            out["restrictions"] = retarget(template["restrictions"], "393219", page.id)
             read = out["restrictions"]["read"]["restrictions"]
             read["user"].update(results=copy.deepcopy(page.users), size=len(page.users))
             groups = [{**read["group"]["results"][0], "name": g, "id": f"group-{g}"} for g in page.groups]
@@ -242,7 +222,7 @@ class FakeConfluence(FakeApi):
         return chain
 
     def _ancestor(self, template: dict, page: Page) -> dict:
-        out = _retarget(template, "262160", page.id)
+        out = retarget(template, "262160", page.id)
         out.update(id=page.id, title=page.title, status=page.status)
         return out
 
@@ -250,13 +230,8 @@ class FakeConfluence(FakeApi):
 def _cursor_start(request: Request) -> int:
     cursor = request.arg("cursor")
     if cursor:
-        return int(base64.b64decode(cursor).decode().split("=", 1)[1])
+        return int(read_page_token(cursor)["start"])
     return int(request.arg("start") or 0)
-
-
-def _retarget(value: dict, old: str, new: str) -> dict:
-    """A deep copy with the recorded id or key replaced in every string (self links and the like)."""
-    return json.loads(json.dumps(value).replace(old, new))
 
 
 def _iso(when: datetime) -> str:
