@@ -103,6 +103,7 @@ class SentenceTransformerEmbedder:
         self.name = f"sentence-transformers:{path.name}"
         self._tokenizer = self._model.tokenizer
         self.max_tokens: int = int(self._model.max_seq_length or 256)
+        self._model.eval()  # encode() does this per call; questions skip encode() (no dropout, ever)
         self._query_model = self._model
         if settings.query_int8 and settings.device == "cpu":
             self._query_model = _int8_copy(self._model)
@@ -122,8 +123,14 @@ class SentenceTransformerEmbedder:
         return vectors.astype(np.float32, copy=False)
 
     def _encode_queries(self, texts: list[str]) -> np.ndarray:
-        vectors = self._query_model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                           convert_to_numpy=True, show_progress_bar=False)
+        """A batch of questions straight through the model's modules: ``encode()`` re-walks every module
+        (``eval()``), sorts by length and converts per call, ~1 ms of a 4-6 ms question batch."""
+        import torch
+
+        with torch.inference_mode():
+            features = self._query_model.preprocess(texts)
+            out = self._query_model.forward(features)["sentence_embedding"]
+            vectors = torch.nn.functional.normalize(out.float(), dim=1).numpy()
         return vectors.astype(np.float32, copy=False)
 
     def embed_query(self, text: str) -> np.ndarray:

@@ -37,3 +37,14 @@ def test_int8_questions_match_float_questions(embedder, float_embedder) -> None:
 def test_documents_never_use_the_int8_model(embedder, float_embedder) -> None:
     a, b = embedder.embed_documents(DOCS), float_embedder.embed_documents(DOCS)
     assert np.allclose(a, b, atol=1e-5)  # the index is the same whichever question encoder is configured
+
+
+def test_question_vectors_are_deterministic_and_match_document_vectors_in_float() -> None:
+    # questions skip SentenceTransformer.encode() (modules called directly): same pooling and normalisation,
+    # no dropout, even in a fresh embedder asked a question before it ever embedded a document
+    fresh = SentenceTransformerEmbedder(EmbeddingSettings(query_int8=False, query_cache=0))
+    q = QUESTIONS[0]
+    first, again = fresh.embed_query(q), fresh.embed_query(q)
+    assert np.array_equal(first, again)
+    assert np.allclose(first, fresh.embed_documents([q])[0], atol=1e-5)
+
