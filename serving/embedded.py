@@ -37,7 +37,6 @@ Adapters
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import inspect
 import json
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from citeline.errors import ConfigError, GenerationError
+from citeline.filelock import file_lock
 from citeline.serving.generation import Generation, GenerationRequest
 from citeline.settings import GenerationSettings
 
@@ -100,7 +100,7 @@ def ensure_base_model(home: Path) -> Path:
     if _is_converted(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{BASE_MODEL_NAME}.lock"):
+    with file_lock(target.parent / f".{BASE_MODEL_NAME}.lock", "converting the embedded model"):
         if _is_converted(target):  # another process finished while we waited for the lock
             return target
         if target.exists():
@@ -123,21 +123,6 @@ def ensure_base_model(home: Path) -> Path:
 
 def _is_converted(folder: Path) -> bool:
     return (folder / _MARKER).is_file() and (folder / "model.safetensors").is_file()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock between processes (released when the file is closed, even on a crash)."""
-    with open(path, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process converting the embedded model (%s)", path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _convert(gguf: Path, dest: Path) -> None:

