@@ -92,12 +92,21 @@ class OnnxInt8Encoder:
             raise _Unavailable(f"pooling mode {self.pooling!r} (only mean and cls are exported)")
         self.tokenizer = model.tokenizer
         self.max_length = int(model.max_seq_length or 256)
-        path = _ensure_exported(modules[0].auto_model, list(self.tokenizer.model_input_names), model_dir, cache_dir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = list(self.tokenizer.model_input_names)
+        for attempt in (1, 2):  # a cached file that does not load (damaged, foreign) is exported again, once
+            path = _ensure_exported(modules[0].auto_model, names, model_dir, cache_dir)
+            try:
+                self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                break
+            except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+                if attempt == 2:
+                    raise _Unavailable(f"onnxruntime cannot load {path} ({exc})") from exc
+                log.warning("question encoder: %s does not load (%s); exporting it again", path, exc)
+                path.unlink(missing_ok=True)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.path = path
 
@@ -221,4 +230,7 @@ def _quantize(src: Path, dst: Path) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
         raise _Unavailable(f"onnxruntime.quantization unavailable ({exc})") from exc
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    except Exception as exc:  # a graph the quantizer cannot handle: fall back, say why
+        raise _Unavailable(f"int8 quantization failed ({type(exc).__name__}: {exc})") from exc

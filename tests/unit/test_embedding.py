@@ -64,6 +64,17 @@ def test_auto_prefers_onnx_and_reuses_the_export(tmp_path) -> None:
     assert np.allclose(first.embed_query(q), second.embed_query(q), atol=1e-6)
 
 
+def test_a_damaged_cached_export_is_exported_again(tmp_path) -> None:
+    first = embedder_with("auto", tmp_path)
+    cached = first.query_encoder.path
+    cached.write_bytes(b"not an onnx model")  # a disk that lost the file's contents
+    again = embedder_with("auto", tmp_path)
+    assert again.query_encoder.engine == "onnx-int8" and again.query_encoder.path == cached
+    assert cached.stat().st_size > 1_000_000
+    q = QUESTIONS[2]
+    assert np.allclose(first.embed_query(q), again.embed_query(q), atol=1e-6)
+
+
 def test_a_file_where_the_cache_should_be_falls_back_or_names_the_fix(tmp_path) -> None:
     blocker = tmp_path / "cache"
     blocker.write_text("not a folder")  # mkdir under it fails, for root too (a read-only folder would not)
