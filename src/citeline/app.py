@@ -97,7 +97,9 @@ class Citeline:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             factory = plugins.load(plugins.EMBEDDERS, self.settings.embedding.provider)
-            self._embedder = factory(self.settings.embedding)
+            e, resolve = self.settings.embedding, self.settings.resolve_path  # paths: relative to the config file
+            self._embedder = factory(e.model_copy(update={"model": e.model and str(resolve(e.model)),
+                                                          "cache": e.cache and resolve(e.cache)}))
         return self._embedder
 
     @functools.cached_property

@@ -96,3 +96,15 @@ def test_float_questions_are_deterministic_and_match_document_vectors() -> None:
 def test_documents_never_use_an_int8_engine(embedder, exact) -> None:
     a, b = embedder.embed_documents(DOCS), exact.embed_documents(DOCS)
     assert np.allclose(a, b, atol=1e-5)  # the index is the same whichever question encoder is configured
+
+
+def test_cache_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkeypatch) -> None:
+    from citeline.app import Citeline
+    from citeline.settings import Settings
+
+    (tmp_path / "conf").mkdir()
+    toml = tmp_path / "conf" / "citeline.toml"
+    toml.write_text('[embedding]\ncache = "qcache"\n')
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    embedder = Citeline(Settings.load(toml)).embedder
+    assert embedder.query_encoder.path.parent == (tmp_path / "conf" / "qcache" / "query-encoders").resolve()
