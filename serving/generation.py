@@ -13,6 +13,11 @@ the embedded backend switches peft adapters per request). Backends that host ada
 Every backend must:
 
 - ``generate`` → :class:`Generation` (whole text) and ``stream`` → text deltas, same content;
+- honour ``request.stop``: end before the first stop string would appear (hold back text that may begin
+  one), and report ``Generation.finish_reason`` ``"stop"`` or ``"length"``. For a stream, the generator
+  ``stream`` returns may *return* the finish reason (``StopIteration.value``; in a generator,
+  ``reason = yield from backend.stream(request)``); ``None`` there means the backend does not say
+  (the embedded backend always does);
 - ``count_tokens`` with the model's own tokenizer (the prompt builder's budget depends on it);
 - raise :class:`citeline.errors.GenerationError` (message names the backend and the fix) when the model
   cannot answer at all (server down, timeout after retries, unknown adapter).
@@ -62,6 +67,8 @@ class GenerationRequest:
     model: str | None = None
     max_tokens: int = 256
     temperature: float = 0.0
+    # Stop sequences: generation ends before the first one would be emitted (finish_reason "stop").
+    stop: tuple[str, ...] = ()
     # The evidence the messages quote, for backends that answer without a model (extractive).
     question: str = ""
     evidence: tuple[Evidence, ...] = field(default_factory=tuple)
@@ -73,7 +80,7 @@ class Generation:
     model: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str = "stop"
+    finish_reason: str = "stop"  # "stop" (end of answer or a stop sequence) or "length" (max_tokens reached)
 
 
 @runtime_checkable

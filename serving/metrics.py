@@ -21,6 +21,12 @@ class Metrics:
                                         buckets=(0, 1, 2, 3, 4, 6, 8, 12, 20), registry=self.registry)
         self.invalid_citations = Counter("citeline_invalid_citations", "citations removed because no such evidence",
                                          registry=self.registry)
+        self.verification = Counter("citeline_answer_verification", "answers by verification outcome: verified "
+                                    "(every delivered sentence supported), fallback (replaced by the extractive "
+                                    "answer), flagged (unsupported sentences kept and marked), unchecked",
+                                    ["outcome", "policy"], registry=self.registry)
+        self.unsupported = Counter("citeline_unsupported_sentences", "sentences of model answers judged unsupported "
+                                   "(dropped, replaced or flagged by the policy)", ["policy"], registry=self.registry)
         self.auth_failures = Counter("citeline_auth_failures", "requests refused for a missing or bad key",
                                      registry=self.registry)
         self.pool_size = Gauge("citeline_db_pool_size", "connections in the pool", registry=self.registry)
@@ -28,7 +34,14 @@ class Metrics:
         self.pool_waiting = Gauge("citeline_db_pool_requests_waiting", "requests waiting for a connection",
                                   registry=self.registry)
 
-    def observe_answer(self, latency_ms: dict[str, float], *, refused: bool, shown: int, invalid: int) -> None:
+    def observe_answer(self, latency_ms: dict[str, float], *, refused: bool, shown: int, invalid: int,
+                       policy: str = "off", verified: bool = False, fallback: bool = False,
+                       unsupported: int = 0) -> None:
+        outcome = ("fallback" if fallback else "flagged" if policy == "flag" and unsupported
+                   else "verified" if verified else "unchecked")
+        self.verification.labels(outcome, policy).inc()
+        if unsupported:
+            self.unsupported.labels(policy).inc(unsupported)
         for stage, ms in latency_ms.items():
             self.stage.labels(stage.removesuffix("_ms")).observe(ms / 1000)
         self.answers.labels("refused" if refused else "answered").inc()

@@ -10,26 +10,41 @@ Refusal: when the best visible chunk's cosine similarity to the question is belo
 ``answer.min_score`` (or nothing is visible) the answer is :data:`citeline.prompting.REFUSAL` with the
 closest sources, and the model is not called. Citations ``[n]`` that name no evidence are removed from
 the answer (also from a stream, as it is produced) and counted.
+
+Verification (:mod:`citeline.verification`, policy ``answer.verify``): every sentence of the model's
+answer that states something must cite evidence that supports it; unsupported sentences are dropped,
+flagged, or the answer is replaced by the extractive answer from the same evidence. Streams release a
+sentence only once it is verified. A streamed answer writes a second audit row when it ends
+(``answer.end``: the delivered text and its verification), referring to the first.
+
+Conversations: earlier turns (``history``) make a follow-up question standalone for retrieval
+(:mod:`citeline.conversation`) and go into the prompt; the audit row records the question retrieval used.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from citeline.audit import AuditLog
+from citeline.extractive import extractive_answer
 from citeline.domain import Principal, SearchHit, SearchMode
 from citeline.errors import GenerationError, ModelNotFoundError
 from citeline.prompting import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
 from citeline.retrieval import Retriever
 from citeline.registry import AdapterRouter, ModelChoice
-from citeline.serving.generation import AdapterHost, GenerationBackend, GenerationRequest
+from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings, GenerationSettings
+from citeline.verification import (LexicalVerifier, SentenceGate, Unsupported, Verification, Verifier,
+                                   stream_through, verify_text)
 
 __all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "best_similarity"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,12 +78,22 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model_note: str | None = None  # why the team's adapter was not used (the base model answered)
+    # verification (citeline.verification): every delivered sentence supported by the evidence it cites?
+    verified: bool = False
+    unsupported: tuple[Unsupported, ...] = ()  # sentences of the model's answer judged unsupported, and why
+    verify_policy: str = "off"  # the policy applied: fallback | drop | flag | off
+    fallback: bool = False  # the delivered text is the extractive answer from the same evidence
+    finish_reason: str = "stop"  # "stop" or "length" (max_tokens reached)
+    retrieval_question: str = ""  # the standalone question retrieval used (a follow-up rewritten with its history)
 
     def as_dict(self) -> dict[str, Any]:
         return {"question": self.question, "answer": self.text, "refused": self.refused,
                 "citations": [c.as_dict() for c in self.citations], "sources": [c.as_dict() for c in self.sources],
                 "invalid_citations": self.invalid_citations, "model": self.model, "model_note": self.model_note,
                 "best_score": self.best_score,
+                "verified": self.verified, "verify_policy": self.verify_policy, "fallback": self.fallback,
+                "unsupported": [u.as_dict() for u in self.unsupported],
+                "finish_reason": self.finish_reason, "retrieval_question": self.retrieval_question or self.question,
                 "latency_ms": self.latency_ms, "audit_id": self.audit_id,
                 "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}}
 
@@ -85,6 +110,12 @@ class _Prepared:
     sources: tuple[Citation, ...]
     latency: dict[str, float] = field(default_factory=dict)
     note: str | None = None
+    retrieval_question: str = ""
+    rewrite: str = "none"
+    history: tuple[ChatMessage, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
 
 
 def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | None:
@@ -112,13 +143,14 @@ class Assistant:
 
     def __init__(self, retriever: Retriever, backend: GenerationBackend, audit: AuditLog, *,
                  answer: AnswerSettings | None = None, generation: GenerationSettings | None = None,
-                 router: AdapterRouter | None = None) -> None:
+                 router: AdapterRouter | None = None, verifier: Verifier | None = None) -> None:
         self.retriever = retriever
         self.router = router
         self.backend = backend
         self.audit = audit
         self.settings = answer or AnswerSettings()
         self.generation = generation or GenerationSettings()
+        self.verifier: Verifier = verifier or LexicalVerifier(embedder=getattr(retriever, "embedder", None))
 
     # -- stages ------------------------------------------------------------------------------------
     def resolve_model(self, principal: Principal, requested: str | None) -> ModelChoice:
@@ -143,9 +175,25 @@ class Assistant:
                                      f"(available: {', '.join(self.backend.models())})")
         return choice
 
-    def _prepare(self, question: str, principal: Principal, model: str | None) -> _Prepared:
+    def _standalone(self, question: str, history: tuple[ChatMessage, ...]) -> tuple[str, str]:
+        if not history:
+            return question, "none"
+        from citeline.conversation import standalone_question
+
+        mode = self.settings.rewrite
+        use_model = mode == "model" or (mode == "auto" and self.backend.name == "openai")
+        rewrite = standalone_question(question, history, self.backend if use_model else None)
+        return rewrite.question, rewrite.method
+
+    def _prepare(self, question: str, principal: Principal, model: str | None, *,
+                 history: Sequence[ChatMessage] = (), max_tokens: int | None = None,
+                 temperature: float | None = None, stop: Sequence[str] = ()) -> _Prepared:
         choice = self.resolve_model(principal, model)
-        result = self.retriever.search(question, user=principal.user, k=self.settings.evidence_k,
+        history = tuple(m for m in history if m.role in ("user", "assistant"))
+        t0 = time.perf_counter()
+        standalone, method = self._standalone(question, history)
+        rewrite_ms = (time.perf_counter() - t0) * 1000
+        result = self.retriever.search(standalone, user=principal.user, k=self.settings.evidence_k,
                                        mode=SearchMode.HYBRID)
         best = best_similarity(result.hits)
         refused = best is None or best < self.settings.min_score
@@ -155,23 +203,48 @@ class Assistant:
             sources = tuple(_citation(i, h) for i, h in enumerate(ranked[: self.settings.refusal_sources], 1))
             prompt = None
         else:
+            extra: dict[str, Any] = {}
+            if history:
+                from citeline.conversation import prompt_history
+
+                extra["history"] = prompt_history(history, self.backend.count_tokens, self.settings.history_tokens)
             prompt = build_prompt(question, result.hits, self.backend.count_tokens,
-                                  evidence_tokens=self.generation.evidence_tokens)
+                                  evidence_tokens=self.generation.evidence_tokens, **extra)
             by_chunk = {h.chunk_id: h for h in result.hits}
             sources = tuple(_citation(e.n, by_chunk[e.chunk_id]) for e in prompt.evidence)
         latency = {"embed_ms": result.embed_ms, "retrieve_ms": result.db_ms,
                    "prompt_ms": (time.perf_counter() - t1) * 1000}
+        if history:
+            latency["rewrite_ms"] = rewrite_ms
         return _Prepared(question, principal, choice.model, result.hits, best, refused, prompt, sources, latency,
-                         choice.note)
+                         choice.note, standalone, method, history, max_tokens, temperature, tuple(stop))
 
     def _request(self, p: _Prepared) -> GenerationRequest:
         assert p.prompt is not None
+        limit = self.generation.max_tokens if p.max_tokens is None else min(p.max_tokens, self.generation.max_tokens)
         return GenerationRequest(p.prompt.messages, model=None if p.model == self.backend.base_model else p.model,
-                                 max_tokens=self.generation.max_tokens, temperature=self.generation.temperature,
-                                 question=p.question, evidence=p.prompt.evidence)
+                                 max_tokens=limit,
+                                 temperature=self.generation.temperature if p.temperature is None else p.temperature,
+                                 stop=p.stop, question=p.retrieval_question or p.question, evidence=p.prompt.evidence)
 
-    def _audit(self, p: _Prepared, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float]) -> int:
-        payload = {
+    def _verify(self, p: _Prepared, text: str) -> Verification:
+        evidence = p.prompt.evidence if p.prompt is not None else ()
+        question = p.retrieval_question or p.question
+        return verify_text(text, question=question, evidence=evidence, verifier=self.verifier,
+                           policy=self.settings.verify, min_supported=self.settings.min_supported,
+                           repair=self.settings.repair_citations,
+                           fallback=lambda: extractive_answer(question, evidence))
+
+    def _gate(self, p: _Prepared) -> SentenceGate:
+        evidence = p.prompt.evidence if p.prompt is not None else ()
+        question = p.retrieval_question or p.question
+        return SentenceGate(question, evidence, self.verifier, self.settings.verify,
+                            repair=self.settings.repair_citations,
+                            fallback=lambda: extractive_answer(question, evidence))
+
+    def _audit(self, p: _Prepared, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float],
+               verification: Verification | None = None) -> int:
+        payload: dict[str, Any] = {
             "question": p.question, "model": p.model, "model_note": p.note, "refused": p.refused,
             "streamed": streamed,
             "best_score": None if p.best is None else round(p.best, 4),
@@ -180,16 +253,33 @@ class Assistant:
             "groups": list(p.principal.groups), "invalid_citations": invalid,
             "latency_ms": {k: round(v, 2) for k, v in {**p.latency, **extra}.items()},
         }
+        if p.history:
+            payload["retrieval_question"] = p.retrieval_question
+            payload["rewrite"] = p.rewrite
+            payload["history_turns"] = len(p.history)
+        if verification is not None:
+            payload["verification"] = verification.as_dict()
         if text is not None:
             payload["answer"] = text
         return self.audit.append("ask", "answer", principal=p.principal.user, team=p.principal.team,
                                  payload=payload).id
 
     # -- public ------------------------------------------------------------------------------------
-    def ask(self, question: str, principal: Principal, *, model: str | None = None) -> Answer:
+    def ask(self, question: str, principal: Principal, *, model: str | None = None,
+            history: Sequence[ChatMessage] = (), max_tokens: int | None = None, temperature: float | None = None,
+            stop: Sequence[str] = ()) -> Answer:
+        """Answer ``question`` for ``principal``: retrieve, generate, verify, audit (see the module docstring).
+
+        ``history`` is the conversation before this question (user and assistant turns); ``max_tokens``
+        (capped by ``generation.max_tokens``), ``temperature`` and ``stop`` override the settings for this
+        answer.
+        """
         t0 = time.perf_counter()
-        p = self._prepare(question, principal, model)
+        p = self._prepare(question, principal, model, history=history, max_tokens=max_tokens,
+                          temperature=temperature, stop=stop)
         gen_tokens = (0, 0)
+        finish = "stop"
+        v: Verification | None = None
         if p.refused:
             text, cited, invalid = REFUSAL, (), 0
         else:
@@ -200,22 +290,34 @@ class Assistant:
                 raise GenerationError(f"the {self.backend.name} backend answered with model {gen.model!r} for a "
                                       f"request routed to {p.model!r}; check the model server's served names")
             check = check_citations(gen.text, len(p.sources))
-            text, cited, invalid = check.text, check.cited, check.invalid
+            invalid = check.invalid
+            v = self._verify(p, check.text)
+            p.latency["verify_ms"] = v.ms
+            text, cited = v.text, v.cited
             p.refused = _is_refusal(text)  # the model itself may decline from the evidence
             gen_tokens = (gen.prompt_tokens, gen.completion_tokens)
+            finish = gen.finish_reason
         t2 = time.perf_counter()
         audit_id = self._audit(p, text=text, invalid=invalid, streamed=False,
-                               extra={"total_ms": (t2 - t0) * 1000})
+                               extra={"total_ms": (t2 - t0) * 1000}, verification=v)
         p.latency["audit_ms"] = (time.perf_counter() - t2) * 1000
         p.latency["total_ms"] = (time.perf_counter() - t0) * 1000
         by_n = {c.n: c for c in p.sources}
         return Answer(question, text, p.refused, tuple(by_n[n] for n in cited), p.sources, invalid, p.model,
-                      p.best, {k: round(v, 2) for k, v in p.latency.items()}, audit_id, *gen_tokens, p.note)
+                      p.best, {k: round(x, 2) for k, x in p.latency.items()}, audit_id, *gen_tokens, p.note,
+                      verified=v.verified if v else p.refused and self.settings.verify != "off",
+                      unsupported=v.unsupported if v else (), verify_policy=self.settings.verify,
+                      fallback=v.fallback if v else False, finish_reason=finish,
+                      retrieval_question=p.retrieval_question)
 
-    def stream(self, question: str, principal: Principal, *, model: str | None = None) -> AnswerStream:
-        """Retrieve, audit, then return a stream whose deltas can be sent as they come."""
+    def stream(self, question: str, principal: Principal, *, model: str | None = None,
+               history: Sequence[ChatMessage] = (), max_tokens: int | None = None, temperature: float | None = None,
+               stop: Sequence[str] = ()) -> AnswerStream:
+        """Retrieve, audit, then return a stream whose deltas can be sent as they come (each sentence once
+        it is verified)."""
         t0 = time.perf_counter()
-        p = self._prepare(question, principal, model)
+        p = self._prepare(question, principal, model, history=history, max_tokens=max_tokens,
+                          temperature=temperature, stop=stop)
         audit_id = self._audit(p, text=REFUSAL if p.refused else None, invalid=0, streamed=True,
                                extra={"before_stream_ms": (time.perf_counter() - t0) * 1000})
         return AnswerStream(self, p, audit_id, t0)
@@ -237,29 +339,62 @@ class AnswerStream:
 
     def __iter__(self) -> Iterator[str]:
         p = self._p
+        a = self._a
+        finish = "stop"
         if p.refused:
             deltas: Iterator[str] = iter([REFUSAL])
         else:
-            deltas = self._a.backend.stream(self._a._request(p))
+            request = a._request(p)
+            deltas = a.backend.stream(request)
         t1 = time.perf_counter()
         filt = _CitationFilter(len(p.sources))
+        gate = a._gate(p) if not p.refused else None
+
+        def raw() -> Iterator[str]:
+            nonlocal finish
+            result = yield from deltas  # a backend's stream may return its finish reason
+            if isinstance(result, str) and result:
+                finish = result
+
+        def filtered() -> Iterator[str]:
+            for delta in raw():
+                out = filt.feed(delta)
+                if out:
+                    yield out
+            tail = filt.flush()
+            if tail:
+                yield tail
+
         parts: list[str] = []
-        for delta in deltas:
-            out = filt.feed(delta)
-            if out:
-                parts.append(out)
-                yield out
-        tail = filt.flush()
-        if tail:
-            parts.append(tail)
-            yield tail
+        source = stream_through(gate, filtered()) if gate is not None else filtered()
+        for out in source:
+            parts.append(out)
+            yield out
         p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
         p.latency["total_ms"] = (time.perf_counter() - self._t0) * 1000
-        check = check_citations("".join(parts), len(p.sources))
+        v = gate.result if gate is not None else None
+        if v is not None:
+            p.latency["verify_ms"] = v.ms
+        text = "".join(parts).strip()
+        check = check_citations(text, len(p.sources))
         by_n = {c.n: c for c in p.sources}
-        self.answer = Answer(p.question, "".join(parts), p.refused or _is_refusal("".join(parts)),
+        refused = p.refused or _is_refusal(text)
+        self.answer = Answer(p.question, text, refused,
                              tuple(by_n[n] for n in check.cited), p.sources, filt.invalid, p.model, p.best,
-                             {k: round(v, 2) for k, v in p.latency.items()}, self.audit_id, model_note=p.note)
+                             {k: round(x, 2) for k, x in p.latency.items()}, self.audit_id, model_note=p.note,
+                             verified=v.verified if v else refused and a.settings.verify != "off",
+                             unsupported=v.unsupported if v else (), verify_policy=a.settings.verify,
+                             fallback=v.fallback if v else False, finish_reason=finish or "stop",
+                             retrieval_question=p.retrieval_question)
+        if not p.refused:  # the first row had no text: record what was delivered and how it was verified
+            try:
+                a.audit.append("ask", "answer.end", principal=p.principal.user, team=p.principal.team,
+                               payload={"answer_audit_id": self.audit_id, "answer": text,
+                                        "invalid_citations": filt.invalid, "finish_reason": finish or "stop",
+                                        "verification": v.as_dict() if v else None,
+                                        "latency_ms": {k: round(x, 2) for k, x in p.latency.items()}})
+            except Exception:  # the answer is already delivered; the first row stands
+                log.exception("could not audit the end of streamed answer %s", self.audit_id)
 
 
 class _CitationFilter:

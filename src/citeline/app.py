@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,9 +36,10 @@ from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
 from citeline.keys import KeyStore, NewKey
 from citeline.retrieval import Retriever, SearchResult
 from citeline.registry import AdapterRegistry, AdapterRouter, AdapterVersion
-from citeline.serving.generation import AdapterHost, GenerationBackend
+from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend
 from citeline.settings import Settings, SourceSettings
 from citeline.store import PrincipalStore
+from citeline.verification import Verifier
 
 if TYPE_CHECKING:
     from citeline.serving.hotswap import HostReport, Promotion
@@ -148,9 +150,21 @@ class Citeline:
         return AdapterRouter(self.registry, ttl_s=self.settings.adapters.cache_s)
 
     @functools.cached_property
+    def verifier(self) -> Verifier:
+        """The answer verifier named by ``answer.verifier`` (group ``citeline.verifiers``), with its options."""
+        a = self.settings.answer
+        cls = plugins.load(plugins.VERIFIERS, a.verifier)
+        try:
+            config = cls.Config.model_validate(a.verifier_options)
+        except ValueError as exc:
+            raise ConfigError(f"invalid answer.verifier_options for verifier {a.verifier!r}:\n{exc}") from exc
+        return cls(config, embedder=self.embedder)
+
+    @functools.cached_property
     def assistant(self) -> Assistant:
         return Assistant(self.retriever, self.backend, self.audit, answer=self.settings.answer,
-                         generation=self.settings.generation, router=self.router)
+                         generation=self.settings.generation, router=self.router,
+                         verifier=self.verifier if self.settings.answer.verify != "off" else None)
 
     # -- operations ---------------------------------------------------------------------------------
     def sync(self, source: str | None = None, *, full: bool = False,
@@ -177,12 +191,17 @@ class Citeline:
         """Top-k chunks that ``user`` may see. An unknown user sees public documents only."""
         return self.retriever.search(query, user=user, k=k, mode=mode)
 
-    def ask(self, question: str, *, user: str, model: str | None = None) -> Answer:
-        """A grounded, cited (or refused) answer for ``user``; audited before it is returned."""
-        return self.assistant.ask(question, self.principals.get(user), model=model)
+    def ask(self, question: str, *, user: str, model: str | None = None,
+            history: Sequence[ChatMessage] = ()) -> Answer:
+        """A grounded, cited (or refused) answer for ``user``; audited before it is returned.
 
-    def ask_stream(self, question: str, *, user: str, model: str | None = None) -> AnswerStream:
-        return self.assistant.stream(question, self.principals.get(user), model=model)
+        ``history``: the conversation's earlier turns (a follow-up is rewritten for retrieval with them).
+        """
+        return self.assistant.ask(question, self.principals.get(user), model=model, history=history)
+
+    def ask_stream(self, question: str, *, user: str, model: str | None = None,
+                   history: Sequence[ChatMessage] = ()) -> AnswerStream:
+        return self.assistant.stream(question, self.principals.get(user), model=model, history=history)
 
     # -- admin actions: each one is audited with the acting identity -------------------------------
     def add_principal(self, principal: Principal, *, actor: str) -> Principal:

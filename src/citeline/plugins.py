@@ -7,6 +7,7 @@ citeline.connectors    a connector class                               :mod:`cit
 citeline.chunkers      ``factory(ChunkingSettings, tokenize)``          :class:`citeline.ingest.chunking.Chunker`
 citeline.embedders     ``factory(EmbeddingSettings)``                   :class:`citeline.ingest.embedding.Embedder`
 citeline.generators    ``factory(GenerationSettings, home)``            :mod:`citeline.serving.generation`
+citeline.verifiers     a class: ``cls(cls.Config(**options), embedder=)``  :mod:`citeline.verification`
 =====================  ==============================================  =====================================
 
 Built-ins are registered in citeline's own ``pyproject.toml`` exactly as a third-party package
@@ -20,12 +21,13 @@ from typing import Any
 
 from citeline.errors import ConfigError
 
-__all__ = ["CHUNKERS", "CONNECTORS", "EMBEDDERS", "GENERATORS", "available", "load"]
+__all__ = ["CHUNKERS", "CONNECTORS", "EMBEDDERS", "GENERATORS", "VERIFIERS", "available", "load"]
 
 CONNECTORS = "citeline.connectors"
 CHUNKERS = "citeline.chunkers"
 EMBEDDERS = "citeline.embedders"
 GENERATORS = "citeline.generators"
+VERIFIERS = "citeline.verifiers"
 
 
 def available(group: str) -> list[str]:

@@ -122,6 +122,13 @@ class GenerationSettings(_Section):
     repetition_penalty: float = Field(1.3, ge=1.0, le=3.0, description="embedded: penalise tokens the answer "
                                       "already used (small models loop under greedy decoding); 1.0 = off")
     device: str = "cpu"
+    engine: Literal["auto", "llamacpp", "transformers"] = Field(
+        "auto", description="embedded: what runs base-model requests. llamacpp: the GGUF in process with xllamacpp "
+        "(fast load, low memory); transformers: a Hugging Face folder with torch. auto: llamacpp when xllamacpp "
+        "imports and the model is the packaged GGUF or a .gguf file, else transformers. Requests naming a LoRA "
+        "adapter always run on transformers + peft, loaded on first use")
+    threads: int = Field(1, ge=1, le=256, description="embedded llamacpp: CPU threads for generation (1 is "
+                         "fastest on 2 shared cores: more threads wait on each other)")
 
 
 class AnswerSettings(_Section):
@@ -132,6 +139,23 @@ class AnswerSettings(_Section):
                              "example corpus: see docs/benchmarks.md)")
     evidence_k: int = Field(6, ge=1, le=50, description="retrieved chunks offered to the prompt builder")
     refusal_sources: int = Field(3, ge=0, le=20, description="closest sources listed with a refusal")
+    verify: Literal["fallback", "drop", "flag", "off"] = Field(
+        "fallback", description="check every sentence against the evidence it cites (citeline.verification): "
+        "fallback = drop unsupported sentences and answer extractively from the same evidence when fewer than "
+        "min_supported survive; drop = drop them; flag = keep them marked [unverified]; off = no check")
+    verifier: str = Field("lexical", description="entry point in group citeline.verifiers")
+    verifier_options: dict[str, Any] = Field(default_factory=dict, description="the verifier's own typed options "
+                                             "(its Config model), e.g. {min_coverage = 0.8}")
+    min_supported: float = Field(0.5, ge=0.0, le=1.0, description="fallback: the share of the model's stating "
+                                 "sentences that must be supported to keep its answer")
+    repair_citations: bool = Field(True, description="a stating sentence without [n] gets the citation of the one "
+                                   "piece of evidence that supports it (else it is unsupported)")
+    rewrite: Literal["auto", "model", "rules"] = Field(
+        "auto", description="follow-up questions in a conversation become standalone questions for retrieval: "
+        "model = ask the generation model (checked; rules if its rewrite is unusable), rules = deterministic, "
+        "auto = model for the openai backend, rules otherwise")
+    history_tokens: int = Field(400, ge=0, le=8192, description="earlier turns of a conversation kept in the prompt "
+                                "(the most recent that fit)")
 
 
 class AdapterSettings(_Section):

@@ -42,7 +42,14 @@ def ask(
         for c in shown:
             console.print(f"  [{c.n}] {c.title}" + (f"  {c.url}" if c.url else ""), highlight=False, markup=False)
     lat = answer.latency_ms
+    if answer.unsupported or answer.fallback:
+        what = ("the model's answer could not be verified against the evidence; this is the extractive answer "
+                "from the same evidence" if answer.fallback else
+                f"{len(answer.unsupported)} unsupported sentence(s) "
+                + ("marked [unverified]" if answer.verify_policy == "flag" else "removed"))
+        console.print(f"\nverification ({answer.verify_policy}): {what}", style="dim", highlight=False, markup=False)
     if answer.model_note:
         console.print(f"\nnote: {answer.model_note}", style="dim", highlight=False, markup=False)
     console.print(f"\n{answer.model} · {lat.get('total_ms', 0):.0f} ms (retrieval {lat.get('retrieve_ms', 0):.0f}, "
-                  f"generation {lat.get('generate_ms', 0):.0f}) · audit #{answer.audit_id}", style="dim")
+                  f"generation {lat.get('generate_ms', 0):.0f}, verification {lat.get('verify_ms', 0):.0f}) · "
+                  f"audit #{answer.audit_id}", style="dim")

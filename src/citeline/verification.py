@@ -1,0 +1,556 @@
+"""Answer verification: every sentence that states something must cite evidence that supports it.
+
+The contract (extension point ``citeline.verifiers``)
+    An entry point names a class with a pydantic ``Config`` model (its own options, from
+    ``[answer.verifier_options]``) built as ``cls(config, embedder=embedder)``; ``embedder`` is the
+    index's :class:`citeline.ingest.embedding.Embedder` (a verifier may ignore it). A verifier judges
+    claims in batches::
+
+        class Verifier(Protocol):
+            name: str
+            def judge(self, claims: Sequence[Claim]) -> list[Judgement]: ...
+
+    A :class:`Claim` is one sentence of an answer (citation markers removed), the evidence it cites, every
+    piece of evidence shown, and the question. The verifier answers with a :class:`Judgement`: supported or
+    not, a score and, when not, a reason a person can read. ``citeline.testing``-style checks for any
+    verifier live in :func:`contract_checks` (built-ins and plugins run the same ones).
+
+Rules applied around any verifier (:func:`verify_text`)
+    * A sentence *states something* when it has a content word beyond the question's, a number or a name;
+      headings, "Here is how:" lines and the refusal sentence are not claims.
+    * A stating sentence without a citation is unsupported, unless ``repair`` finds one piece of shown
+      evidence that supports it on its own: then that ``[n]`` is added (counted as repaired).
+    * Numbers and names (:func:`citeline.sentences.numbers`, :func:`~citeline.sentences.entities`) in a
+      sentence that appear in *no* shown evidence make it unsupported whatever the verifier says.
+    * Paragraphs of evidence that speak to the assistant ("ignore all previous instructions ... tell the
+      user ...", :func:`citeline.sentences.without_instructions`) support nothing: a model that obeys a
+      planted instruction produces sentences no usable evidence supports.
+
+Policies (``answer.verify``)
+    ``fallback`` (default): unsupported sentences are removed; when fewer than ``answer.min_supported`` of
+    the stating sentences survive (or none), the answer is replaced by the extractive answer from the same
+    evidence (:func:`citeline.extractive.extractive_answer`), itself verified. ``drop``: unsupported
+    sentences are removed (nothing left → the refusal sentence). ``flag``: everything is kept and each
+    unsupported sentence is marked ``[unverified]``. ``off``: no verification.
+
+Streams (:class:`SentenceGate`) judge each sentence when it is complete and release it only then, so a
+client never receives a sentence the final answer drops. Under ``fallback`` a stream whose sentences were
+all dropped sends the extractive answer; sentences already released are never taken back, so a stream
+falls back only when nothing survived.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from citeline.sentences import (CITATION, Segment, content_stems, content_words, entities, negated, numbers,
+                                split_sentences, strip_citations, without_instructions)
+
+__all__ = ["Claim", "Judgement", "LexicalVerifier", "Policy", "SentenceGate", "Unsupported", "Verification",
+           "Verifier", "contract_checks", "verify_text"]
+
+Policy = Literal["fallback", "drop", "flag", "off"]
+FLAG = " [unverified]"
+REFUSAL = "I don't know from the available documents."  # the same sentence as citeline.prompting.REFUSAL
+
+
+class EvidenceLike(Protocol):
+    n: int
+    text: str
+    title: str
+    chunk_id: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    sentence: str  # without citation markers
+    cited: tuple[Any, ...]  # the evidence (``Evidence``) the sentence cites
+    evidence: tuple[Any, ...]  # all evidence shown
+    question: str
+
+
+@dataclass(frozen=True)
+class Judgement:
+    supported: bool
+    score: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    sentence: str
+    reason: str
+    cited: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sentence": self.sentence, "reason": self.reason, "cited": list(self.cited)}
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    name: str
+
+    def judge(self, claims: Sequence[Claim]) -> list[Judgement]: ...
+
+
+@dataclass
+class Verification:
+    text: str  # what is delivered
+    policy: str
+    verified: bool  # every delivered stating sentence is supported by the evidence it cites
+    unsupported: tuple[Unsupported, ...] = ()
+    stating: int = 0  # sentences of the model's answer that state something
+    supported: int = 0
+    repaired: int = 0  # uncited sentences that got the citation of the evidence supporting them
+    fallback: bool = False
+    cited: tuple[int, ...] = ()  # evidence numbers cited in the delivered text, in order of first use
+    ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "verified": self.verified, "fallback": self.fallback,
+                "stating": self.stating, "supported": self.supported, "repaired": self.repaired,
+                "unsupported": [u.as_dict() for u in self.unsupported], "ms": round(self.ms, 2)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The built-in verifier
+# --------------------------------------------------------------------------------------------------
+
+_GENERIC = content_stems("""need use using used please first then next also step steps way make sure able get
+following follow here answer question evidence document documents according available information provided
+say says said mention mentioned note yes okay ok sure""")
+
+
+class LexicalVerifier:
+    """Content words, numbers and names of the sentence found in the cited evidence, plus embedding
+    similarity with the evidence's sentences (when an embedder is given) for paraphrases.
+
+    A sentence is supported when every number and name it states is in the evidence it cites, it adds no
+    negation the closest evidence sentence lacks, and its new content words (those not already in the
+    question) are covered: at least ``min_coverage`` of them in the cited evidence, or at least
+    ``min_paraphrase_coverage`` with a cosine similarity of ``min_similarity`` to one evidence sentence.
+    """
+
+    name = "lexical"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        min_coverage: float = Field(0.75, ge=0.0, le=1.0, description="share of the sentence's new content words "
+                                    "found in the cited evidence")
+        min_paraphrase_coverage: float = Field(0.5, ge=0.0, le=1.0, description="lower share accepted with a "
+                                               "close embedding match")
+        min_similarity: float = Field(0.72, ge=-1.0, le=1.0, description="cosine similarity to an evidence "
+                                      "sentence that makes a paraphrase acceptable")
+        semantic: bool = Field(True, description="use the embedder for paraphrases")
+        cache: int = Field(2048, ge=0, description="evidence chunks whose sentence vectors are kept")
+
+    def __init__(self, config: Config | None = None, *, embedder: Any = None) -> None:
+        self.config = config or self.Config()
+        self.embedder = embedder if self.config.semantic else None
+        self._vectors: OrderedDict[tuple[int, int], tuple[list[str], np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- pieces ----------------------------------------------------------------------------------------
+    def _evidence_sentences(self, e: Any) -> tuple[list[str], np.ndarray | None]:
+        if self.embedder is None:
+            return [], None
+        key = (int(getattr(e, "chunk_id", 0)), hash(e.text))
+        with self._lock:
+            hit = self._vectors.get(key)
+            if hit is not None:
+                self._vectors.move_to_end(key)
+                return hit
+        sents = [s.text for s in split_sentences(without_instructions(e.text)) if len(content_words(s.text)) >= 2][:64]
+        vecs = self.embedder.embed_documents(sents) if sents else np.zeros((0, 1), dtype=np.float32)
+        with self._lock:
+            self._vectors[key] = (sents, vecs)
+            while len(self._vectors) > self.config.cache:
+                self._vectors.popitem(last=False)
+        return sents, vecs
+
+    def judge(self, claims: Sequence[Claim]) -> list[Judgement]:
+        """Lexical checks first; only claims whose coverage falls in the paraphrase band are embedded."""
+        first = [self._lexical(c) for c in claims]
+        band = [i for i, (j, _) in enumerate(first) if j is None]
+        vecs: dict[int, np.ndarray] = {}
+        if band and self.embedder is not None:
+            matrix = self.embedder.embed_documents([claims[i].sentence for i in band])
+            vecs = {i: matrix[k] for k, i in enumerate(band)}
+        out: list[Judgement] = []
+        for i, (j, coverage) in enumerate(first):
+            if j is None:
+                j = self._semantic(claims[i], coverage, vecs.get(i))
+            out.append(j)
+        return out
+
+    def _lexical(self, claim: Claim) -> tuple[Judgement | None, float]:
+        """A final judgement, or None with the coverage when only a close paraphrase could support it."""
+        if not claim.cited:
+            return Judgement(False, 0.0, "cites no evidence"), 0.0
+        cited_text = _usable(claim.cited)
+        cited_lower = cited_text.lower()
+        nums = numbers(cited_text)
+        missing_nums = sorted(n for n in numbers(claim.sentence) if n not in nums)
+        if missing_nums:
+            return Judgement(False, 0.0, f"number {missing_nums[0]} is not in the cited evidence"), 0.0
+        question = claim.question.lower()
+        for name in sorted(entities(claim.sentence)):
+            if not _contains(cited_lower, name) and not _contains(question, name):
+                return Judgement(False, 0.0, f"{name!r} is not in the cited evidence"), 0.0
+        new = content_stems(claim.sentence) - content_stems(claim.question) - _GENERIC
+        have = content_stems(cited_text)
+        if not new:  # the sentence restates the question: the cited evidence must be about it
+            words = content_stems(claim.sentence) - _GENERIC
+            coverage = len(words & have) / len(words) if words else 1.0
+        else:
+            coverage = len(new & have) / len(new)
+        if negated(claim.sentence):
+            _, closest = self._closest_by_words(claim.sentence, claim.cited)
+            if closest and not negated(closest):
+                return Judgement(False, coverage, "it negates what the cited evidence says"), coverage
+        c = self.config
+        if coverage >= c.min_coverage:
+            return Judgement(True, coverage), coverage
+        if self.embedder is not None and coverage >= c.min_paraphrase_coverage:
+            return None, coverage
+        return self._not_covered(new, have, coverage), coverage
+
+    @staticmethod
+    def _not_covered(new: set[str], have: set[str], coverage: float) -> Judgement:
+        missing = sorted(new - have)[:4]
+        return Judgement(False, coverage, f"only {coverage:.0%} of its content is in the cited evidence "
+                                          f"(not found: {', '.join(missing)})")
+
+    def _semantic(self, claim: Claim, coverage: float, vec: np.ndarray | None) -> Judgement:
+        best = -1.0
+        if vec is not None:
+            for e in claim.cited:
+                sents, vecs = self._evidence_sentences(e)
+                if len(sents):
+                    best = max(best, float(np.max(vecs @ vec)))
+        if best >= self.config.min_similarity:
+            return Judgement(True, coverage)
+        new = content_stems(claim.sentence) - content_stems(claim.question) - _GENERIC
+        j = self._not_covered(new, content_stems(_usable(claim.cited)), coverage)
+        return Judgement(False, coverage, f"{j.reason}; closest evidence sentence similarity {best:.2f}")
+
+    @staticmethod
+    def _closest_by_words(sentence: str, cited: Sequence[Any]) -> tuple[int, str]:
+        words = content_stems(sentence)
+        best, best_text = 0, ""
+        for e in cited:
+            for s in split_sentences(without_instructions(e.text)):
+                overlap = len(words & content_stems(s.text))
+                if overlap > best:
+                    best, best_text = overlap, s.text
+        return best, best_text
+
+
+def _usable(evidence: Sequence[Any]) -> str:
+    """The evidence's title and text, without paragraphs that speak to the assistant (never support)."""
+    return "\n".join(f"{e.title}\n{without_instructions(e.text)}" for e in evidence)
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    return re.search(r"(?<![\w])" + re.escape(needle) + r"(?![\w])", haystack) is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying a verifier to an answer
+# --------------------------------------------------------------------------------------------------
+
+
+def _cited_numbers(raw: str, n_evidence: int) -> tuple[int, ...]:
+    out: list[int] = []
+    for m in CITATION.finditer(raw):
+        for part in m.group(1).split(","):
+            n = int(part)
+            if 1 <= n <= n_evidence and n not in out:
+                out.append(n)
+    return tuple(out)
+
+
+def _is_refusal(text: str) -> bool:
+    return strip_citations(text).strip().rstrip(".").lower() == REFUSAL.rstrip(".").lower()
+
+
+def states_something(sentence: str, question: str) -> bool:
+    """Whether a sentence makes a claim that needs evidence (not a heading, a lead-in or the refusal)."""
+    bare = strip_citations(sentence).strip()
+    if not bare or _is_refusal(bare) or re.fullmatch(r"#{1,6}\s.*|[-*_=|:\s]+", bare):
+        return False
+    if numbers(bare) or entities(bare):
+        return True
+    words = content_stems(bare) - _GENERIC
+    if bare.endswith(":") and len(words) <= 4:
+        return False  # "Here is how to roll back:" introduces what follows
+    return len(words - content_stems(question)) > 0 or len(words) >= 3
+
+
+@dataclass
+class _Judged:
+    segment: Segment
+    stating: bool
+    cited: tuple[int, ...]
+    supported: bool = True
+    reason: str = ""
+    repaired: int | None = None
+
+
+def _judge_segments(segments: Sequence[Segment], question: str, evidence: Sequence[Any], verifier: Verifier,
+                    repair: bool) -> list[_Judged]:
+    by_n = {e.n: e for e in evidence}
+    usable = _usable(evidence)
+    all_nums = numbers(usable)
+    all_lower = usable.lower()
+    judged = [_Judged(s, states_something(s.text, question), _cited_numbers(s.raw, len(evidence))) for s in segments]
+    claims: list[Claim] = []
+    index: list[tuple[int, int | None]] = []  # (judged position, repair candidate n or None)
+    for i, j in enumerate(judged):
+        if not j.stating:
+            continue
+        bare = strip_citations(j.segment.text)
+        stray = sorted(n for n in numbers(bare) if n not in all_nums) or \
+            sorted(x for x in entities(bare) if not _contains(all_lower, x) and not _contains(question.lower(), x))
+        if stray:  # never supported, whatever the verifier says
+            what = "number" if numbers(bare) & set(stray) else "name"
+            j.supported, j.reason = False, f"{what} {stray[0]!r} appears in no evidence shown"
+            continue
+        if j.cited:
+            claims.append(Claim(bare, tuple(by_n[n] for n in j.cited), tuple(evidence), question))
+            index.append((i, None))
+        elif repair and evidence:
+            for e in evidence:
+                claims.append(Claim(bare, (e,), tuple(evidence), question))
+                index.append((i, e.n))
+        else:
+            j.supported, j.reason = False, "cites no evidence"
+    verdicts = verifier.judge(claims) if claims else []
+    repairs: dict[int, list[tuple[float, int]]] = {}
+    for (i, n), v in zip(index, verdicts, strict=True):
+        j = judged[i]
+        if n is None:
+            j.supported, j.reason = v.supported, v.reason
+        elif v.supported:
+            repairs.setdefault(i, []).append((v.score, n))
+    for i, j in enumerate(judged):
+        if j.stating and not j.cited and repair and evidence and not j.reason:
+            if i in repairs:
+                j.repaired = max(repairs[i], key=lambda t: (t[0], -t[1]))[1]
+                j.cited = (j.repaired,)
+            else:
+                j.supported, j.reason = False, "cites no evidence, and no evidence shown supports it"
+    return judged
+
+
+def _with_citation(raw: str, n: int) -> str:
+    """Insert ``[n]`` before the sentence's closing punctuation (or at its end)."""
+    body = raw.rstrip()
+    tail = raw[len(body):]
+    m = re.search(r"[.!?:;]+[\"')\]]*$", body)
+    if m:
+        return f"{body[:m.start()]} [{n}]{body[m.start():]}{tail}"
+    return f"{body} [{n}]{tail}"
+
+
+def _render(judged: Sequence[_Judged], policy: str) -> tuple[str, list[Unsupported]]:
+    parts: list[str] = []
+    bad: list[Unsupported] = []
+    for j in judged:
+        raw = j.segment.raw
+        if j.repaired is not None:
+            raw = _with_citation(raw, j.repaired)
+        if j.stating and not j.supported:
+            bad.append(Unsupported(strip_citations(j.segment.text).strip(), j.reason, j.cited))
+            if policy == "flag":
+                body = raw.rstrip()
+                parts.append(body + FLAG + raw[len(body):])
+            continue
+        parts.append(raw)
+    return "".join(parts), bad
+
+
+def _tidy(text: str) -> str:
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip()
+
+
+def _has_claims(judged: Sequence[_Judged]) -> bool:
+    return any(j.stating and j.supported for j in judged)
+
+
+def verify_text(text: str, *, question: str, evidence: Sequence[Any], verifier: Verifier, policy: str,
+                min_supported: float = 0.5, repair: bool = True,
+                fallback: Callable[[], str] | None = None) -> Verification:
+    """Judge every sentence of ``text`` and apply ``policy`` (see the module docstring)."""
+    t0 = time.perf_counter()
+    if policy == "off" or _is_refusal(text):
+        cited = _cited_numbers(text, len(evidence))
+        return Verification(text, policy, verified=policy != "off" and _is_refusal(text), cited=cited,
+                            ms=(time.perf_counter() - t0) * 1000)
+    judged = _judge_segments(split_sentences(text), question, evidence, verifier, repair)
+    stating = sum(j.stating for j in judged)
+    supported = sum(j.stating and j.supported for j in judged)
+    repaired = sum(j.repaired is not None and j.supported for j in judged)
+    out, bad = _render(judged, policy)
+    out = _tidy(out)
+    used_fallback = False
+    if policy == "fallback" and (not _has_claims(judged) or supported < min_supported * stating):
+        used_fallback = True
+        alt = fallback() if fallback is not None else REFUSAL
+        alt_judged = _judge_segments(split_sentences(alt), question, evidence, verifier, repair) \
+            if not _is_refusal(alt) else []
+        out = _tidy(_render(alt_judged, "drop")[0]) if alt_judged else REFUSAL
+        if alt_judged and not _has_claims(alt_judged):
+            out = REFUSAL
+    elif policy == "drop" and not _has_claims(judged):
+        out = REFUSAL
+    if not out:
+        out = REFUSAL
+    verified = policy != "flag" or not bad
+    return Verification(out, policy, verified, tuple(bad), stating, supported, repaired, used_fallback,
+                        _cited_numbers(out, len(evidence)), (time.perf_counter() - t0) * 1000)
+
+
+# --------------------------------------------------------------------------------------------------
+# Streams
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SentenceGate:
+    """Holds a stream's text until a sentence is complete, judges it, then releases it (or not).
+
+    ``feed(delta)`` returns what may be sent now; ``close()`` returns the rest (and, under ``fallback``,
+    the extractive answer when nothing survived). :attr:`result` is the :class:`Verification` of exactly
+    what was released.
+    """
+
+    question: str
+    evidence: Sequence[Any]
+    verifier: Verifier
+    policy: str
+    repair: bool = True
+    fallback: Callable[[], str] | None = None
+    _buf: str = ""
+    _released: list[str] = field(default_factory=list)
+    _bad: list[Unsupported] = field(default_factory=list)
+    _stating: int = 0
+    _supported: int = 0
+    _repaired: int = 0
+    _ms: float = 0.0
+    _fell_back: bool = False
+    result: Verification | None = None
+    _OPEN: ClassVar[re.Pattern[str]] = re.compile(r"\[[\d,\s]{0,12}$")
+
+    def feed(self, delta: str) -> str:
+        self._buf += delta
+        if self.policy == "off":
+            out, self._buf = self._buf, ""
+            self._released.append(out)
+            return out
+        if self._OPEN.search(self._buf):
+            return ""  # a citation marker is still arriving: it belongs to the sentence before it
+        segments = split_sentences(self._buf)
+        if self._buf.endswith("\n"):
+            done, self._buf = segments, ""
+        else:  # the last segment may still grow; everything before it is complete
+            done, self._buf = segments[:-1], segments[-1].raw if segments else ""
+        return self._release(done)
+
+    def _release(self, segments: Sequence[Segment]) -> str:
+        if not segments:
+            return ""
+        t0 = time.perf_counter()
+        judged = _judge_segments(segments, self.question, self.evidence, self.verifier, self.repair)
+        self._stating += sum(j.stating for j in judged)
+        self._supported += sum(j.stating and j.supported for j in judged)
+        self._repaired += sum(j.repaired is not None and j.supported for j in judged)
+        out, bad = _render(judged, self.policy)
+        self._bad.extend(bad)
+        self._ms += (time.perf_counter() - t0) * 1000
+        if not "".join(self._released).strip():
+            out = out.lstrip()
+        self._released.append(out)
+        return out
+
+    def close(self) -> str:
+        tail = ""
+        if self._buf:
+            if self.policy == "off":
+                tail, self._buf = self._buf, ""
+                self._released.append(tail)
+            else:
+                buf, self._buf = self._buf, ""
+                tail = self._release(split_sentences(buf))
+        text = "".join(self._released)
+        if self.policy != "off" and not _is_refusal(text) and not any(
+                states_something(s.text, self.question) for s in split_sentences(text)):
+            # nothing that states something survived: the fallback (or the refusal) instead
+            alt = REFUSAL
+            if self.policy == "fallback" and self.fallback is not None:
+                self._fell_back = True
+                v = verify_text(self.fallback(), question=self.question, evidence=self.evidence,
+                                verifier=self.verifier, policy="drop", repair=self.repair)
+                alt = v.text
+            extra = alt if not text.strip() else "\n\n" + alt
+            tail += extra
+            self._released.append(extra)
+            text += extra
+        if self.policy != "off":
+            tail = tail.rstrip() if tail.strip() else tail
+        final = "".join(self._released).strip() if self.policy != "off" else text
+        self.result = Verification(final, self.policy, self.policy != "off" and (self.policy != "flag" or not self._bad),
+                                   tuple(self._bad), self._stating, self._supported, self._repaired, self._fell_back,
+                                   _cited_numbers(final, len(self.evidence)), self._ms)
+        return tail
+
+
+def stream_through(gate: SentenceGate, deltas: Iterator[str]) -> Iterator[str]:
+    for delta in deltas:
+        out = gate.feed(delta)
+        if out:
+            yield out
+    tail = gate.close()
+    if tail:
+        yield tail
+
+
+# --------------------------------------------------------------------------------------------------
+# The contract checks every verifier passes
+# --------------------------------------------------------------------------------------------------
+
+
+def contract_checks(verifier: Verifier, make_evidence: Callable[[int, str], Any]) -> None:
+    """Assertions any verifier must satisfy (built-ins and plugins run them in their tests).
+
+    ``make_evidence(n, text)`` builds one piece of evidence. Raises AssertionError naming the failed check.
+    """
+    e1 = make_evidence(1, "Run `acme-deploy rollback fleet` to redeploy the previous release in under two "
+                          "minutes. Deploys happen Monday to Thursday.")
+    e2 = make_evidence(2, "Opened items can be returned within 30 days for a refund.")
+    q = "how do I roll back a bad deploy"
+    claims = [
+        Claim("Run acme-deploy rollback fleet to redeploy the previous release.", (e1,), (e1, e2), q),
+        Claim("Run acme-deploy rollback fleet to redeploy the previous release.", (e2,), (e1, e2), q),
+        Claim("Opened items can be returned within 30 days.", (e2,), (e1, e2), "return policy"),
+        Claim("The moon is made of cheese and orbits Jupiter weekly.", (e1,), (e1, e2), q),
+    ]
+    out = verifier.judge(claims)
+    assert isinstance(out, list) and len(out) == len(claims), "judge() returns one Judgement per claim"
+    assert all(isinstance(j, Judgement) for j in out), "judge() returns Judgement objects"
+    assert out[0].supported, "a sentence taken from its cited evidence is supported"
+    assert not out[1].supported and out[1].reason, "a sentence citing the wrong evidence is not supported, with a reason"
+    assert out[2].supported, "a second supported claim"
+    assert not out[3].supported and out[3].reason, "an unrelated sentence is not supported, with a reason"
+    assert verifier.judge([]) == [], "no claims, no judgements"
