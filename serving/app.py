@@ -10,10 +10,19 @@ FastAPI runs them in its thread pool, which matches the blocking database pool a
 ``/healthz`` ``/readyz``    GET     liveness; readiness (database reachable, backend built)
 ``/metrics``                GET     Prometheus text
 ``/v1/models``              GET     ``citeline`` (the grounded assistant) and the backend's models
-``/v1/chat/completions``    POST    OpenAI chat completions; the last user message is the question
+``/v1/chat/completions``    POST    OpenAI chat completions; the last message (a user's) is the question
 ``/v1/ask``                 POST    question → answer, citations, refusal flag, latency (``stream``: SSE)
 ``/v1/admin/...``           *       keys, principals, audit verify/export (admin key)
 ==========================  ======  ==============================================================
+
+Chat completions: the last message must be the user's question (422 otherwise, as for an empty one); the
+user and assistant messages before it are the conversation, passed to the assistant as ``history`` (a
+follow-up is rewritten for retrieval, earlier turns inform the answer). Clients' ``system``, ``developer``
+and ``tool`` messages are ignored: citeline's rules are the only system message the model sees.
+``max_tokens`` (or ``max_completion_tokens``) is capped at the server's ``generation.max_tokens``;
+``temperature`` and ``stop`` (a string or up to 4) are passed on; ``finish_reason`` is the generation's.
+Responses and chunks are the ``openai`` package's types plus citeline's fields (citations, sources,
+refused, audit_id, verification, ``retrieval_question``, ...).
 """
 
 from __future__ import annotations
@@ -35,7 +44,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_message import ChatCompletionMessage
+from openai.types.completion_usage import CompletionUsage
+from pydantic import BaseModel, Field, field_validator
 
 from citeline.answering import Answer, AnswerStream
 from citeline.app import Citeline
@@ -50,6 +65,7 @@ from citeline.errors import (
     ModelNotFoundError,
 )
 from citeline.keys import Authenticated
+from citeline.serving.generation import ChatMessage
 from citeline.serving.metrics import Metrics
 
 __all__ = ["create_app"]
@@ -74,13 +90,29 @@ class ChatMessageBody(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class ChatBody(BaseModel):
     model: str = Field(ASSISTANT_MODEL, max_length=200)
     messages: list[ChatMessageBody] = Field(min_length=1, max_length=200)
     stream: bool = False
-    # accepted for compatibility; the server's generation settings decide
-    max_tokens: int | None = None
-    temperature: float | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)  # capped at the server's generation.max_tokens
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> list[str]:
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4:
+            raise ValueError("stop takes at most 4 sequences")
+        if any(not s or len(s) > 200 for s in stops):
+            raise ValueError("each stop sequence must be 1 to 200 characters")
+        return stops
 
 
 class KeyBody(BaseModel):
@@ -104,6 +136,40 @@ def _text(content: str | list[dict[str, Any]] | None) -> str:
 def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
     """Errors in OpenAI's shape, so the openai client raises its typed exceptions."""
     return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status_code=status)
+
+
+def _chat_turns(messages: list[ChatMessageBody]) -> tuple[str, tuple[ChatMessage, ...]]:
+    """The question (the last message, a user's) and the user/assistant turns before it.
+
+    System, developer and tool messages from a client never become history: citeline's system prompt is
+    the only one the model sees.
+    """
+    last = messages[-1]
+    question = _text(last.content).strip()
+    if last.role != "user" or not question:
+        raise HTTPException(422, "the last message must be the user's question (role 'user', non-empty text)")
+    history = tuple(ChatMessage(m.role, _text(m.content)) for m in messages[:-1]
+                    if m.role in ("user", "assistant") and _text(m.content).strip())
+    return question[:4000], history
+
+
+def _chat_extras(answer: Answer) -> dict[str, Any]:
+    """citeline's fields next to OpenAI's in a chat completion (and in the last stream chunk)."""
+    return {"citations": [c.as_dict() for c in answer.citations], "sources": [c.as_dict() for c in answer.sources],
+            "refused": answer.refused, "invalid_citations": answer.invalid_citations, "audit_id": answer.audit_id,
+            "latency_ms": answer.latency_ms, "served_model": answer.model, "model_note": answer.model_note,
+            "verified": answer.verified, "unsupported": [u.as_dict() for u in answer.unsupported],
+            "verify_policy": answer.verify_policy, "fallback": answer.fallback,
+            "retrieval_question": answer.retrieval_question or answer.question}
+
+
+def _finish(answer: Answer) -> Literal["stop", "length"]:
+    return "length" if answer.finish_reason == "length" else "stop"
+
+
+def _usage(answer: Answer) -> CompletionUsage:
+    return CompletionUsage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                           total_tokens=answer.prompt_tokens + answer.completion_tokens)
 
 
 def _sse(data: Any, event: str | None = None) -> str:
@@ -296,41 +362,42 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat(body: ChatBody, who: Auth, request: Request) -> JSONResponse | StreamingResponse:
-        users = [_text(m.content) for m in body.messages if m.role == "user"]
-        if not users or not users[-1].strip():
-            raise HTTPException(422, "the last user message is the question; none was given")
-        question = users[-1].strip()[:4000]
+        question, history = _chat_turns(body.messages)
         model = None if body.model == ASSISTANT_MODEL else body.model
+        limit = body.max_tokens or body.max_completion_tokens
+        options: dict[str, Any] = {
+            "history": history, "temperature": body.temperature, "stop": tuple(body.stop or ()),
+            "max_tokens": None if limit is None else min(limit, cl.settings.generation.max_tokens)}
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
-            stream = cl.assistant.stream(question, who.principal, model=model)
-            return StreamingResponse(_chat_chunks(stream, cid, created, body.model, request.state.auth_ms),
+            stream = cl.assistant.stream(question, who.principal, model=model, **options)
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_chat_chunks(stream, cid, created, body.model, request.state.auth_ms, usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        answer = cl.assistant.ask(question, who.principal, model=model)
+        answer = cl.assistant.ask(question, who.principal, model=model, **options)
         observe(answer, request.state.auth_ms)
-        cited = [c.as_dict() for c in answer.citations]
-        return JSONResponse({
-            "id": cid, "object": "chat.completion", "created": created, "model": body.model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": _with_sources(answer.text, cited)}}],
-            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                      "total_tokens": answer.prompt_tokens + answer.completion_tokens},
-            "citations": cited, "sources": [c.as_dict() for c in answer.sources], "refused": answer.refused,
-            "invalid_citations": answer.invalid_citations, "audit_id": answer.audit_id,
-            "latency_ms": answer.latency_ms, "served_model": answer.model, "model_note": answer.model_note,
-        })
+        extras = _chat_extras(answer)
+        completion = ChatCompletion(
+            id=cid, object="chat.completion", created=created, model=body.model,
+            choices=[Choice(index=0, finish_reason=_finish(answer), logprobs=None, message=ChatCompletionMessage(
+                role="assistant", content=_with_sources(answer.text, extras["citations"])))],
+            usage=_usage(answer), **extras)
+        return JSONResponse(completion.model_dump(mode="json", exclude_unset=True))
 
-    def _chat_chunks(stream: AnswerStream, cid: str, created: int, model: str, auth_ms: float) -> Iterator[str]:
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-            return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+    def _chat_chunks(stream: AnswerStream, cid: str, created: int, model: str, auth_ms: float,
+                     include_usage: bool = False) -> Iterator[str]:
+        def chunk(delta: ChoiceDelta | None, finish: str | None = None, **extra: Any) -> str:
+            choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=finish)]
+            c = ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=model,
+                                    choices=choices, **extra)
+            return f"data: {c.model_dump_json(exclude_unset=True)}\n\n"
 
-        yield chunk({"role": "assistant", "content": ""})
+        yield chunk(ChoiceDelta(role="assistant", content=""))
         try:
             for delta in stream:
-                yield chunk({"content": delta})
+                yield chunk(ChoiceDelta(content=delta))
         except Exception as exc:  # the status line is gone: report in the stream, never end silently
             log.exception("chat stream failed")
             message = str(exc) if isinstance(exc, CitelineError) else "internal error while generating"
@@ -339,12 +406,13 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
         answer = stream.answer
         assert answer is not None
         observe(answer, auth_ms)
-        cited = [c.as_dict() for c in answer.citations]
-        tail = _with_sources("", cited)
+        extras = _chat_extras(answer)
+        tail = _with_sources("", extras["citations"])
         if tail:
-            yield chunk({"content": tail})
-        yield chunk({}, "stop", citations=cited, sources=[c.as_dict() for c in answer.sources],
-                    refused=answer.refused, invalid_citations=answer.invalid_citations, audit_id=answer.audit_id)
+            yield chunk(ChoiceDelta(content=tail))
+        yield chunk(ChoiceDelta(), _finish(answer), **extras)
+        if include_usage:
+            yield chunk(None, usage=_usage(answer))
         yield "data: [DONE]\n\n"
 
     # -- admin ---------------------------------------------------------------------------------------

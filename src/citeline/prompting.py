@@ -1,6 +1,7 @@
 """Grounded prompts: numbered, quoted evidence within a token budget, and citation checking.
 
-The system prompt states the rules; each retrieved chunk enters the user message as evidence ``[n]``
+The system prompt states the rules; earlier turns of a conversation (``history``) follow it as user and
+assistant messages; each retrieved chunk enters the final user message as evidence ``[n]``
 with its title and URL, fenced between ``<<<`` and ``>>>`` markers. Fence markers inside a document
 are neutralised, so a document cannot close its own quote and speak as the user or the system: text
 inside documents is data. The budget is counted with the generating model's own tokenizer.
@@ -66,8 +67,15 @@ def _user_message(question: str, blocks: Sequence[str]) -> str:
 
 
 def build_prompt(question: str, hits: Sequence[SearchHit], count_tokens: Callable[[str], int], *,
-                 evidence_tokens: int, system: str = SYSTEM_PROMPT) -> GroundedPrompt:
-    """Evidence in rank order while it fits ``evidence_tokens`` (the model's tokens); the rest is dropped."""
+                 evidence_tokens: int, system: str = SYSTEM_PROMPT,
+                 history: Sequence[ChatMessage] = ()) -> GroundedPrompt:
+    """Evidence in rank order while it fits ``evidence_tokens`` (the model's tokens); the rest is dropped.
+
+    ``history`` (earlier turns, already fitted to their budget by
+    :func:`citeline.conversation.prompt_history`) goes between the system message and the final user
+    message, which always holds the evidence and the current question. Only user and assistant turns are
+    taken: a system message in the history is dropped, never passed on as a rule.
+    """
     evidence: list[Evidence] = []
     blocks: list[str] = []
     used = dropped = 0
@@ -81,7 +89,8 @@ def build_prompt(question: str, hits: Sequence[SearchHit], count_tokens: Callabl
         evidence.append(e)
         blocks.append(block)
         used += cost
-    messages = (ChatMessage("system", system), ChatMessage("user", _user_message(question, blocks)))
+    earlier = tuple(m for m in history if m.role in ("user", "assistant") and m.content.strip())
+    messages = (ChatMessage("system", system), *earlier, ChatMessage("user", _user_message(question, blocks)))
     total = sum(count_tokens(m.content) for m in messages)
     return GroundedPrompt(messages, tuple(evidence), total, dropped)
 
