@@ -370,6 +370,10 @@ def _model_messages(question: str, history: Sequence[ChatMessage]) -> tuple[Chat
     return ChatMessage("system", REWRITE_PROMPT), ChatMessage("user", user)
 
 
+def _stem(word: str) -> str:
+    return _singular(re.sub(r"'s$", "", word))[:5]
+
+
 def _valid_model_rewrite(text: str, question: str, history: Sequence[ChatMessage], rules: str) -> str | None:
     """The model's rewrite, tidied, or ``None`` when it must not be used (see :func:`standalone_question`)."""
     text = text.strip()
@@ -385,8 +389,8 @@ def _valid_model_rewrite(text: str, question: str, history: Sequence[ChatMessage
         return None
     asked = _lower_set(_content(question))
     known = asked | _lower_set(_content(" ".join(m.content for m in clean_history(history)[-MODEL_TURNS:])))
-    if asked and not words & asked:
-        return None  # the question's own words were lost
+    if {_stem(w) for w in asked} - {_stem(w) for w in words}:
+        return None  # a word of the question was lost ("what about bob's team?" → "... alice's team ...")
     if len(words & known) * 2 < len(words):
         return None  # mostly words from nowhere: a made-up topic
     if " ".join(text.lower().split()).rstrip("?") == " ".join(question.lower().split()).rstrip("?"):
@@ -400,8 +404,9 @@ def standalone_question(question: str, history: Sequence[ChatMessage], backend: 
 
     No earlier user turn, or a question that stands alone: the question as asked (``"none"``). A follow-up:
     with ``use_model`` and a model backend (not ``extractive``), the model's rewrite when it passes the
-    checks (one non-empty line, at most about three times the length, shares content words with the
-    question and mostly with the conversation, not a refusal, not the question unchanged), ``"model"``;
+    checks (one non-empty line (the request stops at a newline), at most about three times the length,
+    keeps every content word of the question, its other words mostly from the conversation, not a refusal,
+    not the question unchanged), ``"model"``;
     otherwise, or when the model fails, the deterministic rewrite (``"rules"``).
     """
     rules = rules_rewrite(question, history)
@@ -411,7 +416,7 @@ def standalone_question(question: str, history: Sequence[ChatMessage], backend: 
         return rules
     try:
         gen = backend.generate(GenerationRequest(_model_messages(question, history), max_tokens=MODEL_MAX_TOKENS,
-                                                 temperature=0.0))
+                                                 temperature=0.0, stop=("\n",)))
     except Exception as exc:  # noqa: BLE001 - the rules always answer; a failing model must not fail the question
         log.warning("question rewrite by the %s backend failed (%s); using the rules", getattr(backend, "name", "?"),
                     exc)
