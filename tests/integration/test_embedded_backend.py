@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from citeline import plugins
-from citeline.errors import GenerationError
-from citeline.serving.embedded import BASE_MODEL_NAME, EmbeddedBackend, ensure_base_model
+from citeline.errors import ConfigError, GenerationError
+from citeline.serving.embedded import BASE_MODEL_NAME, EmbeddedBackend, _until_stop, ensure_base_model, packaged_gguf
 from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
 from citeline.settings import GenerationSettings
 
@@ -47,6 +47,19 @@ def backend(model_dir: Path) -> Iterator[EmbeddedBackend]:
 
 
 @pytest.fixture(scope="module")
+def hf_backend(model_dir: Path) -> Iterator[EmbeddedBackend]:
+    """The same model on the transformers engine (what adapter requests and non-GGUF models use)."""
+    b = EmbeddedBackend(GenerationSettings(engine="transformers"), _cache_home())
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module", params=["llamacpp", "transformers"])
+def either(request: pytest.FixtureRequest, backend: EmbeddedBackend, hf_backend: EmbeddedBackend) -> EmbeddedBackend:
+    return backend if request.param == "llamacpp" else hf_backend
+
+
+@pytest.fixture(scope="module")
 def adapter_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter (r=8 on q_proj, v_proj) whose lora_B is random, so it changes the first tokens."""
     import torch
@@ -67,8 +80,20 @@ def adapter_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return dest
 
 
-def ask(question: str = PROMPT, model: str | None = None, max_tokens: int = MAX_TOKENS) -> GenerationRequest:
-    return GenerationRequest(messages=(ChatMessage("user", question),), model=model, max_tokens=max_tokens)
+def ask(question: str = PROMPT, model: str | None = None, max_tokens: int = MAX_TOKENS,
+        stop: tuple[str, ...] = ()) -> GenerationRequest:
+    return GenerationRequest(messages=(ChatMessage("user", question),), model=model, max_tokens=max_tokens,
+                             stop=stop)
+
+
+def drain(stream: Iterator[str]) -> tuple[str, str]:
+    """A stream's text and the finish reason its generator returns."""
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as done:
+            return "".join(pieces), done.value
 
 
 def short(model: str | None = None) -> GenerationRequest:
@@ -102,6 +127,7 @@ def test_conversion_makes_a_standard_folder_that_loads_fast_and_generates(model_
     fresh = EmbeddedBackend(GenerationSettings(model=str(model_dir)), _cache_home())
     try:
         assert time.monotonic() - started < 30  # the GGUF path takes ~25 s before dequantizing anything
+        assert fresh.engine == "transformers"  # auto: a Hugging Face folder is not a GGUF file
         answer = fresh.generate(ask("What is the capital of France?"))
         assert "Paris" in answer.text
         assert answer.finish_reason == "stop"
@@ -128,6 +154,7 @@ def test_registered_and_implements_the_contract(backend: EmbeddedBackend) -> Non
                 assert list(inspect.signature(getattr(type(backend), name)).parameters) == \
                     list(inspect.signature(member).parameters), name
     assert backend.name == "embedded"
+    assert backend.engine == "llamacpp"  # auto: xllamacpp is installed and the model is the packaged GGUF
     assert backend.base_model == BASE_MODEL_NAME
     assert backend.models() == [BASE_MODEL_NAME]
 
@@ -150,7 +177,10 @@ def test_token_counts_use_the_model_tokenizer(backend: EmbeddedBackend, model_di
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    for text in ("hello world", "Zürich — 東京 ✓ [1] citations", ""):
+    texts = ("hello world", "Zürich — 東京 ✓ [1] citations", "", "  two  spaces\n\n\ttab <|im_end|> end",
+             "Evidence [3] «Deploy process» <https://wiki.example.com/deploy>: run `make rollback` — 5 min.",
+             (Path(__file__).parents[2] / "README.md").read_text()[:4000])
+    for text in texts:  # the llama.cpp engine tokenizes the GGUF itself: it must agree with the HF tokenizer
         assert backend.count_tokens(text) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
     answer = backend.generate(ask())
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
@@ -257,3 +287,75 @@ def test_broken_adapters_are_refused_and_loaded_ones_keep_working(
         assert backend.generate(short()).text == base
     finally:
         backend.unload_adapter("good")
+
+
+# -- engines, stop sequences, finish reasons ------------------------------------------------------------
+
+
+def test_engine_setting_is_checked(model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="llamacpp runs GGUF files.*engine = \"transformers\""):
+        EmbeddedBackend(GenerationSettings(engine="llamacpp", model=str(model_dir)), _cache_home())
+    gguf = EmbeddedBackend(GenerationSettings(model=str(packaged_gguf())), _cache_home())  # a .gguf file: auto
+    try:
+        assert gguf.engine == "llamacpp"
+        assert gguf.base_model == packaged_gguf().stem
+        assert gguf.generate(ask("What is the capital of France?", max_tokens=8)).text
+        with pytest.raises(GenerationError, match="need a Hugging Face model folder"):
+            gguf.load_adapter("team-a", model_dir)  # adapters need the transformers model, not a GGUF file
+    finally:
+        gguf.close()
+
+
+def test_stop_sequences_and_finish_reasons(either: EmbeddedBackend) -> None:
+    question = "List the days of the week, one per line."
+    whole = either.generate(ask(question, max_tokens=48))
+    assert whole.finish_reason in ("stop", "length")
+    words = whole.text.split()
+    assert len(words) >= 4, whole.text
+    stop = words[2][:3]  # part of the third word: the answer ends just before it
+    cut = either.generate(ask(question, max_tokens=48, stop=("NEVER-SEEN", stop)))
+    assert cut.text == whole.text[:whole.text.find(stop)]
+    assert cut.finish_reason == "stop"
+    assert cut.completion_tokens < whole.completion_tokens
+    assert drain(either.stream(ask(question, max_tokens=48, stop=(stop,)))) == (cut.text, "stop")
+    unmatched = either.generate(ask(question, max_tokens=48, stop=("NEVER-SEEN",)))
+    assert (unmatched.text, unmatched.finish_reason) == (whole.text, whole.finish_reason)
+
+    short_answer = either.generate(ask("Count from one to one hundred in words.", max_tokens=5))
+    assert (short_answer.completion_tokens, short_answer.finish_reason) == (5, "length")
+    assert drain(either.stream(ask("Count from one to one hundred in words.", max_tokens=5))) == \
+        (short_answer.text, "length")
+    done = either.generate(ask("What is the capital of France?", max_tokens=200))
+    assert done.finish_reason == "stop" and done.completion_tokens < 200  # the model's own end of answer
+
+
+def test_until_stop_holds_back_what_may_begin_a_stop_string() -> None:
+    def run(pieces: list[str], stops: tuple[str, ...]) -> tuple[list[str], str]:
+        stats = type("S", (), {"finish_reason": "length"})()
+        out = list(_until_stop(iter(pieces), stops, stats))  # type: ignore[arg-type]
+        return out, stats.finish_reason
+
+    assert run(["Hel", "lo Wo", "rld"], ("o W",)) == (["Hel", "l"], "stop")
+    assert run(["ab", "cx", "y", "z!"], ("xyz",)) == (["ab", "c"], "stop")
+    assert run(["ab", "cx", "y"], ("xyz",)) == (["ab", "c", "xy"], "length")  # a partial match at the end is text
+    assert run(["Sources:"], ("Sources:",)) == ([], "stop")
+    assert run(["a", "b"], ()) == (["a", "b"], "length")
+
+
+def test_adapters_load_transformers_lazily_and_the_base_stays_on_llamacpp(model_dir: Path, adapter_dir: Path) -> None:
+    fresh = EmbeddedBackend(GenerationSettings(), _cache_home())
+    try:
+        assert fresh.engine == "llamacpp"
+        assert fresh._model is None  # no torch weights until an adapter is used
+        base = fresh.generate(short())
+        fresh.load_adapter("team-a", adapter_dir)
+        assert fresh._model is not None
+        tuned = fresh.generate(short("team-a"))
+        assert tuned.model == "team-a" and tuned.text and tuned.text != base.text
+        assert drain(fresh.stream(short("team-a"))) == (tuned.text, tuned.finish_reason)
+        stopped = fresh.generate(GenerationRequest(messages=short().messages, model="team-a", max_tokens=8,
+                                                   stop=(tuned.text.split()[-1],)))
+        assert stopped.finish_reason == "stop" and tuned.text.startswith(stopped.text)
+        assert fresh.generate(short()).text == base.text  # the base model still answers from llama.cpp
+    finally:
+        fresh.close()
