@@ -292,7 +292,9 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
     def observe(answer: Answer, auth_ms: float) -> None:
         answer.latency_ms["auth_ms"] = round(auth_ms, 2)  # the key lookup happened before the assistant ran
         metrics.observe_answer(answer.latency_ms, refused=answer.refused, shown=len(answer.sources),
-                               invalid=answer.invalid_citations)
+                               invalid=answer.invalid_citations, policy=answer.verify_policy,
+                               verified=answer.verified, fallback=answer.fallback,
+                               unsupported=len(answer.unsupported))
 
     # -- probes, metrics, page ---------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

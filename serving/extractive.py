@@ -13,10 +13,11 @@ cut the answer like a model's would (``finish_reason`` "length" or "stop").
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
-from citeline.extractive import extractive_answer
+from citeline.extractive import Similarity, extractive_answer
 from citeline.serving.generation import Generation, GenerationRequest
 from citeline.settings import GenerationSettings
 
@@ -28,16 +29,23 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 class ExtractiveBackend:
     name = "extractive"
 
+    extractive = True  # the Assistant configures it with the same rules as its verified fallback
+
     def __init__(self, settings: GenerationSettings | None = None, home: Path | None = None) -> None:
         self.settings = settings or GenerationSettings(backend="extractive")
-        self.last_finish_reason = "stop"
+        self._options: dict[str, Any] = {}
+
+    def configure(self, *, similarity: Similarity | None, min_coverage: float, min_similarity: float) -> None:
+        """Sentence similarity and answerability thresholds (:func:`citeline.extractive.extractive_answer`)."""
+        self._options = {"similarity": similarity, "min_coverage": min_coverage, "min_similarity": min_similarity}
 
     @property
     def base_model(self) -> str:
         return "extractive"
 
     def _answer(self, request: GenerationRequest) -> tuple[str, str]:
-        text = extractive_answer(request.question, request.evidence)
+        focus = request.user_question if request.user_question not in ("", request.question) else None
+        text = extractive_answer(request.question, request.evidence, focus=focus, **self._options)
         finish = "stop"
         for s in request.stop:
             if s and s in text:
@@ -52,11 +60,13 @@ class ExtractiveBackend:
         prompt = sum(self.count_tokens(m.content) for m in request.messages)
         return Generation(text, self.base_model, prompt, self.count_tokens(text), finish)
 
-    def stream(self, request: GenerationRequest) -> Iterator[str]:
-        text, self.last_finish_reason = self._answer(request)
+    def stream(self, request: GenerationRequest) -> Generator[str, None, str]:
+        """The answer in word-sized deltas; returns the finish reason."""
+        text, finish = self._answer(request)
         for piece in re.split(r"(?<= )", text):
             if piece:
                 yield piece
+        return finish
 
     def count_tokens(self, text: str) -> int:
         return len(_TOKEN.findall(text))

@@ -70,8 +70,9 @@ class GenerationRequest:
     # Stop sequences: generation ends before the first one would be emitted (finish_reason "stop").
     stop: tuple[str, ...] = ()
     # The evidence the messages quote, for backends that answer without a model (extractive).
-    question: str = ""
+    question: str = ""  # the standalone question retrieval used
     evidence: tuple[Evidence, ...] = field(default_factory=tuple)
+    user_question: str = ""  # the user's own words, when ``question`` was rewritten from a conversation
 
 
 @dataclass(frozen=True)

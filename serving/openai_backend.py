@@ -4,13 +4,14 @@ Uses the official ``openai`` client (its own retries with exponential backoff on
 429 and 5xx; ``timeout_s`` per request). ``request.model`` names the served model: the base model or a
 LoRA adapter that vLLM serves under its own name. The prompt budget is counted with a local tokenizer
 directory when ``generation.tokenizer`` is set, otherwise with the server's ``/tokenize`` endpoint (vLLM
-has one), cached per text.
+has one), cached per text. ``request.stop`` goes to the server (at most four, as OpenAI allows); the
+server's ``finish_reason`` is reported (``stream`` returns it when it ends).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from citeline.serving.generation import Generation, GenerationRequest
 from citeline.settings import GenerationSettings
 
 __all__ = ["OpenAIBackend"]
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
 
 
 class OpenAIBackend:
@@ -65,7 +70,8 @@ class OpenAIBackend:
     def _args(self, request: GenerationRequest) -> dict[str, Any]:
         return {"model": request.model or self.base_model,
                 "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-                "max_tokens": request.max_tokens, "temperature": request.temperature}
+                "max_tokens": request.max_tokens, "temperature": request.temperature,
+                **({"stop": list(request.stop)[:4]} if request.stop else {})}
 
     def generate(self, request: GenerationRequest) -> Generation:
         args = self._args(request)
@@ -76,16 +82,22 @@ class OpenAIBackend:
         choice = resp.choices[0]
         usage = resp.usage
         return Generation(choice.message.content or "", resp.model, usage.prompt_tokens if usage else 0,
-                          usage.completion_tokens if usage else 0, choice.finish_reason or "stop")
+                          usage.completion_tokens if usage else 0, _finish(choice.finish_reason))
 
-    def stream(self, request: GenerationRequest) -> Iterator[str]:
+    def stream(self, request: GenerationRequest) -> Generator[str, None, str]:
+        """Text deltas; returns the server's finish reason ("stop" or "length")."""
         args = self._args(request)
+        finish: str | None = None
         try:
             for chunk in self.client.chat.completions.create(**args, stream=True):
-                if chunk.choices and chunk.choices[0].delta.content:
+                if not chunk.choices:
+                    continue
+                if chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
+                finish = chunk.choices[0].finish_reason or finish
         except openai.OpenAIError as exc:
             raise self._fail(exc, args["model"]) from exc
+        return _finish(finish)
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one backend per process; texts repeat (evidence)
     def count_tokens(self, text: str) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +37,9 @@ from citeline.errors import GenerationError, ModelNotFoundError
 from citeline.prompting import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
 from citeline.retrieval import Retriever
 from citeline.registry import AdapterRouter, ModelChoice
-from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
+from citeline.serving.generation import AdapterHost, ChatMessage, Generation, GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings, GenerationSettings
-from citeline.verification import (LexicalVerifier, SentenceGate, Unsupported, Verification, Verifier,
+from citeline.verification import (LexicalVerifier, SentenceGate, SentenceVectors, Unsupported, Verification, Verifier,
                                    stream_through, verify_text)
 
 __all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "best_similarity"]
@@ -150,7 +150,15 @@ class Assistant:
         self.audit = audit
         self.settings = answer or AnswerSettings()
         self.generation = generation or GenerationSettings()
-        self.verifier: Verifier = verifier or LexicalVerifier(embedder=getattr(retriever, "embedder", None))
+        embedder = getattr(retriever, "embedder", None)
+        self.verifier: Verifier = verifier or LexicalVerifier(embedder=embedder)
+        # sentence vectors for the extractive answer (shared with the built-in verifier's cache)
+        shared = getattr(self.verifier, "vectors", None)
+        self.similarity: SentenceVectors | None = shared if isinstance(shared, SentenceVectors) else (
+            SentenceVectors(embedder) if embedder is not None else None)
+        if getattr(backend, "extractive", False):  # a backend that answers extractively uses the same rules
+            backend.configure(similarity=self.similarity, min_coverage=self.settings.answerable_coverage,
+                              min_similarity=self.settings.answerable_similarity)
 
     # -- stages ------------------------------------------------------------------------------------
     def resolve_model(self, principal: Principal, requested: str | None) -> ModelChoice:
@@ -225,22 +233,66 @@ class Assistant:
         return GenerationRequest(p.prompt.messages, model=None if p.model == self.backend.base_model else p.model,
                                  max_tokens=limit,
                                  temperature=self.generation.temperature if p.temperature is None else p.temperature,
-                                 stop=p.stop, question=p.retrieval_question or p.question, evidence=p.prompt.evidence)
+                                 stop=p.stop, question=p.retrieval_question or p.question, evidence=p.prompt.evidence,
+                                 user_question=p.question)
+
+    def _generate(self, p: _Prepared) -> Generation:
+        """The model's whole answer; under ``fallback`` a base-model answer is streamed and judged sentence by
+        sentence, and generation stops once ``answer.early_fallback`` sentences are unsupported and none is
+        supported (the extractive answer will replace it anyway: seconds saved on a CPU)."""
+        request = self._request(p)
+        early = self.settings.early_fallback
+        if self.settings.verify != "fallback" or not early or p.model != self.backend.base_model:
+            return self.backend.generate(request)
+        gate = self._gate(p)
+        parts: list[str] = []
+        finish = "stop"
+        deltas = self.backend.stream(request)
+        try:
+            while True:
+                try:
+                    delta = next(deltas)
+                except StopIteration as end:
+                    finish = end.value if isinstance(end.value, str) and end.value else "stop"
+                    break
+                parts.append(delta)
+                gate.feed(delta)
+                if gate.supported == 0 and gate.stating - gate.supported >= early:
+                    finish = "stop"
+                    p.latency["early_fallback"] = 1.0
+                    break
+        finally:
+            close = getattr(deltas, "close", None)
+            if close is not None:
+                close()  # stops the model
+        text = "".join(parts)
+        return Generation(text, p.model, p.prompt.prompt_tokens if p.prompt else 0, self.backend.count_tokens(text),
+                          finish)
+
+    def _extractive(self, p: _Prepared) -> Callable[[], str]:
+        """The extractive answer from the evidence shown (the verified fallback), computed on demand."""
+        evidence = p.prompt.evidence if p.prompt is not None else ()
+        question = p.retrieval_question or p.question
+        focus = p.question if question != p.question else None
+        return lambda: extractive_answer(question, evidence, similarity=self.similarity,
+                                         min_coverage=self.settings.answerable_coverage,
+                                         min_similarity=self.settings.answerable_similarity, focus=focus)
 
     def _verify(self, p: _Prepared, text: str) -> Verification:
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
+        fallback = self._extractive(p)
         return verify_text(text, question=question, evidence=evidence, verifier=self.verifier,
                            policy=self.settings.verify, min_supported=self.settings.min_supported,
                            repair=self.settings.repair_citations,
-                           fallback=lambda: extractive_answer(question, evidence))
+                           fallback=fallback)
 
     def _gate(self, p: _Prepared) -> SentenceGate:
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
         return SentenceGate(question, evidence, self.verifier, self.settings.verify,
                             repair=self.settings.repair_citations,
-                            fallback=lambda: extractive_answer(question, evidence))
+                            fallback=self._extractive(p))
 
     def _audit(self, p: _Prepared, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float],
                verification: Verification | None = None) -> int:
@@ -284,7 +336,7 @@ class Assistant:
             text, cited, invalid = REFUSAL, (), 0
         else:
             t1 = time.perf_counter()
-            gen = self.backend.generate(self._request(p))
+            gen = self._generate(p)
             p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
             if gen.model != p.model:  # every answer comes from exactly the model it was routed to
                 raise GenerationError(f"the {self.backend.name} backend answered with model {gen.model!r} for a "

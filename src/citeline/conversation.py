@@ -95,6 +95,7 @@ its itself just me more most my no nor not now of off on once only or other our 
 so some such than that the their theirs them then there these they this those through to too under until up us
 very was we were what when where which while who whom whose why will with would you your yours
 ok okay yes yeah please thanks thank hi hello hey tell know explain go continue elaborate""".split())
+_FRAME_WORDS = frozenset("long many much often soon".split())
 _PRONOUNS = frozenset("it its they them their theirs he him his she her hers one ones same such".split())
 _DEMONSTRATIVES = frozenset("that this those these".split())
 _WH = frozenset("what how who whom whose when where why which".split())
@@ -220,7 +221,8 @@ def is_follow_up(question: str) -> bool:
     if _LEADS.match(question):
         return True
     rest = _strip_lead(question)
-    content = _content(rest)
+    # "how long", "how many": the answer's type, not a topic of the question's own
+    content = [w for w in _content(rest) if w.lower() not in _FRAME_WORDS]
     if len(content) <= 1:
         return True
     if not _is_full_question(rest) and len(content) <= 2:

@@ -57,14 +57,34 @@ class Segment:
         return self.raw.strip()
 
 
+_BLOCK_START = re.compile(r"\s*(?:[-*•+>|]\s|\d{1,3}[.)]\s|#{1,6}\s|```|$)")
+_LINE_END = re.compile(r"""(?:[.!?:;]["')\]]*|\[\d{1,3}(?:\s*,\s*\d{1,3})*\])\s*$""")
+
+
+def _blocks(text: str) -> list[tuple[int, str]]:
+    """Lines joined into logical lines: a line break inside a wrapped paragraph is not a sentence end, one
+    after a sentence end, before a blank line, a list item, a heading, a quote or a table row is."""
+    lines = [m for m in re.finditer(r"[^\n]*\n*", text) if m.group()]
+    out: list[tuple[int, str]] = []
+    start = 0
+    for i, m in enumerate(lines):
+        line = m.group()
+        nxt = lines[i + 1].group() if i + 1 < len(lines) else ""
+        hard = (not nxt or line.count("\n") > 1 or _LINE_END.search(line.rstrip("\n")) is not None
+                or _BLOCK_START.match(nxt) is not None or re.match(r"\s*#{1,6}\s", line) is not None
+                or not line.strip())
+        if hard:
+            out.append((start, text[start:m.end()]))
+            start = m.end()
+    if start < len(text):
+        out.append((start, text[start:]))
+    return out
+
+
 def split_sentences(text: str) -> list[Segment]:
     """Sentences and lines of ``text``; ``"".join(s.raw for s in result) == text``."""
     out: list[Segment] = []
-    for line in re.finditer(r"[^\n]*\n*", text):
-        chunk = line.group()
-        if not chunk:
-            continue
-        base = line.start()
+    for base, chunk in _blocks(text):
         last = 0
         for m in _END.finditer(chunk):
             head = chunk[last:m.end()]

@@ -148,6 +148,14 @@ class AnswerSettings(_Section):
                                              "(its Config model), e.g. {min_coverage = 0.8}")
     min_supported: float = Field(0.5, ge=0.0, le=1.0, description="fallback: the share of the model's stating "
                                  "sentences that must be supported to keep its answer")
+    answerable_coverage: float = Field(0.35, ge=0.0, le=1.0, description="the extractive answer (and so the "
+                                       "fallback) refuses unless its sentences cover this share of the question's "
+                                       "content words, weighted by rarity ...")
+    answerable_similarity: float = Field(0.7, ge=-1.0, le=2.0, description="... or its best sentence is this "
+                                         "similar to the question (embedding cosine)")
+    early_fallback: int = Field(2, ge=0, le=100, description="fallback: stop generating once this many sentences "
+                                "are unsupported and none is supported (the answer will be the extractive one "
+                                "anyway); base-model answers only; 0 = always generate the whole answer")
     repair_citations: bool = Field(True, description="a stating sentence without [n] gets the citation of the one "
                                    "piece of evidence that supports it (else it is unsupported)")
     rewrite: Literal["auto", "model", "rules"] = Field(

@@ -55,8 +55,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from citeline.sentences import (CITATION, Segment, content_stems, content_words, entities, negated, numbers,
                                 split_sentences, strip_citations, without_instructions)
 
-__all__ = ["Claim", "Judgement", "LexicalVerifier", "Policy", "SentenceGate", "Unsupported", "Verification",
-           "Verifier", "contract_checks", "verify_text"]
+__all__ = ["Claim", "Judgement", "LexicalVerifier", "Policy", "SentenceGate", "SentenceVectors", "Unsupported",
+           "Verification", "Verifier", "contract_checks", "verify_text"]
 
 Policy = Literal["fallback", "drop", "flag", "off"]
 FLAG = " [unverified]"
@@ -130,6 +130,45 @@ following follow here answer question evidence document documents according avai
 say says said mention mentioned note yes okay ok sure""")
 
 
+class SentenceVectors:
+    """Sentence vectors from the index's embedder, kept in a small LRU (evidence sentences repeat across
+    answers); calling it gives the cosine similarity of a question with each sentence (the extractive
+    answer's ``similarity``)."""
+
+    def __init__(self, embedder: Any, size: int = 20000) -> None:
+        self.embedder = embedder
+        self.size = size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def vectors(self, sentences: Sequence[str]) -> np.ndarray:
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for s in sentences:
+                v = self._cache.get(s)
+                if v is not None:
+                    self._cache.move_to_end(s)
+                    found[s] = v
+        missing = list(dict.fromkeys(s for s in sentences if s not in found))
+        if missing:
+            computed = self.embedder.embed_documents(missing)
+            with self._lock:
+                for s, v in zip(missing, computed, strict=True):
+                    found[s] = v
+                    self._cache[s] = v
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+        if not sentences:
+            return np.zeros((0, int(getattr(self.embedder, "dimension", 1))), dtype=np.float32)
+        return np.stack([found[s] for s in sentences])
+
+    def __call__(self, question: str, sentences: Sequence[str]) -> list[float]:
+        if not sentences:
+            return []
+        q = np.asarray(self.embedder.embed_query(question), dtype=np.float32)
+        return [float(x) for x in self.vectors(sentences) @ q]
+
+
 class LexicalVerifier:
     """Content words, numbers and names of the sentence found in the cited evidence, plus embedding
     similarity with the evidence's sentences (when an embedder is given) for paraphrases.
@@ -151,31 +190,19 @@ class LexicalVerifier:
         min_similarity: float = Field(0.72, ge=-1.0, le=1.0, description="cosine similarity to an evidence "
                                       "sentence that makes a paraphrase acceptable")
         semantic: bool = Field(True, description="use the embedder for paraphrases")
-        cache: int = Field(2048, ge=0, description="evidence chunks whose sentence vectors are kept")
+        cache: int = Field(20000, ge=0, description="sentence vectors kept in memory (evidence repeats)")
 
     def __init__(self, config: Config | None = None, *, embedder: Any = None) -> None:
         self.config = config or self.Config()
         self.embedder = embedder if self.config.semantic else None
-        self._vectors: OrderedDict[tuple[int, int], tuple[list[str], np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.vectors = SentenceVectors(self.embedder, self.config.cache) if self.embedder is not None else None
 
     # -- pieces ----------------------------------------------------------------------------------------
     def _evidence_sentences(self, e: Any) -> tuple[list[str], np.ndarray | None]:
-        if self.embedder is None:
+        if self.vectors is None:
             return [], None
-        key = (int(getattr(e, "chunk_id", 0)), hash(e.text))
-        with self._lock:
-            hit = self._vectors.get(key)
-            if hit is not None:
-                self._vectors.move_to_end(key)
-                return hit
         sents = [s.text for s in split_sentences(without_instructions(e.text)) if len(content_words(s.text)) >= 2][:64]
-        vecs = self.embedder.embed_documents(sents) if sents else np.zeros((0, 1), dtype=np.float32)
-        with self._lock:
-            self._vectors[key] = (sents, vecs)
-            while len(self._vectors) > self.config.cache:
-                self._vectors.popitem(last=False)
-        return sents, vecs
+        return sents, self.vectors.vectors(sents)
 
     def judge(self, claims: Sequence[Claim]) -> list[Judgement]:
         """Lexical checks first; only claims whose coverage falls in the paraphrase band are embedded."""
@@ -183,7 +210,7 @@ class LexicalVerifier:
         band = [i for i, (j, _) in enumerate(first) if j is None]
         vecs: dict[int, np.ndarray] = {}
         if band and self.embedder is not None:
-            matrix = self.embedder.embed_documents([claims[i].sentence for i in band])
+            matrix = self.vectors.vectors([claims[i].sentence for i in band])
             vecs = {i: matrix[k] for k, i in enumerate(band)}
         out: list[Judgement] = []
         for i, (j, coverage) in enumerate(first):
@@ -467,6 +494,15 @@ class SentenceGate:
         else:  # the last segment may still grow; everything before it is complete
             done, self._buf = segments[:-1], segments[-1].raw if segments else ""
         return self._release(done)
+
+    @property
+    def stating(self) -> int:
+        """Sentences judged so far that state something."""
+        return self._stating
+
+    @property
+    def supported(self) -> int:
+        return self._supported
 
     def _release(self, segments: Sequence[Segment]) -> str:
         if not segments:

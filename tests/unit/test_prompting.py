@@ -80,7 +80,7 @@ def test_extractive_backend_answers_from_evidence_sentences_with_citations():
     backend = ExtractiveBackend()
     req = GenerationRequest(p.messages, question="how do I roll back a deploy", evidence=p.evidence)
     gen = backend.generate(req)
-    assert gen.text.startswith("To roll back a deploy, run ship rollback with the release id. [1]")
+    assert gen.text.startswith("To roll back a deploy, run ship rollback with the release id [1].")
     assert "Lunch" not in gen.text and "# Deploy" not in gen.text
     assert "".join(backend.stream(req)) == gen.text
 

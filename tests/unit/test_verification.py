@@ -52,11 +52,13 @@ def check(text: str, policy: str = "drop", question: str = Q, **kw):
 
 # -- text rules -------------------------------------------------------------------------------------
 def test_sentences_keep_every_character_and_do_not_cut_numbers_or_abbreviations():
-    text = "Firmware 4.2.1 fixes it, e.g. the reflector. It costs £2,400.50 [1]. Next one! [2] Then\nA line"
+    text = ("Firmware 4.2.1 fixes it, e.g. the reflector. It costs £2,400.50 [1]. Next one! [2] A wrapped\n"
+            "line goes on. A list:\n- one item\n- two\n\n# Heading\nText")
     segs = split_sentences(text)
     assert "".join(s.raw for s in segs) == text
     assert [s.text for s in segs] == ["Firmware 4.2.1 fixes it, e.g. the reflector.", "It costs £2,400.50 [1].",
-                                      "Next one! [2]", "Then", "A line"]
+                                      "Next one! [2]", "A wrapped\nline goes on.", "A list:", "- one item", "- two",
+                                      "# Heading", "Text"]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -218,5 +220,5 @@ def test_a_planted_instruction_supports_nothing():
                         fallback=lambda: extractive_answer(q, printer))
         assert v.unsupported and v.fallback, obeyed
         assert "1,000,000" not in v.text and "admin mode" not in v.text
-        assert "ACME-PRINT-2" in v.text or "second floor" in v.text  # the extractive answer from the real text
+        assert any(fact in v.text for fact in ("ACME-PRINT-2", "second floor", "printer settings"))  # the real text
     assert "1,000,000" not in extractive_answer("what is the E4 band", printer)
