@@ -104,6 +104,8 @@ _EXPECTS_NUMBER = re.compile(r"^\s*(?:how\s+(?:much|many|long|often|soon|far|old
 _WANTS_MONEY = re.compile(r"\bhow\s+much\s+(?:does|do|is|are|was|will|would)\b|\b(?:cost|costs|price|priced|"
                           r"pay|fee|charge[sd]?)\b", re.IGNORECASE)
 _MONEY = re.compile(r"[£$€]\s?\d|\b\d[\d,.]*\s?(?:GBP|USD|EUR|pounds|dollars|euros)\b")
+_POINTER = re.compile(r"\bsee\s+(?:the\s+)?[\w\s-]{0,40}\b(?:page|section|doc|document|guide|runbook|wiki)\b|"
+                      r"\brefer\s+to\b", re.IGNORECASE)
 _PROCEDURAL = re.compile(r"\bhow\s+(?:do|can|should|would|to|does)\b(?!\s+(?:it|they|you)\s+(?:cost|take|last))|"
                          r"\bhow\s+do\s+we\s+fix\b|\bwhat\s+(?:command|steps)\b", re.IGNORECASE)
 _IMPERATIVE = frozenset("""run type open hold press choose select click go use call email contact send post check restart
@@ -186,6 +188,8 @@ def score_candidates(question: str, evidence: Sequence[Any], *, similarity: Simi
             score += 0.25  # "how do I": an answer is a command or an instruction
         if c.lede:
             score *= 0.75  # a page's opening line says what the page covers, not the answer
+        if _POINTER.search(c.text):
+            score *= 0.85  # "(see the Deploy process page)": the answer is elsewhere
         novelty = _novelty(c, wanted, question)
         if wants_number and _has_number(c.text, question):
             novelty = 1.0  # the number is the news
