@@ -31,8 +31,8 @@ copy of this script with the main venv: it imports citeline from the tree it liv
 install is redirected), and ``CITELINE_BENCH_COMMIT`` names the commit in the results::
 
     git archive HEAD | tar -x -C /tmp/citeline-head
-    CITELINE_BENCH_COMMIT=$(git rev-parse --short HEAD) .venv/bin/python /tmp/citeline-head/benchmarks/answer_quality.py \
-        --vllm-venv .venv-vllm ...
+    CITELINE_BENCH_COMMIT=$(git rev-parse --short HEAD) \\
+        .venv/bin/python /tmp/citeline-head/benchmarks/answer_quality.py --vllm-venv .venv-vllm ...
 
 Results go to ``--out`` as JSON (rewritten after every run; ``--append`` keeps the runs already there) and a
 Markdown table of all runs in that file is printed.
