@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import subprocess
 import sys
@@ -53,8 +55,9 @@ def test_openai_client_non_streaming_answer_cites_sources(server):
         model="citeline", messages=[{"role": "user", "content": DEPLOY}])
     text = resp.choices[0].message.content
     extra = resp.model_extra or {}
-    assert "[1]" in text and "Sources:" in text
+    assert re.search(r"\[\d\]", text) and "Sources:" in text and "acme-deploy rollback fleet" in text
     assert extra["refused"] is False and extra["citations"]
+    assert extra["verified"] is True and extra["verify_policy"] == "fallback" and extra["unsupported"] == []
     assert any(c["external_id"] == "engineering/deploy-process.md" for c in extra["citations"])
     assert all(f"[{c['n']}]" in text for c in extra["citations"])
 
@@ -228,6 +231,10 @@ def test_models_health_ready_and_metrics(server):
     for stage in ("auth", "retrieve", "audit"):
         assert f'citeline_stage_latency_seconds_count{{stage="{stage}"}}' in text
     assert "citeline_answers_total" in text and "citeline_db_pool_size" in text
+    assert 'citeline_answer_verification_total{outcome="verified",policy="fallback"}' in text
+    assert 'citeline_stage_latency_seconds_count{stage="verify"}' in text
+    body = r.json()
+    assert body["verified"] is True and body["verify_policy"] == "fallback" and body["unsupported"] == []
 
 
 def test_chat_page_is_served_with_security_headers(server):
