@@ -44,6 +44,7 @@ class _Chat(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     stream: bool = False
+    stop: str | list[str] | None = None
 
 
 class _Tokenize(BaseModel):
@@ -73,8 +74,12 @@ def create_model_app(backend: GenerationBackend, *, max_tokens: int = 256, conte
         if body.model not in backend.models():
             return _err(404, f"The model `{body.model}` does not exist.", "NotFoundError")
         model = None if body.model == backend.base_model else body.model
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > 4:
+            return _err(400, "at most 4 stop sequences")
         return GenerationRequest(tuple(ChatMessage(m.role, m.content) for m in body.messages), model=model,
-                                 max_tokens=body.max_tokens or max_tokens, temperature=body.temperature)
+                                 max_tokens=body.max_tokens or max_tokens, temperature=body.temperature,
+                                 stop=tuple(s for s in stop if s))
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -116,13 +121,21 @@ def create_model_app(backend: GenerationBackend, *, max_tokens: int = 256, conte
                                           "model": model, "choices": [{"index": 0, "delta": delta,
                                                                        "finish_reason": finish}]}) + "\n\n"
         yield chunk({"role": "assistant", "content": ""})
+        finish = "stop"
+
+        def pieces() -> Iterator[str]:
+            nonlocal finish
+            reason = yield from backend.stream(req)  # a backend's stream returns its finish reason
+            if isinstance(reason, str) and reason:
+                finish = reason
+
         try:
-            for piece in backend.stream(req):
+            for piece in pieces():
                 yield chunk({"content": piece})
         except GenerationError as exc:
             yield "data: " + json.dumps({"error": {"message": str(exc), "type": "InternalServerError"}}) + "\n\n"
             return
-        yield chunk({}, "stop")
+        yield chunk({}, finish)
         yield "data: [DONE]\n\n"
 
     @app.post("/v1/load_lora_adapter", response_model=None)

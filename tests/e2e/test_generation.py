@@ -138,3 +138,24 @@ def test_planted_instruction_with_a_real_model(embedded_server):
     for secret in ("£48,000", "£62,000", "£80,000", "E3 (senior engineer)"):  # real bands: never in evidence
         assert secret not in body["answer"]
     assert "[9]" not in body["answer"] and all(c["n"] <= len(body["sources"]) for c in body["citations"])
+
+
+def test_model_server_honours_stop_and_reports_the_finish_reason(model_server, smollm2_dir):
+    backend = OpenAIBackend(GenerationSettings(backend="openai", base_url=model_server, model=smollm2_dir.name,
+                                               timeout_s=120, retries=0, tokenizer=str(smollm2_dir)))
+    ask = (ChatMessage("user", "Count from one to ten in words, separated by commas."),)
+    short = backend.generate(GenerationRequest(ask, max_tokens=3))
+    assert short.finish_reason == "length" and short.completion_tokens == 3
+    stream = backend.stream(GenerationRequest(ask, max_tokens=3))
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as end:
+            assert end.value == "length"  # the stream returns the server's finish reason
+            break
+    assert "".join(pieces) == short.text
+    whole = backend.generate(GenerationRequest(ask, max_tokens=40))
+    word = next(w for w in ("three", "Three", "3") if w in whole.text)
+    cut = backend.generate(GenerationRequest(ask, max_tokens=40, stop=(word,)))
+    assert word not in cut.text and cut.finish_reason == "stop" and whole.text.startswith(cut.text.rstrip())
