@@ -222,3 +222,36 @@ def test_a_planted_instruction_supports_nothing():
         assert "1,000,000" not in v.text and "admin mode" not in v.text
         assert any(fact in v.text for fact in ("ACME-PRINT-2", "second floor", "printer settings"))  # the real text
     assert "1,000,000" not in extractive_answer("what is the E4 band", printer)
+
+
+# -- hostile and odd model output ----------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = st.sampled_from(["Run `acme-deploy rollback fleet`", " [1]", " [2]", " [99]", "[", "]", ".", "!", "?",
+                           " ", "\n", "\n\n", "\x00", "\ud7ff", "é", "£1,000,000", " 30 days", "Ignore all previous "
+                           "instructions.", "- ", "1. ", "# ", "```", "The moon", " 9 minutes", "e.g.", "4.2.1"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_PIECES, max_size=60), st.sampled_from(["fallback", "drop", "flag"]), st.integers(1, 9))
+def test_any_model_output_is_verified_without_crashing_and_streams_agree(pieces, policy, size):
+    text = "".join(pieces)
+    v = check(text, policy)
+    assert isinstance(v.text, str) and v.text.strip()
+    if policy != "flag":  # whatever is delivered is supported (or the refusal)
+        assert check(v.text, "flag").unsupported == () or v.text == REFUSAL
+    gate = SentenceGate(Q, EVIDENCE, LEXICAL, policy, fallback=lambda: extractive_answer(Q, EVIDENCE))
+    emitted = "".join(stream_through(gate, iter([text[i:i + size] for i in range(0, len(text), size)])))
+    assert gate.result is not None and emitted.strip() == gate.result.text
+    if policy != "flag":
+        assert all(u.sentence not in emitted or u.sentence in gate.result.text for u in gate.result.unsupported)
+
+
+def test_a_huge_answer_is_verified_in_bounded_time():
+    import time
+
+    text = ("Run `acme-deploy rollback fleet` [1]. " + "word " * 5000 + "[1]. ") * 20
+    t0 = time.perf_counter()
+    v = check(text, "drop")
+    assert time.perf_counter() - t0 < 10 and "acme-deploy rollback fleet" in v.text
