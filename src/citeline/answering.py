@@ -116,6 +116,7 @@ class _Prepared:
     max_tokens: int | None = None
     temperature: float | None = None
     stop: tuple[str, ...] = ()
+    stopped_early: bool = False  # generation stopped by answer.early_fallback
 
 
 def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | None:
@@ -259,7 +260,7 @@ class Assistant:
                 gate.feed(delta)
                 if gate.supported == 0 and gate.stating - gate.supported >= early:
                     finish = "stop"
-                    p.latency["early_fallback"] = 1.0
+                    p.stopped_early = True
                     break
         finally:
             close = getattr(deltas, "close", None)
@@ -310,7 +311,7 @@ class Assistant:
             payload["rewrite"] = p.rewrite
             payload["history_turns"] = len(p.history)
         if verification is not None:
-            payload["verification"] = verification.as_dict()
+            payload["verification"] = {**verification.as_dict(), "generation_stopped_early": p.stopped_early}
         if text is not None:
             payload["answer"] = text
         return self.audit.append("ask", "answer", principal=p.principal.user, team=p.principal.team,
