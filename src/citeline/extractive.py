@@ -135,6 +135,17 @@ def _asked(question: str) -> set[str]:
     return asked if len(asked) >= 3 else whole  # "How do we fix it?": the context says what "it" is
 
 
+_PART_SPLIT = re.compile(r"\?+\s*|[,;]?\s+(?:and|also|plus)\s+(?=(?:how|where|what|when|which|who|why|whether|is|are|"
+                         r"can|could|do|does|will|would|should)\b)", re.IGNORECASE)
+
+
+def _parts(question: str) -> list[str]:
+    """The separate things a question asks ("What's the part number and price?" is one; "Which network
+    should they use and where can they find the password?" is two)."""
+    parts = [p.strip() for p in _PART_SPLIT.split(question) if p and p.strip()]
+    return parts if len(parts) > 1 else []
+
+
 def _novelty(c: _Candidate, wanted: set[str], question: str) -> float:
     """The share of what a sentence says that the question does not already say (numbers count)."""
     from citeline.sentences import numbers
@@ -245,6 +256,17 @@ def select_sentences(question: str, evidence: Sequence[Any], *, max_sentences: i
         if (gain > 0.15 and c.score >= 0.6 * best.score) or (follows and c.score >= 0.8 * best.score):
             chosen.append(c)
             covered |= (c.words | c.heading) & wanted
+    for part in _parts(question):  # "Which network, and where is the password?": each part gets its sentence
+        own = _asked(part)
+        have = set().union(*(c.words | c.heading for c in chosen))
+        if len(chosen) >= max_sentences or len(own) < 2 or len(own & have) * 2 >= len(own):
+            continue
+        part_scored, _ = score_candidates(part, evidence, similarity=similarity)
+        extra = next((c for c in part_scored if c.words & own and all((c.n, c.pos) != (x.n, x.pos) for x in chosen)),
+                     None)
+        if extra is not None and extra.score >= 0.5 * best.score:
+            chosen.append(extra)
+            covered |= (extra.words | extra.heading) & wanted
     for echo in echoes:  # a reply answers what its document asked: the restatement's words count as covered
         if any(c.doc == echo.doc for c in chosen):
             covered |= (echo.words | echo.heading) & wanted
