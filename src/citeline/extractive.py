@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from citeline.sentences import content_stems, content_words, split_sentences, stem, without_instructions
+from citeline.sentences import asked_part, content_stems, content_words, split_sentences, stem, without_instructions
 
 __all__ = ["REFUSAL", "extractive_answer", "select_sentences"]
 
@@ -126,12 +126,11 @@ _FRAME = re.compile(r"\bhow\s+(?:long|many|much|often|soon|far|old)\b|\bwhat\s+(
 def _asked(question: str) -> set[str]:
     """What the question asks: the content stems of its interrogative sentences (context before them, "I'm
     based in the UK.", is not asked), without its frame ("how long", "how many": the answer's type)."""
-    parts = [s.text for s in split_sentences(question) if s.text]
-    asking = [p for p in parts if p.rstrip(" )").endswith("?")]
     whole = content_stems(_FRAME.sub(" ", question)) - _GENERIC
-    if not asking or len(asking) == len(parts):
+    part = asked_part(question)
+    if part is None:
         return whole
-    asked = content_stems(_FRAME.sub(" ", " ".join(asking))) - _GENERIC
+    asked = content_stems(_FRAME.sub(" ", part)) - _GENERIC
     return asked if len(asked) >= 3 else whole  # "How do we fix it?": the context says what "it" is
 
 

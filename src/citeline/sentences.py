@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["CITATION", "Segment", "content_stems", "content_words", "entities", "numbers", "split_sentences",
+__all__ = ["CITATION", "Segment", "asked_part", "content_stems", "content_words", "entities", "numbers", "split_sentences",
            "stem", "strip_citations", "without_instructions"]
 
 CITATION = re.compile(r"\s*\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
@@ -187,3 +187,13 @@ def without_instructions(text: str) -> str:
 
 def _keep(part: str) -> bool:
     return not part.strip() or not _PLANTED.search(part)
+
+
+def asked_part(question: str) -> str | None:
+    """The interrogative sentences of a question that also says other things ("I'm based in the UK. Between
+    what times may I deploy?" → the second sentence), or None when the whole question is what is asked."""
+    parts = [s.text for s in split_sentences(question) if s.text]
+    asking = [p for p in parts if p.rstrip(" )").endswith("?")]
+    if not asking or len(asking) == len(parts):
+        return None
+    return " ".join(asking)
