@@ -19,9 +19,11 @@ for q in "how do I roll back a bad deploy" "what is the return policy"; do
     $cl search "$q" --as "$who" -k 3
   done
 done
-# Grounded answers with the embedded model (SmolLM2-135M, converted once into .citeline/models: ~30 s
-# the first time; ~2-10 tokens/s on 2 cores, so answers are capped at 96 tokens here). alice gets an
-# answer from the runbook; bob may not see the runbook, so citeline refuses without calling the model.
+# Grounded answers with the embedded model (SmolLM2-135M on llama.cpp, ~1 s to load, ~25 tokens/s on one
+# core; answers capped at 96 tokens here). Every sentence is checked against the evidence it cites; what
+# the small model writes rarely survives, and then the answer is the verified extractive one from the same
+# evidence (the output says so). alice gets the rollback command from the runbook; bob may not see the
+# runbook, so citeline refuses without calling the model.
 export CITELINE_GENERATION__MAX_TOKENS=96
 for who in alice bob; do
   echo "==> citeline ask \"how do I roll back a bad deploy\" --as $who"
