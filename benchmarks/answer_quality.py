@@ -13,7 +13,8 @@ every requested backend x policy x QA file, it opens a :class:`citeline.app.Cite
 the way (``Assistant.ask`` is wrapped) for what the QA report does not carry: ``latency_ms["verify_ms"]``
 and ``["generate_ms"]``, ``completion_tokens``, ``latency_ms["early_fallback"]`` and ``finish_reason``.
 
-Per run it reports correct-and-cited (n/N), citation precision, refusal precision/recall, leaks, delivered
+Per run it reports correct-and-cited (n/N), facts right with citations ignored (not refused, every
+``must_contain`` present: shows what an answer without ``[n]`` marks would have scored), citation precision, refusal precision/recall, leaks, delivered
 unsupported sentences (and their rate), fallbacks, dropped sentences, verification cost per generated
 answer (mean and p95 of ``verify_ms``; it includes computing the extractive fallback when one is used),
 answer latency p50/p95 (wall time of ``ask``) and, for model backends, tokens/s = completion tokens /
@@ -35,7 +36,7 @@ install is redirected), and ``CITELINE_BENCH_COMMIT`` names the commit in the re
         .venv/bin/python /tmp/citeline-head/benchmarks/answer_quality.py --vllm-venv .venv-vllm ...
 
 Results go to ``--out`` as JSON (rewritten after every run; ``--append`` keeps the runs already there) and a
-Markdown table of all runs in that file is printed.
+Markdown table of all runs in that file is printed (``--out FILE --table``: only the table).
 """
 
 from __future__ import annotations
@@ -236,10 +237,11 @@ def _fmt(v: float | None, spec: str = ".0%") -> str:
 
 
 def markdown(runs: list[dict[str, Any]]) -> str:
-    head = ("| backend | policy | QA set | correct & cited | citation precision | refusal P / R | leaks "
+    head = ("| backend | policy | QA set | correct & cited | facts right (citations ignored) | citation precision "
+            "| refusal P / R | leaks "
             "| unsupported delivered (rate) | fallbacks | dropped | verify ms mean / p95 | latency p50 / p95 "
             "| tokens/s | errors |")
-    lines = [head, "|" + "|".join(["---"] * 14) + "|"]
+    lines = [head, "|" + "|".join(["---"] * 15) + "|"]
     for r in runs:
         t = r["totals"]
         n = f" (first {r['limit']})" if r.get("limit") else ""
@@ -251,9 +253,11 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         tps = _fmt(r["tokens_per_s"], ".1f")
         if r["tokens_per_s"] is not None and r["early_fallbacks"]:
             tps += f" ({r['early_fallbacks']} early stops)"
+        facts = sum(1 for q in r["results"] if q["kind"] == "answerable" and not q["refused"] and not q["missing"]
+                    and not q.get("error"))
         lines.append(
             f"| {r['backend']} | {r['policy']} | {r['qa']}{n} | {t['correct_and_cited']}/{t['answerable']} "
-            f"({_fmt(t['correct_rate'])}) | {_fmt(t['citation_precision'])} "
+            f"({_fmt(t['correct_rate'])}) | {facts}/{t['answerable']} | {_fmt(t['citation_precision'])} "
             f"| {_fmt(t['refusal_precision'])} / {_fmt(t['refusal_recall'])} | {t['leaks']} | {unsup} "
             f"| {t['fallbacks']} | {t['dropped_sentences']} | {vms} | {lat} | {tps} | {t['errors']} |")
     return "\n".join(lines)
@@ -274,7 +278,11 @@ def main() -> None:
     ap.add_argument("--vllm-venv", type=Path, default=None, help="vLLM's environment (default: .venv-vllm)")
     ap.add_argument("--base-url", default=None, help="openai backend without --vllm: the server's /v1 URL")
     ap.add_argument("--model", default=None, help="openai backend without --vllm: the served model name")
+    ap.add_argument("--table", action="store_true", help="only print the Markdown table of the runs in --out")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())["runs"]))
+        return
 
     def qa_path(name: str) -> Path:
         p = Path(name)
