@@ -14,8 +14,8 @@ the way (``Assistant.ask`` is wrapped) for what the QA report does not carry: ``
 and ``["generate_ms"]``, ``completion_tokens``, ``latency_ms["early_fallback"]`` and ``finish_reason``.
 
 Per run it reports correct-and-cited (n/N), facts right with citations ignored (not refused, every
-``must_contain`` present: shows what an answer without ``[n]`` marks would have scored), citation precision, refusal precision/recall, leaks, delivered
-unsupported sentences (and their rate), fallbacks, dropped sentences, verification cost per generated
+``must_contain`` present: what an answer without ``[n]`` marks would have scored), citation precision,
+refusal precision/recall, leaks, delivered unsupported sentences (and their rate), fallbacks, dropped sentences, verification cost per generated
 answer (mean and p95 of ``verify_ms``; it includes computing the extractive fallback when one is used),
 answer latency p50/p95 (wall time of ``ask``) and, for model backends, tokens/s = completion tokens /
 generation time over generated answers (generation time includes prompt processing; an answer cut short by
