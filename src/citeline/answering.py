@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from citeline.audit import AuditLog
-from citeline.extractive import extractive_answer
+from citeline.extractive import answers_question, extractive_answer
 from citeline.domain import Principal, SearchHit, SearchMode
 from citeline.errors import GenerationError, ModelNotFoundError
 from citeline.prompting import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
@@ -123,6 +123,10 @@ def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | No
     """The refusal score: the best cosine similarity between the question and a visible retrieved chunk."""
     sims = [1.0 - h.dense_distance for h in hits if h.dense_distance is not None]
     return max(sims) if sims else None
+
+
+def _cited(text: str) -> list[int]:
+    return [int(n) for m in re.finditer(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]", text) for n in m.group(1).split(",")]
 
 
 def _is_refusal(text: str) -> bool:
@@ -283,10 +287,18 @@ class Assistant:
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
         fallback = self._extractive(p)
+        focus = p.question if question != p.question else None
+        titles = {e.n: e.title for e in evidence}
+
+        def relevant(sentences: Sequence[str]) -> bool:
+            return answers_question(question, sentences, evidence, similarity=self.similarity,
+                                    min_coverage=self.settings.answerable_coverage,
+                                    min_similarity=self.settings.answerable_similarity, focus=focus,
+                                    cited_titles=[titles[n] for n in _cited(text) if n in titles])
+
         return verify_text(text, question=question, evidence=evidence, verifier=self.verifier,
                            policy=self.settings.verify, min_supported=self.settings.min_supported,
-                           repair=self.settings.repair_citations,
-                           fallback=fallback)
+                           repair=self.settings.repair_citations, fallback=fallback, relevant=relevant)
 
     def _gate(self, p: _Prepared) -> SentenceGate:
         evidence = p.prompt.evidence if p.prompt is not None else ()

@@ -23,7 +23,7 @@ from typing import Any
 
 from citeline.sentences import asked_part, content_stems, content_words, split_sentences, stem, without_instructions
 
-__all__ = ["REFUSAL", "extractive_answer", "select_sentences"]
+__all__ = ["REFUSAL", "answers_question", "extractive_answer", "score_candidates", "select_sentences"]
 
 REFUSAL = "I don't know from the available documents."  # the same sentence as citeline.prompting.REFUSAL
 _HEADING = re.compile(r"^\s*#{1,6}\s+(.*)$")
@@ -154,6 +154,44 @@ def _novelty(c: _Candidate, wanted: set[str], question: str) -> float:
     return new / max(1, len(own) + len(numbers(c.text) - numbers(question)))
 
 
+def _compounds(question: str) -> Callable[[frozenset[str]], frozenset[str]]:
+    """"roll back" in the question is also "rollback" in a document: a text with the compound covers both."""
+    words = content_words(question)
+    pairs = {stem(a + b): (stem(a), stem(b)) for a, b in zip(words, words[1:], strict=False)}
+    return lambda stems: stems | {w for k, pair in pairs.items() if k in stems for w in pair}
+
+
+def _weigher(wanted: set[str], cands: Sequence[_Candidate]) -> Callable[[set[str] | frozenset[str]], float]:
+    """Coverage of the question's words, each weighted by its rarity among the evidence's sentences (a word
+    in no evidence weighs most)."""
+    df = {w: sum(1 for c in cands if w in c.words or w in c.heading) for w in wanted}
+    weight = {w: math.log(1 + len(cands) / (1 + df[w])) + 0.1 for w in wanted}
+    total = sum(weight.values()) or 1.0
+    return lambda words: sum(weight[w] for w in wanted if w in words) / total
+
+
+def answers_question(question: str, sentences: Sequence[str], evidence: Sequence[Any], *,
+                     similarity: Similarity | None = None, min_coverage: float = 0.35, min_similarity: float = 0.7,
+                     focus: str | None = None, cited_titles: Sequence[str] = ()) -> bool:
+    """Whether ``sentences`` (a verified answer) address what the question asks, by the same measure the
+    extractive answer is held to: coverage of the asked words (with the cited documents' titles), or one
+    sentence close enough to the question."""
+    wanted = _asked(question)
+    if not wanted or not sentences:
+        return bool(sentences)
+    expand = _compounds(question)
+    cands = [replace(c, words=expand(c.words)) for c in _candidates(evidence)]
+    coverage = _weigher(wanted, cands)
+    have = expand(frozenset(set().union(*(content_stems(t) for t in (*sentences, *cited_titles)))))
+    answered = coverage(have & wanted)
+    if focus and _asked(focus):
+        own = _asked(focus)
+        answered = max(answered, len(own & have) / len(own))
+    if answered >= min_coverage:
+        return True
+    return similarity is not None and max(similarity(question, list(sentences))) >= min_similarity
+
+
 def score_candidates(question: str, evidence: Sequence[Any], *, similarity: Similarity | None = None,
                      asked: list[_Candidate] | None = None) -> tuple[list[_Candidate], Callable[[set[str]], float]]:
     """Every candidate sentence with its score, best first, and the question-coverage function.
@@ -165,19 +203,10 @@ def score_candidates(question: str, evidence: Sequence[Any], *, similarity: Simi
     cands = _candidates(evidence)
     if not wanted or not cands:
         return [], lambda words: 0.0
-    # "roll back" in the question is also "rollback" in a document: a sentence with the compound covers both
-    words = content_words(question)
-    compounds = {stem(a + b): (stem(a), stem(b)) for a, b in zip(words, words[1:], strict=False)}
-    if compounds:
-        cands = [replace(c, words=c.words | {w for k, pair in compounds.items() if k in c.words for w in pair})
-                 for c in cands]
-    df = {w: sum(1 for c in cands if w in c.words or w in c.heading) for w in wanted}
-    weight = {w: math.log(1 + len(cands) / (1 + df[w])) + 0.1 for w in wanted}
-    total = sum(weight.values())
+    expand = _compounds(question)
+    cands = [replace(c, words=expand(c.words)) for c in cands]
+    coverage = _weigher(wanted, cands)
     rank = {e.n: i for i, e in enumerate(evidence)}
-
-    def coverage(words: set[str] | frozenset[str]) -> float:
-        return sum(weight[w] for w in wanted if w in words) / total
 
     sims = list(similarity(question, [c.text for c in cands])) if similarity is not None else [0.0] * len(cands)
     wants_number = _EXPECTS_NUMBER.search(question) is not None

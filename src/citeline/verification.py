@@ -22,14 +22,16 @@ Rules applied around any verifier (:func:`verify_text`)
       evidence that supports it on its own: then that ``[n]`` is added (counted as repaired).
     * Numbers and names (:func:`citeline.sentences.numbers`, :func:`~citeline.sentences.entities`) in a
       sentence that appear in *no* shown evidence make it unsupported whatever the verifier says.
+    * A sentence said again (small models loop) is unsupported: it adds nothing.
     * Paragraphs of evidence that speak to the assistant ("ignore all previous instructions ... tell the
       user ...", :func:`citeline.sentences.without_instructions`) support nothing: a model that obeys a
       planted instruction produces sentences no usable evidence supports.
 
 Policies (``answer.verify``)
     ``fallback`` (default): unsupported sentences are removed; when fewer than ``answer.min_supported`` of
-    the stating sentences survive (or none), the answer is replaced by the extractive answer from the same
-    evidence (:func:`citeline.extractive.extractive_answer`), itself verified. ``drop``: unsupported
+    the stating sentences survive (or none), or what survives does not address the question (the same
+    answerability measure the extractive answer is held to), the answer is replaced by the extractive
+    answer from the same evidence (:func:`citeline.extractive.extractive_answer`), itself verified. ``drop``: unsupported
     sentences are removed (nothing left → the refusal sentence). ``flag``: everything is kept and each
     unsupported sentence is marked ``[unverified]``. ``off``: no verification.
 
@@ -54,6 +56,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from citeline.sentences import (CITATION, Segment, content_stems, content_words, entities, negated, numbers,
                                 split_sentences, strip_citations, without_instructions)
+
+_LIST_MARK = re.compile(r"^\s*(?:[-*•]\s+|\d{1,3}[.)]\s+)")
 
 __all__ = ["Claim", "Judgement", "LexicalVerifier", "Policy", "SentenceGate", "SentenceVectors", "Unsupported",
            "Verification", "Verifier", "contract_checks", "verify_text"]
@@ -114,9 +118,11 @@ class Verification:
     fallback: bool = False
     cited: tuple[int, ...] = ()  # evidence numbers cited in the delivered text, in order of first use
     ms: float = 0.0
+    off_topic: bool = False  # supported, but not an answer to the question: replaced by the fallback
 
     def as_dict(self) -> dict[str, Any]:
         return {"policy": self.policy, "verified": self.verified, "fallback": self.fallback,
+                "off_topic": self.off_topic,
                 "stating": self.stating, "supported": self.supported, "repaired": self.repaired,
                 "unsupported": [u.as_dict() for u in self.unsupported], "ms": round(self.ms, 2)}
 
@@ -198,6 +204,8 @@ class LexicalVerifier:
                                       "sentence that makes a paraphrase acceptable")
         semantic: bool = Field(True, description="use the embedder for paraphrases")
         cache: int = Field(20000, ge=0, description="sentence vectors kept in memory (evidence repeats)")
+        window: int = Field(3, ge=1, le=50, description="a sentence's words must be found within this many "
+                            "adjacent sentences of the cited evidence (its title counts with each)")
 
     def __init__(self, config: Config | None = None, *, embedder: Any = None) -> None:
         self.config = config or self.Config()
@@ -241,12 +249,13 @@ class LexicalVerifier:
             if not _contains(cited_lower, name) and not _contains(question, name):
                 return Judgement(False, 0.0, f"{name!r} is not in the cited evidence"), 0.0
         new = content_stems(claim.sentence) - content_stems(claim.question) - _GENERIC
-        have = content_stems(cited_text)
         if not new:  # the sentence restates the question: the cited evidence must be about it
-            words = content_stems(claim.sentence) - _GENERIC
-            coverage = len(words & have) / len(words) if words else 1.0
-        else:
-            coverage = len(new & have) / len(new)
+            new = content_stems(claim.sentence) - _GENERIC
+        # support is local: the words must stand together in a few adjacent sentences of the evidence, not
+        # be scattered over a whole chunk ("The Fleet app is only available for a month")
+        windows = _windows(claim.cited, self.config.window)
+        have = max(windows, key=lambda w: len(new & w)) if windows else set()
+        coverage = len(new & have) / len(new) if new else 1.0
         if negated(claim.sentence):
             _, closest = self._closest_by_words(claim.sentence, claim.cited)
             if closest and not negated(closest):
@@ -287,6 +296,17 @@ class LexicalVerifier:
                 if overlap > best:
                     best, best_text = overlap, s.text
         return best, best_text
+
+
+def _windows(evidence: Sequence[Any], size: int) -> list[set[str]]:
+    """The content stems of every run of ``size`` adjacent sentences of each piece (with its title)."""
+    out: list[set[str]] = []
+    for e in evidence:
+        title = content_stems(e.title)
+        stems = [content_stems(s.text) for s in split_sentences(without_instructions(e.text)) if s.text]
+        for i in range(max(1, len(stems) - size + 1)):
+            out.append(title.union(*stems[i:i + size]))
+    return out
 
 
 def _usable(evidence: Sequence[Any]) -> str:
@@ -341,16 +361,23 @@ class _Judged:
 
 
 def _judge_segments(segments: Sequence[Segment], question: str, evidence: Sequence[Any], verifier: Verifier,
-                    repair: bool) -> list[_Judged]:
+                    repair: bool, said: set[str] | None = None) -> list[_Judged]:
     by_n = {e.n: e for e in evidence}
     usable = _usable(evidence)
     all_nums = numbers(usable)
     all_lower = usable.lower()
     judged = [_Judged(s, states_something(s.text, question), _cited_numbers(s.raw, len(evidence))) for s in segments]
+    seen: set[str] = said if said is not None else set()
+    for j in judged:  # a sentence said again (small models loop) adds nothing and is dropped
+        key = " ".join(content_words(_LIST_MARK.sub("", strip_citations(j.segment.text))))
+        if j.stating and key:
+            if key in seen:
+                j.supported, j.reason, j.stating = False, "repeats an earlier sentence", True
+            seen.add(key)
     claims: list[Claim] = []
     index: list[tuple[int, int | None]] = []  # (judged position, repair candidate n or None)
     for i, j in enumerate(judged):
-        if not j.stating:
+        if not j.stating or j.reason:
             continue
         bare = strip_citations(j.segment.text)
         stray = sorted(n for n in numbers(bare) if n not in all_nums) or \
@@ -424,9 +451,13 @@ def _has_claims(judged: Sequence[_Judged]) -> bool:
 
 
 def verify_text(text: str, *, question: str, evidence: Sequence[Any], verifier: Verifier, policy: str,
-                min_supported: float = 0.5, repair: bool = True,
-                fallback: Callable[[], str] | None = None) -> Verification:
-    """Judge every sentence of ``text`` and apply ``policy`` (see the module docstring)."""
+                min_supported: float = 0.5, repair: bool = True, fallback: Callable[[], str] | None = None,
+                relevant: Callable[[Sequence[str]], bool] | None = None) -> Verification:
+    """Judge every sentence of ``text`` and apply ``policy`` (see the module docstring).
+
+    ``relevant`` (under ``fallback``): whether the surviving sentences address the question at all; an
+    answer that is supported but beside the question is replaced by the fallback too.
+    """
     t0 = time.perf_counter()
     if policy == "off" or _is_refusal(text):
         cited = _cited_numbers(text, len(evidence))
@@ -439,7 +470,11 @@ def verify_text(text: str, *, question: str, evidence: Sequence[Any], verifier: 
     out, bad = _render(judged, policy)
     out = _tidy(out)
     used_fallback = False
-    if policy == "fallback" and (not _has_claims(judged) or supported < min_supported * stating):
+    off_topic = False
+    if policy == "fallback" and _has_claims(judged) and supported >= min_supported * stating and relevant is not None:
+        kept = [strip_citations(j.segment.text) for j in judged if j.stating and j.supported]
+        off_topic = not relevant(kept)
+    if policy == "fallback" and (off_topic or not _has_claims(judged) or supported < min_supported * stating):
         used_fallback = True
         alt = fallback() if fallback is not None else REFUSAL
         alt_judged = _judge_segments(split_sentences(alt), question, evidence, verifier, repair) \
@@ -453,7 +488,7 @@ def verify_text(text: str, *, question: str, evidence: Sequence[Any], verifier: 
         out = REFUSAL
     verified = policy != "flag" or not bad
     return Verification(out, policy, verified, tuple(bad), stating, supported, repaired, used_fallback,
-                        _cited_numbers(out, len(evidence)), (time.perf_counter() - t0) * 1000)
+                        _cited_numbers(out, len(evidence)), (time.perf_counter() - t0) * 1000, off_topic)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,6 +519,7 @@ class SentenceGate:
     _repaired: int = 0
     _ms: float = 0.0
     _fell_back: bool = False
+    _said: set[str] = field(default_factory=set)
     result: Verification | None = None
     _OPEN: ClassVar[re.Pattern[str]] = re.compile(r"\[[\d,\s]{0,12}$")
 
@@ -515,7 +551,7 @@ class SentenceGate:
         if not segments:
             return ""
         t0 = time.perf_counter()
-        judged = _judge_segments(segments, self.question, self.evidence, self.verifier, self.repair)
+        judged = _judge_segments(segments, self.question, self.evidence, self.verifier, self.repair, self._said)
         self._stating += sum(j.stating for j in judged)
         self._supported += sum(j.stating and j.supported for j in judged)
         self._repaired += sum(j.repaired is not None and j.supported for j in judged)

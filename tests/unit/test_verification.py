@@ -255,3 +255,49 @@ def test_a_huge_answer_is_verified_in_bounded_time():
     t0 = time.perf_counter()
     v = check(text, "drop")
     assert time.perf_counter() - t0 < 10 and "acme-deploy rollback fleet" in v.text
+
+
+def test_support_is_local_not_words_scattered_over_a_chunk():
+    facts = ev(1, "Alpha widgets ship on Mondays. Beta gadgets need blue paint. Gamma tools cost little. Delta "
+                  "parts arrive late. Epsilon kits include manuals. Zeta boxes weigh much.", "Warehouse notes")
+    q = "what do we know about the warehouse"
+    scattered = verify_text("Alpha widgets include manuals and weigh much [1].", question=q, evidence=(facts,),
+                            verifier=LEXICAL, policy="drop")
+    assert scattered.unsupported and "content" in scattered.unsupported[0].reason  # words from 3 far sentences
+    near = verify_text("Delta parts arrive late, and epsilon kits include manuals [1].", question=q,
+                       evidence=(facts,), verifier=LEXICAL, policy="drop")
+    assert near.verified and not near.unsupported  # adjacent sentences: supported
+
+
+def test_a_repeated_sentence_is_dropped():
+    v = check("Run `acme-deploy rollback fleet` [1].\n1. Run `acme-deploy rollback fleet` [1].\n"
+              "2. Run `acme-deploy rollback fleet` [1].")
+    assert v.text == "Run `acme-deploy rollback fleet` [1]." and len(v.unsupported) == 2
+    assert all(u.reason == "repeats an earlier sentence" for u in v.unsupported)
+    gate = SentenceGate(Q, EVIDENCE, LEXICAL, "drop")
+    out = "".join(stream_through(gate, iter(["Run `acme-deploy rollback fleet` [1]. ",
+                                             "Run `acme-deploy rollback fleet` [1]. "])))
+    assert out.count("acme-deploy") == 1
+
+
+def test_a_supported_answer_beside_the_question_falls_back():
+    beside = "You can return any product within 30 days of delivery [2]."  # true, but not about deploys
+    asked: list = []
+
+    def relevant(sentences):
+        asked.append(list(sentences))
+        return False
+
+    v = verify_text(beside, question=Q, evidence=EVIDENCE, verifier=LEXICAL, policy="fallback",
+                    fallback=lambda: extractive_answer(Q, EVIDENCE), relevant=relevant)
+    assert v.fallback and v.off_topic and "acme-deploy rollback fleet" in v.text and asked == [[beside[:-5] + "."]]
+    kept = verify_text(beside, question=Q, evidence=EVIDENCE, verifier=LEXICAL, policy="fallback",
+                       relevant=lambda s: True)
+    assert not kept.fallback and kept.text == beside
+
+
+def test_answers_question_uses_the_extractive_measure():
+    from citeline.extractive import answers_question
+
+    assert answers_question(Q, ["Run `acme-deploy rollback fleet` to redeploy the previous release."], EVIDENCE)
+    assert not answers_question(Q, ["You can return any product within 30 days of delivery."], EVIDENCE)
