@@ -287,25 +287,27 @@ class Assistant:
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
         fallback = self._extractive(p)
-        focus = p.question if question != p.question else None
-        titles = {e.n: e.title for e in evidence}
-
-        def relevant(sentences: Sequence[str]) -> bool:
-            return answers_question(question, sentences, evidence, similarity=self.similarity,
-                                    min_coverage=self.settings.answerable_coverage,
-                                    min_similarity=self.settings.answerable_similarity, focus=focus,
-                                    cited_titles=[titles[n] for n in _cited(text) if n in titles])
-
         return verify_text(text, question=question, evidence=evidence, verifier=self.verifier,
                            policy=self.settings.verify, min_supported=self.settings.min_supported,
-                           repair=self.settings.repair_citations, fallback=fallback, relevant=relevant)
+                           repair=self.settings.repair_citations, fallback=fallback,
+                           relevant=self._relevant(p, _cited(text)))
+
+    def _relevant(self, p: _Prepared, cited: Sequence[int] = ()) -> Callable[[Sequence[str]], bool]:
+        """Whether verified sentences address the question (the extractive answer's answerability measure)."""
+        evidence = p.prompt.evidence if p.prompt is not None else ()
+        question = p.retrieval_question or p.question
+        focus = p.question if question != p.question else None
+        titles = [e.title for e in evidence if e.n in set(cited)]
+        return lambda sentences: answers_question(
+            question, sentences, evidence, similarity=self.similarity, min_coverage=self.settings.answerable_coverage,
+            min_similarity=self.settings.answerable_similarity, focus=focus, cited_titles=titles)
 
     def _gate(self, p: _Prepared) -> SentenceGate:
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
         return SentenceGate(question, evidence, self.verifier, self.settings.verify,
                             repair=self.settings.repair_citations,
-                            fallback=self._extractive(p))
+                            fallback=self._extractive(p), relevant=self._relevant(p))
 
     def _audit(self, p: _Prepared, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float],
                verification: Verification | None = None) -> int:

@@ -36,7 +36,8 @@ Policies (``answer.verify``)
     unsupported sentence is marked ``[unverified]``. ``off``: no verification.
 
 Streams (:class:`SentenceGate`) judge each sentence when it is complete and release it only then, so a
-client never receives a sentence the final answer drops. Under ``fallback`` a stream whose sentences were
+client never receives a sentence the final answer drops; under ``fallback`` no sentence is released until
+one that addresses the question is (a supported sentence beside the question before it is dropped). Under ``fallback`` a stream whose sentences were
 all dropped sends the extractive answer; sentences already released are never taken back, so a stream
 falls back only when nothing survived.
 """
@@ -511,6 +512,8 @@ class SentenceGate:
     policy: str
     repair: bool = True
     fallback: Callable[[], str] | None = None
+    relevant: Callable[[Sequence[str]], bool] | None = None
+    _on_topic: bool = False
     _buf: str = ""
     _released: list[str] = field(default_factory=list)
     _bad: list[Unsupported] = field(default_factory=list)
@@ -552,6 +555,14 @@ class SentenceGate:
             return ""
         t0 = time.perf_counter()
         judged = _judge_segments(segments, self.question, self.evidence, self.verifier, self.repair, self._said)
+        if self.policy == "fallback" and self.relevant is not None:
+            for j in judged:  # until one sentence addresses the question, a supported one beside it waits out
+                if self._on_topic or not (j.stating and j.supported):
+                    continue
+                if self.relevant([strip_citations(j.segment.text)]):
+                    self._on_topic = True
+                else:
+                    j.supported, j.reason = False, "supported, but it does not address the question"
         self._stating += sum(j.stating for j in judged)
         self._supported += sum(j.stating and j.supported for j in judged)
         self._repaired += sum(j.repaired is not None and j.supported for j in judged)

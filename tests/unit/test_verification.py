@@ -301,3 +301,19 @@ def test_answers_question_uses_the_extractive_measure():
 
     assert answers_question(Q, ["Run `acme-deploy rollback fleet` to redeploy the previous release."], EVIDENCE)
     assert not answers_question(Q, ["You can return any product within 30 days of delivery."], EVIDENCE)
+
+
+def test_a_stream_releases_nothing_beside_the_question_before_an_answer():
+    from citeline.extractive import answers_question
+
+    def relevant(sentences):
+        return answers_question(Q, sentences, EVIDENCE)
+
+    gate = SentenceGate(Q, EVIDENCE, LEXICAL, "fallback", fallback=lambda: extractive_answer(Q, EVIDENCE),
+                        relevant=relevant)
+    text = ("You can return any product within 30 days of delivery [2]. Run `acme-deploy rollback fleet` to "
+            "redeploy the previous release tag [1]. Refunds take 5-7 business days [2].")
+    out = "".join(stream_through(gate, iter([text[i:i + 5] for i in range(0, len(text), 5)])))
+    assert out.startswith("Run `acme-deploy rollback fleet`") and "30 days" not in out
+    assert "Refunds take" in out  # once the question is answered, supported sentences flow
+    assert gate.result is not None and "does not address" in gate.result.unsupported[0].reason
