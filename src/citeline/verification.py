@@ -433,9 +433,11 @@ def _render(judged: Sequence[_Judged], policy: str) -> tuple[str, list[Unsupport
             raw = _with_citation(raw, j.repaired)
         if j.stating and not j.supported:
             bad.append(Unsupported(strip_citations(j.segment.text).strip(), j.reason, j.cited))
-            if policy == "flag":
+            if policy == "flag":  # the mark goes before the closing punctuation, so the text still splits
                 body = raw.rstrip()
-                parts.append(body + FLAG + raw[len(body):])
+                m = re.search(r"[.!?:;]+[\"')\]]*$", body)
+                end = m.start() if m else len(body)
+                parts.append(body[:end] + FLAG + body[end:] + raw[len(body):])
             continue
         parts.append(raw)
     return "".join(parts), bad
