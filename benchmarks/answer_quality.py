@@ -11,7 +11,7 @@ every requested backend x policy x QA file, it opens a :class:`citeline.app.Cite
 ``generation.backend`` and ``answer.verify`` overridden and runs :func:`citeline.answer_eval.run_in_process`
 (the Python API behind ``citeline eval answers``). Each :class:`citeline.answering.Answer` is captured on
 the way (``Assistant.ask`` is wrapped) for what the QA report does not carry: ``latency_ms["verify_ms"]``
-and ``["generate_ms"]``, ``completion_tokens``, ``latency_ms["early_fallback"]`` and ``finish_reason``.
+and ``["generate_ms"]``, ``completion_tokens``, ``stopped_early`` and ``finish_reason``.
 
 Per run it reports correct-and-cited (n/N), facts right with citations ignored (not refused, every
 ``must_contain`` present: what an answer without ``[n]`` marks would have scored), citation precision, refusal
@@ -192,7 +192,8 @@ def run_one(cfg: Path, url: str, embedder: Any, backend: str, policy: str, qa: P
                 "latency_ms": lat, "completion_tokens": a.completion_tokens if a is not None else None,
                 "prompt_tokens": a.prompt_tokens if a is not None else None,
                 "finish_reason": a.finish_reason if a is not None else None,
-                "early_fallback": bool(lat.get("early_fallback")), "verified": a.verified if a is not None else None,
+                "early_fallback": bool(a is not None and a.stopped_early),
+                "verified": a.verified if a is not None else None,
             })
             verdict = "ERROR" if r.error else "ok" if r.passed else "FAIL"
             print(f"  [{label}] {done}/{total} {r.id}: {verdict} {r.latency_ms / 1000:.1f} s"

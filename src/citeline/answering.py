@@ -85,6 +85,7 @@ class Answer:
     fallback: bool = False  # the delivered text is the extractive answer from the same evidence
     finish_reason: str = "stop"  # "stop" or "length" (max_tokens reached)
     retrieval_question: str = ""  # the standalone question retrieval used (a follow-up rewritten with its history)
+    stopped_early: bool = False  # generation stopped by answer.early_fallback (the fallback answered)
 
     def as_dict(self) -> dict[str, Any]:
         return {"question": self.question, "answer": self.text, "refused": self.refused,
@@ -94,6 +95,7 @@ class Answer:
                 "verified": self.verified, "verify_policy": self.verify_policy, "fallback": self.fallback,
                 "unsupported": [u.as_dict() for u in self.unsupported],
                 "finish_reason": self.finish_reason, "retrieval_question": self.retrieval_question or self.question,
+                "stopped_early": self.stopped_early,
                 "latency_ms": self.latency_ms, "audit_id": self.audit_id,
                 "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}}
 
@@ -375,7 +377,7 @@ class Assistant:
                       verified=v.verified if v else p.refused and self.settings.verify != "off",
                       unsupported=v.unsupported if v else (), verify_policy=self.settings.verify,
                       fallback=v.fallback if v else False, finish_reason=finish,
-                      retrieval_question=p.retrieval_question)
+                      retrieval_question=p.retrieval_question, stopped_early=p.stopped_early)
 
     def stream(self, question: str, principal: Principal, *, model: str | None = None,
                history: Sequence[ChatMessage] = (), max_tokens: int | None = None, temperature: float | None = None,

@@ -188,6 +188,7 @@ def test_early_fallback_stops_a_hopeless_generation(acme, pg_url, embedder):
         assert a.fallback and "acme-deploy rollback fleet" in a.text
         assert model.pieces_sent < 40  # the generation was stopped, not read to the end
         assert audit_payload(cl, a.audit_id)["verification"]["generation_stopped_early"] is True
+        assert a.stopped_early and a.as_dict()["stopped_early"] is True
     model.pieces_sent = 0
     with opened(acme, pg_url, embedder, model, early_fallback=0) as cl:
         assert cl.ask(DEPLOY, user="alice").fallback
