@@ -292,17 +292,26 @@ class Assistant:
         return verify_text(text, question=question, evidence=evidence, verifier=self.verifier,
                            policy=self.settings.verify, min_supported=self.settings.min_supported,
                            repair=self.settings.repair_citations, fallback=fallback,
-                           relevant=self._relevant(p, _cited(text)))
+                           relevant=self._relevant(p))
 
-    def _relevant(self, p: _Prepared, cited: Sequence[int] = ()) -> Callable[[Sequence[str]], bool]:
-        """Whether verified sentences address the question (the extractive answer's answerability measure)."""
+    def _relevant(self, p: _Prepared) -> Callable[[Sequence[str]], bool]:
+        """Whether verified sentences (with their ``[n]``) address the question: the extractive answer's
+        answerability measure, with the cited documents' titles and section headings ("Price: £1200" under
+        "Vacuum gripper") counting as what the sentences are about."""
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
         focus = p.question if question != p.question else None
-        titles = [e.title for e in evidence if e.n in set(cited)]
-        return lambda sentences: answers_question(
-            question, sentences, evidence, similarity=self.similarity, min_coverage=self.settings.answerable_coverage,
-            min_similarity=self.settings.answerable_similarity, focus=focus, cited_titles=titles)
+
+        def check(sentences: Sequence[str]) -> bool:
+            cited = {n for s in sentences for n in _cited(s)}
+            titles = [t for e in evidence if e.n in cited
+                      for t in (e.title, *re.findall(r"(?m)^\s{0,3}#{1,6}\s+(.+)$", e.text))]
+            return answers_question(question, sentences, evidence, similarity=self.similarity,
+                                    min_coverage=self.settings.answerable_coverage,
+                                    min_similarity=self.settings.answerable_similarity, focus=focus,
+                                    cited_titles=titles)
+
+        return check
 
     def _gate(self, p: _Prepared) -> SentenceGate:
         evidence = p.prompt.evidence if p.prompt is not None else ()

@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from citeline.sentences import asked_part, content_stems, content_words, split_sentences, stem, without_instructions
+from citeline.sentences import (asked_part, content_stems, content_words, split_sentences, stem, strip_citations,
+                                without_instructions)
 
 __all__ = ["REFUSAL", "answers_question", "extractive_answer", "score_candidates", "select_sentences"]
 
@@ -189,7 +190,7 @@ def answers_question(question: str, sentences: Sequence[str], evidence: Sequence
         answered = max(answered, len(own & have) / len(own))
     if answered >= min_coverage:
         return True
-    return similarity is not None and max(similarity(question, list(sentences))) >= min_similarity
+    return similarity is not None and max(similarity(question, [strip_citations(t) for t in sentences])) >= min_similarity
 
 
 def score_candidates(question: str, evidence: Sequence[Any], *, similarity: Similarity | None = None,

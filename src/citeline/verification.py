@@ -414,6 +414,11 @@ def _judge_segments(segments: Sequence[Segment], question: str, evidence: Sequen
     return judged
 
 
+def _cited_text(j: _Judged) -> str:
+    """A judged sentence with its citations (a repaired one with the citation it was given)."""
+    return _with_citation(j.segment.text, j.repaired) if j.repaired is not None else j.segment.text
+
+
 def _with_citation(raw: str, n: int) -> str:
     """Insert ``[n]`` before the sentence's closing punctuation (or at its end)."""
     body = raw.rstrip()
@@ -458,8 +463,8 @@ def verify_text(text: str, *, question: str, evidence: Sequence[Any], verifier: 
                 relevant: Callable[[Sequence[str]], bool] | None = None) -> Verification:
     """Judge every sentence of ``text`` and apply ``policy`` (see the module docstring).
 
-    ``relevant`` (under ``fallback``): whether the surviving sentences address the question at all; an
-    answer that is supported but beside the question is replaced by the fallback too.
+    ``relevant`` (under ``fallback``): whether the surviving sentences (with their ``[n]``) address the
+    question at all; an answer that is supported but beside the question is replaced by the fallback too.
     """
     t0 = time.perf_counter()
     if policy == "off" or _is_refusal(text):
@@ -475,7 +480,7 @@ def verify_text(text: str, *, question: str, evidence: Sequence[Any], verifier: 
     used_fallback = False
     off_topic = False
     if policy == "fallback" and _has_claims(judged) and supported >= min_supported * stating and relevant is not None:
-        kept = [strip_citations(j.segment.text) for j in judged if j.stating and j.supported]
+        kept = [_cited_text(j) for j in judged if j.stating and j.supported]
         off_topic = not relevant(kept)
     if policy == "fallback" and (off_topic or not _has_claims(judged) or supported < min_supported * stating):
         used_fallback = True
@@ -561,7 +566,7 @@ class SentenceGate:
             for j in judged:  # until one sentence addresses the question, a supported one beside it waits out
                 if self._on_topic or not (j.stating and j.supported):
                     continue
-                if self.relevant([strip_citations(j.segment.text)]):
+                if self.relevant([_cited_text(j)]):
                     self._on_topic = True
                 else:
                     j.supported, j.reason = False, "supported, but it does not address the question"
