@@ -205,6 +205,8 @@ class LexicalVerifier:
                                       "sentence that makes a paraphrase acceptable")
         semantic: bool = Field(True, description="use the embedder for paraphrases")
         cache: int = Field(20000, ge=0, description="sentence vectors kept in memory (evidence repeats)")
+        min_overall_coverage: float = Field(0.6, ge=0.0, le=1.0, description="share of all the sentence's content "
+                                            "words, the question's included, found in the cited evidence")
         window: int = Field(3, ge=1, le=50, description="a sentence's words must be found within this many "
                             "adjacent sentences of the cited evidence (its title counts with each)")
 
@@ -257,6 +259,12 @@ class LexicalVerifier:
         windows = _windows(claim.cited, self.config.window)
         have = max(windows, key=lambda w: len(new & w)) if windows else set()
         coverage = len(new & have) / len(new) if new else 1.0
+        # words taken from the question are not free: a sentence that restates the question with one new
+        # word ("We only offer a trade-in discount for the Scout S2") must find the question's words there too
+        every = content_stems(claim.sentence) - _GENERIC
+        if every and max(len(every & w) for w in windows or [set()]) / len(every) < self.config.min_overall_coverage:
+            return Judgement(False, coverage, "most of it is the question's wording, which the cited evidence "
+                                              "does not contain"), coverage
         if negated(claim.sentence):
             _, closest = self._closest_by_words(claim.sentence, claim.cited)
             if closest and not negated(closest):

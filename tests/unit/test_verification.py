@@ -317,3 +317,14 @@ def test_a_stream_releases_nothing_beside_the_question_before_an_answer():
     assert out.startswith("Run `acme-deploy rollback fleet`") and "30 days" not in out
     assert "Refunds take" in out  # once the question is answered, supported sentences flow
     assert gate.result is not None and "does not address" in gate.result.unsupported[0].reason
+
+
+def test_the_question_s_own_words_are_not_free_support():
+    q = "do you offer a trade-in discount for an old Scout S1"
+    scout = (ev(1, "The Scout S2 rover maps a warehouse by itself and runs 9 hours per charge.", "Scout S2"),)
+    v = verify_text("We only offer a trade-in discount for the Scout S2 rover [1].", question=q, evidence=scout,
+                    verifier=LEXICAL, policy="drop")
+    assert v.unsupported and "question's wording" in v.unsupported[0].reason
+    ok = verify_text("The Scout S2 rover runs 9 hours per charge [1].", question=q, evidence=scout,
+                     verifier=LEXICAL, policy="drop")
+    assert ok.verified and not ok.unsupported
