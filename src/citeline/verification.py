@@ -437,23 +437,28 @@ def _with_citation(raw: str, n: int) -> str:
     return f"{body} [{n}]{tail}"
 
 
+def _rendered(j: _Judged, policy: str) -> str | None:
+    """What a judged sentence becomes in the delivered text (None: it is dropped)."""
+    raw = j.segment.raw
+    if j.repaired is not None:
+        raw = _with_citation(raw, j.repaired)
+    if j.stating and not j.supported:
+        if policy != "flag":
+            return None
+        body = raw.rstrip()  # the mark goes before the closing punctuation, so the text still splits
+        m = re.search(r"[.!?:;]+[\"')\]]*$", body)
+        end = m.start() if m else len(body)
+        return body[:end] + FLAG + body[end:] + raw[len(body):]
+    return raw
+
+
+def _unsupported(judged: Sequence[_Judged]) -> list[Unsupported]:
+    return [Unsupported(strip_citations(j.segment.text).strip(), j.reason, j.cited)
+            for j in judged if j.stating and not j.supported]
+
+
 def _render(judged: Sequence[_Judged], policy: str) -> tuple[str, list[Unsupported]]:
-    parts: list[str] = []
-    bad: list[Unsupported] = []
-    for j in judged:
-        raw = j.segment.raw
-        if j.repaired is not None:
-            raw = _with_citation(raw, j.repaired)
-        if j.stating and not j.supported:
-            bad.append(Unsupported(strip_citations(j.segment.text).strip(), j.reason, j.cited))
-            if policy == "flag":  # the mark goes before the closing punctuation, so the text still splits
-                body = raw.rstrip()
-                m = re.search(r"[.!?:;]+[\"')\]]*$", body)
-                end = m.start() if m else len(body)
-                parts.append(body[:end] + FLAG + body[end:] + raw[len(body):])
-            continue
-        parts.append(raw)
-    return "".join(parts), bad
+    return "".join(t for j in judged if (t := _rendered(j, policy)) is not None), _unsupported(judged)
 
 
 def _tidy(text: str) -> str:
@@ -538,6 +543,7 @@ class SentenceGate:
     _ms: float = 0.0
     _fell_back: bool = False
     _said: set[str] = field(default_factory=set)
+    _pending: str = ""
     result: Verification | None = None
     _OPEN: ClassVar[re.Pattern[str]] = re.compile(r"\[[\d,\s]{0,12}$")
 
@@ -581,8 +587,19 @@ class SentenceGate:
         self._stating += sum(j.stating for j in judged)
         self._supported += sum(j.stating and j.supported for j in judged)
         self._repaired += sum(j.repaired is not None and j.supported for j in judged)
-        out, bad = _render(judged, self.policy)
-        self._bad.extend(bad)
+        self._bad.extend(_unsupported(judged))
+        # lead-ins and fragments ("Here is how:") wait for the claim they introduce: one that is never
+        # released (dropped, or the fallback instead) takes them with it
+        out = ""
+        for j in judged:
+            text = _rendered(j, self.policy)
+            if text is None:
+                continue
+            if not j.stating and not _is_refusal(j.segment.text):
+                self._pending += text
+                continue
+            out += self._pending + text
+            self._pending = ""
         self._ms += (time.perf_counter() - t0) * 1000
         if not "".join(self._released).strip():
             out = out.lstrip()

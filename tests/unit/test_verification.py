@@ -328,3 +328,16 @@ def test_the_question_s_own_words_are_not_free_support():
     ok = verify_text("The Scout S2 rover runs 9 hours per charge [1].", question=q, evidence=scout,
                      verifier=LEXICAL, policy="drop")
     assert ok.verified and not ok.unsupported
+
+
+def test_a_stream_holds_lead_ins_until_their_claim_and_drops_them_with_it():
+    gate = SentenceGate(Q, EVIDENCE, LEXICAL, "fallback", fallback=lambda: extractive_answer(Q, EVIDENCE))
+    out = "".join(stream_through(gate, iter(["Here is how:\n", "deploy.\n", "The moon is cheese [1]."])))
+    assert "Here is how" not in out and "deploy." not in out.split("[")[0][:8]  # nothing of the model survived
+    assert gate.result is not None and gate.result.fallback and out.strip() == gate.result.text
+    gate = SentenceGate(Q, EVIDENCE, LEXICAL, "fallback")
+    out = "".join(stream_through(gate, iter(["Here is how:\n", "Run `acme-deploy rollback fleet` [1]."])))
+    assert out.startswith("Here is how:") and "acme-deploy" in out
+    gate = SentenceGate(Q, EVIDENCE, LEXICAL, "fallback", fallback=lambda: extractive_answer(Q, EVIDENCE))
+    out = "".join(stream_through(gate, iter([REFUSAL])))
+    assert out.strip() == REFUSAL and not gate.result.fallback  # the model declining is kept, as in ask()
