@@ -27,7 +27,7 @@ app.command("model-server")(serve.model_server)
 app.command("scheduler")(scheduler.scheduler)
 app.add_typer(principals.app, name="principals", help="Users and their groups (who may see what).")
 app.add_typer(sources.app, name="sources", help="Configured sources and their sync state.")
-app.add_typer(evaluate.app, name="eval", help="Measure retrieval quality on BEIR-format files.")
+app.add_typer(evaluate.app, name="eval", help="Measure retrieval (BEIR files) and answer quality (QA files).")
 app.add_typer(keys.app, name="keys", help="API keys for the server.")
 app.add_typer(audit.app, name="audit", help="Verify and export the audit log.")
 # one `adapter` group: training commands (citeline.cli.adapter) and the registry and hot-swap commands
