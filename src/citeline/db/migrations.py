@@ -20,7 +20,10 @@ __all__ = ["Migration", "apply_migrations", "available_migrations"]
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _MIGRATION_LOCK = 0x63697465  # "cite"
 
-ROLES = ("citeline_reader", "citeline_writer")
+# reader: queries on behalf of principals (row-level security); writer: ingest and admin work;
+# auditor: reads the audit log (the reader may not). All three are NOLOGIN and granted to the login that
+# runs the migrations (the application's); an operator may grant citeline_auditor to an audit login.
+ROLES = ("citeline_reader", "citeline_writer", "citeline_auditor")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
             ) from exc
         _ensure_roles(conn)
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO citeline_reader, citeline_writer").format(ident))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO citeline_reader, citeline_writer, citeline_auditor")
+                     .format(ident))
         conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(ident))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
