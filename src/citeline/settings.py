@@ -29,6 +29,7 @@ __all__ = [
     "GenerationSettings",
     "RetrievalSettings",
     "SchedulerSettings",
+    "ServerSettings",
     "Settings",
     "SourceSettings",
 ]
@@ -49,6 +50,13 @@ class DatabaseSettings(_Section):
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(8, ge=1)
     connect_timeout_s: float = Field(10.0, gt=0)
+    pool_timeout_s: float = Field(10.0, gt=0, description="longest wait for a free pooled connection; a server "
+                                  "request that waits longer is answered 503 with Retry-After")
+    lock_timeout_s: float = Field(5.0, ge=0, description="citeline serve: longest wait of a request's SQL for a "
+                                  "lock (an audit append behind a locked table) before the request is answered "
+                                  "503 with Retry-After; 0 = no limit. Syncs and CLI commands are not limited")
+    statement_timeout_s: float = Field(30.0, ge=0, description="citeline serve: longest a request's SQL statement "
+                                       "may run (503 with Retry-After after that); 0 = no limit")
     namespace: str = Field("citeline", description="Postgres schema holding this index")
 
     @field_validator("namespace")
@@ -129,6 +137,11 @@ class GenerationSettings(_Section):
         "adapter always run on transformers + peft, loaded on first use")
     threads: int = Field(1, ge=1, le=256, description="embedded llamacpp: CPU threads for generation (1 is "
                          "fastest on 2 shared cores: more threads wait on each other)")
+    max_concurrent: int | None = Field(None, ge=1, le=1024, description="citeline serve: generations running at "
+                                       "once (its own limit, apart from the database pool); a request that waits "
+                                       "longer than queue_timeout_s for one is answered 503 with Retry-After. "
+                                       "Default: the backend's own (embedded 1: it runs one at a time; else 8)")
+    queue_timeout_s: float = Field(10.0, gt=0, description="citeline serve: longest wait for a generation slot")
 
 
 class AnswerSettings(_Section):
@@ -183,6 +196,24 @@ class AdapterSettings(_Section):
                            "version (longer than cache_s plus the slowest answer)")
 
 
+class ServerSettings(_Section):
+    """``citeline serve``: how many requests it works on at once and how long one may wait for its turn.
+
+    Probes (``/healthz``, ``/readyz``, ``/metrics``) never wait for a request slot or thread.
+    """
+
+    max_concurrent_requests: int | None = Field(None, ge=1, le=4096, description="requests worked on at once "
+                                                "(each holds one request thread); default database.pool_max_size "
+                                                "+ the generation limit (generation.max_concurrent)")
+    queue_timeout_s: float = Field(10.0, gt=0, description="longest a request waits for a slot before it is "
+                                   "answered 503 with Retry-After")
+    retry_after_s: int = Field(5, ge=1, le=3600, description="the Retry-After (seconds) of 503 answers to "
+                               "overload: no request slot, no generation slot, no database connection or lock "
+                               "in time")
+    probe_timeout_s: float = Field(2.0, gt=0, description="/readyz: answer 503 when the database does not answer "
+                                   "SELECT 1 within this")
+
+
 class SchedulerSettings(_Section):
     """``citeline scheduler``: how often it looks for due sources and how a failed run is retried."""
 
@@ -233,6 +264,7 @@ class Settings(BaseSettings):
     generation: GenerationSettings = GenerationSettings()
     answer: AnswerSettings = AnswerSettings()
     adapters: AdapterSettings = AdapterSettings()
+    server: ServerSettings = ServerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
