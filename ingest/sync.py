@@ -42,6 +42,7 @@ from citeline.db import Database
 from citeline.domain import Document
 from citeline.errors import CitelineError, ConnectorError, SyncLockedError
 from citeline.ingest.chunking import Chunker
+from citeline.ingest.cleaning import clean_change, printable, storable
 from citeline.ingest.embedding import Embedder
 
 __all__ = ["SyncReport", "SyncRunner", "content_hash"]
@@ -228,7 +229,10 @@ class SyncRunner:
 
     def _batches(self, changes: Iterator[Any]) -> Iterator[_Batch]:
         batch = _Batch()
-        for change in changes:
+        for raw in changes:
+            change = clean_change(raw)  # the one cleaning boundary: see citeline.ingest.cleaning
+            if change is None:
+                continue
             if isinstance(change, Upsert):
                 batch.upserts.append(change.document)
             elif isinstance(change, Delete):
@@ -278,18 +282,17 @@ class SyncRunner:
         return _Prepared(ready, access_only, unchanged, new)
 
     def _write(self, source_id: int, batch: _Batch, prepared: _Prepared, report: SyncReport) -> None:
-        ready = prepared.ready
         with self.db.writer() as conn:
-            chunks = store.replace_documents(conn, source_id, ready, self.db.ts_config)
-            for doc_id, doc in prepared.access_only:
-                store.update_document_access(conn, doc_id, doc)
+            chunks, refused = self._write_documents(conn, source_id, prepared)
             deleted = store.delete_documents(conn, source_id, batch.deletes)
-            for failure in batch.failures:
+            failures = [*batch.failures, *refused.values()]
+            for failure in failures:
                 conn.execute("INSERT INTO sync_failures (run_id, external_id, reason) VALUES (%s, %s, %s)",
                              (report.run_id, failure.external_id, failure.reason))
-            added = len(prepared.new)
-            counts = (added, len(ready) - added + len(prepared.access_only), prepared.unchanged, deleted,
-                      len(batch.failures), chunks)
+            written = [p.document.external_id for p in prepared.ready if p.document.external_id not in refused]
+            added = sum(1 for ext in written if ext in prepared.new)
+            updated = len(written) - added + sum(1 for _, d in prepared.access_only if d.external_id not in refused)
+            counts = (added, updated, prepared.unchanged, deleted, len(failures), chunks)
             conn.execute(
                 "UPDATE sync_runs SET added = added + %s, updated = updated + %s, unchanged = unchanged + %s,"
                 " deleted = deleted + %s, failed = failed + %s, chunks = chunks + %s, cursor = coalesce(%s, cursor)"
@@ -304,9 +307,46 @@ class SyncRunner:
         report.deleted += counts[3]
         report.failed += counts[4]
         report.chunks += counts[5]
-        report.failures.extend((f.external_id, f.reason) for f in batch.failures)
+        report.failures.extend((f.external_id, f.reason) for f in failures)
         if self.on_progress:
             self.on_progress(report)
+
+    def _write_documents(self, conn: psycopg.Connection, source_id: int,
+                         prepared: _Prepared) -> tuple[int, dict[str, Failure]]:
+        """Write the batch's documents in the open transaction; returns (chunks written, refused: id → Failure).
+
+        Each group is written under a savepoint. A group the database refuses (a value it cannot store,
+        an id too long for its index) is rolled back and split in two until the refused document is found:
+        that document becomes a per-document Failure (its previous version stays) and the rest of the
+        batch commits with its checkpoint as usual.
+        """
+        units: list[store.PreparedDocument | tuple[int, Document]] = [*prepared.ready, *prepared.access_only]
+        refused: dict[str, Failure] = {}
+        written = 0
+
+        def attempt(group: list[store.PreparedDocument | tuple[int, Document]]) -> None:
+            nonlocal written
+            try:
+                with conn.transaction():
+                    ready = [u for u in group if isinstance(u, store.PreparedDocument)]
+                    n = store.replace_documents(conn, source_id, ready, self.db.ts_config)
+                    for unit in group:
+                        if not isinstance(unit, store.PreparedDocument):
+                            store.update_document_access(conn, *unit)
+            except _REFUSED as exc:
+                if len(group) > 1:
+                    attempt(group[:len(group) // 2])
+                    attempt(group[len(group) // 2:])
+                    return
+                doc = group[0].document if isinstance(group[0], store.PreparedDocument) else group[0][1]
+                log.warning("document %s refused by the database: %s", printable(doc.external_id), _first_line(exc))
+                refused[doc.external_id] = Failure(printable(doc.external_id), _refusal(exc))
+                return
+            written += n
+
+        if units:
+            attempt(units)
+        return written, refused
 
     def _prune(self, source_id: int, connector: Connector, report: SyncReport) -> None:
         try:
@@ -318,6 +358,7 @@ class SyncRunner:
             return
         if keep is None:
             return
+        keep = [ext for ext in keep if storable(ext)]  # an id that cannot be stored is held by no document
         with self.db.writer() as conn:
             deleted = store.prune_documents(conn, source_id, keep)
             conn.execute("UPDATE sync_runs SET deleted = deleted + %s WHERE id = %s", (deleted, report.run_id))
@@ -332,6 +373,21 @@ class SyncRunner:
             conn.execute("UPDATE sync_runs SET failed = failed + 1 WHERE id = %s", (report.run_id,))
         report.failed += 1
         report.failures.append((external_id, reason))
+
+
+# what the database says about one document's values (not about the connection or the server): the
+# document is refused and the rest of its batch is written
+_REFUSED = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _refusal(exc: psycopg.Error) -> str:
+    code = f"SQLSTATE {exc.sqlstate}: " if exc.sqlstate else ""
+    return (f"the database refused this document ({code}{_first_line(exc)}); the rest of the sync went on and "
+            "its previous version, if any, stays indexed: fix the item in the source")
 
 
 def _describe(exc: BaseException) -> str:
