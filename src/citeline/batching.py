@@ -4,27 +4,35 @@ The first caller runs the operation at once on everything waiting; whoever arriv
 next batch, and its oldest member leads it. No timer, so a lone caller pays nothing. Used for query
 embeddings (one model call for many concurrent questions) and audit appends (one transaction and one
 WAL flush for many rows).
+
+One caller's bad item must not fail the others: when a batch of several fails, every caller in it runs
+its own item again, alone and in its own thread (concurrently, so nobody waits for the others' retries),
+and gets that result or that error. So ``run`` must be all or nothing: when it raises, none of the batch
+took effect (one model call; one transaction).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 __all__ = ["Batcher"]
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("done", "error", "event", "item", "result")
+    __slots__ = ("alone", "done", "error", "event", "item", "result")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.event = threading.Event()
         self.done = False
+        self.alone = False  # the shared batch failed: run this item by itself
         self.result: R | None = None
         self.error: BaseException | None = None
 
@@ -50,6 +58,8 @@ class Batcher(Generic[T, R]):
                 self._run()
             slot.event.wait()
             if slot.done:
+                if slot.alone:
+                    return self._run_batch([item])[0]
                 if slot.error is not None:
                     raise slot.error
                 return slot.result  # type: ignore[return-value]
@@ -63,7 +73,15 @@ class Batcher(Generic[T, R]):
             results = self._run_batch([s.item for s in batch])
             for s, r in zip(batch, results, strict=True):
                 s.result = r
-        except BaseException as exc:  # every waiter gets the error; nobody hangs
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:  # someone's item may be the cause: each caller retries its own, alone (see the docstring)
+                log.info("a batch of %d failed (%s); its items are retried one by one", len(batch),
+                         type(exc).__name__)
+                for s in batch:
+                    s.alone = True
+        except BaseException as exc:  # KeyboardInterrupt and the like: every waiter gets it; nobody hangs
             for s in batch:
                 s.error = exc
         for s in batch:
