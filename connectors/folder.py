@@ -1,8 +1,24 @@
 """Folder connector: a directory of Markdown, HTML and plain-text files (a wiki export).
 
 * **Ids** are file paths relative to the folder, POSIX style (``guides/deploy.md``).
-* **Walk**: sorted by id; hidden files and folders are skipped; symlinked folders are not entered and
-  symlinked files count only when they resolve inside the folder (nothing outside it is ever read).
+* **Walk**: sorted by id; hidden files and folders are skipped. The folder may be written by people who
+  should not be able to read anything else, so nothing outside it is ever read:
+
+  - symlinked folders are never entered; a symlinked file counts only when it resolves to a regular file
+    inside the folder, and then that file is read (its id stays the link's path); a link that leads outside
+    the folder, to a missing file or to anything but a regular file is a per-document :class:`Failure`
+    naming it;
+  - only regular files are read: a named pipe, socket or device is a :class:`Failure` naming it (never
+    opened for a blocking read, so it cannot hang the sync);
+  - every read re-checks at read time: each path component is opened with ``O_NOFOLLOW`` relative to its
+    parent's descriptor (``openat``), the file with ``O_NOFOLLOW | O_NONBLOCK``, and the opened descriptor
+    must be a regular file (``fstat``). A file or folder swapped for a symlink (or a pipe) after the listing
+    is a :class:`Failure` naming it, not followed. Reads stop at ``max_bytes``.
+
+  Hard links are regular files and are read: on Linux (``fs.protected_hardlinks=1``, the default) only a
+  file's owner or someone who may already read and write it can link it into the folder.
+  Which folders sources may read at all is the admins' ``source_policy.allowed_roots`` (checked by
+  :func:`citeline.build_connector`).
 * **Front matter** (``.md``, ``.markdown``, ``.txt``): a YAML block between ``---`` lines at the top may
   set ``title`` and ``access: {groups: [...], users: [...], public: true|false}``; access keys it sets
   replace the source's default access, keys it leaves out keep the default's. Other scalar keys
@@ -17,8 +33,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat as st
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,12 +69,25 @@ _HTML_SUFFIXES = {".html", ".htm"}
 _H1 = re.compile(r"^#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
 
 
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_REGULAR_ONLY = "citeline reads regular files only: remove it, or exclude it with config.include"
+
+
 @dataclass(frozen=True)
 class _Entry:
-    """One listed path: a file, or a folder that could not be listed (``error`` set)."""
+    """One listed path.
+
+    ``error``: a folder that could not be listed (the listing is incomplete); ``skip``: a path that is listed
+    as a per-document failure and is not a document (a special file, a link leading outside); ``target``: the
+    file inside the folder that a symlinked file resolves to (read instead of the link).
+    """
 
     rel: str
     error: str | None = None
+    skip: str | None = None
+    target: str | None = None
 
 
 class FolderConnector:
@@ -102,52 +133,131 @@ class FolderConnector:
         for entry in entries:
             if entry.error:
                 raise ConnectorError(f"cannot list the whole folder {self._root}: {entry.error}")
-        return [e.rel for e in entries]
+        return [e.rel for e in entries if e.skip is None]
 
     # -- walking ---------------------------------------------------------------------------------
 
     def _walk(self) -> list[_Entry]:
-        root, real_root = self._root, self._root.resolve()
+        """Every included path, listed through directory descriptors without following any link."""
+        real_root = Path(os.path.realpath(self._root))
         entries: list[_Entry] = []
-
-        def unreadable(exc: OSError) -> None:
-            rel = Path(exc.filename or root).relative_to(root).as_posix()
-            entries.append(_Entry(rel, f"folder {rel!r} cannot be listed ({exc.strerror}): fix its permissions"))
-
-        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
-                full = Path(dirpath, name)
-                rel = full.relative_to(root).as_posix()
-                if name.startswith(".") or not _included(rel, self.config.include):
-                    continue
-                if full.is_symlink() and not _resolves_inside(full, real_root):
-                    continue
-                entries.append(_Entry(rel))
+        try:
+            root_fd = os.open(self._root, _ROOT_FLAGS)
+        except OSError as exc:
+            raise ConnectorError(f"folder {self._root} cannot be opened ({exc.strerror}): fix config.path or "
+                                 "its permissions") from None
+        try:
+            self._walk_dir(root_fd, "", real_root, entries)
+        finally:
+            os.close(root_fd)
         return sorted(entries, key=lambda e: e.rel)
+
+    def _walk_dir(self, fd: int, prefix: str, real_root: Path, entries: list[_Entry]) -> None:
+        try:
+            with os.scandir(fd) as it:
+                found = sorted(it, key=lambda item: item.name)
+        except OSError as exc:
+            rel = prefix.rstrip("/") or "."
+            entries.append(_Entry(rel, f"folder {rel!r} cannot be listed ({exc.strerror}): fix its permissions"))
+            return
+        for item in found:
+            rel = prefix + item.name
+            if item.name.startswith("."):
+                continue
+            if item.is_dir(follow_symlinks=False):
+                try:
+                    sub = os.open(item.name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    entries.append(_Entry(rel, f"folder {rel!r} cannot be listed ({_why(exc, fd, item.name)}): "
+                                               "fix its permissions, or run the sync again"))
+                    continue
+                try:
+                    self._walk_dir(sub, rel + "/", real_root, entries)
+                finally:
+                    os.close(sub)
+            elif _included(rel, self.config.include):
+                if item.is_symlink():
+                    entries.append(self._link_entry(rel, real_root))
+                elif item.is_file(follow_symlinks=False):
+                    entries.append(_Entry(rel))
+                else:
+                    mode = item.stat(follow_symlinks=False).st_mode
+                    entries.append(_Entry(rel, skip=f"is {_kind(mode)}, not a regular file: {_REGULAR_ONLY}"))
+
+    def _link_entry(self, rel: str, real_root: Path) -> _Entry:
+        """A symlinked file: read as the regular file inside the folder it resolves to, or a failure."""
+        target = Path(os.path.realpath(self._root / rel))
+        if not target.is_relative_to(real_root):
+            return _Entry(rel, skip="is a symbolic link to outside the folder: not read (nothing outside "
+                          "config.path is); replace the link with the file itself, or remove it")
+        try:
+            mode = target.stat().st_mode
+        except OSError:
+            return _Entry(rel, skip="is a symbolic link to a missing file: fix or remove the link")
+        if not st.S_ISREG(mode):
+            return _Entry(rel, skip=f"is a symbolic link to {_kind(mode)}, not a regular file: {_REGULAR_ONLY}")
+        return _Entry(rel, target=target.relative_to(real_root).as_posix())
 
     # -- reading ---------------------------------------------------------------------------------
 
     def _change(self, entry: _Entry) -> Change:
         if entry.error:
             return Failure(entry.rel, entry.error)
+        if entry.skip:
+            return Failure(entry.rel, f"{entry.rel}: {entry.skip}")
         try:
-            return Upsert(self._document(entry.rel))
+            return Upsert(self._document(entry.rel, entry.target or entry.rel))
         except ItemError as exc:
             return Failure(entry.rel, f"{entry.rel}: {exc}")
 
-    def _document(self, rel: str) -> Document:
-        full = self._root / rel
+    def _open(self, rel: str) -> int:
+        """A descriptor of ``rel`` opened component by component with ``O_NOFOLLOW`` (``openat``)."""
+        *folders, name = rel.split("/")
+        fd = os.open(self._root, _ROOT_FLAGS)
         try:
-            stat = full.stat()
-            if stat.st_size > self.config.max_bytes:
-                raise ItemError(
-                    f"file is {stat.st_size} bytes, over max_bytes={self.config.max_bytes}: "
-                    "split it, exclude it with config.include, or raise config.max_bytes"
-                )
-            raw = full.read_bytes()
+            for i, folder in enumerate(folders):
+                try:
+                    sub = os.open(folder, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    where = "/".join(folders[: i + 1])
+                    raise ItemError(f"folder {where!r} cannot be opened ({_why(exc, fd, folder)}): not followed; "
+                                    "nothing outside config.path is read") from None
+                os.close(fd)
+                fd = sub
+            try:
+                return os.open(name, _FILE_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                raise ItemError(f"cannot be read ({_why(exc, fd, name)}): not followed; nothing outside "
+                                "config.path is read") from None
+        finally:
+            os.close(fd)
+
+    def _read(self, rel: str) -> tuple[bytes, os.stat_result]:
+        """The bytes of the regular file ``rel`` (checked on the opened descriptor) and its stat."""
+        fd = self._open(rel)
+        try:
+            stat = os.fstat(fd)
+            if not st.S_ISREG(stat.st_mode):
+                raise ItemError(f"is {_kind(stat.st_mode)}, not a regular file: {_REGULAR_ONLY}")
+            limit = self.config.max_bytes
+            too_big = (f"over max_bytes={limit}: split it, exclude it with config.include, or raise "
+                       "config.max_bytes")
+            if stat.st_size > limit:
+                raise ItemError(f"file is {stat.st_size} bytes, {too_big}")
+            chunks, size = [], 0
+            while block := os.read(fd, min(1 << 20, limit + 1 - size)):
+                chunks.append(block)
+                size += len(block)
+                if size > limit:
+                    raise ItemError(f"file grew while it was read, {too_big}")
         except OSError as exc:
             raise ItemError(f"cannot be read ({exc.strerror}): fix its permissions") from None
+        finally:
+            os.close(fd)
+        return b"".join(chunks), stat
+
+    def _document(self, rel: str, target: str) -> Document:
+        raw, stat = self._read(target)
         text = _decode(raw).replace("\r\n", "\n")
         suffix = PurePosixPath(rel).suffix.lower()
         if suffix in _HTML_SUFFIXES:
@@ -203,9 +313,22 @@ def _included(rel: str, patterns: list[str]) -> bool:
     return False
 
 
-def _resolves_inside(path: Path, real_root: Path) -> bool:
-    target = Path(os.path.realpath(path))
-    return target.is_file() and target.is_relative_to(real_root)
+_KINDS = ((st.S_ISLNK, "a symbolic link"), (st.S_ISFIFO, "a named pipe"), (st.S_ISSOCK, "a socket"),
+          (st.S_ISCHR, "a character device"), (st.S_ISBLK, "a block device"), (st.S_ISDIR, "a folder"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+def _why(exc: OSError, dir_fd: int, name: str) -> str:
+    """Why opening ``name`` failed: what it is now when that is the reason (a link swapped in), else strerror."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+        try:
+            return f"it is {_kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)} now"
+        except OSError:
+            pass
+    return exc.strerror or str(exc)
 
 
 def _decode(raw: bytes) -> str:

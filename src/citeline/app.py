@@ -15,6 +15,7 @@ Heavy parts (the embedding model, the database pool) start on first use, not at 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,11 +73,28 @@ def build_connector(source: SourceSettings, settings: Settings) -> Connector:
     resolved = {name: settings.resolve_path(value) for name, value in config if isinstance(value, Path)}
     if resolved:
         config = config.model_copy(update=resolved)
+    _check_allowed_roots(source, settings, resolved)
     try:
         default = Access.from_mapping(source.access)
     except ValueError as exc:
         raise ConfigError(f"invalid access for source {source.name!r}: {exc}") from exc
     return cls(config, default)
+
+
+def _check_allowed_roots(source: SourceSettings, settings: Settings, paths: dict[str, Path]) -> None:
+    """Refuse a source whose local paths (symlinks resolved) are under none of ``source_policy.allowed_roots``."""
+    allowed = settings.source_policy.allowed_roots
+    if allowed is None:
+        return
+    roots = [Path(os.path.realpath(settings.resolve_path(r))) for r in allowed]
+    for field_name, path in paths.items():
+        real = Path(os.path.realpath(path))
+        if not any(real.is_relative_to(root) for root in roots):
+            shown = f"{path}" if real == path else f"{path} (resolves to {real})"
+            raise ConfigError(
+                f"source {source.name!r}: config.{field_name} {shown} is outside every allowed root "
+                f"({', '.join(map(str, roots)) or 'none'}) in source_policy.allowed_roots: move it under one "
+                "of them, or ask an admin to add its folder to source_policy.allowed_roots")
 
 
 class Citeline:

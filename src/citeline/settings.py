@@ -31,6 +31,7 @@ __all__ = [
     "SchedulerSettings",
     "ServerSettings",
     "Settings",
+    "SourcePolicySettings",
     "SourceSettings",
 ]
 
@@ -229,6 +230,15 @@ class SchedulerSettings(_Section):
         return self
 
 
+class SourcePolicySettings(_Section):
+    """``[source_policy]``: what every ``[[sources]]`` table may do, set by the admins of this install."""
+
+    allowed_roots: list[Path] | None = Field(
+        None, description="folders that sources may read local files from (a folder source's path, a tickets "
+        "or catalog file); a source whose path, with symlinks resolved, is under none of them is refused before "
+        "any sync. Relative paths are relative to the config file. Unset: any path the process can read")
+
+
 class SourceSettings(_Section):
     """One ``[[sources]]`` table: a connector kind, its own config table, default access and schedule."""
 
@@ -266,6 +276,7 @@ class Settings(BaseSettings):
     adapters: AdapterSettings = AdapterSettings()
     server: ServerSettings = ServerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    source_policy: SourcePolicySettings = SourcePolicySettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
 

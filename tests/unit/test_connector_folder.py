@@ -257,14 +257,14 @@ def test_validate_refuses_missing_folder_and_file(tmp_path: Path) -> None:
 def test_unreadable_subfolder_fails_the_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path, "ok.md", "x\n")
     write(tmp_path, "locked/a.md", "x\n")
-    real_scandir = os.scandir
+    real_open = os.open
 
-    def scandir(path: object = ".") -> object:  # chmod 000 does not stop root, so refuse here
-        if Path(os.fsdecode(path)).name == "locked":
+    def open_(path: object, flags: int, *args: object, **kwargs: object) -> int:  # chmod 000 does not stop root
+        if Path(os.fsdecode(path)).name == "locked":  # the walk opens each folder before listing it
             raise PermissionError(13, "Permission denied", os.fsdecode(path))
-        return real_scandir(path)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "open", open_)
     changes = run_sync(make(tmp_path))
     assert [item_ids(changes), type(changes[0])] == [["locked", "ok.md"], Failure]
     assert "cannot be listed" in changes[0].reason
