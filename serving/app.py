@@ -440,10 +440,16 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
             raise HTTPException(422, str(exc)) from exc
         return {"user": p.user, "groups": list(p.groups), "team": p.team}
 
+    @app.delete("/v1/admin/principals/{user}")
+    def delete_principal(user: str, who: Admin) -> dict[str, Any]:
+        revoked = cl.delete_principal(user, actor=actor(who))
+        if revoked is None:
+            raise HTTPException(404, f"no principal named {user!r}")
+        return {"user": user, "removed": True, "revoked_keys": revoked}
+
     @app.get("/v1/admin/audit/verify")
     def audit_verify(who: Admin) -> dict[str, Any]:
-        report = cl.audit.verify()
-        return {"ok": report.ok, "rows": report.rows, "head": report.head, "problems": list(report.problems)}
+        return cl.audit.verify().as_dict()
 
     @app.get("/v1/admin/audit/export")
     def audit_export(who: Admin, format: Literal["jsonl", "csv"] = "jsonl", since: str | None = None) -> Response:

@@ -200,12 +200,15 @@ class Promotion:
 
 def promote(registry: AdapterRegistry, hosts: Sequence[AdapterHost], served_name: str, *, drain_s: float,
             force: bool = False, base_model_dir: Path | None = None, max_rank: int | None = None,
-            on_flip: Callable[[], None] | None = None, sleep: Callable[[float], None] = time.sleep) -> Promotion:
+            on_flip: Callable[[], None] | None = None, sleep: Callable[[float], None] = time.sleep,
+            audit: Callable[[Any, AdapterVersion | None], None] | None = None) -> Promotion:
     """Load ``served_name`` everywhere, make it its team's active adapter, then unload the old version.
 
     Refuses (``AdapterError``, nothing changed) when the evaluation says the adapter does not beat the
     prompting baseline (unless ``force``), when it fails its preflight, or when any host cannot load it.
     ``on_flip`` runs right after the registry changed (e.g. to invalidate an in-process router's cache).
+    ``audit(conn, previous)`` writes the promotion's audit row in the flip's own transaction: if it fails,
+    the team keeps its adapter and the new one is unloaded again.
     """
     adapter = registry.require(served_name)
     if adapter.status == "retired":
@@ -230,7 +233,15 @@ def promote(registry: AdapterRegistry, hosts: Sequence[AdapterHost], served_name
                                f"(unloaded again from {len(loaded_on)} host(s)): {exc}") from exc
         loaded_on.append(_host_name(host))
         load_ms[_host_name(host)] = round((time.perf_counter() - started) * 1000, 1)
-    previous = registry.activate(served_name)
+    try:
+        previous = registry.activate(served_name, audit=audit)
+    except Exception:
+        for done in hosts[: len(loaded_on)]:
+            try:
+                done.unload_adapter(served_name)
+            except (AdapterError, GenerationError):
+                log.warning("could not unload %s from %s after a failed promotion", served_name, _host_name(done))
+        raise
     if on_flip is not None:
         on_flip()
     unloaded, errors = [], []

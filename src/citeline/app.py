@@ -14,10 +14,12 @@ Heavy parts (the embedding model, the database pool) start on first use, not at 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from citeline import plugins
 from citeline.answering import Answer, AnswerStream, Assistant
-from citeline.audit import AuditLog
+from citeline.audit import AuditLog, load_key
 from citeline.connectors.interfaces import Connector
 from citeline.db import Database
 from citeline.domain import Access, Principal, SearchMode
-from citeline.errors import CitelineError, ConfigError
+from citeline.errors import AuditError, CitelineError, ConfigError
 from citeline.ingest.chunking import Chunker
 from citeline.ingest.embedding import Embedder
 from citeline.ingest.scheduler import RetryPolicy, Scheduler, last_runs, next_run
@@ -41,6 +43,8 @@ from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBack
 from citeline.settings import Settings, SourceSettings
 from citeline.store import PrincipalStore
 from citeline.verification import Verifier
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from citeline.serving.hotswap import HostReport, Promotion
@@ -151,7 +155,14 @@ class Citeline:
 
     @functools.cached_property
     def audit(self) -> AuditLog:
-        return AuditLog(self.db)
+        """The audit chain, keyed with ``audit.key`` or the key in ``audit.key_file`` (default <home>/audit.key,
+        generated on first use)."""
+        a = self.settings.audit
+        if a.key is not None:
+            key = a.key.get_secret_value().strip().encode()
+        else:
+            key = load_key(self.settings.resolve_path(a.key_file) if a.key_file else self.settings.home / "audit.key")
+        return AuditLog(self.db, key)
 
     @functools.cached_property
     def keys(self) -> KeyStore:
@@ -221,33 +232,50 @@ class Citeline:
                    history: Sequence[ChatMessage] = ()) -> AnswerStream:
         return self.assistant.stream(question, self.principals.get(user), model=model, history=history)
 
-    # -- admin actions: each one is audited with the acting identity -------------------------------
+    # -- admin actions: each one commits together with its audit row (acting identity), or not at all ----
+    @contextlib.contextmanager
+    def _admin(self) -> Iterator[Any]:
+        """One transaction for an admin change and its audit row (the audit key is loaded before it opens)."""
+        audit = self.audit
+        with self.db.writer() as conn:
+            yield conn, audit
+
     def add_principal(self, principal: Principal, *, actor: str) -> Principal:
-        done = self.principals.put(principal)
-        self.audit.append("admin", "principal.put", principal=actor,
-                          payload={"user": principal.user, "groups": list(principal.groups), "team": principal.team})
+        with self._admin() as (conn, audit):
+            done = self.principals.put(principal, conn=conn)
+            audit.append_in(conn, "admin", "principal.put", principal=actor, payload={
+                "user": principal.user, "groups": list(principal.groups), "team": principal.team})
         return done
 
+    def delete_principal(self, user: str, *, actor: str) -> list[str] | None:
+        """Remove a principal and revoke its keys; the revoked key ids (None: there was no such principal)."""
+        with self._admin() as (conn, audit):
+            revoked = self.principals.delete(user, conn=conn)
+            audit.append_in(conn, "admin", "principal.remove", principal=actor,
+                            payload={"user": user, "removed": revoked is not None, "revoked_keys": revoked or []})
+        return revoked
+
     def remove_principal(self, user: str, *, actor: str) -> bool:
-        removed = self.principals.remove(user)
-        self.audit.append("admin", "principal.remove", principal=actor, payload={"user": user, "removed": removed})
-        return removed
+        return self.delete_principal(user, actor=actor) is not None
 
     def import_principals(self, path: Path, *, actor: str) -> list[Principal]:
-        done = self.principals.import_file(path)
-        self.audit.append("admin", "principal.import", principal=actor,
-                          payload={"file": str(path), "users": [p.user for p in done]})
+        with self._admin() as (conn, audit):
+            done = self.principals.import_file(path, conn=conn)
+            audit.append_in(conn, "admin", "principal.import", principal=actor,
+                            payload={"file": str(path), "users": [p.user for p in done]})
         return done
 
     def create_key(self, user: str, *, actor: str, admin: bool = False, label: str = "") -> NewKey:
-        new = self.keys.create(user, admin=admin, label=label)
-        self.audit.append("admin", "key.create", principal=actor,
-                          payload={"key_id": new.key.key_id, "user": user, "admin": admin, "label": label})
+        with self._admin() as (conn, audit):
+            new = self.keys.create(user, admin=admin, label=label, conn=conn)
+            audit.append_in(conn, "admin", "key.create", principal=actor,
+                            payload={"key_id": new.key.key_id, "user": user, "admin": admin, "label": label})
         return new
 
     def revoke_key(self, key_id: str, *, actor: str) -> bool:
-        done = self.keys.revoke(key_id)
-        self.audit.append("admin", "key.revoke", principal=actor, payload={"key_id": key_id, "revoked": done})
+        with self._admin() as (conn, audit):
+            done = self.keys.revoke(key_id, conn=conn)
+            audit.append_in(conn, "admin", "key.revoke", principal=actor, payload={"key_id": key_id, "revoked": done})
         return done
 
     # -- adapters: registry and hot swap (admin actions, audited) ------------------------------------
@@ -277,10 +305,12 @@ class Citeline:
 
     def register_adapter(self, path: Path, *, team: str, name: str | None = None, actor: str) -> AdapterVersion:
         """Preflight an adapter folder against the base model and record it as a new version."""
-        adapter, new = self.registry.register(path, team=team, name=name, base_model_dir=self.base_model_dir(),
-                                              max_rank=self.settings.adapters.max_rank, actor=actor)
-        self.audit.append("admin", "adapter.register", principal=actor, team=team,
-                          payload={"adapter": adapter.served_name, "path": str(path), "new": new})
+        base = self.base_model_dir()
+        with self._admin() as (conn, audit):
+            adapter, new = self.registry.register(path, team=team, name=name, base_model_dir=base,
+                                                  max_rank=self.settings.adapters.max_rank, actor=actor, conn=conn)
+            audit.append_in(conn, "admin", "adapter.register", principal=actor, team=team,
+                            payload={"adapter": adapter.served_name, "path": str(path), "new": new})
         return adapter
 
     def promote_adapter(self, served_name: str, *, actor: str, force: bool = False,
@@ -288,25 +318,39 @@ class Citeline:
         """Load on every host, make it the team's adapter, unload the old version after the drain."""
         from citeline.serving.hotswap import promote
         hosts = self.adapter_hosts()
+        audit = self.audit
+        drain = self.settings.adapters.drain_s if drain_s is None else drain_s
+
+        def flipped(conn: Any, previous: AdapterVersion | None) -> None:  # in the flip's own transaction
+            audit.append_in(conn, "admin", "adapter.promote", principal=actor, team=self.registry.require(
+                served_name).team, payload={"adapter": served_name, "previous": previous.served_name if previous
+                                            else None, "forced": force, "drain_s": drain})
+
         try:
-            result = promote(self.registry, hosts, served_name, force=force,
-                             drain_s=self.settings.adapters.drain_s if drain_s is None else drain_s,
+            result = promote(self.registry, hosts, served_name, force=force, drain_s=drain,
                              base_model_dir=self.base_model_dir(), max_rank=self.settings.adapters.max_rank,
-                             on_flip=self.router.invalidate)
-        except CitelineError as exc:
-            self.audit.append("admin", "adapter.promote", principal=actor,
-                              payload={"adapter": served_name, "forced": force, "refused": str(exc)})
+                             on_flip=self.router.invalidate, audit=flipped)
+        except AuditError:
             raise
-        self.audit.append("admin", "adapter.promote", principal=actor, team=result.adapter.team,
-                          payload={**result.as_dict(), "forced": force})
+        except CitelineError as exc:  # refused: nothing changed; the refusal is recorded
+            audit.append("admin", "adapter.promote", principal=actor,
+                         payload={"adapter": served_name, "forced": force, "refused": str(exc)})
+            raise
+        try:  # the promotion is recorded already; this row adds where the old version was unloaded
+            audit.append("admin", "adapter.promote.done", principal=actor, team=result.adapter.team,
+                         payload={**result.as_dict(), "forced": force})
+        except AuditError as exc:
+            log.warning("adapter %s was promoted (audited) but its completion row could not be written: %s",
+                        served_name, exc)
         return result
 
     def retire_adapter(self, served_name: str, *, actor: str) -> AdapterVersion:
         """Withdraw an adapter; its team falls back to the base model. ``sync_adapters`` unloads it."""
-        adapter = self.registry.retire(served_name)
+        with self._admin() as (conn, audit):
+            adapter = self.registry.retire(served_name, conn=conn)
+            audit.append_in(conn, "admin", "adapter.retire", principal=actor, team=adapter.team,
+                            payload={"adapter": served_name})
         self.router.invalidate()
-        self.audit.append("admin", "adapter.retire", principal=actor, team=adapter.team,
-                          payload={"adapter": served_name})
         return adapter
 
     def sync_adapters(self, *, actor: str) -> list[HostReport]:

@@ -1,39 +1,62 @@
 """The audit log: one append-only, hash-chained row per answer and per admin action.
 
-Each row's ``hash`` is ``sha256(prev_hash + canonical JSON of (id, at, kind, principal, team, action,
-payload))`` and ``prev_hash`` is the previous row's ``hash`` (the first row's is 64 zeros). Editing any
-field of a row breaks its own hash; deleting a row breaks the next row's link. Appends take a
-transaction-scoped advisory lock so concurrent writers extend one chain. The application roles may only
-``INSERT`` and ``SELECT`` (see migration 0003); :meth:`AuditLog.verify` detects what a database owner
-changed behind citeline's back. A truncated *tail* leaves a valid shorter chain: record
-:attr:`VerifyReport.head` somewhere else (a log shipper, a ticket) to detect that too.
+Each row's ``hash`` is ``HMAC-SHA256(key, prev_hash + canonical JSON of (id, at, kind, principal, team,
+action, payload))`` and ``prev_hash`` is the previous row's ``hash`` (the first row's is 64 zeros). The key
+lives outside the database (``audit.key`` / ``audit.key_file``; the default install generates
+``<home>/audit.key``, mode 0600), so a database login, even the schema owner, can delete or edit rows but
+cannot write a row, or re-chain the rows after an edit, so that they verify. Editing any field breaks the
+row's own hash; deleting a row breaks the next row's link.
+
+Rows written before the chain was keyed (up to ``audit_meta.legacy_until``, recorded by migration 0005)
+carry the plain ``sha256(prev_hash + body)`` and still verify; :class:`VerifyReport` counts them. Every
+row after that mark must carry the keyed hash.
+
+A truncated *tail* leaves a valid shorter chain. :meth:`AuditLog.anchor` returns the signed head (last id,
+its hash, the row count, the time; HMAC-signed with the key): keep it outside the database (``citeline
+audit anchor``), and :meth:`AuditLog.verify` with ``anchor=`` checks that the chain still holds that head
+unchanged, with as many rows up to it.
+
+Appends take a transaction-scoped advisory lock so concurrent writers extend one chain. The application
+roles may only ``INSERT`` and ``SELECT`` (see migration 0003).
 
 Callers write the row *before* they return an answer; if :meth:`AuditLog.append` fails the answer is
 withheld (fail closed). Concurrent appends share one transaction (group commit, see
-:mod:`citeline.batching`), so a busy server pays one WAL flush per batch rather than per answer.
+:mod:`citeline.batching`), so a busy server pays one WAL flush per batch rather than per answer. Admin
+actions use :meth:`AuditLog.append_in` instead: the row is written in the action's own transaction, so the
+change and its audit row commit together or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import hmac
 import io
 import json
-from collections.abc import Iterator
+import logging
+import os
+import secrets
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from citeline.batching import Batcher
 from citeline.db import Database
-from citeline.errors import AuditError
+from citeline.errors import AuditError, ConfigError
 
-__all__ = ["AuditLog", "AuditRecord", "VerifyReport"]
+__all__ = ["AuditLog", "AuditRecord", "VerifyReport", "load_key"]
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _LOCK_SPACE = 0x617564  # "aud": the advisory-lock key space of audit appends
+_MIN_KEY_CHARS = 32
+_ANCHOR_FIELDS = ("version", "namespace", "id", "hash", "rows", "at", "key")
 
 
 @dataclass(frozen=True)
@@ -60,13 +83,65 @@ class VerifyReport:
     ok: bool
     head: str
     problems: tuple[str, ...]
+    head_id: int = 0
+    legacy_rows: int = 0  # rows from before the chain was keyed (plain sha256)
+    anchor_id: int | None = None  # the anchor's head row, when one was checked
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "rows": self.rows, "head": self.head, "head_id": self.head_id,
+                "legacy_rows": self.legacy_rows, "anchor_id": self.anchor_id, "problems": list(self.problems)}
 
 
-def _digest(prev_hash: str, id_: int, at: datetime, kind: str, principal: str | None, team: str | None,
-            action: str, payload: dict[str, Any]) -> str:
-    body = json.dumps([id_, at.astimezone(UTC).isoformat(timespec="microseconds"), kind, principal, team, action,
+def load_key(path: Path, *, create: bool = True) -> bytes:
+    """The chain key kept in ``path``; with ``create``, a new random key is written there (mode 0600) first.
+
+    The file holds at least 32 characters (the generated one: 64 hex digits). Two processes creating it at
+    once agree on one key (the file appears atomically, with its content, or not at all).
+    """
+    path = Path(path)
+    if not path.exists() and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # fails if another process made it first: theirs wins
+        finally:
+            tmp.unlink()
+        log.info("created the audit chain key %s (keep a copy: without it the chain cannot be verified)", path)
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the audit key file {path} ({exc.strerror}): set audit.key_file to a "
+                          "readable file, or audit.key") from exc
+    if len(text) < _MIN_KEY_CHARS:
+        raise ConfigError(f"the audit key in {path} is shorter than {_MIN_KEY_CHARS} characters: use e.g. "
+                          "`openssl rand -hex 32`")
+    if path.stat().st_mode & 0o077:
+        log.warning("the audit key file %s is readable by other users: chmod 600 it", path)
+    return text.encode()
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A public name for a key (which key signed an anchor); reveals nothing about the key."""
+    return hmac.new(key, b"citeline audit key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def _body(id_: int, at: datetime, kind: str, principal: str | None, team: str | None, action: str,
+          payload: dict[str, Any]) -> str:
+    return json.dumps([id_, at.astimezone(UTC).isoformat(timespec="microseconds"), kind, principal, team, action,
                        payload], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _plain_digest(prev_hash: str, body: str) -> str:
+    """The unkeyed hash of rows written before migration 0005 (anyone can compute it)."""
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _keyed_digest(key: bytes, prev_hash: str, body: str) -> str:
+    return hmac.new(key, (prev_hash + body).encode(), hashlib.sha256).hexdigest()
 
 
 def _normalise(payload: dict[str, Any]) -> dict[str, Any]:
@@ -84,9 +159,21 @@ class _Entry:
 
 
 class AuditLog:
-    def __init__(self, db: Database) -> None:
+    """The chain in ``db``, written and verified with ``key`` (see :func:`load_key`)."""
+
+    def __init__(self, db: Database, key: bytes) -> None:
+        if len(key) < _MIN_KEY_CHARS:
+            raise ConfigError(f"the audit key must be at least {_MIN_KEY_CHARS} bytes")
         self.db = db
+        self._key = key
         self._batcher: Batcher[_Entry, AuditRecord] = Batcher(self._write)
+
+    def __repr__(self) -> str:  # never the key
+        return f"AuditLog(namespace={self.db.namespace!r}, key={key_fingerprint(self._key)})"
+
+    @property
+    def key_fingerprint(self) -> str:
+        return key_fingerprint(self._key)
 
     def append(self, kind: str, action: str, *, principal: str | None, team: str | None = None,
                payload: dict[str, Any] | None = None) -> AuditRecord:
@@ -97,34 +184,52 @@ class AuditLog:
         """
         return self._batcher(_Entry(kind, action, principal, team, _normalise(payload or {})))
 
+    def append_in(self, conn: psycopg.Connection, kind: str, action: str, *, principal: str | None,
+                  team: str | None = None, payload: dict[str, Any] | None = None) -> AuditRecord:
+        """Append one row inside the caller's transaction (an admin action): both commit, or neither.
+
+        :class:`AuditError` if the row cannot be written; the caller's transaction is then aborted.
+        """
+        entry = _Entry(kind, action, principal, team, _normalise(payload or {}))
+        try:
+            with conn.transaction():  # a savepoint: the error is reported before the caller's commit
+                return self._insert(conn, [entry])[0]
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot write the audit log ({type(exc).__name__}: {exc}); nothing was changed. "
+                             "Check that the database is reachable and citeline_writer may INSERT into audit_log"
+                             ) from exc
+
     def _write(self, entries: list[_Entry]) -> list[AuditRecord]:
-        out: list[AuditRecord] = []
         try:
             # Two round trips per batch (pipeline mode): BEGIN + lock + chain head + ids and times, then
-            # the inserts + COMMIT. The head is read by a statement after the lock's, so it sees the last
-            # row committed by whoever held the lock before.
+            # the inserts + COMMIT.
             with self.db.writer(pipeline=True) as conn:
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_SPACE,))
-                slots = conn.execute(
-                    "SELECT (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1),"
-                    " nextval(pg_get_serial_sequence('audit_log', 'id')) AS id,"
-                    " date_trunc('microseconds', clock_timestamp()) FROM generate_series(1, %s) ORDER BY 2",
-                    (len(entries),)).fetchall()
-                prev = slots[0][0] or GENESIS
-                rows = []
-                for e, (_, id_, at) in zip(entries, slots, strict=True):
-                    digest = _digest(prev, id_, at, e.kind, e.principal, e.team, e.action, e.payload)
-                    rows.append((id_, at, e.kind, e.principal, e.team, e.action, json.dumps(e.payload), prev, digest))
-                    out.append(AuditRecord(id_, at, e.kind, e.principal, e.team, e.action, e.payload, prev, digest))
-                    prev = digest
-                with conn.cursor() as cur:  # executemany pipelines the inserts: one round trip
-                    cur.executemany(
-                        "INSERT INTO audit_log (id, at, kind, principal, team, action, payload, prev_hash, hash)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)", rows)
+                return self._insert(conn, entries)
         except psycopg.Error as exc:
             raise AuditError(f"cannot write the audit log ({type(exc).__name__}: {exc}); the answer was withheld. "
                              "Check that the database is reachable and citeline_writer may INSERT into audit_log"
                              ) from exc
+
+    def _insert(self, conn: psycopg.Connection, entries: list[_Entry]) -> list[AuditRecord]:
+        # The head is read by a statement after the lock's, so it sees the last row committed by whoever
+        # held the lock before.
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_SPACE,))
+        slots = conn.execute(
+            "SELECT (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1),"
+            " nextval(pg_get_serial_sequence('audit_log', 'id')) AS id,"
+            " date_trunc('microseconds', clock_timestamp()) FROM generate_series(1, %s) ORDER BY 2",
+            (len(entries),)).fetchall()
+        prev = slots[0][0] or GENESIS
+        rows, out = [], []
+        for e, (_, id_, at) in zip(entries, slots, strict=True):
+            digest = _keyed_digest(self._key, prev, _body(id_, at, e.kind, e.principal, e.team, e.action, e.payload))
+            rows.append((id_, at, e.kind, e.principal, e.team, e.action, json.dumps(e.payload), prev, digest))
+            out.append(AuditRecord(id_, at, e.kind, e.principal, e.team, e.action, e.payload, prev, digest))
+            prev = digest
+        with conn.cursor() as cur:  # executemany pipelines the inserts: one round trip
+            cur.executemany(
+                "INSERT INTO audit_log (id, at, kind, principal, team, action, payload, prev_hash, hash)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)", rows)
         return out
 
     def records(self, *, since: datetime | None = None, kind: str | None = None) -> Iterator[AuditRecord]:
@@ -136,21 +241,91 @@ class AuditLog:
             for row in cur:
                 yield AuditRecord(*row)
 
-    def verify(self) -> VerifyReport:
-        """Recompute the chain; every broken link or edited row is one problem."""
+    def _legacy_until(self) -> int:
+        with self.db.writer() as conn:
+            row = conn.execute("SELECT legacy_until FROM audit_meta").fetchone()
+        return int(row[0]) if row else 0
+
+    def anchor(self) -> dict[str, Any]:
+        """The signed head of the chain, to keep outside the database (see :meth:`verify`)."""
+        with self.db.writer() as conn:
+            row = conn.execute("SELECT (SELECT count(*) FROM audit_log), id, hash FROM audit_log"
+                               " ORDER BY id DESC LIMIT 1").fetchone()
+        count, id_, head = row if row else (0, 0, GENESIS)
+        out: dict[str, Any] = {"version": 1, "namespace": self.db.namespace, "id": int(id_), "hash": head,
+                               "rows": int(count), "at": datetime.now(UTC).isoformat(),
+                               "key": key_fingerprint(self._key)}
+        out["signature"] = self._sign(out)
+        return out
+
+    def _sign(self, anchor: Mapping[str, Any]) -> str:
+        body = json.dumps({k: anchor.get(k) for k in _ANCHOR_FIELDS}, sort_keys=True, separators=(",", ":"))
+        return hmac.new(self._key, b"citeline audit anchor\0" + body.encode(), hashlib.sha256).hexdigest()
+
+    def verify(self, *, anchor: Mapping[str, Any] | None = None) -> VerifyReport:
+        """Recompute the chain; every broken link, edited or forged row is one problem.
+
+        With ``anchor`` (from :meth:`anchor`), also check its signature and that the chain still holds
+        the anchored head unchanged with as many rows up to it (a truncated tail is caught here).
+        """
+        legacy_until = self._legacy_until()
         problems: list[str] = []
-        prev, n = GENESIS, 0
+        prev, n, legacy, head_id, keyed, keyed_bad = GENESIS, 0, 0, 0, 0, 0
+        anchor_id = int(anchor["id"]) if anchor is not None and isinstance(anchor.get("id"), int) else None
+        upto_anchor, anchor_row = 0, None
         for rec in self.records():
             n += 1
             if rec.prev_hash != prev:
                 problems.append(f"row {rec.id}: prev_hash does not match the row before it (a row was deleted "
                                 "or inserted out of order)")
-            expected = _digest(rec.prev_hash, rec.id, rec.at, rec.kind, rec.principal, rec.team, rec.action,
-                               rec.payload)
-            if expected != rec.hash:
-                problems.append(f"row {rec.id}: contents do not match its hash (the row was edited)")
-            prev = rec.hash
-        return VerifyReport(n, not problems, prev, tuple(problems))
+            body = _body(rec.id, rec.at, rec.kind, rec.principal, rec.team, rec.action, rec.payload)
+            plain = _plain_digest(rec.prev_hash, body)
+            if rec.id <= legacy_until:
+                legacy += 1
+                if plain != rec.hash:
+                    problems.append(f"row {rec.id}: contents do not match its hash (the row was edited)")
+            else:
+                keyed += 1
+                if not hmac.compare_digest(_keyed_digest(self._key, rec.prev_hash, body), rec.hash):
+                    keyed_bad += 1
+                    problems.append(
+                        f"row {rec.id}: carries an unkeyed hash where the chain is keyed (written or re-chained by "
+                        "a database login, not by citeline)" if plain == rec.hash else
+                        f"row {rec.id}: contents do not match its keyed hash (the row was edited or forged, or "
+                        "written with another audit key)")
+            if anchor_id is not None and rec.id <= anchor_id:
+                upto_anchor += 1
+                if rec.id == anchor_id:
+                    anchor_row = rec
+            prev, head_id = rec.hash, rec.id
+        if keyed and keyed_bad == keyed:
+            problems.append(f"no row after the legacy mark verifies with this key (fingerprint "
+                            f"{key_fingerprint(self._key)}): if nothing was tampered with, audit.key / "
+                            "audit.key_file is not the key citeline writes with")
+        if anchor is not None:
+            problems.extend(self._anchor_problems(anchor, anchor_row, upto_anchor, head_id))
+        return VerifyReport(n, not problems, prev, tuple(problems), head_id, legacy, anchor_id)
+
+    def _anchor_problems(self, anchor: Mapping[str, Any], row: AuditRecord | None, upto: int,
+                         head_id: int) -> list[str]:
+        if not isinstance(anchor.get("id"), int) or not isinstance(anchor.get("rows"), int):
+            return ["the anchor is malformed (no integer id and rows): write a new one with `citeline audit anchor`"]
+        if not hmac.compare_digest(str(anchor.get("signature", "")), self._sign(anchor)):
+            return [f"the anchor's signature does not match (the anchor was edited, or signed with another key "
+                    f"than this one, fingerprint {key_fingerprint(self._key)}); it proves nothing"]
+        if anchor.get("namespace") != self.db.namespace:
+            return [f"the anchor is for namespace {anchor.get('namespace')!r}, not {self.db.namespace!r}"]
+        id_, problems = anchor["id"], []
+        if id_ and row is None:
+            problems.append(f"row {id_} (the anchored head, {anchor['rows']} rows at {anchor.get('at')}) is "
+                            f"missing: the chain was truncated or rows deleted (its head is now row {head_id})")
+        elif row is not None and row.hash != anchor.get("hash"):
+            problems.append(f"row {id_} (the anchored head) no longer has the anchored hash: the chain up to it "
+                            "was rewritten")
+        if row is not None and upto != anchor["rows"]:
+            problems.append(f"{upto} rows up to row {id_}, the anchor recorded {anchor['rows']}: rows were "
+                            "deleted or inserted before the anchored head")
+        return problems
 
     def export(self, fmt: str, *, since: datetime | None = None) -> Iterator[str]:
         """Rows as JSON lines or CSV text (the payload as a JSON column)."""

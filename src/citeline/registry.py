@@ -20,6 +20,7 @@ Hot-swapping adapters on running model servers lives in :mod:`citeline.serving.h
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -27,7 +28,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -162,9 +163,22 @@ class AdapterRegistry:
         self.db = db
         self.store = Path(store)
 
+    @contextlib.contextmanager
+    def _tx(self, conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+        """The caller's transaction (a savepoint in it, so a failed statement does not abort it), or our own."""
+        if conn is None:
+            with self.db.writer() as own:
+                yield own
+        else:
+            with conn.transaction():
+                yield conn
+
     def register(self, source: Path, *, team: str, name: str | None, base_model_dir: Path, max_rank: int,
-                 actor: str) -> tuple[AdapterVersion, bool]:
-        """Check, copy and record an adapter folder; returns (the version, whether it is new)."""
+                 actor: str, conn: psycopg.Connection | None = None) -> tuple[AdapterVersion, bool]:
+        """Check, copy and record an adapter folder; returns (the version, whether it is new).
+
+        ``conn``: the caller's transaction (the row then commits with whatever else it writes there).
+        """
         source = Path(source).resolve()
         name = name or team
         for what, value in (("team", team), ("name", name)):
@@ -188,8 +202,8 @@ class AdapterRegistry:
         config = json.loads((source / ADAPTER_CONFIG).read_text())
         dest = self._copy(source, served)
         try:
-            with self.db.writer() as conn:
-                row = conn.execute(
+            with self._tx(conn) as c:
+                row = c.execute(
                     f"INSERT INTO adapters (name, team, version, served_name, path, base_model, base_fingerprint, "
                     f"rank, target_modules, metrics, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
                     f"%s::jsonb, %s) RETURNING {_COLUMNS}",
@@ -247,8 +261,13 @@ class AdapterRegistry:
     def active_by_team(self) -> dict[str, AdapterVersion]:
         return {a.team: a for a in self.list(status="active")}
 
-    def activate(self, served_name: str) -> AdapterVersion | None:
-        """Make ``served_name`` its team's active adapter in one transaction; returns the one it replaced."""
+    def activate(self, served_name: str, *,
+                 audit: Callable[[psycopg.Connection, AdapterVersion | None], None] | None = None
+                 ) -> AdapterVersion | None:
+        """Make ``served_name`` its team's active adapter in one transaction; returns the one it replaced.
+
+        ``audit(conn, previous)`` runs in that transaction after the flip: if it raises, nothing changed.
+        """
         with self.db.writer() as conn:
             row = conn.execute("SELECT team, status FROM adapters WHERE served_name = %s FOR UPDATE",
                                (served_name,)).fetchone()
@@ -261,12 +280,14 @@ class AdapterRegistry:
                                     f"RETURNING {_COLUMNS}", (team,)).fetchone()
             conn.execute("UPDATE adapters SET status = 'active', promoted_at = now() WHERE served_name = %s",
                          (served_name,))
+            if audit is not None:
+                audit(conn, _row(previous) if previous else None)
         return _row(previous) if previous else None
 
-    def retire(self, served_name: str) -> AdapterVersion:
+    def retire(self, served_name: str, *, conn: psycopg.Connection | None = None) -> AdapterVersion:
         """Withdraw an adapter (its team falls back to the base model if it was active)."""
-        with self.db.writer() as conn:
-            row = conn.execute(f"UPDATE adapters SET status = 'retired' WHERE served_name = %s RETURNING {_COLUMNS}",
+        with self._tx(conn) as c:
+            row = c.execute(f"UPDATE adapters SET status = 'retired' WHERE served_name = %s RETURNING {_COLUMNS}",
                                (served_name,)).fetchone()
         if row is None:
             raise AdapterError(f"no adapter {served_name!r} is registered: see `citeline adapter list`")

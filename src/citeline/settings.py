@@ -22,6 +22,7 @@ from citeline.errors import ConfigError
 
 __all__ = [
     "AdapterSettings",
+    "AuditSettings",
     "ChunkingSettings",
     "DatabaseSettings",
     "AnswerSettings",
@@ -215,6 +216,24 @@ class ServerSettings(_Section):
                                    "SELECT 1 within this")
 
 
+class AuditSettings(_Section):
+    """The audit chain's key: it lives outside the database, so a database login cannot forge or re-chain rows."""
+
+    key: SecretStr | None = Field(None, description="the HMAC key itself (at least 32 characters), e.g. from "
+                                  "CITELINE_AUDIT__KEY; wins over key_file. Every process writing to one database "
+                                  "must use the same key")
+    key_file: Path | None = Field(None, description="file holding the key (default <home>/audit.key, generated "
+                                  "with mode 0600 on first use); keep a copy: without it the chain cannot be "
+                                  "verified")
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < 32:
+            raise ValueError("audit.key must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return v
+
+
 class SchedulerSettings(_Section):
     """``citeline scheduler``: how often it looks for due sources and how a failed run is retried."""
 
@@ -276,6 +295,7 @@ class Settings(BaseSettings):
     adapters: AdapterSettings = AdapterSettings()
     server: ServerSettings = ServerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    audit: AuditSettings = AuditSettings()
     source_policy: SourcePolicySettings = SourcePolicySettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")

@@ -7,7 +7,8 @@ reads (see :mod:`citeline.db`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 import time
 import tomllib
 from dataclasses import dataclass
@@ -248,14 +249,27 @@ def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> Lexi
 
 
 class PrincipalStore:
-    """Principals (users with groups and a team), stored in the database. Admin operations."""
+    """Principals (users with groups and a team), stored in the database. Admin operations.
+
+    Writes take an optional ``conn``: pass the caller's transaction to commit the change together with
+    something else (its audit row); without one each call is its own transaction.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def put(self, principal: Principal) -> Principal:
-        with self.db.writer() as conn:
-            conn.execute(
+    @contextlib.contextmanager
+    def _tx(self, conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.db.writer() as own:
+                yield own
+
+    def put(self, principal: Principal, *, conn: psycopg.Connection | None = None) -> Principal:
+        """Add a principal or replace its groups and team (an existing principal keeps its keys)."""
+        with self._tx(conn) as c:
+            c.execute(
                 "INSERT INTO principals (user_id, groups, team, tokens) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (user_id) DO UPDATE SET groups = EXCLUDED.groups, team = EXCLUDED.team,"
                 " tokens = EXCLUDED.tokens, updated_at = now()",
@@ -275,8 +289,9 @@ class PrincipalStore:
             rows = conn.execute("SELECT user_id, groups, team FROM principals ORDER BY user_id").fetchall()
         return [Principal(r[0], tuple(r[1]), r[2]) for r in rows]
 
-    def import_file(self, path: Path) -> list[Principal]:
-        """Add or replace every ``[[principals]]`` entry (user, groups, team) of a TOML file."""
+    @staticmethod
+    def read_file(path: Path) -> list[Principal]:
+        """The ``[[principals]]`` entries (user, groups, team) of a TOML file; nothing is written."""
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -290,9 +305,24 @@ class PrincipalStore:
                 principals.append(Principal(entry["user"], tuple(entry.get("groups", ())), entry.get("team")))
             except (KeyError, TypeError, ValueError) as exc:
                 raise PrincipalError(f"{path}: principal #{n} is invalid ({exc}); nothing was imported") from exc
-        return [self.put(p) for p in principals]
+        return principals
 
-    def remove(self, user: str) -> bool:
-        with self.db.writer() as conn:
-            return conn.execute("DELETE FROM principals WHERE user_id = %s", (user,)).rowcount > 0
+    def import_file(self, path: Path, *, conn: psycopg.Connection | None = None) -> list[Principal]:
+        """Add or replace every ``[[principals]]`` entry of a TOML file, all in one transaction."""
+        principals = self.read_file(path)
+        with self._tx(conn) as c:
+            return [self.put(p, conn=c) for p in principals]
 
+    def delete(self, user: str, *, conn: psycopg.Connection | None = None) -> list[str] | None:
+        """Remove a principal and revoke every key issued to it, together; the revoked key ids (None: no such
+        principal). A principal re-created under the same name later is a new one: the old keys stay dead."""
+        with self._tx(conn) as c:
+            if c.execute("DELETE FROM principals WHERE user_id = %s", (user,)).rowcount == 0:
+                return None
+            rows = c.execute("UPDATE api_keys SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL"
+                             " RETURNING key_id", (user,)).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def remove(self, user: str, *, conn: psycopg.Connection | None = None) -> bool:
+        """:meth:`delete`; True if the principal existed."""
+        return self.delete(user, conn=conn) is not None

@@ -118,7 +118,7 @@ def test_in_process_promotion_reconcile_and_answers(db, embedder, chunker, regis
             "returns", "# Returns\n\nCustomers may return a robot within 30 days of delivery for a full refund.",
             access=Access(groups=("staff",)))]))
         router = AdapterRouter(registry, ttl_s=0)
-        assistant = Assistant(Retriever(db, embedder), backend, AuditLog(db),
+        assistant = Assistant(Retriever(db, embedder), backend, AuditLog(db, b"k" * 32),
                               answer=AnswerSettings(min_score=0.0), generation=GenerationSettings(max_tokens=8),
                               router=router)
         base_answer = assistant.ask("How long do customers have to return a robot?", ALICE)
@@ -143,7 +143,7 @@ def test_in_process_promotion_reconcile_and_answers(db, embedder, chunker, regis
         (report,) = reconcile(registry, [backend], base_model_dir=smollm2_dir, max_rank=MAX_RANK)
         assert (report.loaded, report.unloaded, report.errors) == ([v2.served_name], ["stray"], [])
         assert set(backend.adapters()) == {v2.served_name}
-        shown = [r.payload["model"] for r in AuditLog(db).records(kind="ask")]
+        shown = [r.payload["model"] for r in AuditLog(db, b"k" * 32).records(kind="ask")]
         assert shown == [backend.base_model, v1.served_name, v2.served_name]  # the audit names the version
     finally:
         backend.close()

@@ -17,6 +17,8 @@ from citeline.store import PrincipalStore
 
 pytestmark = pytest.mark.integration
 
+KEY = b"test-audit-key-0123456789abcdef0123"  # the chain's HMAC key (outside the database)
+
 
 def owner(db, query: str, *args: object) -> None:
     with psycopg.connect(db.url, autocommit=True) as conn:
@@ -25,7 +27,7 @@ def owner(db, query: str, *args: object) -> None:
 
 
 def test_concurrent_appends_extend_one_valid_chain(db):
-    log = AuditLog(db)
+    log = AuditLog(db, KEY)
 
     def work(i: int) -> None:
         for j in range(10):
@@ -45,7 +47,7 @@ def test_concurrent_appends_extend_one_valid_chain(db):
 
 
 def test_verify_names_edited_and_deleted_rows(db):
-    log = AuditLog(db)
+    log = AuditLog(db, KEY)
     recs = [log.append("admin", "key.create", principal="ops", payload={"n": n}) for n in range(5)]
     owner(db, "UPDATE audit_log SET payload = '{\"n\": 99}' WHERE id = %s", recs[1].id)
     owner(db, "DELETE FROM audit_log WHERE id = %s", recs[3].id)
@@ -56,7 +58,7 @@ def test_verify_names_edited_and_deleted_rows(db):
 
 
 def test_application_roles_cannot_update_or_delete_audit_rows(db):
-    log = AuditLog(db)
+    log = AuditLog(db, KEY)
     rec = log.append("admin", "x", principal="ops")
     for statement in ("UPDATE audit_log SET principal = 'x'", "DELETE FROM audit_log"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege), db.writer() as conn:
@@ -70,13 +72,13 @@ def test_append_failure_raises_audit_error(db):
     owner(db, "REVOKE INSERT ON audit_log FROM citeline_writer")
     try:
         with pytest.raises(AuditError, match="withheld"):
-            AuditLog(db).append("ask", "answer", principal="alice")
+            AuditLog(db, KEY).append("ask", "answer", principal="alice")
     finally:
         owner(db, "GRANT INSERT ON audit_log TO citeline_writer")
 
 
 def test_export_since_and_formats(db):
-    log = AuditLog(db)
+    log = AuditLog(db, KEY)
     log.append("admin", "a", principal="ops", payload={"q": "comma, \"quote\""})
     lines = list(log.export("jsonl"))
     assert len(lines) == 1 and '"action": "a"' in lines[0]

@@ -1,7 +1,9 @@
-"""``citeline audit verify|export``: check the hash chain; export rows as JSON lines or CSV."""
+"""``citeline audit verify|anchor|export``: check the keyed hash chain, write a signed head, export rows."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -14,21 +16,62 @@ from citeline.cli._common import ConfigOption, JsonOption, console, err_console,
 app = typer.Typer(no_args_is_help=True)
 
 
+def _read_anchor(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the anchor {path} ({exc}): give a file written by `citeline audit anchor`")
+    if not isinstance(found, dict):
+        fail(f"{path} is not an anchor written by `citeline audit anchor`")
+    return found
+
+
 @app.command("verify")
-def verify(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Recompute the hash chain; exit 1 if any row was edited or deleted."""
+def verify(
+    anchor: Annotated[Path | None, typer.Option(help="also check a head written by `citeline audit anchor` (catches "
+                                                "a truncated tail)")] = None,
+    config: ConfigOption = None, as_json: JsonOption = False,
+) -> None:
+    """Recompute the keyed hash chain; exit 1 if any row was edited, forged or deleted (or the anchor fails)."""
+    head = _read_anchor(anchor) if anchor else None
     with opened(config) as cl:
-        report = cl.audit.verify()
+        report = cl.audit.verify(anchor=head)
+    legacy = f", {report.legacy_rows} legacy rows (before the chain was keyed)" if report.legacy_rows else ""
     if as_json:
-        print_json({"ok": report.ok, "rows": report.rows, "head": report.head, "problems": list(report.problems)})
+        print_json(report.as_dict())
     elif report.ok:
-        console.print(f"audit log intact: {report.rows} rows, head {report.head}")
+        anchored = f"; anchor row {report.anchor_id} from {anchor} holds" if head is not None else ""
+        console.print(f"audit log intact: {report.rows} rows{legacy}, head row {report.head_id} {report.head}"
+                      f"{anchored}", highlight=False)
     else:
         for p in report.problems:
             err_console.print(f"[red]{p}[/]", highlight=False)
         err_console.print(f"audit log BROKEN: {len(report.problems)} problems in {report.rows} rows")
     if not report.ok:
         raise SystemExit(1)
+
+
+@app.command("anchor")
+def anchor(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the anchor here (keep it outside the "
+                                                "database: another host, a ticket, a log shipper)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the chain's signed head (last id, its hash, the row count, the time) as JSON.
+
+    Later, `citeline audit verify --anchor FILE` fails if the chain no longer holds that head unchanged
+    (a truncated tail, a rewritten chain). The signature uses the audit key; the key is not in the file.
+    """
+    with opened(config) as cl:
+        head = cl.audit.anchor()
+    text = json.dumps(head, indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, output)
+    console.print(f"anchored row {head['id']} ({head['rows']} rows) in {output}", highlight=False)
 
 
 def _since(value: str | None) -> datetime | None:

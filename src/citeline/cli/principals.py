@@ -58,8 +58,9 @@ def list_(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 @app.command("remove")
 def remove(user: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
-    """Remove a principal (it then sees public documents only)."""
+    """Remove a principal and revoke its API keys (a principal re-created later under the name gets new keys)."""
     with opened(config) as cl:
-        if not cl.remove_principal(user, actor=cli_actor()):
-            fail(f"no principal named {user!r}")
-    console.print(f"removed {user}")
+        revoked = cl.delete_principal(user, actor=cli_actor())
+    if revoked is None:
+        fail(f"no principal named {user!r}")
+    console.print(f"removed {user}; revoked keys: {', '.join(revoked) or '(none)'}", highlight=False)
