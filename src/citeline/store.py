@@ -187,17 +187,21 @@ class LexiconStats:
 
 
 _LEXICON_LOCK = 0x6C657869  # "lexi"; second key: the namespace
+_ACCESS_CHANGES = ("SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n"
+                   " FROM lexicon_access_changes")
 
 
 def lexicon_is_stale(conn: psycopg.Connection) -> bool:
-    """True if the lexicon statistics are missing or the chunk set changed since they were computed.
+    """True if the lexicon statistics are missing or the chunk set or its access changed since they were computed.
 
     Chunk ids only grow (a re-indexed document gets new chunk rows), so the pair (count, largest id)
-    changes whenever chunks are added, replaced or deleted.
+    changes whenever chunks are added, replaced or deleted. An access change rewrites chunks in place; a
+    trigger counts those (migration 0006), and they move chunks between the per-class statistics.
     """
     row = conn.execute(
-        "SELECT s.chunks = c.n AND s.max_chunk_id IS NOT DISTINCT FROM c.max_id"
+        "SELECT s.chunks = c.n AND s.max_chunk_id IS NOT DISTINCT FROM c.max_id AND s.access_changes = a.n"
         " FROM (SELECT count(*) AS n, max(id) AS max_id FROM chunks) c"
+        f" CROSS JOIN ({_ACCESS_CHANGES}) a"
         " LEFT JOIN lexicon_stats s ON true"
     ).fetchone()
     return not (row and row[0])
@@ -206,6 +210,9 @@ def lexicon_is_stale(conn: psycopg.Connection) -> bool:
 def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> LexiconStats | None:
     """Recompute per-lexeme document frequencies and corpus statistics from all chunks.
 
+    Both kinds are computed: over every chunk (``lexemes``, ``lexicon_stats``: the ``global`` option) and
+    per visibility class (``lexicon_classes``, ``class_lexemes``: what a principal's ``visible``
+    statistics are summed from; ``lexicon_refresh_classes()`` of migration 0006).
     Run as ``citeline_writer`` (it reads every chunk, whatever its ACL). Refreshes of one namespace are
     serialised by a transaction-level advisory lock; with ``if_stale`` a refresh that finds the
     statistics current (e.g. another process just refreshed them) does nothing and returns ``None``.
@@ -221,7 +228,7 @@ def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> Lexi
         # the chunk set first: if a sync commits while ts_stat runs, the statistics look stale (and are
         # refreshed again next time) rather than current
         row = cur.execute(
-            "SELECT count(*), coalesce(avg(length(tsv)), 0)::float8, max(id) FROM chunks"
+            f"SELECT count(*), coalesce(avg(length(tsv)), 0)::float8, max(id), ({_ACCESS_CHANGES}) FROM chunks"
         ).fetchone()
         assert row is not None
         # one statement: the new frequencies, written only where they changed, and vanished lexemes deleted
@@ -237,13 +244,17 @@ def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> Lexi
         ).fetchone()
         assert counts is not None
         total, changed = int(counts[0]), int(counts[1])
+        class_rows = cur.execute("SELECT lexicon_refresh_classes()").fetchone()
+        assert class_rows is not None
+        changed += int(class_rows[0])
         seconds = time.perf_counter() - started
         cur.execute(
-            "INSERT INTO lexicon_stats (chunks, avg_length, max_chunk_id, lexemes, refresh_ms, refreshed_at)"
-            " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (singleton) DO UPDATE SET chunks = EXCLUDED.chunks,"
-            " avg_length = EXCLUDED.avg_length, max_chunk_id = EXCLUDED.max_chunk_id, lexemes = EXCLUDED.lexemes,"
-            " refresh_ms = EXCLUDED.refresh_ms, refreshed_at = EXCLUDED.refreshed_at",
-            (row[0], row[1], row[2], total, seconds * 1000),
+            "INSERT INTO lexicon_stats (chunks, avg_length, max_chunk_id, lexemes, refresh_ms, refreshed_at,"
+            " access_changes) VALUES (%s, %s, %s, %s, %s, now(), %s) ON CONFLICT (singleton) DO UPDATE SET"
+            " chunks = EXCLUDED.chunks, avg_length = EXCLUDED.avg_length, max_chunk_id = EXCLUDED.max_chunk_id,"
+            " lexemes = EXCLUDED.lexemes, refresh_ms = EXCLUDED.refresh_ms, refreshed_at = EXCLUDED.refreshed_at,"
+            " access_changes = EXCLUDED.access_changes",
+            (row[0], row[1], row[2], total, seconds * 1000, row[3]),
         )
     return LexiconStats(int(row[0]), float(row[1]), total, changed, seconds)
 

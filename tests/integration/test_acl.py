@@ -86,22 +86,32 @@ def test_a_raw_query_as_an_unprivileged_role_sees_only_permitted_rows(db, embedd
         with psycopg.connect(probe_url, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(db.namespace)))
 
-            def visible(user: str | None) -> set[str]:
-                conn.execute("SELECT set_config('citeline.user', %s, false)", (user or "",))
-                rows = conn.execute("SELECT d.external_id FROM chunks c JOIN documents d ON d.id = c.document_id")
-                docs = {r[0] for r in conn.execute("SELECT external_id FROM documents")}
+            def visible(c: psycopg.Connection) -> set[str]:
+                rows = c.execute("SELECT d.external_id FROM chunks c JOIN documents d ON d.id = c.document_id")
+                docs = {r[0] for r in c.execute("SELECT external_id FROM documents")}
                 chunk_docs = {r[0] for r in rows}
                 assert chunk_docs == docs
                 return docs
 
-            assert visible(None) == {"pub"}
-            assert visible("alice") == {"pub", "eng"}
-            assert visible("carol") == {"pub", "hr", "own"}
-            assert visible("mallory") == {"pub"}  # not a principal: public only
-            conn.execute("SELECT set_config('citeline.user', 'alice', false)")
-            assert [r[0] for r in conn.execute("SELECT user_id FROM principals")] == ["alice"]
+            def as_app(user: str | None) -> set[str]:  # unfiltered SQL as the application's reader
+                with db.reader(user) as c:
+                    return visible(c)
+
+            assert as_app(None) == {"pub"}
+            assert as_app("alice") == {"pub", "eng"}
+            assert as_app("carol") == {"pub", "hr", "own"}
+            assert as_app("mallory") == {"pub"}  # not a principal: public only
+            # the bare login may set citeline.user, but the policies only accept an identity set by
+            # citeline_login(), which it may not call (migration 0006)
+            for user in (None, "alice", "carol", "mallory"):
+                conn.execute("SELECT set_config('citeline.user', %s, false)", (user or "",))
+                assert visible(conn) == {"pub"}
+                assert conn.execute("SELECT count(*) FROM principals").fetchone() == (0,)
+            with db.reader("alice") as c:
+                assert [r[0] for r in c.execute("SELECT user_id FROM principals")] == ["alice"]
             for statement in ("DELETE FROM chunks", "UPDATE documents SET public = true",
                               "SELECT * FROM sync_failures", "SET ROLE citeline_writer",
+                              "SELECT citeline_login('alice')", "SELECT * FROM audit_log",
                               "UPDATE principals SET groups = '{hr}'"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(statement)

@@ -2,9 +2,12 @@
 
 Every query runs in a transaction that has taken one of two roles:
 
-* :meth:`Database.reader` — ``citeline_reader`` with ``citeline.user`` set to the asking principal;
-  row-level security filters chunks and documents in the database itself, so no query path can return
-  a row the principal may not see, even one written without a ``WHERE``.
+* :meth:`Database.reader` — ``citeline_reader`` on behalf of the asking principal; row-level security
+  filters chunks and documents in the database itself, so no query path can return a row the principal
+  may not see, even one written without a ``WHERE``. The principal is set by ``citeline_login()``
+  (migration 0006), which only ``citeline_writer`` may call: it stores the name with a MAC bound to the
+  backend and the transaction, and the policies accept only that, so a database login that holds just
+  ``citeline_reader`` cannot name another principal by setting ``citeline.user`` itself.
 * :meth:`Database.writer` — ``citeline_writer`` for ingest and admin work (sees and writes everything).
 
 The connection's own login (the embedded superuser, or the ``CITELINE_DATABASE_URL`` user) owns the
@@ -107,8 +110,9 @@ class Database:
         """
         with self._transaction(pipeline=True) as conn:
             conn.execute(
-                "SELECT set_config('role', 'citeline_reader', true),"
-                " set_config('citeline.user', %s, true),"
+                "SELECT set_config('role', 'citeline_writer', true),"
+                " citeline_login(%s),"
+                " set_config('role', 'citeline_reader', true),"
                 " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
                 " set_config('hnsw.ef_search', %s, true)",
                 (user or "", str(self.ef_search)),
@@ -122,6 +126,9 @@ class Database:
         ``pipeline=True`` sends statements without waiting for each reply (until a result is fetched):
         fewer round trips for short hot-path transactions (API-key lookup, audit appends); no ``COPY``.
         """
+            # the identity is set as the writer, through citeline_login() (migration 0006): a login that
+            # holds only citeline_reader cannot call it, and the policies ignore a citeline.user set by hand.
+            # The target list runs left to right: login as the writer, then become the reader.
         with self._transaction(pipeline) as conn:
             conn.execute("SELECT set_config('role', 'citeline_writer', true)")
             yield conn
