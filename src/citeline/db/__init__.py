@@ -109,6 +109,9 @@ class Database:
         ``COMMIT`` in a second (results are read with ``fetch*`` as usual; ``COPY`` is not available here).
         """
         with self._transaction(pipeline=True) as conn:
+            # the identity is set as the writer, through citeline_login() (migration 0006): a login that
+            # holds only citeline_reader cannot call it, and the policies ignore a citeline.user set by hand.
+            # The target list runs left to right: login as the writer, then become the reader.
             conn.execute(
                 "SELECT set_config('role', 'citeline_writer', true),"
                 " citeline_login(%s),"
@@ -126,9 +129,6 @@ class Database:
         ``pipeline=True`` sends statements without waiting for each reply (until a result is fetched):
         fewer round trips for short hot-path transactions (API-key lookup, audit appends); no ``COPY``.
         """
-            # the identity is set as the writer, through citeline_login() (migration 0006): a login that
-            # holds only citeline_reader cannot call it, and the policies ignore a citeline.user set by hand.
-            # The target list runs left to right: login as the writer, then become the reader.
         with self._transaction(pipeline) as conn:
             conn.execute("SELECT set_config('role', 'citeline_writer', true)")
             yield conn
