@@ -7,7 +7,10 @@ are counted in the tokens of the model that will embed them.
 
 :class:`StructuredChunker` follows the document's structure with llama-index node parsers:
 Markdown is split at headings (wiki sections, ticket comments) and long sections by sentences;
-plain text by sentences; a record (a catalog row) is one chunk.
+plain text by sentences; a record (a catalog row) is one chunk. Every chunk is also bounded by
+characters (``ChunkingSettings.char_budget``): a piece over it, such as a whitespace-free blob the
+tokenizer counts as one token, is cut at the last whitespace in the window's second half, or hard at
+the bound. Spans still point at the exact text.
 """
 
 from __future__ import annotations
@@ -46,14 +49,20 @@ class StructuredChunker:
             include_metadata=False,
             include_prev_next_rel=False,
         )
-        self.name = f"structured:{settings.chunk_tokens}:{settings.overlap_tokens}"
+        self.max_chars = settings.char_budget
+        # the default bound leaves the name (and so every stored content hash) as it was: it only changes
+        # pieces no ordinary text produces; an explicit max_chars re-indexes like any other chunking change
+        suffix = f":c{settings.max_chars}" if settings.max_chars is not None else ""
+        self.name = f"structured:{settings.chunk_tokens}:{settings.overlap_tokens}{suffix}"
 
     def chunk(self, document: Document) -> list[Chunk]:
         text = document.text
         if not text.strip():
             return []
         if document.content_type is ContentType.RECORD:
-            return [Chunk(0, text.strip(), *_span(text, text.strip(), 0))]
+            start = len(text) - len(text.lstrip())
+            return [Chunk(n, piece, at, at + len(piece))
+                    for n, (piece, at) in enumerate(_bounded(text.strip(), start, self.max_chars))]
         if document.content_type is ContentType.MARKDOWN:
             sections = self._sections(text)
         else:
@@ -67,7 +76,12 @@ class StructuredChunker:
                 start, end = _span(text, piece, cursor)
                 if start is not None:
                     cursor = start + 1
-                chunks.append(Chunk(len(chunks), piece, start, end, heading))
+                if len(piece) <= self.max_chars:
+                    chunks.append(Chunk(len(chunks), piece, start, end, heading))
+                    continue
+                for part, at in _bounded(piece, start or 0, self.max_chars):
+                    span = (at, at + len(part)) if start is not None else (None, None)
+                    chunks.append(Chunk(len(chunks), part, *span, heading))
         return chunks
 
     def _sections(self, text: str) -> list[tuple[str, str]]:
@@ -81,6 +95,26 @@ class StructuredChunker:
             match = _HEADING.match(first)
             out.append((match.group(1).strip() if match else "", body))
         return out or [("", text)]
+
+
+def _bounded(piece: str, offset: int, limit: int) -> list[tuple[str, int]]:
+    """``piece`` cut into stripped parts of at most ``limit`` characters, each with its start (+ ``offset``).
+
+    A cut goes after the last whitespace in the second half of the window, else hard at the limit.
+    """
+    parts: list[tuple[str, int]] = []
+    at = 0
+    while at < len(piece):
+        end = min(at + limit, len(piece))
+        if end < len(piece):
+            space = max(piece.rfind(" ", at + limit // 2, end), piece.rfind("\n", at + limit // 2, end))
+            end = space + 1 if space > at else end
+        raw = piece[at:end]
+        lead = len(raw) - len(raw.lstrip())
+        if raw.strip():
+            parts.append((raw.strip(), offset + at + lead))
+        at = end
+    return parts
 
 
 def _span(text: str, piece: str, cursor: int) -> tuple[int | None, int | None]:

@@ -88,12 +88,22 @@ class ChunkingSettings(_Section):
     chunker: str = Field("structured", description="entry point in group citeline.chunkers")
     chunk_tokens: int = Field(200, ge=16, le=4096)
     overlap_tokens: int = Field(20, ge=0)
+    # a chunk is also cut at this many characters (a whitespace-free blob counts as one token, so the token
+    # budget alone let a 4.9 MB line become one chunk); None: 16 characters per token of chunk_tokens,
+    # which ordinary prose (about 5 per token) never reaches
+    max_chars: int | None = Field(None, ge=100, le=1_000_000, description="most characters in one chunk; "
+                                  "default 16 x chunk_tokens")
 
     @model_validator(mode="after")
     def _overlap(self) -> ChunkingSettings:
         if self.overlap_tokens >= self.chunk_tokens:
             raise ValueError("chunking.overlap_tokens must be smaller than chunking.chunk_tokens")
         return self
+
+    @property
+    def char_budget(self) -> int:
+        """The character bound in force: ``max_chars``, or 16 characters per token of ``chunk_tokens``."""
+        return self.max_chars if self.max_chars is not None else 16 * self.chunk_tokens
 
 
 class RetrievalSettings(_Section):

@@ -29,8 +29,10 @@ from citeline.connectors.interfaces import Connector
 from citeline.connectors.jira import JiraConnector
 from citeline.connectors.tickets import TicketsConnector
 from citeline.connectors.zendesk import ZendeskConnector
-from citeline.domain import Access, Document
+from citeline.domain import Access, ContentType, Document
+from citeline.ingest.chunking import StructuredChunker
 from citeline.ingest.sync import SyncRunner
+from citeline.settings import ChunkingSettings
 from tests.support.apis.confluence import FakeConfluence
 from tests.support.apis.github import TOKEN as GITHUB_TOKEN
 from tests.support.apis.github import GitHubApi
@@ -330,3 +332,44 @@ def test_each_connector_keeps_syncing_past_a_dirty_document(db, embedder, chunke
     assert again.status == "succeeded" and (again.added, again.updated) == (0, 0)
     assert again.failed == (1 if refused_name else 0)
     assert _stored(db) == stored
+
+
+# -- 10a: chunks are bounded by characters too -------------------------------------------------------
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+@pytest.mark.parametrize("kind", [ContentType.MARKDOWN, ContentType.PLAIN, ContentType.RECORD])
+def test_a_huge_single_token_line_is_split_into_bounded_chunks_with_exact_spans(kind):
+    settings = ChunkingSettings(chunk_tokens=200, overlap_tokens=20)
+    chunker = StructuredChunker(settings, _words)  # one whitespace-free line is one token
+    token = "".join(random.Random(7).choice("abcdef0123456789") for _ in range(1_000_000))
+    text = f"# Dump\n\nBefore the blob.\n\n{token}\n\nAfter the blob, a normal sentence."
+    chunks = chunker.chunk(Document("dump", "Dump", text, content_type=kind))
+    assert settings.max_chars is None and settings.char_budget == 3200
+    assert max(len(c.text) for c in chunks) <= settings.char_budget
+    assert len(chunks) >= len(token) // settings.char_budget
+    for c in chunks:  # every chunk still points at the exact text it came from
+        assert c.span_start is not None and text[c.span_start:c.span_end] == c.text
+    start = text.index(token)
+    covered = set()
+    for c in chunks:
+        covered.update(range(max(c.span_start, start), min(c.span_end, start + len(token))))
+    assert len(covered) == len(token)  # nothing of the blob was lost
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+
+
+def test_normal_prose_is_not_cut_by_the_character_bound(chunker):
+    """With the default bound the real chunker's chunks of ordinary text are unchanged by it."""
+    body = " ".join(f"Sentence {i} explains the warehouse robot calibration procedure in detail." for i in range(80))
+    chunks = chunker.chunk(Document("p", "Prose", f"# Prose\n\n{body}"))
+    assert len(chunks) > 2 and all(c.text.rstrip().endswith(".") for c in chunks)
+
+
+def test_max_chars_is_configurable():
+    chunker = StructuredChunker(ChunkingSettings(chunk_tokens=200, overlap_tokens=20, max_chars=500), _words)
+    chunks = chunker.chunk(Document("x", "X", "word " * 10 + "y" * 2000, content_type=ContentType.PLAIN))
+    assert max(len(c.text) for c in chunks) <= 500 and "".join(c.text for c in chunks).endswith("y" * 100)
+    with pytest.raises(ValueError, match="max_chars"):
+        ChunkingSettings(max_chars=10)

@@ -37,6 +37,7 @@ def test_long_sections_respect_the_token_budget(chunker):
 
 
 def test_records_are_one_chunk_and_empty_text_none(chunker):
-    record = Document("r", "Widget", "Widget\nPrice: 10\n" + "word " * 200, content_type=ContentType.RECORD)
+    # over the token budget (40) but within the character bound (16 x 40): still one chunk
+    record = Document("r", "Widget", "Widget\nPrice: 10\n" + "word " * 100, content_type=ContentType.RECORD)
     assert len(chunker.chunk(record)) == 1
     assert chunker.chunk(Document("e", "Empty", "   ")) == []
