@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -50,7 +51,8 @@ from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from openai.types.chat.chat_completion_message import ChatCompletionMessage
 from openai.types.completion_usage import CompletionUsage
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from citeline.answering import Answer, AnswerStream
 from citeline.app import Citeline
@@ -66,6 +68,7 @@ from citeline.errors import (
 )
 from citeline.keys import Authenticated
 from citeline.serving.generation import ChatMessage
+from citeline.serving.limits import AUTH_STATE, Limits
 from citeline.serving.metrics import Metrics
 
 __all__ = ["create_app"]
@@ -79,7 +82,47 @@ ASSISTANT_MODEL = "citeline"
 
 
 # -- request bodies -------------------------------------------------------------------------------
-class AskBody(BaseModel):
+_BAD_TEXT = re.compile(r"[\x00\ud800-\udfff]")  # PostgreSQL cannot store NUL; a lone surrogate is not UTF-8
+
+
+def _bad_text(value: Any, path: str) -> tuple[str, str] | None:
+    """The first string under ``value`` (keys included) that cannot be stored or encoded: (its path, what)."""
+    if isinstance(value, str):
+        m = _BAD_TEXT.search(value)
+        if m is None:
+            return None
+        c = m.group()
+        return path, "a NUL byte (\\u0000)" if c == "\x00" else f"a lone surrogate (\\u{ord(c):04x})"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and _BAD_TEXT.search(k):
+                return path or "body", "a key with a NUL byte or a lone surrogate"
+            if found := _bad_text(v, f"{path}.{k}" if path else str(k)):
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if found := _bad_text(v, f"{path}[{i}]"):
+                return found
+    return None
+
+
+class _Body(BaseModel):
+    """A request body: text that PostgreSQL or the tokenizers would fail on is refused here, naming the field
+    (400 ``invalid_text``), so it never reaches a batch shared with other users' requests."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_storable(cls, data: Any) -> Any:
+        if (found := _bad_text(data, "")) is not None:
+            field, problem = found
+            fix = "remove it" if "NUL" in problem else "send valid UTF-8 text (a \\ud800-\\udfff escape must be " \
+                "half of a surrogate pair)"
+            raise PydanticCustomError("invalid_text", "{field} contains {problem}; {fix}",
+                                      {"field": field, "problem": problem, "fix": fix})
+        return data
+
+
+class AskBody(_Body):
     question: str = Field(min_length=1, max_length=4000)
     model: str | None = Field(None, max_length=200)
     stream: bool = False
@@ -94,7 +137,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatBody(BaseModel):
+class ChatBody(_Body):
     model: str = Field(ASSISTANT_MODEL, max_length=200)
     messages: list[ChatMessageBody] = Field(min_length=1, max_length=200)
     stream: bool = False
@@ -115,13 +158,13 @@ class ChatBody(BaseModel):
         return stops
 
 
-class KeyBody(BaseModel):
+class KeyBody(_Body):
     user: str
     admin: bool = False
     label: str = ""
 
 
-class PrincipalBody(BaseModel):
+class PrincipalBody(_Body):
     user: str
     groups: list[str] = []
     team: str | None = None
@@ -217,7 +260,15 @@ class _Edge:
 
 
 def _principal(request: Request) -> Authenticated:
-    """The caller's principal, from ``Authorization: Bearer cl_...`` (never from the request body)."""
+    """The caller's principal, from ``Authorization: Bearer cl_...`` (never from the request body).
+
+    Under ``/v1`` the edge (:mod:`citeline.serving.limits`) looked the key up before reading the body and
+    handed the result on; the lookup here is for routes outside it.
+    """
+    checked = request.scope.get("state", {}).get(AUTH_STATE)
+    if checked is not None:
+        request.state.auth_ms = checked[1]
+        return checked[0]
     t0 = time.perf_counter()
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -257,6 +308,11 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
 
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        for e in exc.errors():
+            if e["type"] == "invalid_text":  # 400, not 422: the JSON is well formed, its text is not usable
+                metrics.rejected.labels("bad_text").inc()
+                return JSONResponse({"error": {"message": e["msg"], "type": "invalid_request_error",
+                                               "code": "invalid_text", "param": e["ctx"]["field"]}}, status_code=400)
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
         return _error(422, f"invalid request: {problems}", "invalid_request_error")
 
@@ -287,7 +343,9 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
     def _other(request: Request, exc: CitelineError) -> JSONResponse:
         return _error(400, str(exc), "invalid_request_error")
 
-    app.add_middleware(_Edge, metrics=metrics)
+    app.add_middleware(Limits, settings=cl.settings.server, authenticate=cl.keys.authenticate, metrics=metrics,
+                       lookups=cl.settings.database.pool_max_size)
+    app.add_middleware(_Edge, metrics=metrics)  # outermost: its headers and counts cover Limits' answers too
 
     def observe(answer: Answer, auth_ms: float) -> None:
         answer.latency_ms["auth_ms"] = round(auth_ms, 2)  # the key lookup happened before the assistant ran

@@ -230,6 +230,17 @@ class ServerSettings(_Section):
                                "in time")
     probe_timeout_s: float = Field(2.0, gt=0, description="/readyz: answer 503 when the database does not answer "
                                    "SELECT 1 within this")
+    # Limits checked at the edge (citeline.serving.limits) before a /v1 request's body is read.
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30, description="largest request body; bigger ones "
+                                "are answered 413 (Content-Length checked up front, chunked bodies counted)")
+    rate_limit_per_minute: int = Field(1200, ge=0, description="requests per API key per minute (a token bucket "
+                                       "refilled at this rate); over it: 429 with Retry-After. 0 = no limit")
+    rate_limit_burst: int = Field(300, ge=1, description="requests a key may send at once before the per-minute "
+                                  "rate applies (the bucket's size)")
+    auth_failures_per_minute: int = Field(60, ge=0, description="failed logins (missing, malformed, unknown or "
+                                          "revoked keys) per client address per minute; over it: 429 for keys "
+                                          "that have not authenticated before. 0 = no limit")
+    auth_failure_burst: int = Field(30, ge=1, description="failed logins a client address may make at once")
 
 
 class AuditSettings(_Section):
