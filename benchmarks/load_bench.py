@@ -54,7 +54,9 @@ def setup(tmp: Path, url: str) -> tuple[dict[str, str], dict[str, str]]:
     namespace = f"load_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "CITELINE_DATABASE_URL": url, "CITELINE_DATABASE__NAMESPACE": namespace,
            "CITELINE_CONFIG": str(root / "citeline.toml"), "CITELINE_GENERATION__BACKEND": "extractive",
-           "CITELINE_DATABASE__POOL_MAX_SIZE": os.environ.get("CITELINE_DATABASE__POOL_MAX_SIZE", "8")}
+           "CITELINE_DATABASE__POOL_MAX_SIZE": os.environ.get("CITELINE_DATABASE__POOL_MAX_SIZE", "8"),
+           # capacity, not policy: two keys send far more than server.rate_limit_per_minute allows one key
+           "CITELINE_SERVER__RATE_LIMIT_PER_MINUTE": os.environ.get("CITELINE_SERVER__RATE_LIMIT_PER_MINUTE", "0")}
     settings = Settings.load(root / "citeline.toml", database_url=url, database={"namespace": namespace})
     with Citeline(settings) as cl:
         cl.sync()
