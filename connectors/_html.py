@@ -62,16 +62,29 @@ def _join(blocks: Iterator[str]) -> str:
 
 
 def _access_meta(soup: BeautifulSoup) -> Any:
-    meta = soup.find("meta", attrs={"name": "citeline-access"})
+    metas = soup.find_all("meta", attrs={"name": "citeline-access"})
+    if len(metas) > 1:  # which one wins would be a parser's choice: fail closed
+        raise ValueError('<meta name="citeline-access"> is given twice: keep one')
+    meta = metas[0] if metas else None
     if not isinstance(meta, Tag):
         return None
     content = meta.get("content")
     if not isinstance(content, str):
         raise ValueError('<meta name="citeline-access"> has no content attribute')
     try:
-        return json.loads(content)
+        return json.loads(content, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f'<meta name="citeline-access"> content is not JSON ({exc.msg})') from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (json.loads would silently keep the last of a repeated key)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f'<meta name="citeline-access"> content sets {key!r} twice')
+        out[key] = value
+    return out
 
 
 def _text(node: Tag | NavigableString) -> str:

@@ -22,7 +22,9 @@
 * **Front matter** (``.md``, ``.markdown``, ``.txt``): a YAML block between ``---`` lines at the top may
   set ``title`` and ``access: {groups: [...], users: [...], public: true|false}``; access keys it sets
   replace the source's default access, keys it leaves out keep the default's. Other scalar keys
-  become metadata.
+  become metadata. A key given twice (at any level) fails closed: the file is a per-document failure
+  naming the key, not indexed with either value; so is an HTML page with two ``citeline-access`` metas
+  or a key repeated in one.
 * **HTML** is converted to Markdown-ish text; ``<meta name="citeline-access" content='{"groups": ["hr"]}'>``
   sets its access the same way.
 * **Title**: front matter ``title``, else the first ``# heading``, else ``<title>`` / first ``<h1>``, else the
@@ -352,7 +354,7 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     else:
         raise ItemError("front matter opens with --- on line 1 but never closes: add a closing --- line")
     try:
-        data = yaml.safe_load(block)
+        data = yaml.load(block, Loader=_FrontMatterLoader)  # noqa: S506 (a SafeLoader: see below)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" on line {mark.line + 2}" if mark is not None else ""
@@ -367,6 +369,32 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
             f"front matter is a YAML {type(data).__name__}, not a mapping: write key: value lines such as title: ..."
         )
     return data, body
+
+
+class _FrontMatterLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error.
+
+    PyYAML silently keeps the last value, so ``access:`` written twice (a reviewer sees the first, the
+    index applies the second) would decide who can read the page. The page fails closed instead: it is a
+    per-document failure naming the key (a previous version, if any, stays as it was).
+    """
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 2  # +1 for 1-based, +1 for the opening --- line
+        if not isinstance(key, str | int | float | bool):
+            continue  # an unhashable key is refused by construct_mapping itself
+        if key in seen:
+            raise ItemError(f"front matter sets {key!r} twice (lines {seen[key]} and {line}); YAML would silently "
+                            "keep only the last, so the page is not indexed: remove one of them")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=True)
+
+
+_FrontMatterLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _refuse_duplicate_keys)
 
 
 def _meta_value(value: object) -> str | None:

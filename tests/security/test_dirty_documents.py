@@ -373,3 +373,39 @@ def test_max_chars_is_configurable():
     assert max(len(c.text) for c in chunks) <= 500 and "".join(c.text for c in chunks).endswith("y" * 100)
     with pytest.raises(ValueError, match="max_chars"):
         ChunkingSettings(max_chars=10)
+
+
+# -- 10b: a key given twice in front matter fails closed ---------------------------------------------
+
+DUPLICATES = {
+    "access": "---\naccess: {groups: [hr]}\ntitle: Salaries\naccess: {public: true}\n---\n# Salaries\n\nBand 4 pays well.\n",
+    "nested": "---\naccess:\n  groups: [hr]\n  groups: [everyone]\n---\n# Salaries\n\nBand 4 pays well.\n",
+    "title": "---\ntitle: One\ntitle: Two\n---\nBand 4 pays well.\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(DUPLICATES))
+def test_a_duplicated_front_matter_key_is_a_failure_naming_file_and_key(db, embedder, chunker, tmp_path, case):
+    root = tmp_path / "wiki"
+    root.mkdir()
+    (root / "salaries.md").write_text(DUPLICATES[case])
+    (root / "other.md").write_text("# Other\n\nLunch is at noon.\n")
+    report = SyncRunner(db, embedder, chunker).run("wiki", "folder", FolderConnector({"path": root}, Access.private()))
+    assert report.status == "succeeded"
+    assert sorted(_stored(db)) == ["other.md"]  # not stored with either value: fail closed
+    [(ext, reason)] = _failures(db)
+    key = "groups" if case == "nested" else case
+    assert ext == "salaries.md" and reason.startswith("salaries.md: ") and f"{key!r} twice" in reason, reason
+
+
+@pytest.mark.parametrize("html", [
+    '<meta name="citeline-access" content=\'{"groups": ["hr"], "public": false, "public": true}\'>',
+    '<meta name="citeline-access" content=\'{"groups": ["hr"]}\'><meta name="citeline-access" content=\'{"public": true}\'>',
+])
+def test_html_access_given_twice_fails_closed(tmp_path, html):
+    from citeline.connectors.interfaces import Failure
+    from citeline.connectors.testing import run_sync
+
+    (tmp_path / "pay.html").write_text(f"<html><head>{html}<title>Pay</title></head><body><p>Band 4.</p></body></html>")
+    [change] = [c for c in run_sync(FolderConnector({"path": tmp_path}, Access.private())) if not hasattr(c, "cursor")]
+    assert isinstance(change, Failure) and change.external_id == "pay.html" and "twice" in change.reason, change
