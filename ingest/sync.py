@@ -10,6 +10,11 @@ Promises (tested in tests/integration/test_sync.py):
 * a changed document is replaced atomically (readers never see it absent or doubled);
 * deletions from a listing are applied only after the sync ran to its end and the listing completed;
 * one sync per source at a time, across processes (a PostgreSQL advisory lock);
+* every change a connector yields passes one cleaning boundary (:mod:`citeline.ingest.cleaning`): text
+  PostgreSQL cannot store is cleaned, an id or access name that cannot be stored makes that document a
+  per-document failure; a document the database still refuses is found by bisecting its batch under
+  savepoints and recorded as a failure, and the rest of the batch commits with its checkpoint, so one
+  dirty document never stops a source (tested in tests/security/test_dirty_documents.py);
 * after a run that changed the chunks (or finds the lexicon statistics stale, e.g. after an earlier
   run failed part-way), the corpus statistics that BM25 ranking reads are recomputed
   (:func:`citeline.store.refresh_lexicon`); until then lexical ranking uses the previous ones.
