@@ -185,9 +185,12 @@ class Assistant:
             if isinstance(self.backend, AdapterHost) and choice.model not in self.backend.adapters():
                 self.backend.load_adapter(choice.model, choice.adapter.path)  # preflighted when registered
             return choice  # a remote server reports a missing adapter itself (ModelNotFoundError)
-        if choice.model not in self.backend.models():
+        served = self.backend.models()
+        if choice.model not in served:
+            # only what this principal may use (as /v1/models lists): never another team's adapters
+            mine = [m for m in served if self.router is None or self.router.may_use(principal, m)]
             raise ModelNotFoundError(f"model {choice.model!r} is not served by the {self.backend.name} backend "
-                                     f"(available: {', '.join(self.backend.models())})")
+                                     f"(available: {', '.join(mine)})")
         return choice
 
     def _standalone(self, question: str, history: tuple[ChatMessage, ...]) -> tuple[str, str]:
