@@ -3,7 +3,10 @@
 ``create_app(citeline)`` builds the FastAPI app over a :class:`citeline.Citeline` facade; ``citeline
 serve`` runs it with uvicorn. Every request that retrieves authenticates an API key first and runs as
 that key's principal (never as a user named in the request body). Endpoint handlers are plain ``def``:
-FastAPI runs them in its thread pool, which matches the blocking database pool and model backends.
+FastAPI runs them in its thread pool, which matches the blocking database pool and model backends. The
+probes are ``async`` and never wait for a request thread; every other request waits a bounded time for a
+request slot, a generation slot, a pooled connection and its SQL locks, else it is answered 503 with
+``Retry-After`` (:mod:`citeline.serving.capacity`). A stream is produced by one thread for its whole length.
 
 ==========================  ======  ==============================================================
 ``/``                       GET     the chat page (log in with an API key)
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
+import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -65,8 +69,10 @@ from citeline.errors import (
     ForbiddenError,
     GenerationError,
     ModelNotFoundError,
+    OverloadedError,
 )
 from citeline.keys import Authenticated
+from citeline.serving.capacity import Admission, ReadinessProbe, RequestSlots, in_one_thread
 from citeline.serving.generation import ChatMessage
 from citeline.serving.limits import AUTH_STATE, Limits
 from citeline.serving.metrics import Metrics
@@ -176,9 +182,13 @@ def _text(content: str | list[dict[str, Any]] | None) -> str:
     return content or ""
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
-    """Errors in OpenAI's shape, so the openai client raises its typed exceptions."""
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status_code=status)
+def _error(status: int, message: str, kind: str, code: str | None = None,
+           retry_after_s: int | None = None) -> JSONResponse:
+    """Errors in OpenAI's shape, so the openai client raises its typed exceptions (and retries a 503 after
+    ``Retry-After``)."""
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status_code=status,
+                        headers=headers)
 
 
 def _chat_turns(messages: list[ChatMessageBody]) -> tuple[str, tuple[ChatMessage, ...]]:
@@ -289,12 +299,24 @@ Admin = Annotated[Authenticated, Depends(_admin)]
 
 
 def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best together
+    server = cl.settings.server
+    retry_after = server.retry_after_s
+    # Bounded waits (citeline.serving.capacity): request slots at the edge, generation slots in the
+    # assistant, lock and statement timeouts on the request path's SQL, the pool's own timeout.
+    cl.db.limit_requests(lock_timeout_s=cl.settings.database.lock_timeout_s,
+                         statement_timeout_s=cl.settings.database.statement_timeout_s)
+    admitted = server.max_concurrent_requests or cl.db.pool.max_size + cl.assistant.slots.limit
+    request_slots = RequestSlots(admitted, server.queue_timeout_s, retry_after)
+    readiness = ReadinessProbe(cl.db.url, server.probe_timeout_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A request thread holds at most one database connection at a time, so as many threads as
-        # pooled connections means requests queue here, at the edge, and the pool is never exhausted.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = cl.db.pool.max_size
+        # An admitted request holds at most one worker thread at a time (its stream, one thread for its
+        # whole length): a few more threads than admitted requests means none waits for a thread.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = admitted + 4
+        await anyio.to_thread.run_sync(lambda: cl.backend)  # built before the first probe (serve did already)
         yield
+        await readiness.close()
 
     app = FastAPI(title="citeline", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     metrics = Metrics()
@@ -322,8 +344,24 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
         return _error(401, str(exc), "invalid_request_error", "invalid_api_key")
 
     @app.exception_handler(AuditError)
-    def _audit(request: Request, exc: AuditError) -> JSONResponse:
-        return _error(503, str(exc), "server_error", "audit_unavailable")
+    async def _audit(request: Request, exc: AuditError) -> JSONResponse:
+        return _error(503, str(exc), "server_error", "audit_unavailable", retry_after)
+
+    @app.exception_handler(OverloadedError)
+    async def _overloaded(request: Request, exc: OverloadedError) -> JSONResponse:
+        return _error(503, str(exc), "server_error", "overloaded", retry_after)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _sql_timeout(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        # a lock or statement timeout of the request's SQL (database.lock_timeout_s, statement_timeout_s),
+        # or a connection lost mid-request: the request may succeed later
+        log.warning("request SQL failed: %s: %s", type(exc).__name__, str(exc).strip()[:300])
+        what = ("waited too long for a database lock (database.lock_timeout_s)"
+                if isinstance(exc, psycopg.errors.LockNotAvailable) else
+                "ran too long in the database (database.statement_timeout_s)"
+                if isinstance(exc, psycopg.errors.QueryCanceled) else "lost its database connection")
+        return _error(503, f"the request {what}; retry after {retry_after} s", "server_error",
+                      "database_unavailable", retry_after)
 
     @app.exception_handler(GenerationError)
     def _gen(request: Request, exc: GenerationError) -> JSONResponse:
@@ -336,13 +374,14 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
         return _error(403, str(exc), "invalid_request_error", "forbidden")
 
     @app.exception_handler(DatabaseError)
-    def _db(request: Request, exc: DatabaseError) -> JSONResponse:
-        return _error(503, str(exc), "server_error", "database_unavailable")
+    async def _db(request: Request, exc: DatabaseError) -> JSONResponse:
+        return _error(503, str(exc), "server_error", "database_unavailable", retry_after)
 
     @app.exception_handler(CitelineError)
     def _other(request: Request, exc: CitelineError) -> JSONResponse:
         return _error(400, str(exc), "invalid_request_error")
 
+    app.add_middleware(Admission, slots=request_slots)  # inside Limits: refused requests take no slot
     app.add_middleware(Limits, settings=cl.settings.server, authenticate=cl.keys.authenticate, metrics=metrics,
                        lookups=cl.settings.database.pool_max_size)
     app.add_middleware(_Edge, metrics=metrics)  # outermost: its headers and counts cover Limits' answers too
@@ -359,26 +398,28 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
     def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
+    # Probes are async: they run on the event loop and never wait for a request slot or thread.
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        try:
-            with cl.db.writer() as conn:
-                conn.execute("SELECT 1")
-            backend = cl.backend.name
-        except CitelineError as exc:
-            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ready", "backend": backend})
+    async def readyz() -> JSONResponse:
+        reason = await readiness.check()  # its own connection, not the request pool; server.probe_timeout_s
+        if reason is not None:
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503,
+                                headers={"Retry-After": str(retry_after)})
+        return JSONResponse({"status": "ready", "backend": cl.backend.name})
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         stats = cl.db.pool.get_stats()
         metrics.pool_size.set(stats.get("pool_size", 0))
         metrics.pool_available.set(stats.get("pool_available", 0))
         metrics.pool_waiting.set(stats.get("requests_waiting", 0))
+        metrics.requests_busy.set(request_slots.busy)
+        metrics.requests_queued.set(request_slots.waiting)
+        metrics.generations_busy.set(cl.assistant.slots.busy)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # -- the assistant -----------------------------------------------------------------------------
@@ -399,7 +440,8 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
     def ask(body: AskBody, who: Auth, request: Request) -> JSONResponse | StreamingResponse:
         if body.stream:
             stream = cl.assistant.stream(body.question, who.principal, model=body.model)
-            return StreamingResponse(_ask_events(stream, request.state.auth_ms), media_type="text/event-stream",
+            return StreamingResponse(in_one_thread(_ask_events(stream, request.state.auth_ms)),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         answer = cl.assistant.ask(body.question, who.principal, model=body.model)
         observe(answer, request.state.auth_ms)
@@ -433,7 +475,8 @@ def create_app(cl: Citeline) -> FastAPI:  # noqa: C901 - the routes read best to
         if body.stream:
             stream = cl.assistant.stream(question, who.principal, model=model, **options)
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_chat_chunks(stream, cid, created, body.model, request.state.auth_ms, usage),
+            return StreamingResponse(in_one_thread(_chat_chunks(stream, cid, created, body.model,
+                                                                request.state.auth_ms, usage)),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         answer = cl.assistant.ask(question, who.principal, model=model, **options)

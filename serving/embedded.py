@@ -238,6 +238,7 @@ class EmbeddedBackend:
     """SmolLM2 (or ``generation.model``) on CPU with per-request LoRA adapters; see the module docstring."""
 
     name = "embedded"
+    max_concurrency = 1  # one generation at a time (the lock below): more slots would only queue on the lock
 
     def __init__(self, settings: GenerationSettings, home: Path) -> None:
         self._settings = settings

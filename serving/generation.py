@@ -21,6 +21,10 @@ Every backend must:
 - ``count_tokens`` with the model's own tokenizer (the prompt builder's budget depends on it);
 - raise :class:`citeline.errors.GenerationError` (message names the backend and the fix) when the model
   cannot answer at all (server down, timeout after retries, unknown adapter).
+
+Optional class attributes: ``max_concurrency`` (how many generations it runs at once; the server's default
+``generation.max_concurrent``: the embedded backend says 1) and ``serves_adapters = False`` for a backend
+without adapters (``extractive``): a team's adapter is then not routed to it, the base answers with a note.
 """
 
 from __future__ import annotations

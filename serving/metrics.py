@@ -36,6 +36,12 @@ class Metrics:
         self.pool_available = Gauge("citeline_db_pool_available", "idle connections", registry=self.registry)
         self.pool_waiting = Gauge("citeline_db_pool_requests_waiting", "requests waiting for a connection",
                                   registry=self.registry)
+        self.requests_busy = Gauge("citeline_requests_in_progress", "requests holding a request slot "
+                                   "(server.max_concurrent_requests)", registry=self.registry)
+        self.requests_queued = Gauge("citeline_requests_queued", "requests waiting for a request slot "
+                                     "(server.queue_timeout_s at most)", registry=self.registry)
+        self.generations_busy = Gauge("citeline_generations_in_progress", "generations holding a generation slot "
+                                      "(generation.max_concurrent)", registry=self.registry)
 
     def observe_answer(self, latency_ms: dict[str, float], *, refused: bool, shown: int, invalid: int,
                        policy: str = "off", verified: bool = False, fallback: bool = False,

@@ -23,9 +23,12 @@ Conversations: earlier turns (``history``) make a follow-up question standalone 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +36,7 @@ from typing import Any
 from citeline.audit import AuditLog
 from citeline.extractive import answers_question, extractive_answer
 from citeline.domain import Principal, SearchHit, SearchMode
-from citeline.errors import GenerationError, ModelNotFoundError
+from citeline.errors import GenerationError, ModelNotFoundError, OverloadedError
 from citeline.prompting import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
 from citeline.retrieval import Retriever
 from citeline.registry import AdapterRouter, ModelChoice
@@ -42,7 +45,7 @@ from citeline.settings import AnswerSettings, GenerationSettings
 from citeline.verification import (LexicalVerifier, SentenceGate, SentenceVectors, Unsupported, Verification, Verifier,
                                    stream_through, verify_text)
 
-__all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "best_similarity"]
+__all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "GenerationSlots", "best_similarity"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,53 @@ def _citation(n: int, hit: SearchHit) -> Citation:
                     _snippet(hit.text), round(hit.score, 6))
 
 
+class GenerationSlots:
+    """At most ``limit`` generations at once (``generation.max_concurrent``), apart from the database pool.
+
+    A caller that waits longer than ``timeout_s`` for a slot gets :class:`OverloadedError` (the server
+    answers 503 with ``Retry-After``) instead of queueing in front of a busy model without bound.
+    """
+
+    def __init__(self, limit: int, timeout_s: float) -> None:
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self._free = threading.BoundedSemaphore(limit)
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def acquire(self) -> Callable[[], None]:
+        """Take a slot; returns its release (idempotent: a second call does nothing)."""
+        if not self._free.acquire(timeout=self.timeout_s):
+            raise OverloadedError(f"the model is busy: {self.limit} generations are running and none finished "
+                                  f"within {self.timeout_s:g} s (generation.max_concurrent, "
+                                  "generation.queue_timeout_s); retry later")
+        with self._lock:
+            self._busy += 1
+        released = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if released.is_set():
+                    return
+                released.set()
+                self._busy -= 1
+            self._free.release()
+
+        return release
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        release = self.acquire()
+        try:
+            yield
+        finally:
+            release()
+
+
 class Assistant:
     """Answers questions for principals from what they may see."""
 
@@ -163,6 +213,8 @@ class Assistant:
         shared = getattr(self.verifier, "vectors", None)
         self.similarity: SentenceVectors | None = shared if isinstance(shared, SentenceVectors) else (
             SentenceVectors(embedder) if embedder is not None else None)
+        limit = self.generation.max_concurrent or getattr(backend, "max_concurrency", None) or 8
+        self.slots = GenerationSlots(limit, self.generation.queue_timeout_s)
         if getattr(backend, "extractive", False):  # a backend that answers extractively uses the same rules
             backend.configure(similarity=self.similarity, min_coverage=self.settings.answerable_coverage,
                               min_similarity=self.settings.answerable_similarity)
@@ -365,8 +417,10 @@ class Assistant:
             text, cited, invalid = REFUSAL, (), 0
         else:
             t1 = time.perf_counter()
-            gen = self._generate(p)
-            p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
+            with self.slots.hold():
+                p.latency["queue_ms"] = (time.perf_counter() - t1) * 1000
+                gen = self._generate(p)
+            p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000 - p.latency["queue_ms"]
             if gen.model != p.model:  # every answer comes from exactly the model it was routed to
                 raise GenerationError(f"the {self.backend.name} backend answered with model {gen.model!r} for a "
                                       f"request routed to {p.model!r}; check the model server's served names")
@@ -399,16 +453,27 @@ class Assistant:
         t0 = time.perf_counter()
         p = self._prepare(question, principal, model, history=history, max_tokens=max_tokens,
                           temperature=temperature, stop=stop)
-        audit_id = self._audit(p, text=REFUSAL if p.refused else None, invalid=0, streamed=True,
-                               extra={"before_stream_ms": (time.perf_counter() - t0) * 1000})
-        return AnswerStream(self, p, audit_id, t0)
+        release = None if p.refused else self.slots.acquire()  # OverloadedError before anything is sent
+        try:
+            audit_id = self._audit(p, text=REFUSAL if p.refused else None, invalid=0, streamed=True,
+                                   extra={"before_stream_ms": (time.perf_counter() - t0) * 1000})
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        return AnswerStream(self, p, audit_id, t0, release)
 
 
 class AnswerStream:
     """Deltas of one answer (iterate it), then :attr:`answer` with citations and latency."""
 
-    def __init__(self, assistant: Assistant, prepared: _Prepared, audit_id: int, t0: float) -> None:
+    def __init__(self, assistant: Assistant, prepared: _Prepared, audit_id: int, t0: float,
+                 release: Callable[[], None] | None = None) -> None:
         self._a = assistant
+        # the generation slot taken for this stream: given back when the stream ends, is closed, or is
+        # dropped unread (a client gone before the first byte)
+        self._release = release or (lambda: None)
+        weakref.finalize(self, self._release)
         self._p = prepared
         self.audit_id = audit_id
         self._t0 = t0
@@ -418,7 +483,17 @@ class AnswerStream:
         self.model_note = prepared.note
         self.answer: Answer | None = None
 
+    def close(self) -> None:
+        """Give the generation slot back (also done when the stream ends or is dropped)."""
+        self._release()
+
     def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._deltas()
+        finally:
+            self._release()
+
+    def _deltas(self) -> Iterator[str]:
         p = self._p
         a = self._a
         finish = "stop"

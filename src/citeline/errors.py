@@ -15,6 +15,7 @@ Exceptions are for operations that fail as a whole; each message names the thing
     ├── TrainingError            an adapter cannot be trained (bad data, no GPU for QLoRA, refused result)
     ├── GenerationError          the model backend cannot answer (down, timeout)
     │   └── ModelNotFoundError   the requested model or adapter is not served
+    ├── OverloadedError          no generation slot (or request slot) free in time: retry later (503)
     ├── AuthError                missing, unknown or revoked API key
     ├── ForbiddenError           authenticated, but not allowed (another team's adapter)
     ├── AdapterError             an adapter cannot be registered, promoted or loaded
@@ -35,6 +36,7 @@ __all__ = [
     "ForbiddenError",
     "GenerationError",
     "ModelNotFoundError",
+    "OverloadedError",
     "PrincipalError",
     "SchemaMismatchError",
     "SyncLockedError",
@@ -92,6 +94,10 @@ class AuditError(CitelineError):
 
 class ModelNotFoundError(GenerationError):
     """The request names a model or adapter that the backend does not serve."""
+
+
+class OverloadedError(CitelineError):
+    """The server is busy: no generation slot came free within the bounded wait. Retry after a while."""
 
 
 class ForbiddenError(CitelineError):

@@ -43,8 +43,9 @@ class Database:
 
     def __init__(self, url: str, *, namespace: str, embedding_dim: int, ts_config: str = "english",
                  min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
-                 ef_search: int = 200) -> None:
+                 ef_search: int = 200, pool_timeout_s: float | None = None) -> None:
         self.url = url
+        self._limits: tuple[str, str] | None = None  # (lock_timeout, statement_timeout) of request transactions
         self.namespace = namespace
         self.embedding_dim = embedding_dim
         self.ts_config = ts_config
@@ -63,7 +64,7 @@ class Database:
             url,
             min_size=min_size,
             max_size=max_size,
-            timeout=connect_timeout_s,
+            timeout=connect_timeout_s if pool_timeout_s is None else pool_timeout_s,
             kwargs={"autocommit": False, "prepare_threshold": None},
             configure=self._configure,
             open=True,
@@ -82,7 +83,19 @@ class Database:
             max_size=settings.database.pool_max_size,
             connect_timeout_s=settings.database.connect_timeout_s,
             ef_search=settings.retrieval.ef_search,
+            pool_timeout_s=settings.database.pool_timeout_s,
         )
+
+    def limit_requests(self, *, lock_timeout_s: float, statement_timeout_s: float) -> None:
+        """Bound every later transaction's waits (``citeline serve`` calls this; syncs and the CLI do not).
+
+        Each transaction sets ``lock_timeout`` and ``statement_timeout`` locally (0 = no limit), so a request
+        whose SQL waits behind a lock (an audit append behind a locked ``audit_log``) fails after
+        ``lock_timeout_s`` with :class:`psycopg.errors.LockNotAvailable` instead of holding its connection
+        and thread for as long as the lock is held. The settings travel with the transaction's first
+        statements (no extra round trip in pipeline mode).
+        """
+        self._limits = (f"{int(lock_timeout_s * 1000)}ms", f"{int(statement_timeout_s * 1000)}ms")
 
     def _configure(self, conn: psycopg.Connection) -> None:
         conn.execute(f"SET search_path TO {self._search_path}")  # identifier quoted by psycopg.sql above
@@ -94,11 +107,14 @@ class Database:
         try:
             with self.pool.connection() as conn, (conn.pipeline() if pipeline else contextlib.nullcontext()), \
                     conn.transaction():
+                if self._limits is not None:
+                    conn.execute("SELECT set_config('lock_timeout', %s, true),"
+                                 " set_config('statement_timeout', %s, true)", self._limits)
                 yield conn
         except PoolTimeout as exc:
             raise DatabaseError(
                 f"no database connection free after {self.pool.timeout}s (pool max {self.pool.max_size}); "
-                "raise database.pool_max_size"
+                "retry later, or raise database.pool_max_size / database.pool_timeout_s"
             ) from exc
 
     @contextlib.contextmanager

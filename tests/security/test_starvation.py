@@ -1,0 +1,182 @@
+"""Probes never starve, and every wait is bounded (issue 13, item 7).
+
+Against a real ``citeline serve`` on the real embedded PostgreSQL:
+
+* with the audit table locked by another database session (``LOCK TABLE audit_log IN ACCESS EXCLUSIVE
+  MODE``), more questions than the server has request threads get 503 with ``Retry-After`` within the
+  bounded wait (``database.lock_timeout_s`` plus the queue), ``/healthz``, ``/readyz`` and ``/metrics``
+  answer within 1 s throughout, and once the lock is released everything answers again;
+* with 20 slow generations at once (a generation backend that sleeps, registered through the
+  ``citeline.generators`` entry point as a third-party package would register one), probes answer within
+  1 s throughout, the generations within the limit answer 200, the excess gets 503 with ``Retry-After``
+  after the bounded wait (streamed requests too, before their stream starts), and nothing is a 502 or 500.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.conftest import REPO
+from tests.e2e.conftest import Server, run_server
+
+pytestmark = [pytest.mark.security, pytest.mark.e2e]
+
+PLUGINS = REPO / "tests" / "support" / "plugins"
+DEPLOY = "how do I roll back a bad deploy"  # answered from alice's engineering runbook (not refused)
+PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+class ProbeWatch:
+    """Polls the probes in a background thread; records (path, status, seconds) of every call."""
+
+    def __init__(self, server: Server, interval_s: float = 0.2) -> None:
+        self.server = server
+        self.interval_s = interval_s
+        self.calls: list[tuple[str, int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as http:
+            while not self._stop.is_set():
+                for path in PROBES:
+                    t0 = time.perf_counter()
+                    try:
+                        status = http.get(f"{self.server.url}{path}").status_code
+                    except httpx.HTTPError:
+                        status = 0  # timed out (5 s) or refused
+                    self.calls.append((path, status, time.perf_counter() - t0))
+                self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> ProbeWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def check(self, ready: bool = True) -> None:
+        assert len(self.calls) >= 3 * len(PROBES), f"too few probe calls: {self.calls}"
+        slow = [c for c in self.calls if c[2] >= 1.0 or c[1] == 0]
+        assert not slow, f"probes slower than 1 s or failing: {slow[:10]} (of {len(self.calls)})"
+        for path in PROBES:
+            statuses = {c[1] for c in self.calls if c[0] == path}
+            assert statuses == {200} if ready or path != "/readyz" else statuses <= {200, 503}, (path, statuses)
+
+
+def _post(server: Server, user: str, question: str, *, stream: bool = False, timeout: float = 60) -> dict:
+    """One request; status, Retry-After, the body (read to the end for a stream) and the seconds it took."""
+    t0 = time.perf_counter()
+    headers = {"Authorization": f"Bearer {server.keys[user]}"}
+    try:
+        with httpx.Client(timeout=timeout) as http:
+            r = http.post(f"{server.url}/v1/ask", json={"question": question, "stream": stream}, headers=headers)
+        out = {"status": r.status_code, "retry_after": r.headers.get("retry-after"), "text": r.text}
+    except httpx.HTTPError as exc:
+        out = {"status": 0, "retry_after": None, "text": repr(exc)}
+    out["s"] = time.perf_counter() - t0
+    out["stream"] = stream
+    return out
+
+
+def _all_at_once(n: int, call: Callable[[int], dict]) -> list[dict]:
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(call, range(n)))
+
+
+@pytest.fixture(scope="module")
+def locking_server(tmp_path_factory, pg_url, embedder) -> Iterator[Server]:
+    env = {"CITELINE_DATABASE__LOCK_TIMEOUT_S": "2", "CITELINE_SERVER__QUEUE_TIMEOUT_S": "3"}
+    with run_server(tmp_path_factory.mktemp("lock"), pg_url, embedder, extra_env=env) as srv:
+        yield srv
+
+
+def test_a_locked_audit_table_answers_503_fast_and_probes_keep_answering(locking_server) -> None:
+    server = locking_server
+    assert _post(server, "alice", DEPLOY)["status"] == 200
+    with psycopg.connect(server.pg_url) as locker:  # another database session, as an operator's or an attacker's
+        locker.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(server.namespace)))
+        locker.execute("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
+        with ProbeWatch(server) as watch:
+            # more questions at once than the server has request threads (database.pool_max_size 8 + ...)
+            results = _all_at_once(30, lambda i: _post(server, ("alice", "bob")[i % 2], f"{DEPLOY} (case {i})",
+                                                       stream=i % 3 == 0, timeout=40))
+            time.sleep(0.5)
+        locker.rollback()  # releases the lock
+    watch.check()
+    statuses = sorted(r["status"] for r in results)
+    assert set(statuses) == {503}, statuses
+    assert all(r["retry_after"] and int(r["retry_after"]) > 0 for r in results), [r["retry_after"] for r in results]
+    assert not any("roll" in r["text"].lower() for r in results)  # nothing of an unaudited answer left
+    # bounded: the lock wait (2 s) and the queue for a request slot (3 s), with room for a loaded machine
+    assert max(r["s"] for r in results) < 15, sorted(round(r["s"], 1) for r in results)
+    # after the lock is gone: answers, streams and probes as before
+    assert _post(server, "alice", DEPLOY)["status"] == 200
+    streamed = _post(server, "alice", DEPLOY, stream=True)
+    assert streamed["status"] == 200 and "event: done" in streamed["text"], streamed
+    for path in PROBES:
+        assert httpx.get(f"{server.url}{path}", timeout=5).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory, pg_url, embedder) -> Iterator[Server]:
+    path = os.pathsep.join([str(PLUGINS), str(REPO), *sys.path])
+    env = {"PYTHONPATH": path, "CITELINE_TEST_GENERATION_S": "3", "CITELINE_GENERATION__MAX_CONCURRENT": "2",
+           "CITELINE_GENERATION__QUEUE_TIMEOUT_S": "2", "CITELINE_SERVER__QUEUE_TIMEOUT_S": "2"}
+    with run_server(tmp_path_factory.mktemp("slow"), pg_url, embedder, backend="test-slow",
+                    extra_env=env) as srv:
+        yield srv
+
+
+def test_twenty_slow_generations_leave_probes_alone_and_excess_gets_503(slow_server) -> None:
+    server = slow_server
+    with ProbeWatch(server) as watch:
+        results = _all_at_once(20, lambda i: _post(server, "alice", f"{DEPLOY} (case {i})", stream=i % 4 == 0,
+                                                   timeout=60))
+    watch.check()
+    statuses = [r["status"] for r in results]
+    assert set(statuses) <= {200, 503}, statuses  # never a 502 (a model that stayed busy) or a 500
+    ok = [r for r in results if r["status"] == 200]
+    busy = [r for r in results if r["status"] == 503]
+    assert len(ok) >= 2 and len(busy) >= 5, statuses
+    assert all(r["retry_after"] and int(r["retry_after"]) > 0 for r in busy)
+    assert all("generation" in r["text"] or "busy" in r["text"] for r in busy), busy[0]["text"]
+    for r in ok:
+        assert "roll" in r["text"].lower(), r["text"][:300]
+        if r["stream"]:
+            assert "event: done" in r["text"] and "event: error" not in r["text"]
+    assert any(r["stream"] for r in busy), "an excess stream must be refused before its stream starts"
+    # bounded: the slot waits (2 s each) and one generation (3 s) ahead, with room for a loaded machine
+    assert max(r["s"] for r in busy) < 12, sorted(round(r["s"], 1) for r in busy)
+    # and the server is fine afterwards
+    assert _post(server, "alice", DEPLOY)["status"] == 200
+
+
+def test_slots_are_given_back_when_streams_end_or_clients_leave(slow_server) -> None:
+    """Streams that clients abandon after the first event give their generation slot back once their
+    generation ends: twice as many abandoned streams as slots, and later requests still answer."""
+    server = slow_server
+    headers = {"Authorization": f"Bearer {server.keys['alice']}"}
+    for round_ in range(2):
+        for i in range(2):  # generation.max_concurrent = 2
+            with httpx.Client(timeout=30) as http, http.stream(
+                    "POST", f"{server.url}/v1/ask", json={"question": f"{DEPLOY} (gone {round_} {i})",
+                                                          "stream": True}, headers=headers) as r:
+                assert r.status_code == 200, r.read()
+                assert next(r.iter_lines()).startswith("event: sources")
+        time.sleep(4.5)  # the abandoned generations end (3 s each)
+    results = _all_at_once(2, lambda i: _post(server, "alice", f"{DEPLOY} (after {i})"))
+    assert [r["status"] for r in results] == [200, 200], results
+    metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+    assert "citeline_generations_in_progress 0.0" in metrics, metrics
