@@ -8,6 +8,9 @@ everything but generation) and for deployments that must not paraphrase.
 With no evidence sentence sharing a content word with the question, the answer is the refusal sentence.
 Tokens are counted as words and punctuation (there is no model tokenizer). ``max_tokens`` and ``stop``
 cut the answer like a model's would (``finish_reason`` "length" or "stop").
+
+There are no adapters: a team with an active adapter is answered by this backend's base (``extractive``),
+the answer's ``model_note`` says so, and the audit rows (streamed or not) record ``extractive``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class ExtractiveBackend:
     name = "extractive"
 
     extractive = True  # the Assistant configures it with the same rules as its verified fallback
+    serves_adapters = False  # a team's active adapter is ignored: the Assistant answers with the base, noting it
 
     def __init__(self, settings: GenerationSettings | None = None, home: Path | None = None) -> None:
         self.settings = settings or GenerationSettings(backend="extractive")

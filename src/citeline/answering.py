@@ -215,6 +215,7 @@ class Assistant:
             SentenceVectors(embedder) if embedder is not None else None)
         limit = self.generation.max_concurrent or getattr(backend, "max_concurrency", None) or 8
         self.slots = GenerationSlots(limit, self.generation.queue_timeout_s)
+        self._unservable: set[str] = set()  # adapters routed to a backend that serves none (logged once)
         if getattr(backend, "extractive", False):  # a backend that answers extractively uses the same rules
             backend.configure(similarity=self.similarity, min_coverage=self.settings.answerable_coverage,
                               min_similarity=self.settings.answerable_similarity)
@@ -233,6 +234,14 @@ class Assistant:
             choice = ModelChoice(base if requested in (None, "", "citeline") else requested)
         if choice.model == base:
             return choice
+        if choice.adapter is not None and not getattr(self.backend, "serves_adapters", True):
+            # a backend without adapters (extractive) answers with its base: said in the answer, logged once
+            note = (f"adapter {choice.model!r} of team {choice.adapter.team!r} was not used: the "
+                    f"{self.backend.name} backend serves no adapters; answered by {base!r}")
+            if choice.model not in self._unservable:
+                self._unservable.add(choice.model)
+                log.warning("%s (use a backend that serves adapters: generation.backend embedded or openai)", note)
+            return ModelChoice(base, note=note)
         if choice.adapter is not None:
             if isinstance(self.backend, AdapterHost) and choice.model not in self.backend.adapters():
                 self.backend.load_adapter(choice.model, choice.adapter.path)  # preflighted when registered
