@@ -237,6 +237,9 @@ def test_a_key_dies_with_the_principal_it_was_issued_to(server: Server):
     # changing a principal's groups keeps its keys (the same principal)
     put("dana", ["staff"])
     assert _key_works(server, dana_new) == 200
+    # the server generated the audit key in its data folder and never logs it
+    secret = (server.config.parent / ".citeline" / "audit.key").read_text().strip()
+    assert len(secret) >= 32 and secret not in server.log.read_text()
 
 
 @pytest.mark.integration

@@ -129,6 +129,7 @@ def _calls(server, user: str, questions: Iterable[str]) -> Iterable[tuple[str, s
 
 
 ADMIN_CALLS = [("POST", "/v1/admin/keys"), ("DELETE", "/v1/admin/keys/k_0000"), ("PUT", "/v1/admin/principals"),
+               ("DELETE", "/v1/admin/principals/alice"),
                ("GET", "/v1/admin/audit/verify"), ("GET", "/v1/admin/audit/export"),
                ("GET", "/v1/admin/audit/export?format=csv")]
 
@@ -163,6 +164,7 @@ def test_every_route_is_classified(server):
     spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
     probed = {"/v1/ask", "/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics", "/",
               "/openapi.json", "/v1/admin/keys", "/v1/admin/keys/{key_id}", "/v1/admin/principals",
+              "/v1/admin/principals/{user}",
               "/v1/admin/audit/verify", "/v1/admin/audit/export"}
     exempt = {"/docs", "/docs/oauth2-redirect", "/redoc", "/v1/feedback"}
     unknown = set(spec["paths"]) - probed - exempt
