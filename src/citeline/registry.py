@@ -38,11 +38,13 @@ import psycopg
 
 from citeline.adapters import (
     ADAPTER_CONFIG,
+    ADAPTER_FILES,
     ADAPTER_WEIGHTS,
-    MANIFEST,
     AdapterManifest,
     base_model_fingerprint,
+    open_regular,
     preflight,
+    read_json,
 )
 from citeline.db import Database
 from citeline.domain import Principal
@@ -95,12 +97,19 @@ def _row(r: tuple[Any, ...]) -> AdapterVersion:
 
 
 def adapter_version(adapter_dir: Path) -> str:
-    """sha256 over the adapter's config and weights (the manifest's metrics do not change the version)."""
+    """sha256 over the adapter's config and weights (the manifest's metrics do not change the version).
+
+    The files are read without following symlinks: :class:`AdapterError` naming one that is not a regular file.
+    """
     h = hashlib.sha256()
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         path = Path(adapter_dir) / name
         h.update(name.encode() + b"\0")
-        with path.open("rb") as f:
+        try:
+            f = open_regular(path)
+        except ValueError as exc:
+            raise AdapterError(str(exc)) from None
+        with f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
@@ -199,7 +208,10 @@ class AdapterRegistry:
             manifest = AdapterManifest.read(source)
         except ValueError as exc:  # preflight reports it too; kept for a clear message
             raise AdapterError(str(exc)) from exc
-        config = json.loads((source / ADAPTER_CONFIG).read_text())
+        try:
+            config = read_json(source / ADAPTER_CONFIG)  # preflight checked it; a swap since is refused here
+        except (OSError, ValueError) as exc:
+            raise AdapterError(f"adapter {source} cannot be registered: {exc}") from None
         dest = self._copy(source, served)
         try:
             with self._tx(conn) as c:
@@ -219,17 +231,32 @@ class AdapterRegistry:
         return _row(row), True
 
     def _copy(self, source: Path, served: str) -> Path:
-        """Copy the folder into the store atomically (a half-copied folder never has the final name)."""
+        """Copy the folder into the store atomically (a half-copied folder never has the final name).
+
+        Files are read without following symlinks, and the copy must hash to ``served``'s version: a file
+        swapped since the preflight (for a link, or for other bytes) fails the registration and nothing is kept.
+        """
         dest = self.store / served
-        if (dest / ADAPTER_WEIGHTS).is_file() and adapter_version(dest)[:12] == served.rsplit("-", 1)[1]:
+        version = served.rsplit("-", 1)[1]
+        if (dest / ADAPTER_WEIGHTS).is_file() and adapter_version(dest)[:12] == version:
             return dest
         self.store.mkdir(parents=True, exist_ok=True)
         tmp = self.store / f".{served}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        for fname in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, "README.md", "citeline_eval.json",
-                      "citeline_training.json"):
-            if (source / fname).is_file():
-                shutil.copy2(source / fname, tmp / fname)
+        try:
+            for fname in ADAPTER_FILES:
+                try:
+                    with open_regular(source / fname) as src, (tmp / fname).open("xb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                except FileNotFoundError:
+                    continue
+            if adapter_version(tmp)[:12] != version:
+                raise AdapterError(f"adapter {source} changed while it was being registered: register it again")
+        except (OSError, ValueError, AdapterError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, AdapterError):
+                raise
+            raise AdapterError(f"adapter {source} cannot be copied into the store: {exc}") from None
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)

@@ -9,7 +9,9 @@ the sync, and must fail with an error naming the file.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -256,3 +258,203 @@ def test_the_outside_secret_never_reaches_search_or_answers(site, opened: Citeli
         assert "QUOKKA" not in answer.text
         assert all("QUOKKA" not in c.snippet for c in (*answer.citations, *answer.sources))
     assert {"notes.md", "guides/deploy.md", "leak.md"} <= {f for f, _ in report.failures}
+
+
+# -- item 10c: `citeline adapter register` on a folder someone else wrote ---------------------------------
+
+MAX_RANK = 16
+
+
+@pytest.fixture(scope="module")
+def good_adapter(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support.adapters import make_adapter
+
+    return make_adapter(smollm2_dir, tmp_path_factory.mktemp("adapters") / "good", seed=7)
+
+
+@pytest.fixture
+def adapter(good_adapter: Path, tmp_path: Path) -> Path:
+    """A fresh copy of a real, valid PEFT LoRA adapter on SmolLM2 to spoil."""
+    return Path(shutil.copytree(good_adapter, tmp_path / "adapter"))
+
+
+@pytest.fixture
+def registry(db, tmp_path: Path):
+    from citeline.registry import AdapterRegistry
+
+    return AdapterRegistry(db, tmp_path / "store")
+
+
+def register(registry, path: Path, base: Path):
+    return registry.register(path, team="support", name="support", base_model_dir=base, max_rank=MAX_RANK,
+                             actor="test")
+
+
+def edit_config(adapter: Path, **changes: object) -> None:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+
+
+def assert_nothing_registered(registry) -> None:
+    assert registry.list() == []
+    assert not registry.store.exists() or not any(registry.store.iterdir())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["README.md", "adapter_model.safetensors", "adapter_config.json"])
+def test_register_refuses_a_symlinked_file(registry, adapter: Path, smollm2_dir: Path, tmp_path: Path,
+                                           name: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if name == "README.md":  # peft writes a README.md: the attacker replaces it with a link to a secret
+        write(outside, "secret.txt", SECRET)
+        (adapter / name).unlink(missing_ok=True)
+    else:
+        shutil.move(adapter / name, outside / "secret.txt")
+    (adapter / name).symlink_to(outside / "secret.txt")
+    from citeline.errors import AdapterError
+
+    with pytest.raises(AdapterError) as err:
+        register(registry, adapter, smollm2_dir)
+    assert name in str(err.value) and "symbolic link" in str(err.value)
+    assert_nothing_registered(registry)
+
+
+@pytest.mark.integration
+def test_register_refuses_a_named_pipe_without_hanging(registry, adapter: Path, smollm2_dir: Path) -> None:
+    (adapter / "adapter_config.json").unlink()
+    os.mkfifo(adapter / "adapter_config.json")
+    from citeline.errors import AdapterError
+
+    result: list = []
+
+    def attempt() -> None:
+        try:
+            register(registry, adapter, smollm2_dir)
+        except AdapterError as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    if worker.is_alive():
+        os.close(os.open(adapter / "adapter_config.json", os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=5)
+        pytest.fail("registration blocked on a named pipe for 10 s")
+    assert result and "adapter_config.json" in str(result[0]) and "named pipe" in str(result[0])
+    assert_nothing_registered(registry)
+
+
+BAD_CONFIGS = [
+    ({"r": "eight"}, ['"r"', "'eight'", "integer"]),
+    ({"r": True}, ['"r"', "True", "integer"]),
+    ({"r": 0}, ['"r"', "0", "at least 1"]),
+    ({"r": 8.5}, ['"r"', "8.5", "integer"]),
+    ({"lora_alpha": "sixteen"}, ['"lora_alpha"', "'sixteen'", "number"]),
+    ({"rank_pattern": {"q_proj": "x"}}, ['"rank_pattern"', "'x'", "integer"]),
+    ({"rank_pattern": ["q_proj"]}, ['"rank_pattern"', "['q_proj']", "object"]),
+    ({"target_modules": [1, 2]}, ['"target_modules"', "[1, 2]", "list of module names"]),
+    ({"modules_to_save": "lm_head"}, ['"modules_to_save"', "'lm_head'", "list"]),
+    ({"use_dora": "no"}, ['"use_dora"', "'no'", "true or false"]),
+    ({"peft_type": 3}, ['"peft_type"', "3", "string"]),
+    ({"base_model_name_or_path": ["x"]}, ['"base_model_name_or_path"', "['x']", "string"]),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("changes", "expected"), BAD_CONFIGS, ids=[next(iter(c)) + "=" + repr(next(iter(c.values())))
+                                                                    for c, _ in BAD_CONFIGS])
+def test_register_type_checks_every_config_field(registry, adapter: Path, smollm2_dir: Path, changes, expected):
+    edit_config(adapter, **changes)
+    from citeline.errors import AdapterError
+
+    with pytest.raises(AdapterError) as err:
+        register(registry, adapter, smollm2_dir)
+    message = str(err.value)
+    assert "adapter_config.json" in message and all(part in message for part in expected), message
+    assert_nothing_registered(registry)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "has no adapter_config.json"),
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"r": 8}' + " " * 2_000_000, "over the limit"),
+])
+def test_register_refuses_a_missing_malformed_or_huge_config(registry, adapter: Path, smollm2_dir: Path,
+                                                             content, expected) -> None:
+    path = adapter / "adapter_config.json"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    from citeline.errors import AdapterError
+
+    with pytest.raises(AdapterError, match=expected):
+        register(registry, adapter, smollm2_dir)
+    assert_nothing_registered(registry)
+
+
+@pytest.mark.integration
+def test_register_type_checks_the_manifest(registry, adapter: Path, smollm2_dir: Path) -> None:
+    from citeline.errors import AdapterError
+    from tests.support.adapters import with_metrics
+
+    with_metrics(adapter, smollm2_dir, format_compliance=0.9, baseline_format_compliance=0.5)
+    manifest = json.loads((adapter / "citeline_adapter.json").read_text())
+    (adapter / "citeline_adapter.json").write_text(json.dumps({**manifest, "rank": "eight"}))
+    with pytest.raises(AdapterError) as err:
+        register(registry, adapter, smollm2_dir)
+    assert all(part in str(err.value) for part in ("citeline_adapter.json", '"rank"', "'eight'")), str(err.value)
+    assert_nothing_registered(registry)
+
+
+@pytest.mark.integration
+def test_a_valid_adapter_still_registers(registry, adapter: Path, smollm2_dir: Path) -> None:
+    version, new = register(registry, adapter, smollm2_dir)
+    assert new and version.rank == 8 and (version.path / "adapter_model.safetensors").is_file()
+    assert not any(p.is_symlink() for p in version.path.iterdir())
+
+
+# -- the same through the CLI: a clear message and exit code, never a traceback ---------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, pg_url: str, smollm2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    namespace = f"s_{uuid.uuid4().hex[:10]}"
+    (tmp_path / "citeline.toml").write_text('home = ".citeline"\n')
+    monkeypatch.setenv("CITELINE_CONFIG", str(tmp_path / "citeline.toml"))
+    monkeypatch.setenv("CITELINE_DATABASE_URL", pg_url)
+    monkeypatch.setenv("CITELINE_DATABASE__NAMESPACE", namespace)
+    monkeypatch.setenv("CITELINE_ADAPTERS__BASE_MODEL_PATH", str(smollm2_dir))
+    yield tmp_path
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from citeline.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.mark.integration
+def test_cli_register_names_the_bad_field_and_the_symlink(cli_env: Path, adapter: Path, tmp_path: Path) -> None:
+    edit_config(adapter, r="eight")
+    code, out = cli("adapter", "register", str(adapter), "--team", "support")
+    assert code != 0 and '"r"' in out and "'eight'" in out and "Traceback" not in out, out
+    edit_config(adapter, r=8)
+    write(tmp_path, "outside/secret.txt", SECRET)
+    (adapter / "README.md").unlink(missing_ok=True)
+    (adapter / "README.md").symlink_to(tmp_path / "outside" / "secret.txt")
+    code, out = cli("adapter", "register", str(adapter), "--team", "support")
+    assert code != 0 and "README.md" in out and "symbolic link" in out, out
+    code, out = cli("adapter", "list", "--json")
+    assert code == 0 and json.loads(out) == []
+    (adapter / "README.md").unlink()
+    code, out = cli("adapter", "register", str(adapter), "--team", "support", "--json")
+    assert code == 0 and json.loads(out)["rank"] == 8, out
