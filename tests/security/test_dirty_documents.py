@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import string
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +28,10 @@ from citeline.connectors.catalog import CatalogConnector
 from citeline.connectors.confluence import ConfluenceConnector
 from citeline.connectors.folder import FolderConnector
 from citeline.connectors.github import GitHubIssuesConnector
-from citeline.connectors.interfaces import Connector
+from citeline.connectors.interfaces import Connector, Failure
 from citeline.connectors.jira import JiraConnector
+from citeline.connectors.mediawiki import MediaWikiConnector
+from citeline.connectors.testing import run_sync
 from citeline.connectors.tickets import TicketsConnector
 from citeline.connectors.zendesk import ZendeskConnector
 from citeline.domain import Access, ContentType, Document
@@ -39,7 +44,8 @@ from tests.support.apis.github import GitHubApi
 from tests.support.apis.jira import FakeJira
 from tests.support.apis.zendesk import EMAIL, TOKEN, ZendeskApi
 from tests.support.connectors import ListConnector, doc
-from tests.support.replay import ReplayServer
+from tests.support.mediawiki import MediaWiki, MediaWikiProxy, start_mediawiki
+from tests.support.replay import Reply, ReplayServer, Request
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
@@ -403,9 +409,64 @@ def test_a_duplicated_front_matter_key_is_a_failure_naming_file_and_key(db, embe
     '<meta name="citeline-access" content=\'{"groups": ["hr"]}\'><meta name="citeline-access" content=\'{"public": true}\'>',
 ])
 def test_html_access_given_twice_fails_closed(tmp_path, html):
-    from citeline.connectors.interfaces import Failure
-    from citeline.connectors.testing import run_sync
-
     (tmp_path / "pay.html").write_text(f"<html><head>{html}<title>Pay</title></head><body><p>Band 4.</p></body></html>")
     [change] = [c for c in run_sync(FolderConnector({"path": tmp_path}, Access.private())) if not hasattr(c, "cursor")]
     assert isinstance(change, Failure) and change.external_id == "pay.html" and "twice" in change.reason, change
+
+
+# -- MediaWiki: a real wiki, with the dirty character planted on the wire --------------------------
+
+class _DirtyWiki(MediaWikiProxy):
+    """A proxy in front of the real wiki that writes ``escape`` (a JSON escape such as ``\\u0000``) into its
+    answers wherever ``must stay under`` occurs, as a broken extension or proxy might: MediaWiki itself
+    strips control characters from edits, and a lone surrogate cannot be sent to it as UTF-8."""
+
+    escape = b""
+
+    def handle(self, request: Request) -> Reply:
+        reply = super().handle(request)
+        if self.escape and isinstance(reply.body, bytes):
+            body = reply.body.replace(b"must stay under", b"must" + self.escape + b" stay under")
+            reply = Reply(reply.status, body, reply.headers)
+        return reply
+
+
+@pytest.fixture
+def wiki() -> Iterator[MediaWiki]:
+    wiki = start_mediawiki(Path(tempfile.mkdtemp(prefix="citeline-mediawiki-")))
+    try:
+        yield wiki
+    finally:
+        wiki.stop()
+        shutil.rmtree(wiki.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("bad", sorted(BAD))
+def test_mediawiki_keeps_syncing_past_a_dirty_page(db, embedder, chunker, wiki, bad):
+    with wiki.admin() as admin:
+        admin.edit("Kiln limits", "The kiln must stay under 1280 degrees.")
+        admin.edit("Parking", "Bicycles go in the basement rack.")
+        admin.edit("Canteen", "Lunch is at noon.")
+        parking = str(admin.page_id("Parking"))
+        kiln = str(admin.page_id("Kiln limits"))
+    time.sleep(1.1)  # the wiki's feeds have one-second resolution
+    proxy = _DirtyWiki(wiki.url)
+    with ReplayServer(proxy) as server:
+        config = MediaWikiConnector.Config(base_url=server.url, username="Citeline@citeline",
+                                           password="citelinebotsecret0123456789abcdef", namespaces=[0],
+                                           overlap_s=0, backoff_s=0.01, max_retries=1)
+        runner = SyncRunner(db, embedder, chunker, batch_size=2)
+        assert runner.run("wiki", "mediawiki", MediaWikiConnector(config, Access.everyone())).status == "succeeded"
+        proxy.escape = b"\\u0000" if bad == "nul" else b"\\ud800"
+        with wiki.admin() as admin:
+            admin.edit("Kiln limits", "The kiln must stay under 1290 degrees now.")
+            admin.delete("Parking")
+        time.sleep(1.1)
+        report = runner.run("wiki", "mediawiki", MediaWikiConnector(config, Access.everyone()))
+        assert report.status == "succeeded" and report.failed == 0, report.failures
+        stored = _stored(db)
+        assert parking not in stored and kiln in stored
+        assert all(_clean(text) for text in stored.values())
+        assert "stay under 1290 degrees now" in stored[kiln]  # stored cleaned (U+FFFD for the surrogate)
+        again = runner.run("wiki", "mediawiki", MediaWikiConnector(config, Access.everyone()))
+        assert again.status == "succeeded" and (again.added, again.updated, again.failed) == (0, 0, 0)
