@@ -121,25 +121,37 @@ def test_an_access_name_that_cannot_be_stored_is_refused_not_rewritten(db, embed
     assert ext == "b" and "staff\\udcff" in reason and "access" in reason
 
 
-def test_a_document_the_database_refuses_is_bisected_out_of_its_batch(db, embedder, chunker):
-    """After cleaning, an id too long for the unique index is still refused by PostgreSQL itself."""
+def _random_word(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+
+
+@pytest.mark.parametrize("refused", ["id too long for its index", "title too long for the lexical index"])
+def test_a_document_the_database_refuses_is_bisected_out_of_its_batch(db, embedder, chunker, refused):
+    """Clean text the database still refuses: an id over the unique index's row size (refused by the
+    documents insert), or a title whose words overflow a tsvector (refused by the chunks' batched insert)."""
     rng = random.Random(13)
-    huge = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(9000))  # incompressible
     runner = SyncRunner(db, embedder, chunker, batch_size=64)
     docs = [doc(f"d{i}", f"# Page {i}\n\nPlain page number {i}.") for i in range(9)]
     runner.run("wiki", "list", ListConnector(docs, listing=False))
-    changed = [*docs[:5], doc(huge, "# Huge\n\nA page whose id is too long."), *docs[6:],
-               doc("d9", "# Page 9\n\nA new page.")]
+    if refused.startswith("id"):
+        bad_id = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(9000))  # incompressible
+        bad = doc(bad_id, "# Huge\n\nA page whose id is too long.")
+    else:
+        bad_id = "d5"  # an existing page, changed into one the database refuses: its old version stays
+        bad = doc(bad_id, "# Page 5\n\nPage five, rewritten.", title=" ".join(_random_word(rng, 12) for _ in range(110_000)))
+    changed = [*docs[:5], bad, *docs[6:], doc("d9", "# Page 9\n\nA new page.")]
     changed[1] = doc("d1", "# Page 1\n\nPage one, rewritten.")
-    connector = ListConnector(changed, deleted=["d5"], listing=False, every=100)
+    connector = ListConnector(changed, deleted=["d5" if bad_id != "d5" else "d7"], listing=False, every=100)
     report = runner.run("wiki", "list", connector)
     assert report.status == "succeeded"
     assert (report.added, report.updated, report.deleted, report.failed) == (1, 1, 1, 1)
     stored = _stored(db)
-    assert sorted(stored) == ["d0", "d1", "d2", "d3", "d4", "d6", "d7", "d8", "d9"]
+    assert sorted(stored) == sorted({f"d{i}" for i in range(10)} - {"d5" if bad_id != "d5" else "d7"})
     assert "rewritten" in stored["d1"]
+    if bad_id == "d5":
+        assert stored["d5"] == "d5 # Page 5\n\nPlain page number 5."  # the previous version, whole
     [(ext, reason)] = _failures(db)
-    assert ext.startswith(huge[:100]) and len(ext) < 1100 and "database refused this document" in reason
+    assert ext.startswith(bad_id[:100]) and len(ext) < 1100 and "database refused this document" in reason
     assert "SQLSTATE 54000" in reason
     # the batch's checkpoint committed with it: the source's cursor is the final one
     assert _rows(db, "SELECT cursor FROM sources WHERE name = 'wiki'") == [({},)]
