@@ -138,7 +138,8 @@ def test_a_document_the_database_refuses_is_bisected_out_of_its_batch(db, embedd
         bad = doc(bad_id, "# Huge\n\nA page whose id is too long.")
     else:
         bad_id = "d5"  # an existing page, changed into one the database refuses: its old version stays
-        bad = doc(bad_id, "# Page 5\n\nPage five, rewritten.", title=" ".join(_random_word(rng, 12) for _ in range(110_000)))
+        title = " ".join(_random_word(rng, 12) for _ in range(110_000))
+        bad = doc(bad_id, "# Page 5\n\nPage five, rewritten.", title=title)
     changed = [*docs[:5], bad, *docs[6:], doc("d9", "# Page 9\n\nA new page.")]
     changed[1] = doc("d1", "# Page 1\n\nPage one, rewritten.")
     connector = ListConnector(changed, deleted=["d5" if bad_id != "d5" else "d7"], listing=False, every=100)
@@ -248,7 +249,8 @@ def _confluence(stack: list, ch: str) -> Scenario:
     config = ConfluenceConnector.Config(base_url=f"{server.url}/wiki", email="bot@acme.example", token="good-token",
                                         spaces=["ENG"], space_access={"ENG": ["eng"]}, max_retries=1, backoff_s=0.01)
     return Scenario(lambda: ConfluenceConnector(config, Access.private()),
-                    lambda ch: fake.edit(kiln, f"<p>The kiln{ch} must stay under 1280 degrees.</p>", f"Kiln{ch} limits"),
+                    lambda ch: fake.edit(kiln, f"<p>The kiln{ch} must stay under 1280 degrees.</p>",
+                                         f"Kiln{ch} limits"),
                     lambda: fake.trash(parking), kiln, parking, "must stay under 1280 degrees")
 
 
@@ -396,7 +398,8 @@ def test_max_chars_is_configurable():
 # -- 10b: a key given twice in front matter fails closed ---------------------------------------------
 
 DUPLICATES = {
-    "access": "---\naccess: {groups: [hr]}\ntitle: Salaries\naccess: {public: true}\n---\n# Salaries\n\nBand 4 pays well.\n",
+    "access": "---\naccess: {groups: [hr]}\ntitle: Salaries\naccess: {public: true}\n---\n"
+              "# Salaries\n\nBand 4 pays well.\n",
     "nested": "---\naccess:\n  groups: [hr]\n  groups: [everyone]\n---\n# Salaries\n\nBand 4 pays well.\n",
     "title": "---\ntitle: One\ntitle: Two\n---\nBand 4 pays well.\n",
 }
@@ -418,7 +421,8 @@ def test_a_duplicated_front_matter_key_is_a_failure_naming_file_and_key(db, embe
 
 @pytest.mark.parametrize("html", [
     '<meta name="citeline-access" content=\'{"groups": ["hr"], "public": false, "public": true}\'>',
-    '<meta name="citeline-access" content=\'{"groups": ["hr"]}\'><meta name="citeline-access" content=\'{"public": true}\'>',
+    '<meta name="citeline-access" content=\'{"groups": ["hr"]}\'>'
+    '<meta name="citeline-access" content=\'{"public": true}\'>',
 ])
 def test_html_access_given_twice_fails_closed(tmp_path, html):
     (tmp_path / "pay.html").write_text(f"<html><head>{html}<title>Pay</title></head><body><p>Band 4.</p></body></html>")
