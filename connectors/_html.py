@@ -36,11 +36,16 @@ class HtmlPage:
     access: Any  # the parsed JSON of <meta name="citeline-access">, or None when absent
 
 
-def parse_html(source: str) -> HtmlPage:
-    """Convert an HTML document; raises ``ValueError`` if its citeline-access meta is not JSON."""
+def parse_html(source: str, *, access_meta: bool = False) -> HtmlPage:
+    """Convert an HTML document.
+
+    With ``access_meta`` (the folder connector's own pages) a ``citeline-access`` meta is read, and
+    ``ValueError`` is raised if it is not JSON or is given twice; without it (HTML from an API source,
+    whose access comes from the source) such a meta is ignored, so a page body cannot stop a sync.
+    """
     soup = BeautifulSoup(source, "html.parser")
     title = _text(soup.title) if soup.title else None
-    access = _access_meta(soup)
+    access = _access_meta(soup) if access_meta else None
     for tag in soup.find_all(_DROP):
         tag.decompose()
     if not title:

@@ -297,7 +297,7 @@ class FolderConnector:
 
     def _from_html(self, text: str) -> tuple[str | None, str, Access, dict[str, str]]:
         try:
-            page = parse_html(text)
+            page = parse_html(text, access_meta=True)
         except ValueError as exc:
             raise ItemError(f'{exc}: write it as JSON like {{"groups": ["hr"]}}') from None
         access = self.default_access

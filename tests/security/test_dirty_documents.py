@@ -486,3 +486,15 @@ def test_mediawiki_keeps_syncing_past_a_dirty_page(db, embedder, chunker, wiki, 
         assert "stay under 1290 degrees now" in stored[kiln]  # stored cleaned (U+FFFD for the surrogate)
         again = runner.run("wiki", "mediawiki", MediaWikiConnector(config, Access.everyone()))
         assert again.status == "succeeded" and (again.added, again.updated, again.failed) == (0, 0, 0)
+
+
+def test_an_access_meta_in_a_confluence_page_is_text_not_a_crash(db, embedder, chunker, servers):
+    """Only the folder connector reads ``citeline-access`` metas; in a Confluence page body a broken or
+    repeated one used to raise out of the connector and stop the whole sync."""
+    scenario = _confluence(servers, "\x00")
+    fake = next(s.api for s in servers)
+    page = next(p for p in fake.pages.values() if p.title == "Canteen")
+    page.body = '<meta name="citeline-access" content="not json"><p>Lunch is at noon.</p>'
+    report = SyncRunner(db, embedder, chunker).run("c", "confluence", scenario.make())
+    assert report.status == "succeeded" and report.failed == 0, report.failures
+    assert "Lunch is at noon." in _stored(db)[page.id]
