@@ -196,7 +196,7 @@ class Retriever:
 # (per-class statistics summed over its classes, migration 0006), or every chunk (migration 0002)
 _STATISTICS = {
     "visible": {"{lookup}": "lexicon_lookup_visible", "{corpus}": "lexicon_corpus_visible()"},
-    "global": {"{lookup}": "lexicon_lookup", "{corpus}": "lexicon_stats"},
+    "global": {"{lookup}": "lexicon_lookup", "{corpus}": "lexicon_corpus_global()"},
 }
 
 

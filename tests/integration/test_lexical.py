@@ -60,8 +60,8 @@ def test_statistics_follow_the_syncs(db, embedder, chunker):
     report = runner.run("notes", "list", ListConnector(corpus))
     assert report.lexicon_seconds is not None
 
-    def df(lexeme: str) -> int:
-        with db.writer() as conn:
+    def df(lexeme: str) -> int:  # corpus-wide statistics: only in an application transaction (migration 0006)
+        with db.reader(None) as conn:
             return dict(conn.execute("SELECT lexeme, ndoc FROM lexicon_lookup(%s)", ([lexeme],)).fetchall())[lexeme]
 
     def stats() -> tuple[int, float]:
@@ -139,7 +139,13 @@ def test_the_reader_cannot_list_the_vocabulary_nor_match_hidden_rows(db, embedde
     PrincipalStore(db).put(Principal("hana", ("hr",)))
     with db.reader(None) as conn:
         assert conn.execute("SELECT ndoc FROM lexicon_lookup(ARRAY['zebra'])").fetchone() == (2,)  # counts all
-        assert conn.execute("SELECT chunks FROM lexicon_stats").fetchone() == (12,)
+        assert conn.execute("SELECT chunks FROM lexicon_corpus_global()").fetchone() == (12,)
+        # the default (retrieval.lexical_statistics = "visible"): only what the principal may see
+        assert conn.execute("SELECT ndoc FROM lexicon_lookup_visible(ARRAY['zebra'])").fetchone() == (1,)
+        assert conn.execute("SELECT chunks FROM lexicon_corpus_visible()").fetchone() == (11,)
+    with db.reader("hana") as conn:
+        assert conn.execute("SELECT ndoc FROM lexicon_lookup_visible(ARRAY['zebra'])").fetchone() == (2,)
+        assert conn.execute("SELECT chunks FROM lexicon_corpus_visible()").fetchone() == (12,)
 
     def matched(user: str | None) -> set[str]:
         # lexical_match() reads through the GIN index as citeline_lexicon, but only rows the caller may see
@@ -153,6 +159,7 @@ def test_the_reader_cannot_list_the_vocabulary_nor_match_hidden_rows(db, embedde
     assert matched(None) == {"rare"}
     assert matched("mallory") == {"rare"}
     assert matched("hana") == {"rare", "secret"}
-    for statement in ("SELECT lexeme FROM lexemes", "DELETE FROM lexicon_stats", "UPDATE lexemes SET ndoc = 1"):
+    for statement in ("SELECT lexeme FROM lexemes", "DELETE FROM lexicon_stats", "UPDATE lexemes SET ndoc = 1",
+                      "SELECT * FROM class_lexemes", "SELECT chunks FROM lexicon_stats"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege), db.reader(None) as conn:
             conn.execute(statement)

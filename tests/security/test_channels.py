@@ -104,6 +104,13 @@ def test_a_reader_login_cannot_read_the_audit_or_impersonate(server: Server):
                 conn.execute("SELECT citeline_login('alice')")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT * FROM identity_key")
+            # nor corpus-wide statistics, which count documents it may not see (only the application's
+            # transactions get them, for retrieval.lexical_statistics = "global")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT chunks FROM lexicon_stats")
+            assert conn.execute("SELECT * FROM lexicon_lookup(ARRAY['rollback', 'deploy'])").fetchall() == []
+            assert conn.execute("SELECT chunks FROM lexicon_corpus_visible()").fetchone()[0] \
+                == conn.execute("SELECT count(*) FROM chunks").fetchone()[0]  # its visible statistics: public only
         # the application, through the same policies, still sees per principal
         alice_only = server.owner_sql("SELECT external_id FROM documents WHERE NOT public"
                                       " AND acl && '{g:engineering}' AND NOT acl && '{g:staff}'")

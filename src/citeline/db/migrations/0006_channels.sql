@@ -70,6 +70,18 @@ AS $$
           = identity_mac(k.key, coalesce(current_setting('citeline.user', true), ''))
 $$;
 
+-- True in a transaction whose identity citeline_login() set (whoever it names, '' included): an
+-- application transaction, never a bare database login.
+CREATE FUNCTION citeline_session()
+    RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, __SCHEMA__, pg_temp
+AS $$
+    SELECT coalesce((SELECT current_setting('citeline.identity', true)
+                            = identity_mac(k.key, coalesce(current_setting('citeline.user', true), ''))
+                     FROM identity_key k), false)
+$$;
+
 -- The ACL tokens of that principal (NULL: none, public rows only).
 CREATE FUNCTION citeline_tokens()
     RETURNS text[]
@@ -92,6 +104,19 @@ CREATE POLICY documents_reader ON documents FOR SELECT TO citeline_reader
 -- citeline_lexicon only runs the SECURITY DEFINER functions here, which select by the verified identity
 DROP POLICY principals_lexicon ON principals;
 CREATE POLICY principals_lexicon ON principals FOR SELECT TO citeline_lexicon USING (true);
+
+-- Corpus-wide statistics (retrieval.lexical_statistics = "global") count chunks the principal may not see:
+-- only application transactions get them, not a bare database login holding citeline_reader.
+CREATE OR REPLACE FUNCTION lexicon_lookup(terms text[])
+    RETURNS TABLE (lexeme text, ndoc int)
+    LANGUAGE sql STABLE STRICT SECURITY DEFINER
+    SET search_path = pg_catalog, __SCHEMA__, pg_temp
+AS $$
+    SELECT DISTINCT t.lexeme, coalesce(l.ndoc, 0)
+    FROM unnest(terms) AS t(lexeme)
+    LEFT JOIN lexemes l ON l.lexeme = t.lexeme
+    WHERE (SELECT citeline_session())
+$$;
 
 -- The visibility test of lexical_match() repeats chunks_reader; keep the two in step.
 CREATE OR REPLACE FUNCTION lexical_match(q tsquery)
@@ -236,6 +261,14 @@ AS $$
     FROM (SELECT DISTINCT u AS lexeme FROM unnest(terms) u) t
 $$;
 
+CREATE FUNCTION lexicon_corpus_global()
+    RETURNS TABLE (chunks bigint, avg_length float8)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, __SCHEMA__, pg_temp
+AS $$
+    SELECT s.chunks, s.avg_length FROM lexicon_stats s WHERE (SELECT citeline_session())
+$$;
+
 CREATE FUNCTION lexicon_corpus_visible()
     RETURNS TABLE (chunks bigint, avg_length float8)
     LANGUAGE sql STABLE SECURITY DEFINER
@@ -250,14 +283,18 @@ $$;
 -- -- privileges and owners ---------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION identity_mac(text, text), citeline_login(text), citeline_identity(), citeline_tokens(),
+    citeline_session(), lexicon_corpus_global(),
     lexicon_class_acl(boolean, text[]), lexicon_refresh_classes(), lexicon_access_changed(),
     lexicon_lookup_visible(text[]), lexicon_corpus_visible() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_mac(text, text) TO citeline_lexicon;
 GRANT EXECUTE ON FUNCTION citeline_login(text) TO citeline_writer;
 -- the policies call these as the querying role
-GRANT EXECUTE ON FUNCTION citeline_identity(), citeline_tokens() TO citeline_reader, citeline_writer, citeline_lexicon;
-GRANT EXECUTE ON FUNCTION lexicon_lookup_visible(text[]), lexicon_corpus_visible()
+GRANT EXECUTE ON FUNCTION citeline_identity(), citeline_tokens(), citeline_session()
+    TO citeline_reader, citeline_writer, citeline_lexicon;
+GRANT EXECUTE ON FUNCTION lexicon_lookup_visible(text[]), lexicon_corpus_visible(), lexicon_corpus_global()
     TO citeline_reader, citeline_writer;
+REVOKE SELECT ON lexicon_stats FROM citeline_reader;
+GRANT SELECT ON lexicon_stats TO citeline_lexicon;
 GRANT EXECUTE ON FUNCTION lexicon_class_acl(boolean, text[]), lexicon_refresh_classes(), lexicon_access_changed()
     TO citeline_writer;
 GRANT SELECT ON lexicon_classes, class_lexemes TO citeline_lexicon;
@@ -270,6 +307,8 @@ GRANT CREATE ON SCHEMA __SCHEMA__ TO citeline_lexicon;
 ALTER FUNCTION citeline_login(text) OWNER TO citeline_lexicon;
 ALTER FUNCTION citeline_identity() OWNER TO citeline_lexicon;
 ALTER FUNCTION citeline_tokens() OWNER TO citeline_lexicon;
+ALTER FUNCTION citeline_session() OWNER TO citeline_lexicon;
+ALTER FUNCTION lexicon_corpus_global() OWNER TO citeline_lexicon;
 ALTER FUNCTION lexicon_lookup_visible(text[]) OWNER TO citeline_lexicon;
 ALTER FUNCTION lexicon_corpus_visible() OWNER TO citeline_lexicon;
 REVOKE CREATE ON SCHEMA __SCHEMA__ FROM citeline_lexicon;
