@@ -48,3 +48,22 @@ def git_revision() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def use_this_tree() -> str | None:
+    """Import citeline from the tree this file lives in, even when the venv's editable install points at
+    another checkout (a ``git archive`` of an older commit, to measure it side by side with the working tree).
+    Call before importing citeline; returns the installed root that was replaced, or None."""
+    import sys
+
+    for finder in sys.meta_path:
+        mapping = getattr(sys.modules.get(getattr(finder, "__module__", "")), "MAPPING", None)
+        if not isinstance(mapping, dict) or "citeline" not in mapping:
+            continue
+        installed = Path(mapping["citeline"]).parents[1]  # <root>/src/citeline
+        if installed == REPO:
+            return None
+        for name, path in mapping.items():
+            mapping[name] = str(REPO / Path(path).relative_to(installed))
+        return str(installed)
+    return None

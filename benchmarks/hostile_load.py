@@ -20,6 +20,13 @@ the status codes and latency; 5xx on valid requests; probe latency (max, p99) pe
 peak and end; leaks (a forbidden document's distinctive 8-word runs found in any response to a hostile
 request, as :mod:`tests.security.test_forbidden_everywhere` defines them); machine load before and after.
 The load generator shares the machine's cores with the server and PostgreSQL.
+
+To measure an older commit side by side, export it and run the exported copy with the main venv (it
+imports citeline, in process and in the server it starts, from the tree it lives in)::
+
+    git archive ffbc325 | tar -x -C /tmp/citeline-before && cp benchmarks/{_common,hostile_load}.py \
+        /tmp/citeline-before/benchmarks/
+    CITELINE_BENCH_COMMIT=ffbc325 .venv/bin/python /tmp/citeline-before/benchmarks/hostile_load.py
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psycopg
-from _common import REPO, database_url, git_revision, machine
+from _common import REPO, database_url, git_revision, machine, use_this_tree
 from psycopg import sql
+
+use_this_tree()
 
 from citeline.app import Citeline
 from citeline.domain import Principal
@@ -271,7 +280,9 @@ def main() -> None:
         "server", {}).get("max_body_bytes", 1 << 20)
     port = 19000 + os.getpid() % 1000
     log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "serve", "--port",
+    boot = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import _common; "
+            "_common.use_this_tree(); from citeline.cli import main; main()")
+    proc = subprocess.Popen([sys.executable, "-c", boot, "serve", "--port",
                              str(port), "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -284,6 +295,8 @@ def main() -> None:
             if proc.poll() is not None:
                 raise SystemExit(f"server exited:\n{(tmp / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
+        for key in keys.values():  # each user has used the server before (the failed-login limit per address
+            httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=60)  # spares them)
         mix = Mix(keys, questions(), int(limit), random.Random(args.seed))
         result = asyncio.run(run(base, proc.pid, mix, args.clients, args.duration,
                                  (args.valid, args.invalid), canaries))
@@ -298,7 +311,7 @@ def main() -> None:
     out = {"benchmark": "hostile_load", "backend": args.backend, "body_limit_bytes": limit, **result,
            "server_tracebacks": len(server_errors), "load_before": load_before,
            "load_after": Path("/proc/loadavg").read_text().split()[:3], "machine": machine(),
-           "revision": git_revision()}
+           "revision": os.environ.get("CITELINE_BENCH_COMMIT") or git_revision()}
     shutil.rmtree(tmp, ignore_errors=True)
     text = json.dumps(out, indent=2, ensure_ascii=False)
     if args.out:
