@@ -1,6 +1,6 @@
 """Streamed vs whole answers under concurrent clients, on the same server (extractive backend by default).
 
-    python benchmarks/stream_latency.py [--clients 50] [--duration 20] [--backend extractive]
+    python benchmarks/stream_latency.py [--clients 50] [--duration 20] [--backend extractive] [--verify off]
 
 Sets up the Acme example in its own namespace of the embedded database (as ``load_bench.py`` does),
 starts ``citeline serve`` as a subprocess, then runs ``--clients`` closed-loop clients (asyncio + httpx,
@@ -8,7 +8,8 @@ one connection each) for ``--duration`` seconds asking ``POST /v1/ask`` without 
 for ``"stream": true`` (Server-Sent Events read to the ``done`` event). Reports, per mode: requests,
 errors, requests/s, client latency to the complete answer (p50/p95/max), for streams also the time to the
 first byte and the number of events; the load average before and after (the load generator shares the
-machine's cores with the server and PostgreSQL).
+machine's cores with the server and PostgreSQL). ``--verify`` sets ``answer.verify`` on the server: under
+``off`` (and ``flag``) a stream sends every word as its own event instead of each verified sentence.
 """
 
 from __future__ import annotations
@@ -98,11 +99,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20, help="seconds per mode")
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--backend", default="extractive")
+    parser.add_argument("--verify", choices=["fallback", "drop", "flag", "off"], default=None,
+                        help="answer.verify on the server (default: the config's, fallback)")
     args = parser.parse_args()
     url = database_url()
     tmp = Path(tempfile.mkdtemp(prefix="citeline-stream-"))
     env, keys = setup(tmp, url)
     env["CITELINE_GENERATION__BACKEND"] = args.backend
+    if args.verify:
+        env["CITELINE_ANSWER__VERIFY"] = args.verify
     port = 19000 + os.getpid() % 1000
     log = (tmp / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "serve", "--port",
@@ -127,7 +132,8 @@ def main() -> None:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(env["CITELINE_DATABASE__NAMESPACE"])))
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps({"benchmark": "stream_latency", "backend": args.backend, "modes": modes,
+    print(json.dumps({"benchmark": "stream_latency", "backend": args.backend, "verify": args.verify or "fallback",
+                      "modes": modes,
                       "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
                       "machine": machine(), "revision": git_revision()}, indent=2))
 

@@ -15,7 +15,8 @@ takes every thread, and everything else (probes included) queues behind them wit
 * :func:`in_one_thread` runs a blocking stream (Server-Sent Events of an answer) in one worker thread for
   its whole length and hands its pieces to the event loop. Starlette's default iterates a sync generator
   with one thread hop per piece, each queueing for a thread behind every waiting request: under 50
-  clients a streamed answer took several times as long as the same answer whole.
+  clients a streamed answer took several times as long as the same answer whole. Pieces that are ready
+  together are sent in one write.
 
 Generation has its own limit (``generation.max_concurrent``, :class:`citeline.answering.GenerationSlots`),
 and request SQL its own lock and statement timeouts (:meth:`citeline.db.Database.limit_requests`).
@@ -194,6 +195,14 @@ async def in_one_thread(items: Iterator[str]) -> AsyncIterator[str]:
             await wake.wait()
             wake.clear()
             while ready:
+                # what is ready goes out as one write (SSE events delimit themselves): a stream whose pieces
+                # come faster than they are sent costs one send, not one per piece; nothing waits to batch
+                batch: list[str] = []
+                while ready and isinstance(ready[0], str):
+                    batch.append(ready.popleft())
+                if batch:
+                    yield "".join(batch)
+                    continue
                 item = ready.popleft()
                 if item is _END:
                     return

@@ -34,11 +34,12 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import psycopg
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from citeline.errors import AuthError
+from citeline.errors import AuthError, DatabaseError
 from citeline.keys import Authenticated
 from citeline.serving.metrics import Metrics
 from citeline.settings import ServerSettings
@@ -142,6 +143,12 @@ class Limits:
             self.failures.take(address)
             self.metrics.auth_failures.inc()
             await self._refuse(scope, receive, send, 401, str(exc), "invalid_api_key", "unauthenticated", unread)
+            return
+        except (DatabaseError, psycopg.OperationalError) as exc:  # no connection, or a lock/statement timeout
+            retry = self.settings.retry_after_s
+            await self._refuse(scope, receive, send, 503, f"the API key could not be checked: the database did not "
+                               f"answer in time ({type(exc).__name__}); retry after {retry} s", "database_unavailable",
+                               "database_unavailable", unread, retry_after=retry)
             return
         auth_ms = (time.perf_counter() - t0) * 1000
         self._remember(token)

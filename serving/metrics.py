@@ -30,7 +30,8 @@ class Metrics:
         self.auth_failures = Counter("citeline_auth_failures", "requests refused for a missing or bad key",
                                      registry=self.registry)
         self.rejected = Counter("citeline_rejected_requests", "requests refused at the edge before any work, by "
-                                "reason: unauthenticated, auth_rate_limited, rate_limited, body_too_large, bad_text",
+                                "reason: unauthenticated, auth_rate_limited, rate_limited, body_too_large, bad_text, "
+                                "database_unavailable (the key lookup timed out)",
                                 ["reason"], registry=self.registry)
         self.pool_size = Gauge("citeline_db_pool_size", "connections in the pool", registry=self.registry)
         self.pool_available = Gauge("citeline_db_pool_available", "idle connections", registry=self.registry)

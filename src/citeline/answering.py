@@ -535,6 +535,7 @@ class AnswerStream:
         for out in source:
             parts.append(out)
             yield out
+        self._release()  # generation is over: the slot is free before the closing audit row is written
         p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
         p.latency["total_ms"] = (time.perf_counter() - self._t0) * 1000
         v = gate.result if gate is not None else None

@@ -6,6 +6,9 @@ Against a real ``citeline serve`` on the real embedded PostgreSQL:
   MODE``), more questions than the server has request threads get 503 with ``Retry-After`` within the
   bounded wait (``database.lock_timeout_s`` plus the queue), ``/healthz``, ``/readyz`` and ``/metrics``
   answer within 1 s throughout, and once the lock is released everything answers again;
+* a stream is produced by one worker thread for its whole length (item 10e): while slow requests hold
+  every request thread, a fast stream, once admitted, is not delayed again between its events (Starlette's
+  default took one thread hop per event, each queueing behind the slow requests);
 * with 20 slow generations at once (a generation backend that sleeps, registered through the
   ``citeline.generators`` entry point as a third-party package would register one), probes answer within
   1 s throughout, the generations within the limit answer 200, the excess gets 503 with ``Retry-After``
@@ -129,6 +132,24 @@ def test_a_locked_audit_table_answers_503_fast_and_probes_keep_answering(locking
         assert httpx.get(f"{server.url}{path}", timeout=5).status_code == 200
 
 
+def test_a_locked_key_table_answers_503_not_500(locking_server) -> None:
+    """Key lookups happen at the edge, before a request slot: their SQL is bounded too, and answered 503."""
+    server = locking_server
+    with psycopg.connect(server.pg_url) as locker:
+        locker.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(server.namespace)))
+        locker.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        with ProbeWatch(server) as watch:
+            results = _all_at_once(12, lambda i: _post(server, ("alice", "bob")[i % 2], f"{DEPLOY} (key {i})",
+                                                       timeout=40))
+            time.sleep(0.5)
+        locker.rollback()
+    watch.check()
+    assert {r["status"] for r in results} == {503}, [(r["status"], r["text"][:200]) for r in results]
+    assert all(r["retry_after"] for r in results)
+    assert max(r["s"] for r in results) < 15, sorted(round(r["s"], 1) for r in results)
+    assert _post(server, "alice", DEPLOY)["status"] == 200
+
+
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory, pg_url, embedder) -> Iterator[Server]:
     path = os.pathsep.join([str(PLUGINS), str(REPO), *sys.path])
@@ -180,3 +201,51 @@ def test_slots_are_given_back_when_streams_end_or_clients_leave(slow_server) -> 
     assert [r["status"] for r in results] == [200, 200], results
     metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
     assert "citeline_generations_in_progress 0.0" in metrics, metrics
+
+
+@pytest.fixture(scope="module")
+def busy_server(tmp_path_factory, pg_url, embedder) -> Iterator[Server]:
+    path = os.pathsep.join([str(PLUGINS), str(REPO), *sys.path])
+    env = {"PYTHONPATH": path, "CITELINE_TEST_GENERATION_S": "2", "CITELINE_TEST_STREAM_S": "0",
+           "CITELINE_ANSWER__VERIFY": "off",  # a stream sends every word as its own event
+           "CITELINE_GENERATION__MAX_CONCURRENT": "64", "CITELINE_SERVER__MAX_CONCURRENT_REQUESTS": "8",
+           "CITELINE_SERVER__QUEUE_TIMEOUT_S": "30"}
+    with run_server(tmp_path_factory.mktemp("busy"), pg_url, embedder, backend="test-slow",
+                    extra_env=env) as srv:
+        yield srv
+
+
+def test_a_stream_is_not_delayed_between_events_while_slow_requests_hold_the_threads(busy_server) -> None:
+    server = busy_server
+    headers = {"Authorization": f"Bearer {server.keys['alice']}"}
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def slow_client(i: int) -> None:  # closed loop: a new slow request as soon as the last one is answered
+        n = 0
+        while not stop.is_set():
+            statuses.append(_post(server, "alice", f"{DEPLOY} (slow {i} {n})")["status"])
+            n += 1
+
+    with ThreadPoolExecutor(16) as pool:
+        for i in range(16):
+            pool.submit(slow_client, i)
+        time.sleep(1.0)  # the slow requests hold every request thread, and more are always queued
+        try:
+            t0 = time.perf_counter()
+            with httpx.Client(timeout=120) as http, http.stream(
+                    "POST", f"{server.url}/v1/ask", json={"question": f"{DEPLOY} (fast)", "stream": True},
+                    headers=headers) as r:
+                assert r.status_code == 200
+                lines = r.iter_lines()
+                first = next(lines)
+                t_first = time.perf_counter()
+                rest = "\n".join(lines)
+                t_done = time.perf_counter()
+        finally:
+            stop.set()
+    assert first.startswith("event: sources") and "event: done" in rest, rest[:300]
+    assert rest.count("event: delta") >= 5, rest[:300]  # word by word: many events, one hop each before
+    # once the stream has started, its remaining events come without waiting for a thread again
+    assert t_done - t_first < 1.0, (round(t_first - t0, 2), round(t_done - t_first, 2))
+    assert set(statuses) == {200}, statuses

@@ -3,7 +3,8 @@
 ``tests/support/plugins`` registers it in ``citeline.generators`` as ``test-slow``; a test puts that folder
 (and the repository) on ``PYTHONPATH`` of a real ``citeline serve`` and sets
 ``CITELINE_GENERATION__BACKEND=test-slow``. It answers exactly as the ``extractive`` backend does, after
-sleeping ``CITELINE_TEST_GENERATION_S`` seconds (default 4) per generation, as a busy model server would.
+sleeping ``CITELINE_TEST_GENERATION_S`` seconds (default 4) per generation, as a busy model server would
+(a stream sleeps ``CITELINE_TEST_STREAM_S`` seconds before its first delta; default the same).
 """
 
 from __future__ import annotations
@@ -30,5 +31,5 @@ class SlowBackend(ExtractiveBackend):
         return super().generate(request)
 
     def stream(self, request: GenerationRequest) -> Generator[str, None, str]:
-        time.sleep(self.delay_s)
+        time.sleep(float(os.environ.get("CITELINE_TEST_STREAM_S", self.delay_s)))
         return (yield from super().stream(request))
