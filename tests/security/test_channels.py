@@ -174,7 +174,8 @@ def test_an_unknown_model_404_lists_only_the_callers_adapters(model_server, smol
             admin.promote_adapter(eng.served_name, actor="test", force=True, drain_s=0)
             admin.promote_adapter(sales.served_name, actor="test", force=True, drain_s=0)
         time.sleep(0.5)  # the server's team -> adapter cache
-        listed = {m["id"] for m in httpx.get(f"{model_server.removesuffix('/v1')}/v1/models", timeout=10).json()["data"]}
+        served = httpx.get(f"{model_server.removesuffix('/v1')}/v1/models", timeout=10).json()["data"]
+        listed = {m["id"] for m in served}
         assert {eng.served_name, sales.served_name} <= listed  # both teams' adapters are served
 
         def unknown(user: str, path: str) -> str:
