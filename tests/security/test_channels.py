@@ -194,3 +194,35 @@ def test_an_unknown_model_404_lists_only_the_callers_adapters(model_server, smol
             assert eng.served_name in alice and sales.served_name not in alice, alice
             assert sales.served_name in bob and eng.served_name not in bob, bob
             assert smollm2_dir.name in alice  # the base model is everyone's
+
+
+# -- statistics follow access changes ---------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_an_access_change_alone_refreshes_the_per_class_statistics(db, embedder, chunker):
+    """Revoking a page (same text, new ACL) moves its chunks to another class: the next sync recomputes."""
+    from citeline.domain import Access, Principal
+    from citeline.ingest.sync import SyncRunner
+    from citeline.store import PrincipalStore
+    from tests.support.connectors import ListConnector, doc
+
+    def pages(vault_access: Access) -> list:
+        return [doc("pub", "The harbour crane lifts containers.", title="crane"),
+                doc("v1", f"The {RARE} ledger of the vault.", title="vault 1", access=vault_access),
+                doc("v2", f"A second {RARE} ledger of the vault.", title="vault 2", access=vault_access)]
+
+    PrincipalStore(db).put(Principal("dana", ("vault",)))
+    runner = SyncRunner(db, embedder, chunker)
+    runner.run("notes", "list", ListConnector(pages(Access(groups=("vault",)))))
+
+    def seen_by(user: str | None) -> tuple[int, int]:
+        with db.reader(user) as conn:
+            (df,) = conn.execute("SELECT ndoc FROM lexicon_lookup_visible(ARRAY[%s])", (RARE,)).fetchone()
+            (n,) = conn.execute("SELECT chunks FROM lexicon_corpus_visible()").fetchone()
+        return df, n
+
+    assert seen_by("dana") == (2, 3) and seen_by(None) == (0, 1)
+    report = runner.run("notes", "list", ListConnector(pages(Access(groups=("other",)))))
+    assert report.lexicon_seconds is not None  # no chunk was added or removed, yet the statistics were redone
+    assert seen_by("dana") == (0, 1)  # dana no longer sees the vault: its words no longer count for her
