@@ -131,8 +131,9 @@ class ReadinessProbe:
             return None
         except TimeoutError:
             reason = f"the database did not answer SELECT 1 within {self.timeout_s:g} s (server.probe_timeout_s)"
-        except psycopg.Error as exc:
-            reason = f"the database is not reachable: {type(exc).__name__}: {str(exc).strip()[:300]}"
+        except psycopg.Error as exc:  # the details (host, user) go to the log, not to unauthenticated callers
+            log.warning("readiness: the database is not reachable: %s: %s", type(exc).__name__, str(exc).strip()[:300])
+            reason = f"the database is not reachable ({type(exc).__name__}; details in the server log)"
         await self.close()
         return reason
 

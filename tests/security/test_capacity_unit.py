@@ -96,3 +96,22 @@ def test_an_error_in_the_stream_reaches_the_reader() -> None:
 
     with pytest.raises(RuntimeError, match="model crashed"):
         _collect(pieces())
+
+
+@pytest.mark.integration
+def test_the_readiness_probe_answers_within_its_timeout_and_names_no_credentials(pg_url: str) -> None:
+    from citeline.serving.capacity import ReadinessProbe
+    from tests.e2e.conftest import free_port
+
+    async def check(url: str) -> tuple[str | None, float]:
+        probe = ReadinessProbe(url, timeout_s=2)
+        t0 = time.perf_counter()
+        try:
+            return await probe.check(), time.perf_counter() - t0
+        finally:
+            await probe.close()
+
+    assert asyncio.run(check(pg_url))[0] is None  # the real database answers SELECT 1
+    reason, took = asyncio.run(check(f"postgresql://mallory:hunter2secret@127.0.0.1:{free_port()}/x"))
+    assert reason is not None and "not reachable" in reason and took < 3
+    assert "hunter2secret" not in reason and "mallory" not in reason
