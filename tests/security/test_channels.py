@@ -226,3 +226,30 @@ def test_an_access_change_alone_refreshes_the_per_class_statistics(db, embedder,
     report = runner.run("notes", "list", ListConnector(pages(Access(groups=("other",)))))
     assert report.lexicon_seconds is not None  # no chunk was added or removed, yet the statistics were redone
     assert seen_by("dana") == (0, 1)  # dana no longer sees the vault: its words no longer count for her
+
+
+@pytest.mark.integration
+def test_global_statistics_remain_an_option_and_show_the_channel_they_open(db, embedder, chunker):
+    """retrieval.lexical_statistics = "global" ranks with every chunk's statistics (hidden ones included)."""
+    from citeline.domain import Access, SearchMode
+    from citeline.ingest.sync import SyncRunner
+    from citeline.retrieval import Retriever
+    from citeline.settings import RetrievalSettings
+    from tests.support.connectors import ListConnector, doc
+
+    public = [doc(f"r{i}", f"The {RARE} gauge on bench {i}.", title=f"r{i}") for i in range(2)]
+    public += [doc(f"c{i}", f"The {COMMON} lever on rack {i}.", title=f"c{i}") for i in range(5)]
+
+    def scores(statistics: str, hidden_word: str) -> list[tuple[str, float]]:
+        hidden = [doc(f"h{i}", f"Vault note {i}: the {hidden_word} entry.", title=f"h{i}",
+                      access=Access(groups=("vault",))) for i in range(40)]
+        SyncRunner(db, embedder, chunker).run("notes", "list", ListConnector([*public, *hidden]))
+        retriever = Retriever(db, embedder, RetrievalSettings(lexical_statistics=statistics))  # type: ignore[arg-type]
+        hits = retriever.search(QUESTION, user=None, k=10, mode=SearchMode.LEXICAL).hits
+        return [(h.external_id, round(h.score, 9)) for h in hits]
+
+    visible = scores("visible", "ledger"), scores("visible", RARE)
+    global_ = scores("global", "ledger"), scores("global", RARE)
+    assert visible[0] == visible[1] and len(visible[0]) == 7
+    assert global_[0] != global_[1]  # the documented trade: hidden pages move the public scores
+    assert {e for e, _ in global_[1]} == {e for e, _ in visible[1]}  # the same public documents, though
