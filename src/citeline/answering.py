@@ -122,6 +122,7 @@ class _Prepared:
     temperature: float | None = None
     stop: tuple[str, ...] = ()
     stopped_early: bool = False  # generation stopped by answer.early_fallback
+    busy: bool = False  # no generation slot within generation.queue_timeout_s: answered extractively
 
 
 def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | None:
@@ -152,14 +153,18 @@ class GenerationSlots:
     """At most ``limit`` generations at once (``generation.max_concurrent``), apart from the database pool.
 
     A caller that waits longer than ``timeout_s`` for a slot gets :class:`OverloadedError` (the server
-    answers 503 with ``Retry-After``) instead of queueing in front of a busy model without bound.
+    answers 503 with ``Retry-After``, or the extractive answer: ``generation.when_busy``) instead of queueing
+    in front of a busy model without bound; so does a caller that finds ``max_waiting`` callers already
+    waiting (at once: a queue longer than that would only time out later, holding a request slot meanwhile).
     """
 
-    def __init__(self, limit: int, timeout_s: float) -> None:
+    def __init__(self, limit: int, timeout_s: float, max_waiting: int | None = None) -> None:
         self.limit = limit
         self.timeout_s = timeout_s
+        self.max_waiting = limit if max_waiting is None else max_waiting
         self._free = threading.BoundedSemaphore(limit)
         self._busy = 0
+        self._waiting = 0
         self._lock = threading.Lock()
 
     @property
@@ -168,7 +173,22 @@ class GenerationSlots:
 
     def acquire(self) -> Callable[[], None]:
         """Take a slot; returns its release (idempotent: a second call does nothing)."""
-        if not self._free.acquire(timeout=self.timeout_s):
+        got = self._free.acquire(blocking=False)
+        if not got:
+            with self._lock:
+                full = self._waiting >= self.max_waiting
+                if not full:
+                    self._waiting += 1
+            if full:
+                raise OverloadedError(f"the model is busy: {self.limit} generations are running and "
+                                      f"{self.max_waiting} questions are waiting for one (generation.max_concurrent, "
+                                      "generation.max_waiting); retry later")
+            try:
+                got = self._free.acquire(timeout=self.timeout_s)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+        if not got:
             raise OverloadedError(f"the model is busy: {self.limit} generations are running and none finished "
                                   f"within {self.timeout_s:g} s (generation.max_concurrent, "
                                   "generation.queue_timeout_s); retry later")
@@ -214,7 +234,7 @@ class Assistant:
         self.similarity: SentenceVectors | None = shared if isinstance(shared, SentenceVectors) else (
             SentenceVectors(embedder) if embedder is not None else None)
         limit = self.generation.max_concurrent or getattr(backend, "max_concurrency", None) or 8
-        self.slots = GenerationSlots(limit, self.generation.queue_timeout_s)
+        self.slots = GenerationSlots(limit, self.generation.queue_timeout_s, self.generation.max_waiting)
         self._unservable: set[str] = set()  # adapters routed to a backend that serves none (logged once)
         if getattr(backend, "extractive", False):  # a backend that answers extractively uses the same rules
             backend.configure(similarity=self.similarity, min_coverage=self.settings.answerable_coverage,
@@ -297,6 +317,28 @@ class Assistant:
             latency["rewrite_ms"] = rewrite_ms
         return _Prepared(question, principal, choice.model, result.hits, best, refused, prompt, sources, latency,
                          choice.note, standalone, method, history, max_tokens, temperature, tuple(stop))
+
+    def _slot(self, p: _Prepared) -> Callable[[], None] | None:
+        """A generation slot's release, or None when none freed in time and ``generation.when_busy`` is
+        ``extractive``: the answer is then the extractive answer from the same evidence (verified by
+        construction: whole evidence sentences with their own citations), not a 503."""
+        try:
+            return self.slots.acquire()
+        except OverloadedError:
+            if self.generation.when_busy != "extractive":
+                raise
+            p.busy = True
+            busy = ("the model was busy (generation.max_concurrent, generation.queue_timeout_s, "
+                    "generation.max_waiting): answered with the extractive answer from the evidence shown")
+            p.note = f"{p.note}; {busy}" if p.note else busy
+            return None
+
+    def _busy_answer(self, p: _Prepared) -> Verification:
+        t = time.perf_counter()
+        text = self._extractive(p)()
+        check = check_citations(text, len(p.sources))
+        return Verification(check.text, self.settings.verify, verified=True, fallback=True, cited=check.cited,
+                            ms=(time.perf_counter() - t) * 1000)
 
     def _request(self, p: _Prepared) -> GenerationRequest:
         assert p.prompt is not None
@@ -395,6 +437,8 @@ class Assistant:
             "groups": list(p.principal.groups), "invalid_citations": invalid,
             "latency_ms": {k: round(v, 2) for k, v in {**p.latency, **extra}.items()},
         }
+        if p.busy:
+            payload["answered_by"] = "extractive (model busy)"
         if p.history:
             payload["retrieval_question"] = p.retrieval_question
             payload["rewrite"] = p.rewrite
@@ -426,21 +470,30 @@ class Assistant:
             text, cited, invalid = REFUSAL, (), 0
         else:
             t1 = time.perf_counter()
-            with self.slots.hold():
-                p.latency["queue_ms"] = (time.perf_counter() - t1) * 1000
-                gen = self._generate(p)
-            p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000 - p.latency["queue_ms"]
-            if gen.model != p.model:  # every answer comes from exactly the model it was routed to
-                raise GenerationError(f"the {self.backend.name} backend answered with model {gen.model!r} for a "
-                                      f"request routed to {p.model!r}; check the model server's served names")
-            check = check_citations(gen.text, len(p.sources))
-            invalid = check.invalid
-            v = self._verify(p, check.text)
-            p.latency["verify_ms"] = v.ms
-            text, cited = v.text, v.cited
-            p.refused = _is_refusal(text)  # the model itself may decline from the evidence
-            gen_tokens = (gen.prompt_tokens, gen.completion_tokens)
-            finish = gen.finish_reason
+            release = self._slot(p)
+            p.latency["queue_ms"] = (time.perf_counter() - t1) * 1000
+            if release is None:
+                v = self._busy_answer(p)
+                p.latency["verify_ms"] = v.ms
+                text, cited, invalid = v.text, v.cited, 0
+                p.refused = _is_refusal(text)
+            else:
+                try:
+                    gen = self._generate(p)
+                finally:
+                    release()
+                p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000 - p.latency["queue_ms"]
+                if gen.model != p.model:  # every answer comes from exactly the model it was routed to
+                    raise GenerationError(f"the {self.backend.name} backend answered with model {gen.model!r} for "
+                                          f"a request routed to {p.model!r}; check the model server's served names")
+                check = check_citations(gen.text, len(p.sources))
+                invalid = check.invalid
+                v = self._verify(p, check.text)
+                p.latency["verify_ms"] = v.ms
+                text, cited = v.text, v.cited
+                p.refused = _is_refusal(text)  # the model itself may decline from the evidence
+                gen_tokens = (gen.prompt_tokens, gen.completion_tokens)
+                finish = gen.finish_reason
         t2 = time.perf_counter()
         audit_id = self._audit(p, text=text, invalid=invalid, streamed=False,
                                extra={"total_ms": (t2 - t0) * 1000}, verification=v)
@@ -462,7 +515,7 @@ class Assistant:
         t0 = time.perf_counter()
         p = self._prepare(question, principal, model, history=history, max_tokens=max_tokens,
                           temperature=temperature, stop=stop)
-        release = None if p.refused else self.slots.acquire()  # OverloadedError before anything is sent
+        release = None if p.refused else self._slot(p)  # OverloadedError (when_busy = reject) before any byte
         try:
             audit_id = self._audit(p, text=REFUSAL if p.refused else None, invalid=0, streamed=True,
                                    extra={"before_stream_ms": (time.perf_counter() - t0) * 1000})
@@ -506,14 +559,17 @@ class AnswerStream:
         p = self._p
         a = self._a
         finish = "stop"
+        busy = a._busy_answer(p) if p.busy else None
         if p.refused:
             deltas: Iterator[str] = iter([REFUSAL])
+        elif busy is not None:  # no generation slot: the extractive answer, verified by construction
+            deltas = iter([busy.text])
         else:
             request = a._request(p)
             deltas = a.backend.stream(request)
         t1 = time.perf_counter()
         filt = _CitationFilter(len(p.sources))
-        gate = a._gate(p) if not p.refused else None
+        gate = a._gate(p) if not p.refused and busy is None else None
 
         def raw() -> Iterator[str]:
             nonlocal finish
@@ -538,7 +594,7 @@ class AnswerStream:
         self._release()  # generation is over: the slot is free before the closing audit row is written
         p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
         p.latency["total_ms"] = (time.perf_counter() - self._t0) * 1000
-        v = gate.result if gate is not None else None
+        v = gate.result if gate is not None else busy
         if v is not None:
             p.latency["verify_ms"] = v.ms
         text = "".join(parts).strip()

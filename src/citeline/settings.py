@@ -157,9 +157,16 @@ class GenerationSettings(_Section):
                          "fastest on 2 shared cores: more threads wait on each other)")
     max_concurrent: int | None = Field(None, ge=1, le=1024, description="citeline serve: generations running at "
                                        "once (its own limit, apart from the database pool); a request that waits "
-                                       "longer than queue_timeout_s for one is answered 503 with Retry-After. "
+                                       "longer than queue_timeout_s for one gets what when_busy says. "
                                        "Default: the backend's own (embedded 1: it runs one at a time; else 8)")
     queue_timeout_s: float = Field(10.0, gt=0, description="citeline serve: longest wait for a generation slot")
+    max_waiting: int | None = Field(None, ge=0, le=4096, description="citeline serve: questions that may wait "
+                                    "for a generation slot at once; one more gets what when_busy says at once "
+                                    "(default: max_concurrent, one waiting per running generation)")
+    when_busy: Literal["extractive", "reject"] = Field(
+        "extractive", description="no generation slot within queue_timeout_s: extractive = answer with the "
+        "extractive answer from the same evidence (whole evidence sentences with their citations, the answer "
+        "verification falls back to; the audit row says the model was busy); reject = 503 with Retry-After")
 
 
 class AnswerSettings(_Section):
@@ -322,8 +329,8 @@ class Settings(BaseSettings):
     adapters: AdapterSettings = AdapterSettings()
     server: ServerSettings = ServerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
-    audit: AuditSettings = AuditSettings()
     source_policy: SourcePolicySettings = SourcePolicySettings()
+    audit: AuditSettings = AuditSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
 

@@ -115,3 +115,27 @@ def test_the_readiness_probe_answers_within_its_timeout_and_names_no_credentials
     reason, took = asyncio.run(check(f"postgresql://mallory:hunter2secret@127.0.0.1:{free_port()}/x"))
     assert reason is not None and "not reachable" in reason and took < 3
     assert "hunter2secret" not in reason and "mallory" not in reason
+
+
+def test_a_full_waiting_line_is_an_overloaded_error_at_once() -> None:
+    """One waiting caller per slot by default: the next does not queue (it would only time out later while
+    holding a request slot), it is told at once."""
+    slots = GenerationSlots(1, timeout_s=3)
+    release = slots.acquire()
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(slots.acquire()))  # waits for the slot
+    waiter.start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    with pytest.raises(OverloadedError, match="generation.max_waiting"):
+        slots.acquire()
+    assert time.perf_counter() - t0 < 0.5
+    release()  # the waiter gets the slot
+    waiter.join(timeout=5)
+    assert not waiter.is_alive() and slots.busy == 1
+    got[0]()
+    none_waiting = GenerationSlots(1, timeout_s=3, max_waiting=0)
+    held = none_waiting.acquire()
+    with pytest.raises(OverloadedError, match="max_waiting"):
+        none_waiting.acquire()
+    held()

@@ -18,6 +18,7 @@ Against a real ``citeline serve`` on the real embedded PostgreSQL:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -154,10 +155,46 @@ def test_a_locked_key_table_answers_503_not_500(locking_server) -> None:
 def slow_server(tmp_path_factory, pg_url, embedder) -> Iterator[Server]:
     path = os.pathsep.join([str(PLUGINS), str(REPO), *sys.path])
     env = {"PYTHONPATH": path, "CITELINE_TEST_GENERATION_S": "3", "CITELINE_GENERATION__MAX_CONCURRENT": "2",
-           "CITELINE_GENERATION__QUEUE_TIMEOUT_S": "2", "CITELINE_SERVER__QUEUE_TIMEOUT_S": "2"}
+           "CITELINE_GENERATION__QUEUE_TIMEOUT_S": "2", "CITELINE_SERVER__QUEUE_TIMEOUT_S": "2",
+           "CITELINE_GENERATION__WHEN_BUSY": "reject"}
     with run_server(tmp_path_factory.mktemp("slow"), pg_url, embedder, backend="test-slow",
                     extra_env=env) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def slow_default_server(tmp_path_factory, pg_url, embedder) -> Iterator[Server]:
+    """The slow backend with the default generation.when_busy (extractive)."""
+    path = os.pathsep.join([str(PLUGINS), str(REPO), *sys.path])
+    env = {"PYTHONPATH": path, "CITELINE_TEST_GENERATION_S": "3", "CITELINE_GENERATION__MAX_CONCURRENT": "1"}
+    with run_server(tmp_path_factory.mktemp("slow-default"), pg_url, embedder, backend="test-slow",
+                    extra_env=env) as srv:
+        yield srv
+
+
+def test_by_default_a_question_the_busy_model_cannot_take_gets_the_extractive_answer(slow_default_server) -> None:
+    """generation.when_busy = extractive: one slow generation runs, one question waits for it, the rest are
+    answered at once from their evidence (200, cited, the note and the audit row say the model was busy),
+    streams included; nothing is a 5xx and probes keep answering."""
+    server = slow_default_server
+    before = server.owner_sql("SELECT coalesce(max(id), 0) FROM audit_log")[0][0]
+    with ProbeWatch(server) as watch:
+        results = _all_at_once(12, lambda i: _post(server, "alice", DEPLOY, stream=i % 3 == 0, timeout=60))
+    watch.check()
+    assert [r["status"] for r in results] == [200] * 12, [(r["status"], r["text"][:200]) for r in results]
+    busy = [r for r in results if "model was busy" in r["text"]]
+    assert len(busy) >= 8, len(busy)  # at most one generating and one waiting at a time (3 s each)
+    for r in busy:
+        assert "roll" in r["text"].lower() and re.search(r"\[\d+\]", r["text"]), r["text"][:400]
+        if r["stream"]:
+            assert "event: done" in r["text"] and "event: error" not in r["text"]
+        else:
+            assert r["s"] < 8, r["s"]  # not made to wait for the model
+    assert any(r["stream"] for r in busy)
+    rows = server.owner_sql("SELECT payload FROM audit_log WHERE id > %s AND action = 'answer'", before)
+    marked = [p for (p,) in rows if p.get("answered_by") == "extractive (model busy)"]
+    assert len(marked) == len(busy), (len(marked), len(busy))
+    assert all(p["verification"]["fallback"] for p in marked if p.get("verification"))
 
 
 def test_twenty_slow_generations_leave_probes_alone_and_excess_gets_503(slow_server) -> None:
