@@ -159,6 +159,28 @@ AS $$
                 ELSE ARRAY(SELECT DISTINCT a FROM unnest(acl) a ORDER BY a) END
 $$;
 
+-- Per-class document frequencies, one ts_stat per class (a class's chunks: public, or a private ACL equal
+-- as a set to the class's, which the GIN index on acl finds).
+CREATE FUNCTION lexicon_class_frequencies()
+    RETURNS TABLE (lexeme text, class_id int, ndoc int)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, __SCHEMA__, pg_temp
+AS $$
+DECLARE
+    k record;
+BEGIN
+    FOR k IN SELECT id, public, acl FROM lexicon_classes LOOP
+        IF k.public THEN
+            RETURN QUERY SELECT s.word, k.id, s.ndoc FROM ts_stat('SELECT tsv FROM chunks WHERE public') s;
+        ELSE
+            RETURN QUERY SELECT s.word, k.id, s.ndoc FROM ts_stat(format(
+                'SELECT tsv FROM chunks WHERE NOT public AND acl @> %L::text[] AND acl <@ %L::text[]',
+                k.acl, k.acl)) s;
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- Recompute the classes and their document frequencies from all chunks (run by refresh_lexicon as
 -- citeline_writer, in its transaction). Only changed rows are written. Returns the rows changed.
 CREATE FUNCTION lexicon_refresh_classes()
@@ -189,11 +211,11 @@ BEGIN
     SELECT (SELECT count(*) FROM upserted) + (SELECT count(*) FROM removed) INTO n;
     changed := changed + n;
 
-    IF (SELECT count(*) FROM lexicon_classes) = 1 THEN
-        -- one class (e.g. everything public): ts_stat, several times faster than unnest + GROUP BY
+    IF (SELECT count(*) FROM lexicon_classes) <= 100 THEN
+        -- few classes: one ts_stat per class, its chunks found through the GIN index on acl (0.17 s for 20
+        -- classes at 5.5k chunks, against 1.1 s for unnest + GROUP BY; but 1.5 s against 1.1 s at 500 classes)
         WITH fresh AS MATERIALIZED (
-            SELECT word AS lexeme, (SELECT id FROM lexicon_classes) AS class_id, ndoc
-            FROM ts_stat('SELECT tsv FROM chunks')
+            SELECT * FROM lexicon_class_frequencies()
         ), upserted AS (
             INSERT INTO class_lexemes (lexeme, class_id, ndoc) SELECT lexeme, class_id, ndoc FROM fresh
             ON CONFLICT (lexeme, class_id) DO UPDATE SET ndoc = EXCLUDED.ndoc
@@ -284,7 +306,8 @@ $$;
 
 REVOKE ALL ON FUNCTION identity_mac(text, text), citeline_login(text), citeline_identity(), citeline_tokens(),
     citeline_session(), lexicon_corpus_global(),
-    lexicon_class_acl(boolean, text[]), lexicon_refresh_classes(), lexicon_access_changed(),
+    lexicon_class_acl(boolean, text[]), lexicon_class_frequencies(), lexicon_refresh_classes(),
+    lexicon_access_changed(),
     lexicon_lookup_visible(text[]), lexicon_corpus_visible() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION identity_mac(text, text) TO citeline_lexicon;
 GRANT EXECUTE ON FUNCTION citeline_login(text) TO citeline_writer;
@@ -295,8 +318,8 @@ GRANT EXECUTE ON FUNCTION lexicon_lookup_visible(text[]), lexicon_corpus_visible
     TO citeline_reader, citeline_writer;
 REVOKE SELECT ON lexicon_stats FROM citeline_reader;
 GRANT SELECT ON lexicon_stats TO citeline_lexicon;
-GRANT EXECUTE ON FUNCTION lexicon_class_acl(boolean, text[]), lexicon_refresh_classes(), lexicon_access_changed()
-    TO citeline_writer;
+GRANT EXECUTE ON FUNCTION lexicon_class_acl(boolean, text[]), lexicon_class_frequencies(), lexicon_refresh_classes(),
+    lexicon_access_changed() TO citeline_writer;
 GRANT SELECT ON lexicon_classes, class_lexemes TO citeline_lexicon;
 GRANT SELECT, INSERT, UPDATE, DELETE ON lexicon_classes, class_lexemes TO citeline_writer;
 GRANT USAGE ON SEQUENCE lexicon_classes_id_seq TO citeline_writer;
