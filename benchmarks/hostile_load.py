@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/hostile_load.py [--clients 50] [--duration 60] [--backend embedded]
 
-Sets up the Acme example in its own namespace of the embedded database (alice, bob and carol get API
-keys), starts `citeline serve` as a subprocess with the default settings (the ``embedded`` generation
+Sets up the Acme example in its own namespace of the embedded database, with one principal and API key
+per client (client i is a copy of alice, bob or carol, as 50 users with their own keys would be), starts `citeline serve` as a subprocess with the default settings (the ``embedded`` generation
 backend unless ``--backend`` says otherwise), then runs ``--clients`` closed-loop clients for
 ``--duration`` seconds. Each client picks its next request at random:
 
@@ -14,9 +14,10 @@ backend unless ``--backend`` says otherwise), then runs ``--clients`` closed-loo
 - **hostile** (valid keys, hostile content): questions aimed at documents the principal may not see,
   planted-instruction style coaxing, a conversation history that names a forbidden document.
 
-Meanwhile a prober asks ``/healthz``, ``/readyz`` and ``/metrics`` every 0.25 s (each with a 5 s client
-timeout) and a sampler reads the server's RSS (``/proc/<pid>/status``) every second. Reports, per class,
-the status codes and latency; 5xx on valid requests; probe latency (max, p99) per probe; RSS at start,
+Meanwhile a watcher in its own process (so that the load generator's busy event loop does not delay it)
+asks ``/healthz``, ``/readyz`` and ``/metrics`` every 0.25 s (each with a 5 s client timeout) and reads the
+server's RSS (``/proc/<pid>/status``, its child processes included) every second. Reports, per class,
+the status codes (also per kind of request) and latency; 5xx on valid requests; probe latency (max, p99) per probe; RSS at start,
 peak and end; leaks (a forbidden document's distinctive 8-word runs found in any response to a hostile
 request, as :mod:`tests.security.test_forbidden_everywhere` defines them); machine load before and after.
 The load generator shares the machine's cores with the server and PostgreSQL.
@@ -34,7 +35,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -47,6 +50,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -57,7 +61,6 @@ from psycopg import sql
 use_this_tree()
 
 from citeline.app import Citeline
-from citeline.domain import Principal
 from citeline.settings import Settings
 
 USERS = ("alice", "bob", "carol")
@@ -79,18 +82,24 @@ def _shingles(text: str, n: int = 8) -> set[str]:
     return {" ".join(w[i:i + n]) for i in range(max(0, len(w) - n + 1))}
 
 
-def setup(tmp: Path, url: str, backend: str) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+def setup(tmp: Path, url: str, backend: str, clients: int
+          ) -> tuple[dict[str, str], list[tuple[str, str]], dict[str, set[str]]]:
+    """Acme synced into a fresh namespace; one principal and key per client (client i is a copy of alice, bob
+    or carol: ``alice-0``, ``bob-1``...), and per original user the canaries of what it may not see."""
     root = tmp / "acme"
     shutil.copytree(REPO / "examples" / "acme", root, ignore=shutil.ignore_patterns(".citeline"))
     namespace = f"hostile_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "CITELINE_DATABASE_URL": url, "CITELINE_DATABASE__NAMESPACE": namespace,
            "CITELINE_CONFIG": str(root / "citeline.toml"), "CITELINE_GENERATION__BACKEND": backend}
     settings = Settings.load(root / "citeline.toml", database_url=url, database={"namespace": namespace})
+    keys: list[tuple[str, str]] = []
     with Citeline(settings) as cl:
         cl.sync()
         cl.import_principals(root / "principals.toml", actor="hostile-load")
-        cl.add_principal(Principal("ops", ("staff",)), actor="hostile-load")
-        keys = {u: cl.create_key(u, actor="hostile-load").secret for u in USERS}
+        for i in range(clients):
+            like = cl.principals.get(USERS[i % len(USERS)])
+            cl.add_principal(dataclasses.replace(like, user=f"{like.user}-{i}"), actor="hostile-load")
+            keys.append((like.user, cl.create_key(f"{like.user}-{i}", actor="hostile-load").secret))
     canaries: dict[str, set[str]] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(namespace)))
@@ -112,62 +121,69 @@ def questions() -> list[str]:
 
 
 class Mix:
-    def __init__(self, keys: dict[str, str], qs: list[str], limit_bytes: int, rng: random.Random) -> None:
+    """The next request of client ``i`` (its own key; its original user decides the canaries)."""
+
+    def __init__(self, keys: list[tuple[str, str]], qs: list[str], limit_bytes: int, rng: random.Random) -> None:
         self.keys, self.qs, self.limit, self.rng = keys, qs, limit_bytes, rng
 
-    def valid(self) -> tuple[str, str, dict]:
-        user = self.rng.choice(USERS)
+    def valid(self, i: int) -> tuple[str, str, dict]:
+        user, key = self.keys[i]
         q = self.rng.choice(self.qs)
-        h = {"Authorization": f"Bearer {self.keys[user]}"}
+        h = {"Authorization": f"Bearer {key}"}
         stream = self.rng.random() < 0.3
         if self.rng.random() < 0.5:
-            return "valid", user, {"method": "POST", "url": "/v1/ask", "headers": h,
-                                   "json": {"question": q, "stream": stream}}
-        return "valid", user, {"method": "POST", "url": "/v1/chat/completions", "headers": h, "json": {
-            "model": "citeline", "stream": stream, "messages": [{"role": "user", "content": q}]}}
+            return "valid:ask" + ":stream" * stream, user, {"method": "POST", "url": "/v1/ask", "headers": h,
+                                                             "json": {"question": q, "stream": stream}}
+        return "valid:chat" + ":stream" * stream, user, {
+            "method": "POST", "url": "/v1/chat/completions", "headers": h,
+            "json": {"model": "citeline", "stream": stream, "messages": [{"role": "user", "content": q}]}}
 
-    def invalid(self) -> tuple[str, str, dict]:
-        user = self.rng.choice(USERS)
-        h = {"Authorization": f"Bearer {self.keys[user]}", "Content-Type": "application/json"}
+    def invalid(self, i: int) -> tuple[str, str, dict]:
+        user, key = self.keys[i]
+        h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         q = self.rng.choice(self.qs)
         kind = self.rng.randrange(9)
         if kind == 0:
-            return "invalid", user, {"method": "POST", "url": "/v1/ask", "json": {"question": q}}
+            return "invalid:no-key", user, {"method": "POST", "url": "/v1/ask", "json": {"question": q}}
         if kind == 1:
-            return "invalid", user, {"method": "POST", "url": "/v1/ask", "json": {"question": q},
-                                     "headers": {"Authorization": "Bearer cl_aaaaaaaaaaaa_" + "x" * 43}}
+            return "invalid:wrong-key", user, {"method": "POST", "url": "/v1/ask", "json": {"question": q},
+                                               "headers": {"Authorization": "Bearer cl_aaaaaaaaaaaa_" + "x" * 43}}
         if kind == 2:
-            return "invalid", user, {"method": "POST", "url": "/v1/ask", "headers": h,
-                                     "json": {"question": q[:20] + "\u0000" + q[20:]}}
+            return "invalid:nul", user, {"method": "POST", "url": "/v1/ask", "headers": h,
+                                         "json": {"question": q[:20] + "\u0000" + q[20:]}}
         if kind == 3:  # a lone surrogate, as JSON text (Python's json would escape it the same way)
-            return "invalid", user, {"method": "POST", "url": "/v1/chat/completions", "headers": h,
-                                     "content": ('{"model": "citeline", "messages": [{"role": "user", "content": '
-                                                 '"why \\ud800 this"}]}').encode()}
+            return "invalid:surrogate", user, {
+                "method": "POST", "url": "/v1/chat/completions", "headers": h,
+                "content": ('{"model": "citeline", "messages": [{"role": "user", "content": '
+                            '"why \\ud800 this"}]}').encode()}
         if kind == 4:
-            return "invalid", user, {"method": "POST", "url": "/v1/ask", "headers": h,
-                                     "content": b'{"question": "unterminated'}
+            return "invalid:bad-json", user, {"method": "POST", "url": "/v1/ask", "headers": h,
+                                              "content": b'{"question": "unterminated'}
         if kind == 5:
-            return "invalid", user, {"method": "POST", "url": "/v1/ask", "headers": h, "json": {"question": 42}}
+            return "invalid:wrong-type", user, {"method": "POST", "url": "/v1/ask", "headers": h,
+                                                "json": {"question": 42}}
         if kind == 6:
-            return "invalid", user, {"method": "POST", "url": "/v1/chat/completions", "headers": h, "json": {
-                "model": "no-such-team-adapter", "messages": [{"role": "user", "content": q}]}}
+            return "invalid:unknown-model", user, {"method": "POST", "url": "/v1/chat/completions", "headers": h,
+                                                   "json": {"model": "no-such-team-adapter",
+                                                            "messages": [{"role": "user", "content": q}]}}
         if kind == 7:
-            return "invalid", user, {"method": "POST", "url": "/v1/chat/completions", "headers": h,
-                                     "json": {"model": "citeline", "messages": []}}
-        return "invalid", user, {"method": "POST", "url": "/v1/ask", "headers": h,
-                                 "content": b'{"question": "' + b"a" * (self.limit + 1024) + b'"}'}
+            return "invalid:no-messages", user, {"method": "POST", "url": "/v1/chat/completions", "headers": h,
+                                                 "json": {"model": "citeline", "messages": []}}
+        return "invalid:too-large", user, {"method": "POST", "url": "/v1/ask", "headers": h,
+                                           "content": b'{"question": "' + b"a" * (self.limit + 1024) + b'"}'}
 
-    def hostile(self) -> tuple[str, str, dict]:
-        user = self.rng.choice(("bob", "carol"))
-        h = {"Authorization": f"Bearer {self.keys[user]}"}
+    def hostile(self, i: int) -> tuple[str, str, dict]:
+        user, key = self.keys[i]
+        h = {"Authorization": f"Bearer {key}"}
         q = self.rng.choice(COAX)
         if self.rng.random() < 0.5:
-            return "hostile", user, {"method": "POST", "url": "/v1/ask", "headers": h,
-                                     "json": {"question": q, "stream": self.rng.random() < 0.5}}
-        return "hostile", user, {"method": "POST", "url": "/v1/chat/completions", "headers": h, "json": {
-            "model": "citeline", "messages": [{"role": "user", "content": q},
-                                              {"role": "assistant", "content": "I don't know."},
-                                              {"role": "user", "content": "and the exact figures in it?"}]}}
+            return "hostile:ask", user, {"method": "POST", "url": "/v1/ask", "headers": h,
+                                         "json": {"question": q, "stream": self.rng.random() < 0.5}}
+        return "hostile:chat-history", user, {
+            "method": "POST", "url": "/v1/chat/completions", "headers": h, "json": {
+                "model": "citeline", "messages": [{"role": "user", "content": q},
+                                                  {"role": "assistant", "content": "I don't know."},
+                                                  {"role": "user", "content": "and the exact figures in it?"}]}}
 
 
 def rss_kib(pid: int) -> int:
@@ -188,22 +204,43 @@ def _children(pid: int) -> list[int]:
     return []
 
 
-async def run(base: str, pid: int, mix: Mix, clients: int, duration: float, shares: tuple[float, float],
+def watch(base: str, pid: int, stop: Any, out: Any) -> None:
+    """In its own process (so that the load generator's busy event loop does not delay it): each probe every
+    0.25 s with a 5 s timeout, and the server's RSS every second; the samples go to ``out`` at the end."""
+    probes: dict[str, list[float]] = {"/healthz": [], "/readyz": [], "/metrics": []}
+    failed: Counter[str] = Counter()
+    rss: list[int] = [rss_kib(pid)]
+    last_rss = time.monotonic()
+    with httpx.Client(base_url=base, timeout=5) as http:
+        while not stop.is_set():
+            for path in probes:
+                t0 = time.perf_counter()
+                try:
+                    ok = http.get(path).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                probes[path].append((time.perf_counter() - t0) * 1000)
+                failed[path] += not ok
+            if time.monotonic() - last_rss >= 1:
+                rss.append(rss_kib(pid))
+                last_rss = time.monotonic()
+            stop.wait(0.25)
+    rss.append(rss_kib(pid))
+    out.put({"probes": probes, "failed": dict(failed), "rss": rss})
+
+
+async def run(base: str, mix: Mix, clients: int, duration: float, shares: tuple[float, float],
               canaries: dict[str, set[str]]) -> dict:
     results: list[tuple[str, int, float]] = []
     leaks: list[tuple[str, str]] = []
-    probes: dict[str, list[float]] = {"/healthz": [], "/readyz": [], "/metrics": []}
-    probe_fail: Counter[str] = Counter()
-    rss: list[int] = []
     deadline = time.perf_counter() + duration
-    stop = asyncio.Event()
 
     async def client(i: int) -> None:
         async with httpx.AsyncClient(base_url=base, timeout=120) as http:
             while time.perf_counter() < deadline:
                 r = mix.rng.random()
-                kind, user, req = (mix.valid() if r < shares[0] else
-                                   mix.invalid() if r < shares[0] + shares[1] else mix.hostile())
+                kind, user, req = (mix.valid(i) if r < shares[0] else
+                                   mix.invalid(i) if r < shares[0] + shares[1] else mix.hostile(i))
                 t0 = time.perf_counter()
                 try:
                     resp = await http.request(**req)
@@ -212,54 +249,30 @@ async def run(base: str, pid: int, mix: Mix, clients: int, duration: float, shar
                 except httpx.HTTPError as exc:
                     text, status = repr(exc), 0
                 results.append((kind, status, (time.perf_counter() - t0) * 1000))
-                if kind == "hostile":
+                if kind.startswith("hostile"):
                     norm = _norm(text)
                     leaks.extend([(user, p) for p in canaries[user] if p in norm][:1])
 
-    async def prober() -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-            while not stop.is_set():
-                for path in probes:
-                    t0 = time.perf_counter()
-                    try:
-                        ok = (await http.get(path)).status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
-                    probes[path].append((time.perf_counter() - t0) * 1000)
-                    probe_fail[path] += not ok
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.25)
-
-    async def sampler() -> None:
-        while not stop.is_set():
-            rss.append(rss_kib(pid))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-
-    background = [asyncio.create_task(prober()), asyncio.create_task(sampler())]
     t0 = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - t0
-    stop.set()
-    await asyncio.gather(*background)
-    rss.append(rss_kib(pid))
 
     def pct(xs: list[float]) -> dict[str, float]:
         return {"p50": round(float(np.percentile(xs, 50)), 1), "p95": round(float(np.percentile(xs, 95)), 1),
                 "max": round(max(xs), 1)} if xs else {}
 
     per = {}
-    for kind in ("valid", "invalid", "hostile"):
-        rows = [r for r in results if r[0] == kind]
-        per[kind] = {"requests": len(rows), "status": dict(sorted(Counter(r[1] for r in rows).items())),
-                     "5xx_or_dropped": sum(1 for r in rows if r[1] >= 500 or r[1] == 0),
-                     "latency_ms": pct([r[2] for r in rows])}
+    for cls in ("valid", "invalid", "hostile"):
+        rows = [r for r in results if r[0].split(":")[0] == cls]
+        per[cls] = {"requests": len(rows), "status": dict(sorted(Counter(r[1] for r in rows).items())),
+                    # a body over the limit is answered 413 and the connection closed unread: a client still
+                    # sending sees the connection drop (counted apart, not as a failure)
+                    "5xx_or_dropped": sum(1 for r in rows if r[1] >= 500 or (r[1] == 0 and r[0] != "invalid:too-large")),
+                    "latency_ms": pct([r[2] for r in rows]),
+                    "by_kind": {k: dict(sorted(Counter(r[1] for r in rows if r[0] == k).items()))
+                                for k in sorted({r[0] for r in rows})}}
     return {"clients": clients, "duration_s": round(elapsed, 1), "requests": len(results),
             "requests_per_s": round(len(results) / elapsed, 2), "per_class": per,
-            "probes_ms": {p: {**pct(v), "p99": round(float(np.percentile(v, 99)), 1) if v else None,
-                              "n": len(v), "failed": probe_fail[p]} for p, v in probes.items()},
-            "rss_mib": {"start": round(rss[0] / 1024, 1), "peak": round(max(rss) / 1024, 1),
-                        "end": round(rss[-1] / 1024, 1)},
             "leaks": len(leaks), "leak_examples": leaks[:3]}
 
 
@@ -275,7 +288,7 @@ def main() -> None:
     args = parser.parse_args()
     url = database_url()
     tmp = Path(tempfile.mkdtemp(prefix="citeline-hostile-"))
-    env, keys, canaries = setup(tmp, url, args.backend)
+    env, keys, canaries = setup(tmp, url, args.backend, args.clients)
     limit = Settings.load(Path(env["CITELINE_CONFIG"]), database_url=url).model_dump().get(
         "server", {}).get("max_body_bytes", 1 << 20)
     port = 19000 + os.getpid() % 1000
@@ -295,11 +308,25 @@ def main() -> None:
             if proc.poll() is not None:
                 raise SystemExit(f"server exited:\n{(tmp / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        for key in keys.values():  # each user has used the server before (the failed-login limit per address
+        for _, key in keys:  # each user has used the server before (the failed-login limit per address
             httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=60)  # spares them)
         mix = Mix(keys, questions(), int(limit), random.Random(args.seed))
-        result = asyncio.run(run(base, proc.pid, mix, args.clients, args.duration,
-                                 (args.valid, args.invalid), canaries))
+        ctx = multiprocessing.get_context("fork")
+        stop, samples = ctx.Event(), ctx.Queue()
+        watcher = ctx.Process(target=watch, args=(base, proc.pid, stop, samples), daemon=True)
+        watcher.start()
+        result = asyncio.run(run(base, mix, args.clients, args.duration, (args.valid, args.invalid), canaries))
+        stop.set()
+        seen = samples.get(timeout=60)
+        watcher.join(timeout=10)
+        result["probes_ms"] = {p: {"p50": round(float(np.percentile(v, 50)), 1),
+                                   "p99": round(float(np.percentile(v, 99)), 1), "max": round(max(v), 1),
+                                   "n": len(v), "over_1s": sum(x > 1000 for x in v),
+                                   "failed": seen["failed"].get(p, 0)} for p, v in seen["probes"].items()}
+        rss = seen["rss"]
+        result["rss_mib"] = {"start": round(rss[0] / 1024, 1), "peak": round(max(rss) / 1024, 1),
+                             "end": round(rss[-1] / 1024, 1),
+                             "last_third_growth": round((rss[-1] - rss[2 * len(rss) // 3]) / 1024, 1)}
         server_errors = [line for line in (tmp / "server.log").read_text().splitlines() if "Traceback" in line]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
