@@ -284,6 +284,7 @@ def main() -> None:
     parser.add_argument("--valid", type=float, default=0.6, help="share of valid requests")
     parser.add_argument("--invalid", type=float, default=0.25, help="share of invalid requests (the rest hostile)")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the load on the same server (memory check)")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args()
     url = database_url()
@@ -312,21 +313,26 @@ def main() -> None:
             httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=60)  # spares them)
         mix = Mix(keys, questions(), int(limit), random.Random(args.seed))
         ctx = multiprocessing.get_context("fork")
-        stop, samples = ctx.Event(), ctx.Queue()
-        watcher = ctx.Process(target=watch, args=(base, proc.pid, stop, samples), daemon=True)
-        watcher.start()
-        result = asyncio.run(run(base, mix, args.clients, args.duration, (args.valid, args.invalid), canaries))
-        stop.set()
-        seen = samples.get(timeout=60)
-        watcher.join(timeout=10)
-        result["probes_ms"] = {p: {"p50": round(float(np.percentile(v, 50)), 1),
-                                   "p99": round(float(np.percentile(v, 99)), 1), "max": round(max(v), 1),
-                                   "n": len(v), "over_1s": sum(x > 1000 for x in v),
-                                   "failed": seen["failed"].get(p, 0)} for p, v in seen["probes"].items()}
-        rss = seen["rss"]
-        result["rss_mib"] = {"start": round(rss[0] / 1024, 1), "peak": round(max(rss) / 1024, 1),
-                             "end": round(rss[-1] / 1024, 1),
-                             "last_third_growth": round((rss[-1] - rss[2 * len(rss) // 3]) / 1024, 1)}
+        rounds = []
+        for _ in range(args.rounds):  # later rounds on the same server: is the memory growth warm-up or a leak?
+            stop, samples = ctx.Event(), ctx.Queue()
+            watcher = ctx.Process(target=watch, args=(base, proc.pid, stop, samples), daemon=True)
+            watcher.start()
+            result = asyncio.run(run(base, mix, args.clients, args.duration, (args.valid, args.invalid),
+                                     canaries))
+            stop.set()
+            seen = samples.get(timeout=60)
+            watcher.join(timeout=10)
+            result["probes_ms"] = {p: {"p50": round(float(np.percentile(v, 50)), 1),
+                                       "p99": round(float(np.percentile(v, 99)), 1), "max": round(max(v), 1),
+                                       "n": len(v), "over_1s": sum(x > 1000 for x in v),
+                                       "failed": seen["failed"].get(p, 0)} for p, v in seen["probes"].items()}
+            rss = seen["rss"]
+            result["rss_mib"] = {"start": round(rss[0] / 1024, 1), "peak": round(max(rss) / 1024, 1),
+                                 "end": round(rss[-1] / 1024, 1),
+                                 "last_third_growth": round((rss[-1] - rss[2 * len(rss) // 3]) / 1024, 1)}
+            rounds.append(result)
+        result = rounds[0] if len(rounds) == 1 else {"rounds": rounds}
         server_errors = [line for line in (tmp / "server.log").read_text().splitlines() if "Traceback" in line]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
