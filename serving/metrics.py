@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 __all__ = ["Metrics"]
 
@@ -12,6 +12,8 @@ _MS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # the server process's memory, CPU and open files (process_resident_memory_bytes: watch it under load)
+        ProcessCollector(registry=self.registry)
         self.requests = Counter("citeline_requests", "HTTP requests by endpoint and status",
                                 ["endpoint", "status"], registry=self.registry)
         self.stage = Histogram("citeline_stage_latency_seconds", "latency per answer stage",

@@ -233,6 +233,8 @@ def test_models_health_ready_and_metrics(server):
     assert "citeline_answers_total" in text and "citeline_db_pool_size" in text
     assert 'citeline_answer_verification_total{outcome="verified",policy="fallback"}' in text
     assert 'citeline_stage_latency_seconds_count{stage="verify"}' in text
+    rss = re.search(r"^process_resident_memory_bytes ([\d.e+]+)$", text, re.M)  # the server's own memory
+    assert rss and 100 * 2**20 < float(rss.group(1)) < 8 * 2**30, rss
     body = r.json()
     assert body["verified"] is True and body["verify_policy"] == "fallback" and body["unsupported"] == []
 
