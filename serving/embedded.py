@@ -257,7 +257,8 @@ class EmbeddedBackend:
         if self.engine == "llamacpp":
             gguf = _gguf_file(settings)
             started = time.monotonic()
-            self._llama = LlamaCppEngine(gguf, context_tokens=settings.context_tokens, threads=settings.threads)
+            self._llama = LlamaCppEngine(gguf, context_tokens=settings.context_tokens, threads=settings.threads,
+                                         prompt_cache_mib=settings.prompt_cache_mib)
             self._name = BASE_MODEL_NAME if not settings.model else gguf.stem
             log.info("embedded model %s loaded by llama.cpp in %.1f s", gguf.name, time.monotonic() - started)
         else:

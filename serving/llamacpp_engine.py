@@ -56,7 +56,7 @@ class LlamaStats:
 class LlamaCppEngine:
     """One GGUF model, one sequence at a time (the caller serialises generations)."""
 
-    def __init__(self, gguf: Path, *, context_tokens: int, threads: int) -> None:
+    def __init__(self, gguf: Path, *, context_tokens: int, threads: int, prompt_cache_mib: int = 64) -> None:
         why = llamacpp_available()
         if why:
             raise ConfigError(f"generation.engine llamacpp: {why}; pip install xllamacpp, or set "
@@ -77,6 +77,9 @@ class LlamaCppEngine:
         params.api_keys = [key]
         params.endpoint_slots = False
         params.warmup = False
+        # llama.cpp keeps earlier prompts' states in host memory for reuse, 8 GiB by default: each distinct
+        # prompt (evidence + question) added several MiB to the process until then (generation.prompt_cache_mib)
+        params.cache_ram_mib = prompt_cache_mib
         params.verbosity = -1  # llama.cpp's own log lines off; errors come back as data
         try:
             self._server: Any = xllamacpp.Server(params)

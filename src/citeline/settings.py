@@ -155,6 +155,9 @@ class GenerationSettings(_Section):
         "adapter always run on transformers + peft, loaded on first use")
     threads: int = Field(1, ge=1, le=256, description="embedded llamacpp: CPU threads for generation (1 is "
                          "fastest on 2 shared cores: more threads wait on each other)")
+    prompt_cache_mib: int = Field(64, ge=0, le=65536, description="embedded llamacpp: host memory for llama.cpp's "
+                                  "cache of earlier prompts' states (llama.cpp's own default, 8192, let the "
+                                  "server grow by ~17 MiB per distinct answer); 0 = off")
     max_concurrent: int | None = Field(None, ge=1, le=1024, description="citeline serve: generations running at "
                                        "once (its own limit, apart from the database pool); a request that waits "
                                        "longer than queue_timeout_s for one gets what when_busy says. "
