@@ -59,27 +59,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, git_revision, machine
+from _common import REPO, git_revision, machine, use_this_tree
 
 
-def _use_this_tree() -> str | None:
-    """Import citeline from the tree this script lives in, even when the venv's editable install points at
-    another checkout (e.g. ``git archive HEAD`` exported to a temporary folder, so that other people's
-    uncommitted edits in the working tree are not measured). Returns the installed root that was replaced."""
-    for finder in sys.meta_path:
-        mapping = getattr(sys.modules.get(getattr(finder, "__module__", "")), "MAPPING", None)
-        if not isinstance(mapping, dict) or "citeline" not in mapping:
-            continue
-        installed = Path(mapping["citeline"]).parents[1]  # <root>/src/citeline
-        if installed == REPO:
-            return None
-        for name, path in mapping.items():
-            mapping[name] = str(REPO / Path(path).relative_to(installed))
-        return str(installed)
-    return None
-
-
-_REPLACED = _use_this_tree()
+_REPLACED = use_this_tree()
 
 from citeline import answer_eval
 from citeline.app import Citeline

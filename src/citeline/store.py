@@ -13,7 +13,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import psycopg
@@ -207,6 +207,12 @@ def lexicon_is_stale(conn: psycopg.Connection) -> bool:
     return not (row and row[0])
 
 
+@overload
+def refresh_lexicon(conn: psycopg.Connection, *, if_stale: Literal[False] = False) -> LexiconStats: ...
+@overload
+def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool) -> LexiconStats | None: ...
+
+
 def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> LexiconStats | None:
     """Recompute per-lexeme document frequencies and corpus statistics from all chunks.
 
@@ -244,9 +250,8 @@ def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> Lexi
         ).fetchone()
         assert counts is not None
         total, changed = int(counts[0]), int(counts[1])
-        class_rows = cur.execute("SELECT lexicon_refresh_classes()").fetchone()
-        assert class_rows is not None
-        changed += int(class_rows[0])
+        ((class_changed,),) = cur.execute("SELECT lexicon_refresh_classes()").fetchall()
+        changed += int(class_changed)
         seconds = time.perf_counter() - started
         cur.execute(
             "INSERT INTO lexicon_stats (chunks, avg_length, max_chunk_id, lexemes, refresh_ms, refreshed_at,"
