@@ -35,7 +35,7 @@ def database_url() -> str:
     url = os.environ.get("CITELINE_DATABASE_URL")
     if url:
         return url
-    from citeline.db.embedded import start_embedded
+    from citeline.db.local import start_embedded
 
     HOME.mkdir(parents=True, exist_ok=True)
     HOME.chmod(0o755)

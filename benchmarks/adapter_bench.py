@@ -24,19 +24,19 @@ from pathlib import Path
 
 from _common import HOME, REPO, database_url, git_revision, machine
 
-from citeline.adapter_eval import (decide_promotion, evaluate_adapter, grounding_check, heldout_examples,
+from citeline.lora.evaluation import (decide_promotion, evaluate_adapter, grounding_check, heldout_examples,
                                    load_rules, question_of)
-from citeline.adapter_training import TrainingConfig, train_adapter
-from citeline.adapters import AdapterManifest
-from citeline.serving.embedded import EmbeddedBackend, ensure_base_model
+from citeline.lora.training import TrainingConfig, train_adapter
+from citeline.lora.manifest import AdapterManifest
+from citeline.generation.local import EmbeddedBackend, ensure_base_model
 from citeline.settings import GenerationSettings, Settings
 
 EXAMPLE = REPO / "examples" / "adapters" / "support"
 
 
 def grounding(backend: EmbeddedBackend, questions: list[str], max_tokens: int):
-    from citeline.answering import Assistant
-    from citeline.app import Citeline
+    from citeline.answers.assistant import Assistant
+    from citeline.facade import Citeline
 
     root = Path(tempfile.mkdtemp(prefix="adapter-bench-")) / "acme"
     shutil.copytree(REPO / "examples" / "acme", root, ignore=shutil.ignore_patterns(".citeline"))

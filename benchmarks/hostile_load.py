@@ -60,7 +60,7 @@ from psycopg import sql
 
 use_this_tree()
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.settings import Settings
 
 USERS = ("alice", "bob", "carol")

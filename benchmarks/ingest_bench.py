@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import SCIFACT, database_url, git_revision, machine
 
 from citeline.db import Database
-from citeline.evaluation import BeirCorpus
+from citeline.evaluation.retrieval import BeirCorpus
 from citeline.ingest.chunking import StructuredChunker
 from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.ingest.sync import SyncRunner

@@ -32,13 +32,13 @@ from _common import HOME, SCIFACT, database_url, git_revision, machine
 
 from citeline.db import Database
 from citeline.domain import Access, ContentType, Document, Principal, SearchMode
-from citeline.evaluation import load_qrels, load_queries, metrics_for
+from citeline.evaluation.retrieval import load_qrels, load_queries, metrics_for
 from citeline.ingest.chunking import StructuredChunker
 from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.ingest.sync import SyncRunner
-from citeline.retrieval import Retriever
+from citeline.retrieval.search import Retriever
 from citeline.settings import ChunkingSettings, RetrievalSettings
-from citeline.store import PrincipalStore, refresh_lexicon
+from citeline.access.principals import PrincipalStore, refresh_lexicon
 
 LAYOUTS = {  # name: (groups, the principal's groups)
     "public": (0, 0),
@@ -58,7 +58,7 @@ class Corpus:
         pass
 
     def sync(self, cursor):
-        from citeline.connectors.interfaces import Checkpoint, Upsert
+        from citeline.contracts.connector import Checkpoint, Upsert
 
         for d in self.docs:
             yield Upsert(Document(external_id=str(d["_id"]), title=str(d.get("title") or ""),

@@ -36,7 +36,7 @@ import psycopg
 from _common import REPO, database_url, git_revision, machine
 from psycopg import sql
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.settings import Settings
 
 TOPICS = ["roll back a bad deploy", "the return policy", "the warranty on a Scout S2", "parental leave",

@@ -32,7 +32,7 @@ from _common import REPO, database_url, git_revision, machine
 
 sys.path.insert(0, str(REPO))
 
-from citeline.connectors.interfaces import Upsert  # noqa: E402
+from citeline.contracts.connector import Upsert  # noqa: E402
 from citeline.connectors.mediawiki import MediaWikiConnector  # noqa: E402
 from citeline.domain import Access  # noqa: E402
 from tests.support.mediawiki import BOT_SECRET, MediaWiki, start_mediawiki  # noqa: E402

@@ -38,11 +38,11 @@ from _common import SCIFACT, database_url, git_revision, machine
 
 from citeline.db import Database
 from citeline.domain import Principal, SearchMode
-from citeline.evaluation import load_queries
+from citeline.evaluation.retrieval import load_queries
 from citeline.ingest.embedding import SentenceTransformerEmbedder
-from citeline.retrieval import Retriever
+from citeline.retrieval.search import Retriever
 from citeline.settings import RetrievalSettings
-from citeline.store import PrincipalStore, refresh_lexicon
+from citeline.access.principals import PrincipalStore, refresh_lexicon
 
 DENSE = "SELECT c.id FROM chunks c ORDER BY c.embedding <=> %s LIMIT %s"
 

@@ -4,7 +4,7 @@
 
 Each question is asked as a principal; it is *answerable* when a document that principal may see holds
 the answer, *unanswerable* when none does (off-topic questions, and questions whose only answer is in a
-document the principal may not see). The refusal score is the one :class:`citeline.answering.Assistant`
+document the principal may not see). The refusal score is the one :class:`citeline.answers.assistant.Assistant`
 uses: the best cosine similarity of a visible retrieved chunk. For every candidate threshold the script
 counts correct refusals and wrongly refused answerable questions, and prints the threshold with the best
 balanced accuracy together with the whole curve.
@@ -23,8 +23,8 @@ import psycopg
 from _common import REPO, database_url, git_revision, machine
 from psycopg import sql
 
-from citeline.answering import best_similarity
-from citeline.app import Citeline
+from citeline.answers.assistant import best_similarity
+from citeline.facade import Citeline
 from citeline.domain import SearchMode
 from citeline.settings import Settings
 

@@ -26,7 +26,7 @@ from _common import REPO, git_revision, machine
 
 sys.path.insert(0, str(REPO))
 
-from citeline.serving.embedded import ensure_base_model  # noqa: E402
+from citeline.generation.local import ensure_base_model  # noqa: E402
 from citeline.serving.vllm_server import default_venv, start_vllm  # noqa: E402
 
 PROMPTS = ["Explain how to roll back a bad deploy.", "Summarise our return policy for a customer.",

@@ -1,5 +1,5 @@
-"""Source connectors. The contract is in :mod:`citeline.connectors.interfaces`."""
+"""Source connectors. The contract is in :mod:`citeline.contracts.connector`."""
 
-from citeline.connectors.interfaces import Change, Checkpoint, Connector, ConnectorConfig, Delete, Failure, Upsert
+from citeline.contracts.connector import Change, Checkpoint, Connector, ConnectorConfig, Delete, Failure, Upsert
 
 __all__ = ["Change", "Checkpoint", "Connector", "ConnectorConfig", "Delete", "Failure", "Upsert"]

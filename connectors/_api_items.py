@@ -22,7 +22,7 @@ from pydantic import AfterValidator
 
 from citeline.connectors._common import ItemError, access_from_entries
 from citeline.connectors._http import ApiError, NotFound
-from citeline.connectors.interfaces import Change, Delete, Failure, Upsert
+from citeline.contracts.connector import Change, Delete, Failure, Upsert
 from citeline.domain import Access, Document
 from citeline.errors import ConnectorError
 

@@ -3,7 +3,7 @@
 One place for the things every file-based connector does the same way: turning a config table into
 its typed model, checking the source file, reading cursors, emitting checkpoints, parsing dates,
 access lists and JSON Lines. A per-item problem is raised here as :class:`ItemError` and turned into a
-:class:`~citeline.connectors.interfaces.Failure` by the connector; a whole-source problem is a
+:class:`~citeline.contracts.connector.Failure` by the connector; a whole-source problem is a
 :class:`~citeline.errors.ConnectorError`.
 """
 
@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from pydantic import Field, ValidationError
 
-from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig, Failure, Upsert
+from citeline.contracts.connector import Change, Checkpoint, ConnectorConfig, Failure, Upsert
 from citeline.domain import Access, Document
 from citeline.errors import ConfigError, ConnectorError
 

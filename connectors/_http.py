@@ -33,7 +33,7 @@ import httpx
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 
 from citeline.connectors._common import ItemError, checkpoint_every_field
-from citeline.connectors.interfaces import ConnectorConfig
+from citeline.contracts.connector import ConnectorConfig
 from citeline.errors import ConnectorError
 
 __all__ = [

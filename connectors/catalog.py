@@ -38,7 +38,7 @@ from citeline.connectors._common import (
     resume_position,
     with_checkpoints,
 )
-from citeline.connectors.interfaces import Change, ConnectorConfig
+from citeline.contracts.connector import Change, ConnectorConfig
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
 

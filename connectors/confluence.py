@@ -65,7 +65,7 @@ from citeline.connectors._atlassian import (
 from citeline.connectors._common import ItemError, coerce_config
 from citeline.connectors._html import parse_html
 from citeline.connectors._http import ApiClient, ApiError, CredentialsRejected, NotFound
-from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure, Upsert
+from citeline.contracts.connector import Change, Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
 

@@ -59,7 +59,7 @@ from citeline.connectors._common import (
     with_checkpoints,
 )
 from citeline.connectors._html import parse_html
-from citeline.connectors.interfaces import Change, ConnectorConfig, Failure, Upsert
+from citeline.contracts.connector import Change, ConnectorConfig, Failure, Upsert
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
 

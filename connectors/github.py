@@ -61,7 +61,7 @@ from citeline.connectors._api_items import (
 )
 from citeline.connectors._common import ItemError, coerce_config, parse_datetime
 from citeline.connectors._http import ApiClient, ApiConfig, NotFound, Secret
-from citeline.connectors.interfaces import Change, Checkpoint, Failure
+from citeline.contracts.connector import Change, Checkpoint, Failure
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
 

@@ -61,7 +61,7 @@ from citeline.connectors._html import parse_html
 from citeline.connectors._http import ApiConfig, Secret
 from citeline.connectors._mediawiki import WikiError, WikiSession
 from citeline.connectors._wikitext import wikitext_to_markdown
-from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure, Upsert
+from citeline.contracts.connector import Change, Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConfigError, ConnectorError
 

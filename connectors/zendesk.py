@@ -50,7 +50,7 @@ from pydantic import AfterValidator, Field, model_validator
 from citeline.connectors._api_items import AccessMapping, as_change, change_id, fetch_item, grants, retry_ids
 from citeline.connectors._common import ItemError, coerce_config, parse_datetime
 from citeline.connectors._http import ApiClient, ApiConfig, CredentialsRejected, Secret
-from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure
+from citeline.contracts.connector import Change, Checkpoint, Delete, Failure
 from citeline.domain import Access, ContentType, Document
 from citeline.errors import ConnectorError
 

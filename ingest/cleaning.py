@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure, Upsert
+from citeline.contracts.connector import Change, Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Document
 
 __all__ = ["clean_change", "clean_text", "printable", "storable"]

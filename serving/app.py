@@ -58,8 +58,8 @@ from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from citeline.answering import Answer, AnswerStream
-from citeline.app import Citeline
+from citeline.answers.assistant import Answer, AnswerStream
+from citeline.facade import Citeline
 from citeline.domain import Principal
 from citeline.errors import (
     AuditError,
@@ -71,9 +71,9 @@ from citeline.errors import (
     ModelNotFoundError,
     OverloadedError,
 )
-from citeline.keys import Authenticated
+from citeline.access.keys import Authenticated
 from citeline.serving.capacity import Admission, ReadinessProbe, RequestSlots, in_one_thread
-from citeline.serving.generation import ChatMessage
+from citeline.contracts.generator import ChatMessage
 from citeline.serving.limits import AUTH_STATE, Limits
 from citeline.serving.metrics import Metrics
 

@@ -18,7 +18,7 @@ takes every thread, and everything else (probes included) queues behind them wit
   clients a streamed answer took several times as long as the same answer whole. Pieces that are ready
   together are sent in one write.
 
-Generation has its own limit (``generation.max_concurrent``, :class:`citeline.answering.GenerationSlots`),
+Generation has its own limit (``generation.max_concurrent``, :class:`citeline.answers.assistant.GenerationSlots`),
 and request SQL its own lock and statement timeouts (:meth:`citeline.db.Database.limit_requests`).
 """
 

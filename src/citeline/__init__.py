@@ -3,7 +3,7 @@
 The public API is what this module exports; everything else may change between releases.
 """
 
-from citeline.app import Citeline, SourceStatus, build_connector
+from citeline.facade import Citeline, SourceStatus, build_connector
 from citeline.domain import Access, Chunk, ContentType, Document, Principal, SearchHit, SearchMode
 from citeline.errors import (
     CitelineError,
@@ -15,7 +15,7 @@ from citeline.errors import (
     SchemaMismatchError,
     SyncLockedError,
 )
-from citeline.retrieval import Retriever, SearchResult
+from citeline.retrieval.search import Retriever, SearchResult
 from citeline.settings import Settings
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """Every exception citeline raises on purpose, in one tree.
 
 Per-item problems (one file that does not parse, one ticket with a bad field) are not exceptions:
-connectors yield them as :class:`citeline.connectors.interfaces.Failure` values and the sync goes on.
+connectors yield them as :class:`citeline.contracts.connector.Failure` values and the sync goes on.
 Exceptions are for operations that fail as a whole; each message names the thing and the fix.
 
     CitelineError

@@ -3,11 +3,11 @@
 =====================  ==============================================  =====================================
 group                  what the entry point names                      contract
 =====================  ==============================================  =====================================
-citeline.connectors    a connector class                               :mod:`citeline.connectors.interfaces`
+citeline.connectors    a connector class                               :mod:`citeline.contracts.connector`
 citeline.chunkers      ``factory(ChunkingSettings, tokenize)``          :class:`citeline.ingest.chunking.Chunker`
 citeline.embedders     ``factory(EmbeddingSettings)``                   :class:`citeline.ingest.embedding.Embedder`
-citeline.generators    ``factory(GenerationSettings, home)``            :mod:`citeline.serving.generation`
-citeline.verifiers     a class: ``cls(cls.Config(**options), embedder=)``  :mod:`citeline.verification`
+citeline.generators    ``factory(GenerationSettings, home)``            :mod:`citeline.contracts.generator`
+citeline.verifiers     a class: ``cls(cls.Config(**options), embedder=)``  :mod:`citeline.answers.verification`
 =====================  ==============================================  =====================================
 
 Built-ins are registered in citeline's own ``pyproject.toml`` exactly as a third-party package

@@ -181,7 +181,7 @@ class AnswerSettings(_Section):
     evidence_k: int = Field(6, ge=1, le=50, description="retrieved chunks offered to the prompt builder")
     refusal_sources: int = Field(3, ge=0, le=20, description="closest sources listed with a refusal")
     verify: Literal["fallback", "drop", "flag", "off"] = Field(
-        "fallback", description="check every sentence against the evidence it cites (citeline.verification): "
+        "fallback", description="check every sentence against the evidence it cites (citeline.answers.verification): "
         "fallback = drop unsupported sentences and answer extractively from the same evidence when fewer than "
         "min_supported survive; drop = drop them; flag = keep them marked [unverified]; off = no check")
     verifier: str = Field("lexical", description="entry point in group citeline.verifiers")

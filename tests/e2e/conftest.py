@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.domain import Principal
 from citeline.serving.vllm_server import default_venv
 from citeline.settings import Settings

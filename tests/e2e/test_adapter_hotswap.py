@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.errors import AdapterError
 from citeline.serving.vllm_server import VllmProcess, start_vllm
 from citeline.settings import Settings

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from citeline.answer_eval import load_qa, run_against_server
+from citeline.evaluation.answers import load_qa, run_against_server
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e

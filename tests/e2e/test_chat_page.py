@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from citeline.prompting import REFUSAL
+from citeline.answers.prompt import REFUSAL
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -409,7 +409,7 @@ def test_planted_html_in_a_wiki_page_shows_as_text(browser, server, embedder):
 
     Last in the module on purpose: it adds a page to the shared server's index.
     """
-    from citeline.app import Citeline
+    from citeline.facade import Citeline
 
     (server.config.parent / "wiki" / "parking.md").write_text(PLANTED_HTML, encoding="utf-8")
     with Citeline(server.settings(), embedder=embedder) as cl:

@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from citeline.errors import GenerationError
-from citeline.serving.generation import ChatMessage, GenerationRequest
-from citeline.serving.openai_backend import OpenAIBackend
+from citeline.contracts.generator import ChatMessage, GenerationRequest
+from citeline.generation.openai import OpenAIBackend
 from citeline.settings import GenerationSettings
 from tests.e2e.conftest import free_port, run_server, wait_ready
 from tests.support.adapters import make_adapter
@@ -63,7 +63,7 @@ def test_openai_backend_against_the_model_server(model_server, smollm2_dir):
 
 def test_model_server_hot_swaps_adapters_and_keeps_the_old_one_when_a_replacement_fails(model_server, smollm2_dir,
                                                                                        tmp_path):
-    from citeline.serving.hotswap import ReplicaClient
+    from citeline.lora.rollout import ReplicaClient
 
     good = make_adapter(smollm2_dir, tmp_path / "good", seed=5)
     broken = tmp_path / "broken"

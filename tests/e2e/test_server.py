@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from citeline.prompting import REFUSAL
+from citeline.answers.prompt import REFUSAL
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from citeline.adapters import Problem, preflight
+from citeline.lora.manifest import Problem, preflight
 from citeline.errors import ConfigError, GenerationError
-from citeline.serving.generation import ChatMessage, GenerationRequest
-from citeline.serving.openai_backend import OpenAIBackend
+from citeline.contracts.generator import ChatMessage, GenerationRequest
+from citeline.generation.openai import OpenAIBackend
 from citeline.serving.vllm_server import VllmProcess, default_venv, start_vllm
 from citeline.settings import GenerationSettings
 from tests.e2e.conftest import free_port

@@ -12,8 +12,8 @@ from psycopg import sql
 
 from citeline.domain import Access, Principal, SearchMode
 from citeline.ingest.sync import SyncRunner
-from citeline.retrieval import Retriever
-from citeline.store import PrincipalStore
+from citeline.retrieval.search import Retriever
+from citeline.access.principals import PrincipalStore
 from tests.support.connectors import ListConnector, doc
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def test_filtered_hnsw_search_still_returns_k_results(db, embedder, chunker):
     """10% of rows visible: the iterative index scan keeps going until it has k visible rows."""
     import numpy as np
 
-    from citeline import store
+    from citeline.access import principals as store
     from citeline.domain import Document
 
     rng = np.random.default_rng(7)

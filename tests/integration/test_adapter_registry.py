@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from citeline.answering import Assistant
-from citeline.audit import AuditLog
+from citeline.answers.assistant import Assistant
+from citeline.access.audit import AuditLog
 from citeline.domain import Access, Principal
 from citeline.errors import AdapterError, ForbiddenError
 from citeline.ingest.sync import SyncRunner
-from citeline.registry import AdapterRegistry, AdapterRouter, adapter_version, promotion_problems
-from citeline.retrieval import Retriever
-from citeline.serving.embedded import EmbeddedBackend
-from citeline.serving.hotswap import promote, reconcile
+from citeline.lora.registry import AdapterRegistry, AdapterRouter, adapter_version, promotion_problems
+from citeline.retrieval.search import Retriever
+from citeline.generation.local import EmbeddedBackend
+from citeline.lora.rollout import promote, reconcile
 from citeline.settings import AnswerSettings, GenerationSettings
-from citeline.store import PrincipalStore
+from citeline.access.principals import PrincipalStore
 from tests.support.adapters import make_adapter, with_metrics
 from tests.support.connectors import ListConnector, doc
 
@@ -151,7 +151,7 @@ def test_in_process_promotion_reconcile_and_answers(db, embedder, chunker, regis
 
 def test_an_evaluated_adapter_is_gated_by_the_evaluations_own_rule(registry, adapters, smollm2_dir, tmp_path):
     """citeline_eval.json, when present, decides: here grounding was never measured, so it is refused."""
-    from citeline.adapter_eval import EvalReport, ModelScores
+    from citeline.lora.evaluation import EvalReport, ModelScores
 
     folder = shutil.copytree(adapters["v2"], tmp_path / "evaluated")
     scores = {k: ModelScores(k, c, {}, 0.3, ()) for k, c in (("adapter", 0.9), ("base", 0.1), ("baseline", 0.2))}

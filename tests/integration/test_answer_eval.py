@@ -16,9 +16,9 @@ import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
-from citeline.answer_eval import (AnswerEvalReport, EvalResponse, QAError, QAItem, adhoc_user, load_keys, load_qa,
+from citeline.evaluation.answers import (AnswerEvalReport, EvalResponse, QAError, QAItem, adhoc_user, load_keys, load_qa,
                                   parse_qa, run_in_process, score, sentences, summarize)
-from citeline.answering import Answer, Citation
+from citeline.answers.assistant import Answer, Citation
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -112,7 +112,7 @@ def cite(n: int, ext: str, source: str = "wiki", snippet: str = "", doc: int | N
 
 def answer(text: str, citations=(), sources=None, *, refused=False, policy="fallback", unsupported=(),
            verified=True, fallback=False) -> Answer:
-    from citeline.verification import Unsupported
+    from citeline.answers.verification import Unsupported
 
     return Answer("q", text, refused, tuple(citations), tuple(sources if sources is not None else citations), 0,
                   "extractive", 0.6, {"total_ms": 12.0}, 1, verified=verified,
@@ -202,7 +202,7 @@ def test_report_groups_by_backend_and_model_with_latency():
 # -- real runs on the Acme example ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def acme_cl(tmp_path_factory, pg_url, embedder):
-    from citeline.app import Citeline
+    from citeline.facade import Citeline
     from citeline.settings import Settings
 
     root = tmp_path_factory.mktemp("qa") / "acme"
@@ -253,7 +253,7 @@ def test_in_process_run_on_acme(acme_cl):
 
 
 def test_a_document_the_principal_may_not_see_is_a_leak(acme_cl):
-    from citeline.answer_eval import _invisible
+    from citeline.evaluation.answers import _invisible
 
     cl, _, _ = acme_cl
     hit = cl.search("acme-deploy rollback fleet", user="alice", k=1).hits[0]

@@ -19,12 +19,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.errors import ConfigError
-from citeline.prompting import REFUSAL
-from citeline.serving.generation import ChatMessage, Evidence, Generation, GenerationRequest
+from citeline.answers.prompt import REFUSAL
+from citeline.contracts.generator import ChatMessage, Evidence, Generation, GenerationRequest
 from citeline.settings import Settings
-from citeline.verification import LexicalVerifier, contract_checks
+from citeline.answers.verification import LexicalVerifier, contract_checks
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -234,7 +234,7 @@ def test_the_builtin_verifier_with_the_real_embedder_passes_the_contract(embedde
     # a close paraphrase is accepted through the embedding, an unrelated sentence with the same words is not
     e = Evidence(1, 1, 1, "Returns", None, "You can return any product within 30 days of delivery for a full "
                  "refund, for any reason.", 1.0)
-    from citeline.verification import Claim
+    from citeline.answers.verification import Claim
 
     ok, wrong, invented = v.judge([
         Claim("Any product may be returned for a full refund within 30 days of delivery.", (e,), (e,), "return policy"),
@@ -264,7 +264,7 @@ def test_the_default_model_answers_the_demo_questions_verified(acme, pg_url, emb
         for answer in (a, p):
             evidence = [Evidence(c.n, c.chunk_id, c.document_id, c.title, c.url, t, c.score)
                         for c, t in _texts(cl, answer)]
-            from citeline.verification import verify_text
+            from citeline.answers.verification import verify_text
 
             again = verify_text(answer.text, question=answer.retrieval_question, evidence=evidence,
                                 verifier=cl.verifier, policy="flag")

@@ -9,11 +9,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.audit import GENESIS, AuditLog
+from citeline.access.audit import GENESIS, AuditLog
 from citeline.domain import Principal
 from citeline.errors import AuditError, AuthError, PrincipalError
-from citeline.keys import KeyStore
-from citeline.store import PrincipalStore
+from citeline.access.keys import KeyStore
+from citeline.access.principals import PrincipalStore
 
 pytestmark = pytest.mark.integration
 

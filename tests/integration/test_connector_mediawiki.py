@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from citeline.connectors._http import BudgetExhausted, CredentialsRejected, SourceUnavailable
-from citeline.connectors.interfaces import Checkpoint, Delete, Failure, Upsert
+from citeline.contracts.connector import Checkpoint, Delete, Failure, Upsert
 from citeline.connectors.mediawiki import MediaWikiConnector, Rendering
-from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.domain import Access, Principal
 from citeline.ingest.sync import SyncRunner
 from tests.support.deadline import syncs_until_gone

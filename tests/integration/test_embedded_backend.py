@@ -19,8 +19,8 @@ import pytest
 
 from citeline import plugins
 from citeline.errors import ConfigError, GenerationError
-from citeline.serving.embedded import BASE_MODEL_NAME, EmbeddedBackend, _until_stop, ensure_base_model, packaged_gguf
-from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
+from citeline.generation.local import BASE_MODEL_NAME, EmbeddedBackend, _until_stop, ensure_base_model, packaged_gguf
+from citeline.contracts.generator import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
 from citeline.settings import GenerationSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

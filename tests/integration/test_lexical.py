@@ -7,9 +7,9 @@ import pytest
 
 from citeline.domain import Access, Principal, SearchMode
 from citeline.ingest.sync import SyncRunner
-from citeline.retrieval import Retriever
+from citeline.retrieval.search import Retriever
 from citeline.settings import RetrievalSettings
-from citeline.store import PrincipalStore, lexicon_is_stale, refresh_lexicon
+from citeline.access.principals import PrincipalStore, lexicon_is_stale, refresh_lexicon
 from tests.support.connectors import ListConnector, doc
 
 pytestmark = pytest.mark.integration

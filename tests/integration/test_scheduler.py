@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.ingest.scheduler import Outcome, RetryPolicy
 from citeline.ingest.sync import STOPPED, SyncRunner
 from citeline.settings import Settings

@@ -14,8 +14,8 @@ import pytest
 from citeline.domain import Access, Principal, SearchMode
 from citeline.errors import SyncLockedError
 from citeline.ingest.sync import SyncRunner
-from citeline.retrieval import Retriever
-from citeline.store import PrincipalStore
+from citeline.retrieval.search import Retriever
+from citeline.access.principals import PrincipalStore
 from tests.support.connectors import ListConnector, doc
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.settings import Settings
 from tests.e2e.conftest import Server
 from tests.support.adapters import make_adapter

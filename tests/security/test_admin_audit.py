@@ -29,7 +29,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.domain import Principal
 from citeline.errors import AuditError, AuthError, CitelineError
 from citeline.settings import Settings

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from citeline.answering import GenerationSlots
+from citeline.answers.assistant import GenerationSlots
 from citeline.errors import OverloadedError
 from citeline.serving.capacity import in_one_thread
 

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.settings import Settings
 from tests.e2e.conftest import Server, free_port, run_server, wait_ready
 
@@ -204,7 +204,7 @@ def test_an_access_change_alone_refreshes_the_per_class_statistics(db, embedder,
     """Revoking a page (same text, new ACL) moves its chunks to another class: the next sync recomputes."""
     from citeline.domain import Access, Principal
     from citeline.ingest.sync import SyncRunner
-    from citeline.store import PrincipalStore
+    from citeline.access.principals import PrincipalStore
     from tests.support.connectors import ListConnector, doc
 
     def pages(vault_access: Access) -> list:
@@ -233,7 +233,7 @@ def test_global_statistics_remain_an_option_and_show_the_channel_they_open(db, e
     """retrieval.lexical_statistics = "global" ranks with every chunk's statistics (hidden ones included)."""
     from citeline.domain import Access, SearchMode
     from citeline.ingest.sync import SyncRunner
-    from citeline.retrieval import Retriever
+    from citeline.retrieval.search import Retriever
     from citeline.settings import RetrievalSettings
     from tests.support.connectors import ListConnector, doc
 

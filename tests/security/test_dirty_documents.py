@@ -28,10 +28,10 @@ from citeline.connectors.catalog import CatalogConnector
 from citeline.connectors.confluence import ConfluenceConnector
 from citeline.connectors.folder import FolderConnector
 from citeline.connectors.github import GitHubIssuesConnector
-from citeline.connectors.interfaces import Connector, Failure
+from citeline.contracts.connector import Connector, Failure
 from citeline.connectors.jira import JiraConnector
 from citeline.connectors.mediawiki import MediaWikiConnector
-from citeline.connectors.testing import run_sync
+from citeline.testing.connectors import run_sync
 from citeline.connectors.tickets import TicketsConnector
 from citeline.connectors.zendesk import ZendeskConnector
 from citeline.domain import Access, ContentType, Document

@@ -21,10 +21,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.app import Citeline, build_connector
+from citeline.facade import Citeline, build_connector
 from citeline.connectors.folder import FolderConnector, _Entry
-from citeline.connectors.interfaces import Failure, Upsert
-from citeline.connectors.testing import run_sync
+from citeline.contracts.connector import Failure, Upsert
+from citeline.testing.connectors import run_sync
 from citeline.domain import Access, Principal
 from citeline.errors import ConfigError
 from citeline.ingest.sync import SyncRunner
@@ -280,7 +280,7 @@ def adapter(good_adapter: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def registry(db, tmp_path: Path):
-    from citeline.registry import AdapterRegistry
+    from citeline.lora.registry import AdapterRegistry
 
     return AdapterRegistry(db, tmp_path / "store")
 

@@ -29,7 +29,7 @@ def make_adapter(model_dir: Path, dest: Path, *, rank: int = 8, seed: int = 0) -
 
 def with_metrics(adapter_dir: Path, base_model_dir: Path, **metrics: float) -> Path:
     """Write a citeline manifest with these evaluation metrics (what `citeline adapter eval` records)."""
-    from citeline.adapters import AdapterManifest, base_model_fingerprint
+    from citeline.lora.manifest import AdapterManifest, base_model_fingerprint
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     AdapterManifest(base_model=base_model_dir.name, base_fingerprint=base_model_fingerprint(base_model_dir),

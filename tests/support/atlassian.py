@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from citeline.connectors._http import BudgetExhausted, CredentialsRejected, SourceUnavailable
-from citeline.connectors.testing import documents, run_sync
+from citeline.testing.connectors import documents, run_sync
 from tests.support.replay import ReplayServer
 
 __all__ = ["AtlassianHttpPolicy"]

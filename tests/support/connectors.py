@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig, Delete, Failure, Upsert
+from citeline.contracts.connector import Change, Checkpoint, ConnectorConfig, Delete, Failure, Upsert
 from citeline.domain import Access, Document
 from citeline.errors import ConnectorError
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from citeline.domain import Principal, SearchMode
 from citeline.ingest.sync import SyncRunner
-from citeline.retrieval import Retriever
-from citeline.store import PrincipalStore
+from citeline.retrieval.search import Retriever
+from citeline.access.principals import PrincipalStore
 
 __all__ = ["syncs_until_gone"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig, Upsert
+from citeline.contracts.connector import Change, Checkpoint, ConnectorConfig, Upsert
 from citeline.domain import Access, Document
 from citeline.errors import ConnectorError
 

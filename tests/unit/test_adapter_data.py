@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from citeline.adapter_data import DataIssue, check_data, split_examples
+from citeline.lora.data import DataIssue, check_data, split_examples
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit

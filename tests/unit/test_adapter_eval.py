@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from citeline.adapter_eval import (EvalReport, Grounding, decide_promotion, format_failures, load_rules,
+from citeline.lora.evaluation import (EvalReport, Grounding, decide_promotion, format_failures, load_rules,
                                    question_of, rouge_l, score_outputs)
 from citeline.errors import ConfigError
 from tests.conftest import REPO

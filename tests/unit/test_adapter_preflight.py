@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from citeline.adapters import (
+from citeline.lora.manifest import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     AdapterManifest,

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from citeline.connectors._http import ApiError
 from citeline.connectors.confluence import ConfluenceConnector
-from citeline.connectors.interfaces import Delete, Failure
-from citeline.connectors.testing import ConnectorContract, documents, final_cursor, item_ids, run_sync
+from citeline.contracts.connector import Delete, Failure
+from citeline.testing.connectors import ConnectorContract, documents, final_cursor, item_ids, run_sync
 from citeline.domain import Access, ContentType
 from citeline.errors import ConnectorError
 from tests.support.apis.confluence import FakeConfluence

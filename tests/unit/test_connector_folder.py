@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from citeline.connectors.folder import FolderConnector
-from citeline.connectors.interfaces import Checkpoint, Failure, Upsert
-from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
+from citeline.contracts.connector import Checkpoint, Failure, Upsert
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.domain import Access, ContentType
 from citeline.errors import ConfigError, ConnectorError
 

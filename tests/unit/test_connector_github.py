@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from citeline.connectors._http import CredentialsRejected, SourceUnavailable
 from citeline.connectors.github import GitHubIssuesConnector
-from citeline.connectors.interfaces import Checkpoint, Delete, Failure, Upsert
-from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
+from citeline.contracts.connector import Checkpoint, Delete, Failure, Upsert
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.domain import Access
 from citeline.errors import ConnectorError
 from tests.support.apis.github import TOKEN, GitHubApi

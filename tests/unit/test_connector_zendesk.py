@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from citeline.connectors._http import BudgetExhausted, CredentialsRejected, SourceUnavailable
-from citeline.connectors.interfaces import Checkpoint, Delete, Failure, Upsert
-from citeline.connectors.testing import ConnectorContract, item_ids, run_sync
+from citeline.contracts.connector import Checkpoint, Delete, Failure, Upsert
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.connectors.zendesk import ZendeskConnector
 from citeline.domain import Access
 from citeline.errors import ConnectorError

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from citeline.conversation import (
+from citeline.answers.conversation import (
     MAX_QUESTION_CHARS,
     MAX_TURN_CHARS,
     Rewrite,
@@ -16,7 +16,7 @@ from citeline.conversation import (
     standalone_question,
 )
 from citeline.errors import GenerationError
-from citeline.serving.generation import ChatMessage, Generation, GenerationRequest
+from citeline.contracts.generator import ChatMessage, Generation, GenerationRequest
 
 pytestmark = pytest.mark.unit
 

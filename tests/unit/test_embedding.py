@@ -99,7 +99,7 @@ def test_documents_never_use_an_int8_engine(embedder, exact) -> None:
 
 
 def test_cache_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkeypatch) -> None:
-    from citeline.app import Citeline
+    from citeline.facade import Citeline
     from citeline.settings import Settings
 
     (tmp_path / "conf").mkdir()

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from citeline.errors import EvaluationError
-from citeline.evaluation import load_qrels, load_queries, metrics_for
+from citeline.evaluation.retrieval import load_qrels, load_queries, metrics_for
 
 pytestmark = pytest.mark.unit
 

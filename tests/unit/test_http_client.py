@@ -18,7 +18,7 @@ from citeline.connectors._http import (
     SourceUnavailable,
     retry_after_seconds,
 )
-from citeline.connectors.interfaces import ConnectorConfig
+from citeline.contracts.connector import ConnectorConfig
 from tests.support.replay import FakeApi, Reply, ReplayServer, Request
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from citeline.answering import _CitationFilter
+from citeline.answers.assistant import _CitationFilter
 from citeline.domain import SearchHit
-from citeline.prompting import SYSTEM_PROMPT, build_prompt, check_citations
-from citeline.serving.extractive import ExtractiveBackend
-from citeline.serving.generation import ChatMessage, GenerationRequest
+from citeline.answers.prompt import SYSTEM_PROMPT, build_prompt, check_citations
+from citeline.generation.extractive import ExtractiveBackend
+from citeline.contracts.generator import ChatMessage, GenerationRequest
 
 pytestmark = pytest.mark.unit
 

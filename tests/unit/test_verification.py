@@ -10,10 +10,10 @@ import random
 
 import pytest
 
-from citeline.extractive import extractive_answer, select_sentences
-from citeline.sentences import content_stems, entities, numbers, split_sentences
-from citeline.serving.generation import Evidence
-from citeline.verification import (FLAG, REFUSAL, LexicalVerifier, SentenceGate, contract_checks, stream_through,
+from citeline.answers.extractive import extractive_answer, select_sentences
+from citeline.answers.sentences import content_stems, entities, numbers, split_sentences
+from citeline.contracts.generator import Evidence
+from citeline.answers.verification import (FLAG, REFUSAL, LexicalVerifier, SentenceGate, contract_checks, stream_through,
                                    verify_text)
 
 pytestmark = pytest.mark.unit
@@ -297,14 +297,14 @@ def test_a_supported_answer_beside_the_question_falls_back():
 
 
 def test_answers_question_uses_the_extractive_measure():
-    from citeline.extractive import answers_question
+    from citeline.answers.extractive import answers_question
 
     assert answers_question(Q, ["Run `acme-deploy rollback fleet` to redeploy the previous release."], EVIDENCE)
     assert not answers_question(Q, ["You can return any product within 30 days of delivery."], EVIDENCE)
 
 
 def test_a_stream_releases_nothing_beside_the_question_before_an_answer():
-    from citeline.extractive import answers_question
+    from citeline.answers.extractive import answers_question
 
     def relevant(sentences):
         return answers_question(Q, sentences, EVIDENCE)

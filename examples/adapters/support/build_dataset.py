@@ -3,7 +3,7 @@
     python examples/adapters/support/build_dataset.py      # rewrites train.jsonl next to this file
 
 Each example is shaped exactly like what the assistant sends at run time: citeline's grounded system
-prompt, a user message with numbered, fenced evidence (built by :func:`citeline.prompting.build_prompt`)
+prompt, a user message with numbered, fenced evidence (built by :func:`citeline.answers.prompt.build_prompt`)
 and a question; the assistant's reply is in the support team's house format (``rules.toml``): two or
 three ``- `` bullets, each citing its evidence ``[n]``, then one ``Next step:`` line, well under 150 words.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from citeline.domain import SearchHit
-from citeline.prompting import build_prompt
+from citeline.answers.prompt import build_prompt
 
 HERE = Path(__file__).resolve().parent
 WIKI = "https://wiki.acme.example"

@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from citeline.app import Citeline
+from citeline.facade import Citeline
 from citeline.errors import CitelineError
 
 ConfigOption = Annotated[

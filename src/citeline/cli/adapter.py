@@ -1,7 +1,7 @@
 """``citeline adapter ...``: a team's LoRA adapter from data to evaluation (check-data, train, eval).
 
-Logic lives in :mod:`citeline.adapter_data`, :mod:`citeline.adapter_training` and
-:mod:`citeline.adapter_eval`; this module parses options and prints. ``app`` is the command group the
+Logic lives in :mod:`citeline.lora.data`, :mod:`citeline.lora.training` and
+:mod:`citeline.lora.evaluation`; this module parses options and prints. ``app`` is the command group the
 registry commands (register, promote, sync, list) join as well.
 """
 
@@ -22,7 +22,7 @@ from citeline.errors import CitelineError
 from citeline.settings import Settings
 
 if TYPE_CHECKING:
-    from citeline.adapter_data import DataReport
+    from citeline.lora.data import DataReport
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -41,7 +41,7 @@ def _base_model(base: Path | None, config: Path | None) -> Path:
         if not (base / "config.json").is_file():
             fail(f"--base {base} is not a local Hugging Face model folder (no config.json)")
         return base.resolve()
-    from citeline.serving.embedded import ensure_base_model
+    from citeline.generation.local import ensure_base_model
 
     try:
         return ensure_base_model(Settings.load(config).home)
@@ -87,8 +87,8 @@ def check_data(
     as_json: JsonOption = False,
 ) -> None:
     """Check training data: schema, role order, empty, overlong, duplicates, lengths, split. Exit 1 on problems."""
-    from citeline.adapter_data import chat_token_counter
-    from citeline.adapter_data import check_data as run_check
+    from citeline.lora.data import chat_token_counter
+    from citeline.lora.data import check_data as run_check
 
     if not file.is_file():
         fail(f"{file} does not exist")
@@ -128,7 +128,7 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train TEAM's LoRA adapter; Ctrl-C saves a checkpoint and the same command continues from it."""
-    from citeline.adapter_training import TrainingConfig, TrainingProgress, train_adapter
+    from citeline.lora.training import TrainingConfig, TrainingProgress, train_adapter
 
     base_dir = _base_model(base, config)
     out = output or Settings.load(config).home / "adapters" / team
@@ -188,9 +188,9 @@ def evaluate(
     as_json: JsonOption = False,
 ) -> None:
     """Adapter vs base model vs prompting baseline on held-out prompts; writes citeline_eval.json."""
-    from citeline.adapter_eval import (decide_promotion, evaluate_adapter, grounding_check, heldout_examples,
+    from citeline.lora.evaluation import (decide_promotion, evaluate_adapter, grounding_check, heldout_examples,
                                        load_rules, question_of)
-    from citeline.serving.embedded import EmbeddedBackend
+    from citeline.generation.local import EmbeddedBackend
     from citeline.settings import GenerationSettings
 
     if grounding and not as_user:
@@ -209,7 +209,7 @@ def evaluate(
             report = evaluate_adapter(adapter, team_rules, backend, adapter_name=name, examples=examples,
                                       max_tokens=max_tokens, progress=lambda i, n: bar.update(task, completed=i))
         if grounding:
-            from citeline.answering import Assistant
+            from citeline.answers.assistant import Assistant
 
             with opened(config) as cl:
                 assistant = Assistant(cl.retriever, backend, cl.audit, answer=cl.settings.answer,

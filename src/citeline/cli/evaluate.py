@@ -9,11 +9,11 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from citeline import answer_eval
-from citeline.app import Citeline
+from citeline.evaluation import answers as answer_eval
+from citeline.facade import Citeline
 from citeline.cli._common import ConfigOption, JsonOption, console, err_console, fail, opened, print_json
 from citeline.errors import CitelineError
-from citeline.evaluation import evaluate_retrieval
+from citeline.evaluation.retrieval import evaluate_retrieval
 from citeline.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -132,7 +132,7 @@ def _print_report(report: answer_eval.AnswerEvalReport) -> None:
 @app.command("answers")
 def answers(
     qa_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
-                                            help="JSONL, one question per line (see citeline.answer_eval)")],
+                                            help="JSONL, one question per line (see citeline.evaluation.answers)")],
     url: Annotated[str | None, typer.Option(help="ask a running server (e.g. http://127.0.0.1:8080) instead "
                                             "of answering in process")] = None,
     key: Annotated[list[str] | None, typer.Option("--key", help="USER=KEY: the API key to ask as USER "

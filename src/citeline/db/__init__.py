@@ -26,7 +26,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from citeline.db.embedded import start_embedded
+from citeline.db.local import start_embedded
 from citeline.db.migrations import apply_migrations
 from citeline.errors import DatabaseError
 

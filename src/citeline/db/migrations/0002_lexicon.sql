@@ -1,5 +1,5 @@
 -- Retrieval quality: corpus statistics for BM25 ranking, an index-backed way to match lexical rows
--- under row-level security (see citeline.retrieval and citeline.store.refresh_lexicon), and a better
+-- under row-level security (see citeline.retrieval.search and citeline.access.principals.refresh_lexicon), and a better
 -- HNSW graph (at the end). Runs with search_path set to the namespace schema; __SCHEMA__ is the
 -- namespace's quoted identifier.
 --

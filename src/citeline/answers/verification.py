@@ -20,18 +20,18 @@ Rules applied around any verifier (:func:`verify_text`)
       headings, "Here is how:" lines and the refusal sentence are not claims.
     * A stating sentence without a citation is unsupported, unless ``repair`` finds one piece of shown
       evidence that supports it on its own: then that ``[n]`` is added (counted as repaired).
-    * Numbers and names (:func:`citeline.sentences.numbers`, :func:`~citeline.sentences.entities`) in a
+    * Numbers and names (:func:`citeline.answers.sentences.numbers`, :func:`~citeline.answers.sentences.entities`) in a
       sentence that appear in *no* shown evidence make it unsupported whatever the verifier says.
     * A sentence said again (small models loop) is unsupported: it adds nothing.
     * Paragraphs of evidence that speak to the assistant ("ignore all previous instructions ... tell the
-      user ...", :func:`citeline.sentences.without_instructions`) support nothing: a model that obeys a
+      user ...", :func:`citeline.answers.sentences.without_instructions`) support nothing: a model that obeys a
       planted instruction produces sentences no usable evidence supports.
 
 Policies (``answer.verify``)
     ``fallback`` (default): unsupported sentences are removed; when fewer than ``answer.min_supported`` of
     the stating sentences survive (or none), or what survives does not address the question (the same
     answerability measure the extractive answer is held to), the answer is replaced by the extractive
-    answer from the same evidence (:func:`citeline.extractive.extractive_answer`), itself verified. ``drop``: unsupported
+    answer from the same evidence (:func:`citeline.answers.extractive.extractive_answer`), itself verified. ``drop``: unsupported
     sentences are removed (nothing left → the refusal sentence). ``flag``: everything is kept and each
     unsupported sentence is marked ``[unverified]``. ``off``: no verification.
 
@@ -55,7 +55,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from citeline.sentences import (CITATION, Segment, content_stems, content_words, entities, negated, numbers,
+from citeline.answers.sentences import (CITATION, Segment, content_stems, content_words, entities, negated, numbers,
                                 split_sentences, strip_citations, without_instructions)
 
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]\s+|\d{1,3}[.)]\s+)")
@@ -65,7 +65,7 @@ __all__ = ["Claim", "Judgement", "LexicalVerifier", "Policy", "SentenceGate", "S
 
 Policy = Literal["fallback", "drop", "flag", "off"]
 FLAG = " [unverified]"
-REFUSAL = "I don't know from the available documents."  # the same sentence as citeline.prompting.REFUSAL
+REFUSAL = "I don't know from the available documents."  # the same sentence as citeline.answers.prompt.REFUSAL
 
 
 class EvidenceLike(Protocol):

@@ -1,6 +1,6 @@
 """Evaluating a team's adapter before deploy, against the base model and the prompting baseline.
 
-On the held-out examples (the split :mod:`citeline.adapter_training` recorded, recomputed from the same data
+On the held-out examples (the split :mod:`citeline.lora.training` recorded, recomputed from the same data
 file, or a separate file), the same prompts go through three models with the embedded backend's decoding
 (the one the server uses):
 
@@ -11,7 +11,7 @@ file, or a separate file), the same prompts go through three models with the emb
 
 Each output is scored for *format compliance* (the team's :class:`FormatRule` set, all must pass; per-rule
 pass rates too) and *similarity* to the reference reply (ROUGE-L F1 on words). :func:`grounding_check`
-asks real questions through :class:`citeline.answering.Assistant` with and without the adapter and counts
+asks real questions through :class:`citeline.answers.assistant.Assistant` with and without the adapter and counts
 the answers whose citations all point at evidence that was shown. :func:`decide_promotion` turns an
 :class:`EvalReport` into a :class:`PromotionDecision` with its reasons: an adapter that does not beat the
 prompting baseline on compliance, or whose answers are less often grounded, is refused unless forced.
@@ -39,14 +39,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citeline.adapter_data import Example, data_hash, read_examples
-from citeline.adapter_training import TRAINING_FILE
-from citeline.adapters import AdapterManifest
+from citeline.lora.data import Example, data_hash, read_examples
+from citeline.lora.training import TRAINING_FILE
+from citeline.lora.manifest import AdapterManifest
 from citeline.errors import ConfigError, TrainingError
-from citeline.serving.generation import ChatMessage, GenerationBackend, GenerationRequest
+from citeline.contracts.generator import ChatMessage, GenerationBackend, GenerationRequest
 
 if TYPE_CHECKING:
-    from citeline.answering import Assistant
+    from citeline.answers.assistant import Assistant
     from citeline.domain import Principal
 
 __all__ = ["EVAL_FILE", "EvalReport", "FormatRule", "Grounding", "ModelScores", "PromotionDecision", "RuleKind",

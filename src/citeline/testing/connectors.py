@@ -5,7 +5,7 @@ connector whose source holds at least five items, at least one of them without a
 the default access shows), and enough items for at least one checkpoint before the final one (set a
 small ``checkpoint_every``)::
 
-    from citeline.connectors.testing import ConnectorContract
+    from citeline.testing.connectors import ConnectorContract
 
     class TestMyConnector(ConnectorContract):
         @pytest.fixture
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from citeline.connectors.interfaces import Change, Checkpoint, Delete, Failure, Upsert
+from citeline.contracts.connector import Change, Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access, Document
 
 __all__ = ["ConnectorContract", "documents", "final_cursor", "item_ids", "run_sync"]
@@ -63,7 +63,7 @@ def final_cursor(changes: list[Change]) -> dict[str, Any]:
 
 
 class ConnectorContract:
-    """Checks the promises of :mod:`citeline.connectors.interfaces`. Needs a ``connector`` fixture."""
+    """Checks the promises of :mod:`citeline.contracts.connector`. Needs a ``connector`` fixture."""
 
     def rebuild(self, connector: Any, default_access: Access) -> Any:
         """The same connector with another default access."""

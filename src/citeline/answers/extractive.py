@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from citeline.sentences import (asked_part, content_stems, content_words, split_sentences, stem, strip_citations,
+from citeline.answers.sentences import (asked_part, content_stems, content_words, split_sentences, stem, strip_citations,
                                 without_instructions)
 
 __all__ = ["REFUSAL", "answers_question", "extractive_answer", "score_candidates", "select_sentences"]
 
-REFUSAL = "I don't know from the available documents."  # the same sentence as citeline.prompting.REFUSAL
+REFUSAL = "I don't know from the available documents."  # the same sentence as citeline.answers.prompt.REFUSAL
 _HEADING = re.compile(r"^\s*#{1,6}\s+(.*)$")
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]\s+|\d{1,3}[.)]\s+)")
 _FIELD = re.compile(r"^[A-Z][\w ./-]{0,40}:\s+\S")
@@ -115,7 +115,7 @@ make remove delete pull push drop keep put take tell raise file submit replace""
 
 
 def _has_number(text: str, question: str) -> bool:
-    from citeline.sentences import numbers
+    from citeline.answers.sentences import numbers
 
     return bool(numbers(text) - numbers(question))
 
@@ -148,7 +148,7 @@ def _parts(question: str) -> list[str]:
 
 def _novelty(c: _Candidate, wanted: set[str], question: str) -> float:
     """The share of what a sentence says that the question does not already say (numbers count)."""
-    from citeline.sentences import numbers
+    from citeline.answers.sentences import numbers
 
     own = c.words - _GENERIC
     new = len(own - wanted) + len(numbers(c.text) - numbers(question))

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from citeline import plugins
-from citeline.answering import Answer, AnswerStream, Assistant
-from citeline.audit import AuditLog, load_key
-from citeline.connectors.interfaces import Connector
+from citeline.answers.assistant import Answer, AnswerStream, Assistant
+from citeline.access.audit import AuditLog, load_key
+from citeline.contracts.connector import Connector
 from citeline.db import Database
 from citeline.domain import Access, Principal, SearchMode
 from citeline.errors import AuditError, CitelineError, ConfigError
@@ -36,18 +36,18 @@ from citeline.ingest.chunking import Chunker
 from citeline.ingest.embedding import Embedder
 from citeline.ingest.scheduler import RetryPolicy, Scheduler, last_runs, next_run
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
-from citeline.keys import KeyStore, NewKey
-from citeline.retrieval import Retriever, SearchResult
-from citeline.registry import AdapterRegistry, AdapterRouter, AdapterVersion
-from citeline.serving.generation import AdapterHost, ChatMessage, GenerationBackend
+from citeline.access.keys import KeyStore, NewKey
+from citeline.retrieval.search import Retriever, SearchResult
+from citeline.lora.registry import AdapterRegistry, AdapterRouter, AdapterVersion
+from citeline.contracts.generator import AdapterHost, ChatMessage, GenerationBackend
 from citeline.settings import Settings, SourceSettings
-from citeline.store import PrincipalStore
-from citeline.verification import Verifier
+from citeline.access.principals import PrincipalStore
+from citeline.answers.verification import Verifier
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from citeline.serving.hotswap import HostReport, Promotion
+    from citeline.lora.rollout import HostReport, Promotion
 
 __all__ = ["Citeline", "SourceStatus", "build_connector"]
 
@@ -288,12 +288,12 @@ class Citeline:
                 raise ConfigError(f"adapters.base_model_path {path} has no config.json: point it at a local copy of "
                                   "the base model the servers run")
             return path
-        from citeline.serving.embedded import ensure_base_model
+        from citeline.generation.local import ensure_base_model
         return ensure_base_model(self.settings.home)
 
     def adapter_hosts(self) -> list[Any]:
         """Where adapters are loaded: each configured replica, else the openai backend's server, else in process."""
-        from citeline.serving.hotswap import ReplicaClient
+        from citeline.lora.rollout import ReplicaClient
         gen = self.settings.generation
         urls = list(self.settings.adapters.replicas)
         if not urls and gen.backend == "openai" and gen.base_url:
@@ -316,7 +316,7 @@ class Citeline:
     def promote_adapter(self, served_name: str, *, actor: str, force: bool = False,
                         drain_s: float | None = None) -> Promotion:
         """Load on every host, make it the team's adapter, unload the old version after the drain."""
-        from citeline.serving.hotswap import promote
+        from citeline.lora.rollout import promote
         hosts = self.adapter_hosts()
         audit = self.audit
         drain = self.settings.adapters.drain_s if drain_s is None else drain_s
@@ -355,7 +355,7 @@ class Citeline:
 
     def sync_adapters(self, *, actor: str) -> list[HostReport]:
         """Make every model server serve exactly the active adapters (after a restart, a retire, ...)."""
-        from citeline.serving.hotswap import reconcile
+        from citeline.lora.rollout import reconcile
         reports = reconcile(self.registry, self.adapter_hosts(), base_model_dir=self.base_model_dir(),
                             max_rank=self.settings.adapters.max_rank)
         self.audit.append("admin", "adapter.sync", principal=actor, payload={"hosts": [r.as_dict() for r in reports]})

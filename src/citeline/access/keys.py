@@ -25,7 +25,7 @@ import psycopg
 from citeline.db import Database
 from citeline.domain import Principal
 from citeline.errors import AuthError, PrincipalError
-from citeline.store import PrincipalStore
+from citeline.access.principals import PrincipalStore
 
 __all__ = ["ApiKey", "Authenticated", "KeyStore", "NewKey"]
 

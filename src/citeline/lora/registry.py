@@ -8,14 +8,14 @@ old one's name, and registering the same files twice is a no-op.
 
 Statuses: ``registered`` (checked, not serving), ``active`` (the team's current adapter, at most one per
 team: a partial unique index), ``retired`` (replaced or withdrawn, kept for the audit trail). Every
-registration runs :func:`citeline.adapters.preflight` against the base model the servers run; an adapter
+registration runs :func:`citeline.lora.manifest.preflight` against the base model the servers run; an adapter
 with any problem is refused with all of them listed.
 
 :class:`AdapterRouter` answers "which model does a request from this principal use": the team's active
 adapter (cached for ``ttl_s`` so a request costs no extra query), the base model when the team has none
 (and the answer says so), and refuses an adapter of another team (:class:`~citeline.errors.ForbiddenError`).
 
-Hot-swapping adapters on running model servers lives in :mod:`citeline.serving.hotswap`.
+Hot-swapping adapters on running model servers lives in :mod:`citeline.lora.rollout`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 
 import psycopg
 
-from citeline.adapters import (
+from citeline.lora.manifest import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
     ADAPTER_WEIGHTS,
@@ -117,7 +117,7 @@ def adapter_version(adapter_dir: Path) -> str:
 
 def evaluation_metrics(adapter_dir: Path) -> dict[str, float]:
     """The numbers of ``citeline adapter eval`` (``citeline_eval.json``) that the promotion gate reads."""
-    from citeline.adapter_eval import EvalReport
+    from citeline.lora.evaluation import EvalReport
 
     try:
         report = EvalReport.read(adapter_dir)
@@ -139,11 +139,11 @@ def promotion_problems(adapter: AdapterVersion) -> list[str]:
     """Why an adapter may not become its team's active one (empty: it may).
 
     When the registered folder carries ``citeline adapter eval``'s report (``citeline_eval.json``), the
-    evaluation's own rule decides (:func:`citeline.adapter_eval.decide_promotion`: beat the prompting
+    evaluation's own rule decides (:func:`citeline.lora.evaluation.decide_promotion`: beat the prompting
     baseline on format compliance, with grounding measured and not worse). Otherwise the metrics recorded
     with the adapter must show the same: compliance above the baseline's, grounding (when given) not worse.
     """
-    from citeline.adapter_eval import EvalReport, decide_promotion
+    from citeline.lora.evaluation import EvalReport, decide_promotion
 
     report = EvalReport.read(adapter.path)
     if report is not None:

@@ -1,7 +1,7 @@
 """The generation-backend contract: one interface for vLLM (``openai``), ``embedded`` and ``extractive``.
 
 A backend turns a chat request into text. The grounded prompt (system rules, numbered evidence, the
-question) is built by :mod:`citeline.prompting`; a backend only generates. Backends are found through the
+question) is built by :mod:`citeline.answers.prompt`; a backend only generates. Backends are found through the
 entry-point group ``citeline.generators``; each entry point names a factory
 ``factory(settings: GenerationSettings, home: Path) -> GenerationBackend``.
 

@@ -1,6 +1,6 @@
 """The ``extractive`` backend: no model; the answer is the evidence sentences that best answer the question.
 
-The selection is :func:`citeline.extractive.extractive_answer` (whole sentences, verbatim, with their
+The selection is :func:`citeline.answers.extractive.extractive_answer` (whole sentences, verbatim, with their
 ``[n]``; at most the sentences needed, in evidence order), the same text every other backend falls back
 to when verification rejects its answer. Deterministic, instant, and useful for load tests (it measures
 everything but generation) and for deployments that must not paraphrase.
@@ -20,8 +20,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from citeline.extractive import Similarity, extractive_answer
-from citeline.serving.generation import Generation, GenerationRequest
+from citeline.answers.extractive import Similarity, extractive_answer
+from citeline.contracts.generator import Generation, GenerationRequest
 from citeline.settings import GenerationSettings
 
 __all__ = ["ExtractiveBackend"]
@@ -40,7 +40,7 @@ class ExtractiveBackend:
         self._options: dict[str, Any] = {}
 
     def configure(self, *, similarity: Similarity | None, min_coverage: float, min_similarity: float) -> None:
-        """Sentence similarity and answerability thresholds (:func:`citeline.extractive.extractive_answer`)."""
+        """Sentence similarity and answerability thresholds (:func:`citeline.answers.extractive.extractive_answer`)."""
         self._options = {"similarity": similarity, "min_coverage": min_coverage, "min_similarity": min_similarity}
 
     @property

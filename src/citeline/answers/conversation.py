@@ -56,7 +56,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from citeline.serving.generation import ChatMessage, GenerationBackend, GenerationRequest
+from citeline.contracts.generator import ChatMessage, GenerationBackend, GenerationRequest
 
 __all__ = [
     "MAX_QUESTION_CHARS",

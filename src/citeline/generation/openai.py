@@ -19,7 +19,7 @@ import httpx
 import openai
 
 from citeline.errors import ConfigError, GenerationError, ModelNotFoundError
-from citeline.serving.generation import Generation, GenerationRequest
+from citeline.contracts.generator import Generation, GenerationRequest
 from citeline.settings import GenerationSettings
 
 __all__ = ["OpenAIBackend"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from citeline.connectors.interfaces import Change, Checkpoint, ConnectorConfig, Upsert
+from citeline.contracts.connector import Change, Checkpoint, ConnectorConfig, Upsert
 from citeline.domain import Access, ContentType, Document, SearchMode
 from citeline.errors import EvaluationError
 
@@ -138,7 +138,7 @@ def evaluate_retrieval(citeline_factory: Callable[[str], Any], corpus: Path, que
     import statistics
     import time
 
-    from citeline import store
+    from citeline.access import principals as store
     from citeline.ingest.sync import SyncRunner
 
     judged = load_qrels(qrels)

@@ -7,18 +7,18 @@ sources it will show and the retrieval latency; the text is not known yet), so n
 unaudited.
 
 Refusal: when the best visible chunk's cosine similarity to the question is below
-``answer.min_score`` (or nothing is visible) the answer is :data:`citeline.prompting.REFUSAL` with the
+``answer.min_score`` (or nothing is visible) the answer is :data:`citeline.answers.prompt.REFUSAL` with the
 closest sources, and the model is not called. Citations ``[n]`` that name no evidence are removed from
 the answer (also from a stream, as it is produced) and counted.
 
-Verification (:mod:`citeline.verification`, policy ``answer.verify``): every sentence of the model's
+Verification (:mod:`citeline.answers.verification`, policy ``answer.verify``): every sentence of the model's
 answer that states something must cite evidence that supports it; unsupported sentences are dropped,
 flagged, or the answer is replaced by the extractive answer from the same evidence. Streams release a
 sentence only once it is verified. A streamed answer writes a second audit row when it ends
 (``answer.end``: the delivered text and its verification), referring to the first.
 
 Conversations: earlier turns (``history``) make a follow-up question standalone for retrieval
-(:mod:`citeline.conversation`) and go into the prompt; the audit row records the question retrieval used.
+(:mod:`citeline.answers.conversation`) and go into the prompt; the audit row records the question retrieval used.
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from citeline.audit import AuditLog
-from citeline.extractive import answers_question, extractive_answer
+from citeline.access.audit import AuditLog
+from citeline.answers.extractive import answers_question, extractive_answer
 from citeline.domain import Principal, SearchHit, SearchMode
 from citeline.errors import GenerationError, ModelNotFoundError, OverloadedError
-from citeline.prompting import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
-from citeline.retrieval import Retriever
-from citeline.registry import AdapterRouter, ModelChoice
-from citeline.serving.generation import AdapterHost, ChatMessage, Generation, GenerationBackend, GenerationRequest
+from citeline.answers.prompt import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
+from citeline.retrieval.search import Retriever
+from citeline.lora.registry import AdapterRouter, ModelChoice
+from citeline.contracts.generator import AdapterHost, ChatMessage, Generation, GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings, GenerationSettings
-from citeline.verification import (LexicalVerifier, SentenceGate, SentenceVectors, Unsupported, Verification, Verifier,
+from citeline.answers.verification import (LexicalVerifier, SentenceGate, SentenceVectors, Unsupported, Verification, Verifier,
                                    stream_through, verify_text)
 
 __all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "GenerationSlots", "best_similarity"]
@@ -81,7 +81,7 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model_note: str | None = None  # why the team's adapter was not used (the base model answered)
-    # verification (citeline.verification): every delivered sentence supported by the evidence it cites?
+    # verification (citeline.answers.verification): every delivered sentence supported by the evidence it cites?
     verified: bool = False
     unsupported: tuple[Unsupported, ...] = ()  # sentences of the model's answer judged unsupported, and why
     verify_policy: str = "off"  # the policy applied: fallback | drop | flag | off
@@ -277,7 +277,7 @@ class Assistant:
     def _standalone(self, question: str, history: tuple[ChatMessage, ...]) -> tuple[str, str]:
         if not history:
             return question, "none"
-        from citeline.conversation import standalone_question
+        from citeline.answers.conversation import standalone_question
 
         mode = self.settings.rewrite
         use_model = mode == "model" or (mode == "auto" and self.backend.name == "openai")
@@ -304,7 +304,7 @@ class Assistant:
         else:
             extra: dict[str, Any] = {}
             if history:
-                from citeline.conversation import prompt_history
+                from citeline.answers.conversation import prompt_history
 
                 extra["history"] = prompt_history(history, self.backend.count_tokens, self.settings.history_tokens)
             prompt = build_prompt(question, result.hits, self.backend.count_tokens,

@@ -33,7 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from citeline.serving.generation import ChatMessage
+from citeline.contracts.generator import ChatMessage
 
 __all__ = [
     "DataIssue",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from citeline.domain import SearchHit
-from citeline.serving.generation import ChatMessage, Evidence
+from citeline.contracts.generator import ChatMessage, Evidence
 
 __all__ = ["REFUSAL", "SYSTEM_PROMPT", "CitationCheck", "GroundedPrompt", "build_prompt", "check_citations", "replace_citations"]
 
@@ -72,7 +72,7 @@ def build_prompt(question: str, hits: Sequence[SearchHit], count_tokens: Callabl
     """Evidence in rank order while it fits ``evidence_tokens`` (the model's tokens); the rest is dropped.
 
     ``history`` (earlier turns, already fitted to their budget by
-    :func:`citeline.conversation.prompt_history`) goes between the system message and the final user
+    :func:`citeline.answers.conversation.prompt_history`) goes between the system message and the final user
     message, which always holds the evidence and the current question. Only user and assistant turns are
     taken: a system message in the history is dropped, never passed on as a rule.
     """

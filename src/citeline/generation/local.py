@@ -2,7 +2,7 @@
 
 Engines (``generation.engine``)
     ``llamacpp`` runs base-model requests straight from the GGUF with ``xllamacpp``
-    (:mod:`citeline.serving.llamacpp_engine`): no conversion, ~1 s to load, ~200 MiB, about twice the
+    (:mod:`citeline.generation.llamacpp`): no conversion, ~1 s to load, ~200 MiB, about twice the
     decoding speed of transformers on one thread (``docs/benchmarks.md``). ``transformers`` runs them with
     torch from a Hugging Face folder (below). ``auto`` (the default) picks llamacpp when xllamacpp imports
     and the model is the packaged GGUF or ``generation.model`` is a ``.gguf`` file, else transformers, and
@@ -75,9 +75,9 @@ from typing import TYPE_CHECKING, Any
 
 from citeline.errors import ConfigError, GenerationError
 from citeline.filelock import file_lock
-from citeline.serving.generation import Generation, GenerationRequest
-from citeline.serving.llamacpp_engine import LlamaCppEngine, llamacpp_available
-from citeline.serving.llamacpp_engine import LlamaStats as _Stats
+from citeline.contracts.generator import Generation, GenerationRequest
+from citeline.generation.llamacpp import LlamaCppEngine, llamacpp_available
+from citeline.generation.llamacpp import LlamaStats as _Stats
 from citeline.settings import GenerationSettings
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 Production serving is vLLM's OpenAI server started with ``--enable-lora`` and
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; ``citeline model-server`` exposes the same runtime API for the
 embedded backend. :class:`ReplicaClient` speaks that API (``GET /v1/models``, ``POST /v1/load_lora_adapter``,
-``POST /v1/unload_lora_adapter``) and is an :class:`~citeline.serving.generation.AdapterHost`, exactly like the
+``POST /v1/unload_lora_adapter``) and is an :class:`~citeline.contracts.generator.AdapterHost`, exactly like the
 embedded backend itself, so every operation here works on a remote replica or in process:
 
 * :func:`reconcile` makes one host match the registry: every team's active adapter loaded, retired and
@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 
-from citeline.adapters import preflight
+from citeline.lora.manifest import preflight
 from citeline.errors import AdapterError, GenerationError
-from citeline.registry import AdapterRegistry, AdapterVersion, promotion_problems
-from citeline.serving.generation import AdapterHost
+from citeline.lora.registry import AdapterRegistry, AdapterVersion, promotion_problems
+from citeline.contracts.generator import AdapterHost
 
 __all__ = ["HostReport", "Promotion", "ReplicaClient", "promote", "reconcile"]
 

@@ -3,12 +3,12 @@
 :func:`train_adapter` runs a small training loop of its own on peft and torch (TRL's SFTTrainer would
 bring datasets, pandas and pyarrow for what is here ~150 lines, and we need exact control of checkpoints):
 
-- the data is checked first (:func:`citeline.adapter_data.check_data` with the base model's chat template);
+- the data is checked first (:func:`citeline.lora.data.check_data` with the base model's chat template);
   a report with problems raises :class:`~citeline.errors.TrainingError` and nothing is trained;
 - each example is rendered with the base model's chat template and the loss is taken on the assistant's
   tokens only (its reply and end-of-turn marker); system and user tokens are masked out;
 - LoRA on the Llama-style linear layers only (``target_modules`` within
-  :data:`citeline.adapters.LLAMA_MODULES`, never ``modules_to_save``: vLLM serves LoRA deltas only);
+  :data:`citeline.lora.manifest.LLAMA_MODULES`, never ``modules_to_save``: vLLM serves LoRA deltas only);
 - checkpoints every ``save_every`` steps in ``<output>/checkpoints/step-NNNNNN`` (adapter weights, optimizer
   and schedule, the step); a run that finds checkpoints of the same configuration continues from the last
   one, and its batches, dropout and schedule are the same as an uninterrupted run's (the epoch order and
@@ -16,9 +16,9 @@ bring datasets, pandas and pyarrow for what is here ~150 lines, and we need exac
   or SIGTERM) ends the run after the current step with a checkpoint;
 - ``qlora=True`` loads the base in 4 bits (bitsandbytes NF4) on a CUDA GPU, and refuses with a message
   naming what is missing when there is no GPU or no bitsandbytes;
-- at the end: held-out loss, ``save_pretrained`` into ``output``, :class:`citeline.adapters.AdapterManifest`
+- at the end: held-out loss, ``save_pretrained`` into ``output``, :class:`citeline.lora.manifest.AdapterManifest`
   (base model name and fingerprint, rank, target modules, team, data hash, metrics), ``citeline_training.json``
-  (the hyper-parameters and split, read by evaluation), then :func:`citeline.adapters.preflight` on the
+  (the hyper-parameters and split, read by evaluation), then :func:`citeline.lora.manifest.preflight` on the
   result: an adapter the server would refuse is an error here, not at deploy time.
 """
 
@@ -38,8 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citeline.adapter_data import DataReport, Example, chat_token_counter, check_data
-from citeline.adapters import LLAMA_MODULES, MANIFEST, AdapterManifest, base_model_fingerprint, preflight
+from citeline.lora.data import DataReport, Example, chat_token_counter, check_data
+from citeline.lora.manifest import LLAMA_MODULES, MANIFEST, AdapterManifest, base_model_fingerprint, preflight
 from citeline.errors import TrainingError
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ request (llama.cpp then cancels its task). Tokenizing and the chat template have
 HTTP routes (``/tokenize``, ``/apply-template``), so this engine calls those; the listener is protected by a
 random API key made per process, so nothing else on the machine can use it.
 
-What this engine guarantees to :class:`citeline.serving.embedded.EmbeddedBackend`:
+What this engine guarantees to :class:`citeline.generation.local.EmbeddedBackend`:
 
 - :meth:`LlamaCppEngine.chat_ids` is the exact prompt that is generated from (the GGUF's own chat template,
   tokenized as llama.cpp tokenizes it), so prompt lengths are checked before anything is generated;

@@ -1,7 +1,7 @@
 """Answer quality on a QA file: correct-and-cited, citation precision, refusals, leaks, unsupported sentences.
 
 ``citeline eval answers QA_FILE`` runs every question of a QA file through the assistant, in process
-(:func:`run_in_process`, over a :class:`citeline.app.Citeline`) or against a running server
+(:func:`run_in_process`, over a :class:`citeline.facade.Citeline`) or against a running server
 (:func:`run_against_server`), scores each answer (:func:`score`) and sums them up (:class:`AnswerEvalReport`).
 
 QA file format
@@ -36,7 +36,7 @@ JSON Lines, one object per line (blank lines and lines starting with ``#`` are s
     literally) or a string with ``|`` between them (``"15 minutes|fifteen minutes"``); one alternative
     suffices.
 ``must_cite``
-    documents as ``source:external_id`` (what :class:`citeline.answering.Citation` carries, e.g.
+    documents as ``source:external_id`` (what :class:`citeline.answers.assistant.Citation` carries, e.g.
     ``wiki:engineering/deploy-process.md``, ``tickets:1004``, ``catalog:AT6-001``); the answer must cite at
     least one of them. Required for an answerable question (``must_refuse`` false).
 ``must_refuse``
@@ -88,7 +88,7 @@ from citeline.domain import Principal
 from citeline.errors import CitelineError, EvaluationError
 
 if TYPE_CHECKING:
-    from citeline.app import Citeline
+    from citeline.facade import Citeline
 
 __all__ = [
     "AnswerEvalReport",
@@ -342,7 +342,7 @@ _CITE_MARK = re.compile(r"\[\d+\]")
 def sentences(text: str) -> list[str]:
     """Sentences of an answer, split as the verifier splits them (citation marks removed)."""
     try:
-        from citeline.sentences import split_sentences
+        from citeline.answers.sentences import split_sentences
         parts = [s.text for s in split_sentences(text)]
     except ImportError:  # pragma: no cover - an older citeline without the verifier
         parts = _SENTENCE_END.split(text)
@@ -554,7 +554,7 @@ class AnswerEvalReport:
 
 # -- running ------------------------------------------------------------------------------------------
 def _chat_message_type() -> Any:
-    for module in ("citeline.serving.generation", "citeline.answering", "citeline.domain"):
+    for module in ("citeline.contracts.generator", "citeline.answers.assistant", "citeline.domain"):
         mod = __import__(module, fromlist=["ChatMessage"])
         if hasattr(mod, "ChatMessage"):
             return mod.ChatMessage

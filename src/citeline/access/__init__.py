@@ -1,0 +1,1 @@
+"""Who may see what: principals and their groups, API keys, the keyed audit chain."""

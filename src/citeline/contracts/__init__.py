@@ -1,0 +1,1 @@
+"""The extension points' contracts: one small module per Protocol, importing nothing else of citeline."""
