@@ -1,14 +1,20 @@
 """Extension points, found through Python entry points.
 
-=====================  ==============================================  =====================================
-group                  what the entry point names                      contract
-=====================  ==============================================  =====================================
-citeline.connectors    a connector class                               :mod:`citeline.contracts.connector`
-citeline.chunkers      ``factory(ChunkingSettings, tokenize)``          :class:`citeline.ingest.chunking.Chunker`
-citeline.embedders     ``factory(EmbeddingSettings)``                   :class:`citeline.ingest.embedding.Embedder`
-citeline.generators    ``factory(GenerationSettings, home)``            :mod:`citeline.contracts.generator`
-citeline.verifiers     a class: ``cls(cls.Config(**options), embedder=)``  :mod:`citeline.answers.verification`
-=====================  ==============================================  =====================================
+Every entry point names a class with a ``Config`` pydantic model: the plugin's own typed section of
+``citeline.toml`` (``[embedding.options]``, ``[generation.options]``, ...; a source's ``config``) is
+validated by that model and the class is built as ``cls(config, **context)`` by :func:`create`. What
+each group passes as context is written in its contract module:
+
+=====================  =========================================  =====================================
+group                  built as                                   contract
+=====================  =========================================  =====================================
+citeline.connectors    ``cls(config, default_access)``            :mod:`citeline.contracts.connector`
+citeline.chunkers      ``cls(config, tokenize=)``                 :mod:`citeline.contracts.chunker`
+citeline.embedders     ``cls(config, home=)``                     :mod:`citeline.contracts.embedder`
+citeline.generators    ``cls(config, home=, generation=)``        :mod:`citeline.contracts.generator`
+citeline.rerankers     ``cls(config, embedder=)``                 :mod:`citeline.contracts.reranker`
+citeline.verifiers     ``cls(config, embedder=)``                 :mod:`citeline.contracts.verifier`
+=====================  =========================================  =====================================
 
 Built-ins are registered in citeline's own ``pyproject.toml`` exactly as a third-party package
 registers its own; there is no registry to poke at import time.
@@ -16,17 +22,23 @@ registers its own; there is no registry to poke at import time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from citeline.errors import ConfigError
 
-__all__ = ["CHUNKERS", "CONNECTORS", "EMBEDDERS", "GENERATORS", "VERIFIERS", "available", "load"]
+__all__ = ["CHUNKERS", "CONNECTORS", "EMBEDDERS", "GENERATORS", "RERANKERS", "VERIFIERS", "available", "configure",
+           "create", "load"]
 
 CONNECTORS = "citeline.connectors"
 CHUNKERS = "citeline.chunkers"
 EMBEDDERS = "citeline.embedders"
 GENERATORS = "citeline.generators"
+RERANKERS = "citeline.rerankers"
 VERIFIERS = "citeline.verifiers"
 
 
@@ -44,3 +56,31 @@ def load(group: str, name: str) -> Any:
     known = ", ".join(available(group)) or "none installed"
     raise ConfigError(f"no plugin named {name!r} in {group} (installed: {known}); install the package that "
                       "provides it or fix the name in citeline.toml")
+
+
+def configure(cls: Any, options: Mapping[str, Any], *, section: str,
+              resolve_path: Callable[[Path], Path] | None = None) -> BaseModel:
+    """``options`` validated by ``cls.Config``; Path fields resolved with ``resolve_path`` (relative to the config file).
+
+    ``section`` names where the options came from (``embedding.options``), so the error names what to fix.
+    """
+    model = getattr(cls, "Config", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ConfigError(f"{cls.__module__}.{cls.__qualname__} has no Config model (a pydantic BaseModel class "
+                          f"attribute) for [{section}]: every plugin declares the options it accepts")
+    try:
+        config = model.model_validate(dict(options))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid [{section}] for {cls.__qualname__}:\n{exc}") from exc
+    if resolve_path is not None:
+        resolved = {name: resolve_path(value) for name, value in config if isinstance(value, Path)}
+        if resolved:
+            config = config.model_copy(update=resolved)
+    return config
+
+
+def create(group: str, name: str, options: Mapping[str, Any], *, section: str,
+           resolve_path: Callable[[Path], Path] | None = None, **context: Any) -> Any:
+    """The plugin ``name`` of ``group`` built as ``cls(cls.Config(**options), **context)``; clear errors otherwise."""
+    cls = load(group, name)
+    return cls(configure(cls, options, section=section, resolve_path=resolve_path), **context)
