@@ -16,23 +16,14 @@ the bound. Spans still point at the exact text.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
+from citeline.contracts.chunker import Chunker, Tokenize
 from citeline.domain import Chunk, ContentType, Document
 from citeline.settings import ChunkingSettings
 
 __all__ = ["Chunker", "StructuredChunker"]
 
-Tokenize = Callable[[str], list[str]]
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*)$")
-
-
-@runtime_checkable
-class Chunker(Protocol):
-    name: str
-
-    def chunk(self, document: Document) -> list[Chunk]: ...
 
 
 class StructuredChunker:

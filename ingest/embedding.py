@@ -14,11 +14,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from citeline.batching import Batcher
+from citeline.contracts.embedder import Embedder
 from citeline.errors import ConfigError
 from citeline.ingest.query_encoder import build_query_encoder
 from citeline.settings import EmbeddingSettings
@@ -26,18 +26,6 @@ from citeline.settings import EmbeddingSettings
 __all__ = ["Embedder", "SentenceTransformerEmbedder", "default_model_path"]
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    name: str
-    dimension: int
-
-    def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def embed_query(self, text: str) -> np.ndarray: ...
-
-    def tokenize(self, text: str) -> list[str]: ...
 
 
 def default_model_path() -> Path:

@@ -46,9 +46,9 @@ from citeline.contracts.connector import Checkpoint, Connector, Delete, Failure,
 from citeline.db import Database
 from citeline.domain import Document
 from citeline.errors import CitelineError, ConnectorError, SyncLockedError
-from citeline.ingest.chunking import Chunker
+from citeline.contracts.chunker import Chunker
 from citeline.ingest.cleaning import clean_change, printable, storable
-from citeline.ingest.embedding import Embedder
+from citeline.contracts.embedder import Embedder
 
 __all__ = ["SyncReport", "SyncRunner", "content_hash"]
 

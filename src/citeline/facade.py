@@ -32,8 +32,8 @@ from citeline.contracts.connector import Connector
 from citeline.db import Database
 from citeline.domain import Access, Principal, SearchMode
 from citeline.errors import AuditError, CitelineError, ConfigError
-from citeline.ingest.chunking import Chunker
-from citeline.ingest.embedding import Embedder
+from citeline.contracts.chunker import Chunker
+from citeline.contracts.embedder import Embedder
 from citeline.ingest.scheduler import RetryPolicy, Scheduler, last_runs, next_run
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
 from citeline.access.keys import KeyStore, NewKey
@@ -42,7 +42,7 @@ from citeline.lora.registry import AdapterRegistry, AdapterRouter, AdapterVersio
 from citeline.contracts.generator import AdapterHost, ChatMessage, GenerationBackend
 from citeline.settings import Settings, SourceSettings
 from citeline.access.principals import PrincipalStore
-from citeline.answers.verification import Verifier
+from citeline.contracts.verifier import Verifier
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The contract (extension point ``citeline.verifiers``)
     An entry point names a class with a pydantic ``Config`` model (its own options, from
     ``[answer.verifier_options]``) built as ``cls(config, embedder=embedder)``; ``embedder`` is the
-    index's :class:`citeline.ingest.embedding.Embedder` (a verifier may ignore it). A verifier judges
+    index's :class:`citeline.contracts.embedder.Embedder` (a verifier may ignore it). A verifier judges
     claims in batches::
 
         class Verifier(Protocol):
@@ -50,13 +50,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from citeline.answers.sentences import (CITATION, Segment, content_stems, content_words, entities, negated, numbers,
                                 split_sentences, strip_citations, without_instructions)
+from citeline.contracts.verifier import Claim, EvidenceLike, Judgement, Verifier  # noqa: F401  (re-exported)
 
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]\s+|\d{1,3}[.)]\s+)")
 
@@ -68,28 +69,6 @@ FLAG = " [unverified]"
 REFUSAL = "I don't know from the available documents."  # the same sentence as citeline.answers.prompt.REFUSAL
 
 
-class EvidenceLike(Protocol):
-    n: int
-    text: str
-    title: str
-    chunk_id: int
-
-
-@dataclass(frozen=True)
-class Claim:
-    sentence: str  # without citation markers
-    cited: tuple[Any, ...]  # the evidence (``Evidence``) the sentence cites
-    evidence: tuple[Any, ...]  # all evidence shown
-    question: str
-
-
-@dataclass(frozen=True)
-class Judgement:
-    supported: bool
-    score: float
-    reason: str = ""
-
-
 @dataclass(frozen=True)
 class Unsupported:
     sentence: str
@@ -98,13 +77,6 @@ class Unsupported:
 
     def as_dict(self) -> dict[str, Any]:
         return {"sentence": self.sentence, "reason": self.reason, "cited": list(self.cited)}
-
-
-@runtime_checkable
-class Verifier(Protocol):
-    name: str
-
-    def judge(self, claims: Sequence[Claim]) -> list[Judgement]: ...
 
 
 @dataclass

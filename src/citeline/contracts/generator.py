@@ -2,8 +2,11 @@
 
 A backend turns a chat request into text. The grounded prompt (system rules, numbered evidence, the
 question) is built by :mod:`citeline.answers.prompt`; a backend only generates. Backends are found through the
-entry-point group ``citeline.generators``; each entry point names a factory
-``factory(settings: GenerationSettings, home: Path) -> GenerationBackend``.
+entry-point group ``citeline.generators`` (the built-ins are registered in citeline's own ``pyproject.toml``
+the same way); each entry point names a class built by :func:`citeline.plugins.create` as
+``cls(config, home=home, generation=generation)``: ``config`` is the class's own pydantic ``Config``
+validated from ``[generation.options]``, ``generation`` the core ``GenerationSettings`` (model, context,
+timeouts), ``home`` the citeline home folder.
 
 ``request.model`` selects what generates: ``None`` (or the base model's name) is the base model, any
 other name is a LoRA adapter the backend has loaded (vLLM serves adapters under their own model names;

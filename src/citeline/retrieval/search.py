@@ -44,7 +44,7 @@ import numpy as np
 
 from citeline.db import Database
 from citeline.domain import SearchHit, SearchMode
-from citeline.ingest.embedding import Embedder
+from citeline.contracts.embedder import Embedder
 from citeline.settings import RetrievalSettings
 
 __all__ = ["Retriever", "SearchResult"]
