@@ -38,7 +38,8 @@ from citeline.ingest.scheduler import RetryPolicy, Scheduler, last_runs, next_ru
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
 from citeline.access.keys import KeyStore, NewKey
 from citeline.retrieval.search import Retriever, SearchResult
-from citeline.lora.registry import AdapterRegistry, AdapterRouter, AdapterVersion
+from citeline.lora.registry import AdapterRegistry, AdapterVersion
+from citeline.lora.routing import AdapterRouter
 from citeline.contracts.generator import AdapterHost, ChatMessage, GenerationBackend
 from citeline.settings import Settings, SourceSettings
 from citeline.access.principals import PrincipalStore

@@ -13,7 +13,9 @@ from citeline.access.audit import AuditLog
 from citeline.domain import Access, Principal
 from citeline.errors import AdapterError, ForbiddenError
 from citeline.ingest.sync import SyncRunner
-from citeline.lora.registry import AdapterRegistry, AdapterRouter, adapter_version, promotion_problems
+from citeline.lora.promotion import promotion_problems
+from citeline.lora.registry import AdapterRegistry, adapter_version
+from citeline.lora.routing import AdapterRouter
 from citeline.retrieval.search import Retriever
 from citeline.generation.local import EmbeddedBackend
 from citeline.lora.rollout import promote, reconcile

@@ -39,7 +39,7 @@ from citeline.domain import Principal, SearchHit, SearchMode
 from citeline.errors import GenerationError, ModelNotFoundError, OverloadedError
 from citeline.answers.prompt import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
 from citeline.retrieval.search import Retriever
-from citeline.lora.registry import AdapterRouter, ModelChoice
+from citeline.answers.routing import ModelChoice, ModelRouter
 from citeline.contracts.generator import AdapterHost, ChatMessage, Generation, GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings, GenerationSettings
 from citeline.answers.verification import (LexicalVerifier, SentenceGate, SentenceVectors, Unsupported, Verification, Verifier,
@@ -220,7 +220,7 @@ class Assistant:
 
     def __init__(self, retriever: Retriever, backend: GenerationBackend, audit: AuditLog, *,
                  answer: AnswerSettings | None = None, generation: GenerationSettings | None = None,
-                 router: AdapterRouter | None = None, verifier: Verifier | None = None) -> None:
+                 router: ModelRouter | None = None, verifier: Verifier | None = None) -> None:
         self.retriever = retriever
         self.router = router
         self.backend = backend

@@ -11,11 +11,8 @@ team: a partial unique index), ``retired`` (replaced or withdrawn, kept for the 
 registration runs :func:`citeline.lora.manifest.preflight` against the base model the servers run; an adapter
 with any problem is refused with all of them listed.
 
-:class:`AdapterRouter` answers "which model does a request from this principal use": the team's active
-adapter (cached for ``ttl_s`` so a request costs no extra query), the base model when the team has none
-(and the answer says so), and refuses an adapter of another team (:class:`~citeline.errors.ForbiddenError`).
-
-Hot-swapping adapters on running model servers lives in :mod:`citeline.lora.rollout`.
+Which adapter a request uses is :mod:`citeline.lora.routing`; when an adapter may be promoted,
+:mod:`citeline.lora.promotion`; hot-swapping adapters on running model servers, :mod:`citeline.lora.rollout`.
 """
 
 from __future__ import annotations
@@ -25,17 +22,18 @@ import hashlib
 import json
 import re
 import shutil
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row, kwargs_row
 
+from citeline.db import Database
+from citeline.errors import AdapterError
 from citeline.lora.manifest import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
@@ -46,23 +44,25 @@ from citeline.lora.manifest import (
     preflight,
     read_json,
 )
-from citeline.db import Database
-from citeline.domain import Principal
-from citeline.errors import AdapterError, ForbiddenError
+from citeline.lora.promotion import evaluation_metrics
 
-__all__ = [
-    "AdapterRegistry",
-    "AdapterRouter",
-    "AdapterVersion",
-    "ModelChoice",
-    "adapter_version",
-    "evaluation_metrics",
-    "promotion_problems",
-]
+__all__ = ["AdapterRegistry", "AdapterVersion", "adapter_version"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _COLUMNS = ("id, name, team, version, served_name, path, base_model, base_fingerprint, rank, target_modules, "
             "status, metrics, created_at, created_by, promoted_at")
+# the registry's SQL (each returning _COLUMNS reads into an AdapterVersion by column name)
+_INSERT = (f"INSERT INTO adapters (name, team, version, served_name, path, base_model, base_fingerprint, rank, "
+           f"target_modules, metrics, created_by) VALUES (%(name)s, %(team)s, %(version)s, %(served)s, %(path)s, "
+           f"%(base_model)s, %(fingerprint)s, %(rank)s, %(modules)s, %(metrics)s::jsonb, %(actor)s) "
+           f"RETURNING {_COLUMNS}")
+_BY_SERVED_NAME = f"SELECT {_COLUMNS} FROM adapters WHERE served_name = %s"
+_LIST = (f"SELECT {_COLUMNS} FROM adapters WHERE (%(team)s::text IS NULL OR team = %(team)s) "
+         "AND (%(status)s::text IS NULL OR status = %(status)s) ORDER BY team, created_at, id")
+_LOCK_FOR_FLIP = "SELECT team, status FROM adapters WHERE served_name = %s FOR UPDATE"
+_RETIRE_ACTIVE = f"UPDATE adapters SET status = 'retired' WHERE team = %s AND status = 'active' RETURNING {_COLUMNS}"
+_ACTIVATE = "UPDATE adapters SET status = 'active', promoted_at = now() WHERE served_name = %s"
+_RETIRE = f"UPDATE adapters SET status = 'retired' WHERE served_name = %s RETURNING {_COLUMNS}"
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,13 @@ class AdapterVersion:
         return out
 
 
-def _row(r: tuple[Any, ...]) -> AdapterVersion:
-    return AdapterVersion(r[0], r[1], r[2], r[3], r[4], Path(r[5]), r[6], r[7], r[8], tuple(r[9]), r[10],
-                          r[11] or {}, r[12], r[13], r[14])
+def _version(*, path: str, target_modules: list[str], metrics: Mapping[str, Any] | None,
+             **columns: Any) -> AdapterVersion:
+    """An ``adapters`` row (selected as ``_COLUMNS``) as an :class:`AdapterVersion`: the row factory."""
+    return AdapterVersion(path=Path(path), target_modules=tuple(target_modules), metrics=metrics or {}, **columns)
+
+
+_ROWS = kwargs_row(_version)
 
 
 def adapter_version(adapter_dir: Path) -> str:
@@ -113,56 +117,6 @@ def adapter_version(adapter_dir: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def evaluation_metrics(adapter_dir: Path) -> dict[str, float]:
-    """The numbers of ``citeline adapter eval`` (``citeline_eval.json``) that the promotion gate reads."""
-    from citeline.lora.evaluation import EvalReport
-
-    try:
-        report = EvalReport.read(adapter_dir)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AdapterError(f"{adapter_dir}/citeline_eval.json is malformed ({exc!r}): run `citeline adapter eval` "
-                           "again") from exc
-    if report is None:
-        return {}
-    scores = report.scores
-    out = {"format_compliance": scores["adapter"].compliance, "baseline_format_compliance":
-           scores["baseline"].compliance, "base_format_compliance": scores["base"].compliance,
-           "similarity": scores["adapter"].similarity, "baseline_similarity": scores["baseline"].similarity}
-    if report.grounding is not None:
-        out.update(grounding=report.grounding.adapter_share, baseline_grounding=report.grounding.base_share)
-    return {k: round(float(v), 4) for k, v in out.items()}
-
-
-def promotion_problems(adapter: AdapterVersion) -> list[str]:
-    """Why an adapter may not become its team's active one (empty: it may).
-
-    When the registered folder carries ``citeline adapter eval``'s report (``citeline_eval.json``), the
-    evaluation's own rule decides (:func:`citeline.lora.evaluation.decide_promotion`: beat the prompting
-    baseline on format compliance, with grounding measured and not worse). Otherwise the metrics recorded
-    with the adapter must show the same: compliance above the baseline's, grounding (when given) not worse.
-    """
-    from citeline.lora.evaluation import EvalReport, decide_promotion
-
-    report = EvalReport.read(adapter.path)
-    if report is not None:
-        decision = decide_promotion(report)
-        return [] if decision.promote else list(decision.reasons)
-    m = adapter.metrics
-    have = {k for k in ("format_compliance", "baseline_format_compliance") if isinstance(m.get(k), int | float)}
-    if len(have) < 2:
-        return [f"{adapter.served_name} has no evaluation results (format_compliance and "
-                "baseline_format_compliance in its manifest): run `citeline adapter eval` first, or --force"]
-    problems = []
-    if float(m["format_compliance"]) <= float(m["baseline_format_compliance"]):
-        problems.append(f"format compliance {float(m['format_compliance']):.3f} does not beat the prompting "
-                        f"baseline's {float(m['baseline_format_compliance']):.3f}")
-    if isinstance(m.get("grounding"), int | float) and isinstance(m.get("baseline_grounding"), int | float):
-        if float(m["grounding"]) < float(m["baseline_grounding"]):
-            problems.append(f"grounding {float(m['grounding']):.3f} is worse than the base model's "
-                            f"{float(m['baseline_grounding']):.3f}")
-    return problems
 
 
 class AdapterRegistry:
@@ -215,20 +169,20 @@ class AdapterRegistry:
         dest = self._copy(source, served)
         try:
             with self._tx(conn) as c:
-                row = c.execute(
-                    f"INSERT INTO adapters (name, team, version, served_name, path, base_model, base_fingerprint, "
-                    f"rank, target_modules, metrics, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                    f"%s::jsonb, %s) RETURNING {_COLUMNS}",
-                    (name, team, version, served, str(dest), manifest.base_model if manifest else base_model_dir.name,
-                     base_model_fingerprint(base_model_dir), int(config.get("r", 0)),
-                     list(config.get("target_modules") or []),
-                     json.dumps({**(dict(manifest.metrics) if manifest else {}), **evaluation_metrics(source)}),
-                     actor)).fetchone()
+                row = c.cursor(row_factory=_ROWS).execute(_INSERT, {
+                    "name": name, "team": team, "version": version, "served": served, "path": str(dest),
+                    "base_model": manifest.base_model if manifest else base_model_dir.name,
+                    "fingerprint": base_model_fingerprint(base_model_dir), "rank": int(config.get("r", 0)),
+                    "modules": list(config.get("target_modules") or []),
+                    "metrics": json.dumps({**(dict(manifest.metrics) if manifest else {}),
+                                           **evaluation_metrics(source)}),
+                    "actor": actor}).fetchone()
         except psycopg.errors.UniqueViolation:
             existing = self.get(served)
             assert existing is not None
             return existing, False
-        return _row(row), True
+        assert row is not None
+        return row, True
 
     def _copy(self, source: Path, served: str) -> Path:
         """Copy the folder into the store atomically (a half-copied folder never has the final name).
@@ -264,8 +218,7 @@ class AdapterRegistry:
 
     def get(self, served_name: str) -> AdapterVersion | None:
         with self.db.writer() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM adapters WHERE served_name = %s", (served_name,)).fetchone()
-        return _row(row) if row else None
+            return conn.cursor(row_factory=_ROWS).execute(_BY_SERVED_NAME, (served_name,)).fetchone()
 
     def require(self, served_name: str) -> AdapterVersion:
         found = self.get(served_name)
@@ -275,11 +228,7 @@ class AdapterRegistry:
 
     def list(self, *, team: str | None = None, status: str | None = None) -> list[AdapterVersion]:
         with self.db.writer() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM adapters WHERE (%(team)s::text IS NULL OR team = %(team)s) "
-                "AND (%(status)s::text IS NULL OR status = %(status)s) ORDER BY team, created_at, id",
-                {"team": team, "status": status}).fetchall()
-        return [_row(r) for r in rows]
+            return conn.cursor(row_factory=_ROWS).execute(_LIST, {"team": team, "status": status}).fetchall()
 
     def active(self, team: str) -> AdapterVersion | None:
         found = self.list(team=team, status="active")
@@ -296,93 +245,21 @@ class AdapterRegistry:
         ``audit(conn, previous)`` runs in that transaction after the flip: if it raises, nothing changed.
         """
         with self.db.writer() as conn:
-            row = conn.execute("SELECT team, status FROM adapters WHERE served_name = %s FOR UPDATE",
-                               (served_name,)).fetchone()
-            if row is None:
+            target = conn.cursor(row_factory=dict_row).execute(_LOCK_FOR_FLIP, (served_name,)).fetchone()
+            if target is None:
                 raise AdapterError(f"no adapter {served_name!r} is registered: see `citeline adapter list`")
-            team, status = row
-            if status == "active":
+            if target["status"] == "active":
                 return None
-            previous = conn.execute(f"UPDATE adapters SET status = 'retired' WHERE team = %s AND status = 'active' "
-                                    f"RETURNING {_COLUMNS}", (team,)).fetchone()
-            conn.execute("UPDATE adapters SET status = 'active', promoted_at = now() WHERE served_name = %s",
-                         (served_name,))
+            previous = conn.cursor(row_factory=_ROWS).execute(_RETIRE_ACTIVE, (target["team"],)).fetchone()
+            conn.execute(_ACTIVATE, (served_name,))
             if audit is not None:
-                audit(conn, _row(previous) if previous else None)
-        return _row(previous) if previous else None
+                audit(conn, previous)
+        return previous
 
     def retire(self, served_name: str, *, conn: psycopg.Connection | None = None) -> AdapterVersion:
         """Withdraw an adapter (its team falls back to the base model if it was active)."""
         with self._tx(conn) as c:
-            row = c.execute(f"UPDATE adapters SET status = 'retired' WHERE served_name = %s RETURNING {_COLUMNS}",
-                               (served_name,)).fetchone()
+            row = c.cursor(row_factory=_ROWS).execute(_RETIRE, (served_name,)).fetchone()
         if row is None:
             raise AdapterError(f"no adapter {served_name!r} is registered: see `citeline adapter list`")
-        return _row(row)
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """The model a request generates with, and why."""
-
-    model: str  # what the backend is asked for: the base model's name or an adapter's served name
-    adapter: AdapterVersion | None = None
-    note: str | None = None  # set when the team's adapter is not used (falls back to the base model)
-
-
-@dataclass
-class _Cache:
-    at: float = -1e9
-    by_team: dict[str, AdapterVersion] = field(default_factory=dict)
-    by_served: dict[str, AdapterVersion] = field(default_factory=dict)
-
-
-class AdapterRouter:
-    """Picks each request's model from the registry: the team's active adapter, else the base model."""
-
-    def __init__(self, registry: AdapterRegistry, *, ttl_s: float = 1.0) -> None:
-        self.registry = registry
-        self.ttl_s = ttl_s
-        self._cache = _Cache()
-        self._lock = threading.Lock()
-
-    def _snapshot(self) -> _Cache:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._cache.at >= self.ttl_s:
-                every = self.registry.list()
-                self._cache = _Cache(now, {a.team: a for a in every if a.status == "active"},
-                                     {a.served_name: a for a in every})
-            return self._cache
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._cache = _Cache()
-
-    def may_use(self, principal: Principal, model: str) -> bool:
-        """False for an adapter of another team (or a retired one); True for anything the registry does not own."""
-        adapter = self._snapshot().by_served.get(model)
-        return adapter is None or (adapter.team == principal.team and adapter.status != "retired")
-
-    def choose(self, principal: Principal, requested: str | None, base_model: str) -> ModelChoice:
-        """The team's active adapter when ``requested`` names none; a named adapter only for its own team."""
-        cache = self._snapshot()
-        if requested in (None, "", "citeline", base_model):
-            if requested == base_model:
-                return ModelChoice(base_model)
-            adapter = cache.by_team.get(principal.team) if principal.team else None
-            if adapter is None:
-                who = f"team {principal.team!r}" if principal.team else f"{principal.user} (no team)"
-                return ModelChoice(base_model, note=f"{who} has no active adapter; answered by the base model")
-            return ModelChoice(adapter.served_name, adapter)
-        adapter = cache.by_served.get(requested)
-        if adapter is None:
-            return ModelChoice(requested)  # not an adapter citeline manages: the backend decides
-        if adapter.team != principal.team:
-            raise ForbiddenError(f"adapter {requested!r} belongs to team {adapter.team!r}; "
-                                 f"{principal.user} is in team {principal.team!r} and may only use its own team's "
-                                 "adapters")
-        if adapter.status == "retired":
-            raise ForbiddenError(f"adapter {requested!r} is retired; ask without a model to use team "
-                                 f"{adapter.team!r}'s current adapter")
-        return ModelChoice(adapter.served_name, adapter)
+        return row

@@ -29,7 +29,8 @@ import httpx
 
 from citeline.lora.manifest import preflight
 from citeline.errors import AdapterError, GenerationError
-from citeline.lora.registry import AdapterRegistry, AdapterVersion, promotion_problems
+from citeline.lora.promotion import promotion_problems
+from citeline.lora.registry import AdapterRegistry, AdapterVersion
 from citeline.contracts.generator import AdapterHost
 
 __all__ = ["HostReport", "Promotion", "ReplicaClient", "promote", "reconcile"]
