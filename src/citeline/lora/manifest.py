@@ -25,12 +25,14 @@ import json
 import os
 import re
 import stat as st
-import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from citeline.lora.config_fields import CONFIG_FIELDS, MANIFEST_FIELDS, is_int, type_problems
+from citeline.lora.safetensors_header import safetensors_shapes
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -43,6 +45,8 @@ __all__ = [
     "AdapterProblem",
     "Problem",
     "base_model_fingerprint",
+    "llama_linear_shapes",
+    "lora_shape_problems",
     "open_regular",
     "preflight",
     "read_json",
@@ -62,7 +66,8 @@ LLAMA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", 
 # config.json keys that decide whether an adapter's weights fit a base model
 _FINGERPRINT_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size")
-_LORA_KEY = re.compile(r"\.layers\.(\d+)\.(?:[\w.]*\.)?(\w+)\.lora_([AB])\.weight$")
+# a LoRA matrix in a peft state dict: base_model.model.<module path>.lora_A.weight
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 
 
 class Problem(StrEnum):
@@ -108,7 +113,7 @@ class AdapterManifest:
             return None
         except OSError as exc:
             raise ValueError(f"{path} cannot be read ({exc.strerror})") from exc
-        problems = _type_problems(raw, _MANIFEST_FIELDS, MANIFEST,
+        problems = type_problems(raw, MANIFEST_FIELDS, MANIFEST,
                                   "run `citeline adapter train` again, or fix the file")
         if problems:
             raise ValueError(f"{path} is malformed: " + "; ".join(problems))
@@ -188,7 +193,7 @@ def preflight(adapter_dir: Path, *, base_model_dir: Path, max_rank: int,
                                "peft's save_pretrained")]
     except (OSError, ValueError) as exc:
         return [AdapterProblem(Problem.NOT_AN_ADAPTER, f"{adapter_dir}/{ADAPTER_CONFIG} cannot be used: {exc}")]
-    if bad := _type_problems(config, _CONFIG_FIELDS, ADAPTER_CONFIG, _SAVE_AGAIN):
+    if bad := type_problems(config, CONFIG_FIELDS, ADAPTER_CONFIG, _SAVE_AGAIN):
         return [AdapterProblem(Problem.BAD_CONFIG, message) for message in bad]
     base = json.loads((base_model_dir / "config.json").read_text())
     problems = _config_problems(config, max_rank, frozenset(supported_modules))
@@ -243,57 +248,87 @@ def _weight_problems(adapter_dir: Path, config: dict[str, Any], base: dict[str, 
     if not weights.is_file():
         return [AdapterProblem(Problem.WEIGHTS_MISSING, f"{weights.name} is missing from {adapter_dir}")]
     try:
-        shapes = _safetensors_shapes(weights)
-    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, AttributeError) as exc:
+        with open_regular(weights) as f:
+            shapes = safetensors_shapes(f)
+    except (OSError, ValueError) as exc:
         return [AdapterProblem(Problem.WEIGHTS_MISSING, f"{weights.name} is unreadable or truncated ({exc})")]
-    dims = _module_dims(base)
-    rank_of = {**{m: int(config["r"]) for m in config["target_modules"]},
-               **{k: int(v) for k, v in (config.get("rank_pattern") or {}).items()}}
-    problems, seen = [], set()
-    for key, shape in shapes.items():
-        match = _LORA_KEY.search(key)
-        if not match:
-            problems.append(AdapterProblem(Problem.WEIGHTS_MISMATCH, f"unexpected tensor {key!r}"))
-            continue
-        layer, module, which = int(match[1]), match[2], match[3]
-        seen.add(module)
-        if module not in rank_of or layer >= int(base["num_hidden_layers"]):
-            problems.append(AdapterProblem(Problem.WEIGHTS_MISMATCH, f"{key!r} is not a target module of a "
-                                           "layer the base model has"))
-            continue
-        in_dim, out_dim = dims[module]
-        want = [rank_of[module], in_dim] if which == "A" else [out_dim, rank_of[module]]
-        if shape != want:
-            problems.append(AdapterProblem(Problem.WEIGHTS_MISMATCH, f"{key!r} has shape {shape}, the base "
-                                           f"model needs {want}"))
-    if missing := sorted(set(config["target_modules"]) - seen):
-        problems.append(AdapterProblem(Problem.WEIGHTS_MISSING, f"no weights for target modules {missing}"))
-    return problems
+    return lora_shape_problems(shapes, config, llama_linear_shapes(base))
 
 
-def _module_dims(base: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each Llama-style linear layer."""
+def llama_linear_shapes(base: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in, out) features of every linear layer a LoRA may target in a Llama-style model, from its config.json.
+
+    Keyed by module path (``model.layers.0.self_attn.q_proj``), as ``named_modules()`` of the loaded model.
+    """
     hidden, inter = int(base["hidden_size"]), int(base["intermediate_size"])
     heads = int(base["num_attention_heads"])
     head_dim = int(base.get("head_dim") or hidden // heads)
     kv = int(base.get("num_key_value_heads") or heads) * head_dim
-    return {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
-            "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
-            "down_proj": (inter, hidden)}
+    per_layer = {"self_attn.q_proj": (hidden, heads * head_dim), "self_attn.k_proj": (hidden, kv),
+                 "self_attn.v_proj": (hidden, kv), "self_attn.o_proj": (heads * head_dim, hidden),
+                 "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter), "mlp.down_proj": (inter, hidden)}
+    return {f"model.layers.{i}.{module}": dims for i in range(int(base["num_hidden_layers"]))
+            for module, dims in per_layer.items()}
 
 
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name → shape from a safetensors header (8-byte little-endian length, then JSON)."""
-    with open_regular(path) as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > 100_000_000:
-            raise ValueError("header too large")
-        header = json.loads(f.read(length))
-        size = os.fstat(f.fileno()).st_size
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + length + end > size:
-        raise ValueError(f"the file is {size} bytes, its header describes {8 + length + end}")
-    return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+def lora_shape_problems(shapes: Mapping[str, Sequence[int]], config: Mapping[str, Any],
+                        linear: Mapping[str, tuple[int, int]]) -> list[AdapterProblem]:
+    """The one LoRA shape check: each tensor of ``shapes`` (an adapter's weights) against the base model.
+
+    ``config`` is the adapter's ``adapter_config.json``; ``linear`` maps each linear module path of the base
+    model to its (in, out) features: :func:`llama_linear_shapes` of a config.json (registration's preflight)
+    or the loaded model's own modules (the embedded backend). Every tensor must be a ``lora_A``/``lora_B``
+    matrix of a module the base model has and the config targets, of shape ``[r, in]`` / ``[out, r]`` with
+    ``r`` from ``rank_pattern`` (matched as peft matches it) or ``r``; every listed target needs weights.
+    """
+    r, pattern = config.get("r"), config.get("rank_pattern") or {}
+    if not is_int(r) or not isinstance(pattern, dict) or not all(is_int(v) for v in pattern.values()):
+        return [AdapterProblem(Problem.BAD_CONFIG, f"{ADAPTER_CONFIG}: r and rank_pattern must be integers of at "
+                               f"least 1 (r is {r!r}): {_SAVE_AGAIN}")]
+    targets = config.get("target_modules")
+    listed = [str(t) for t in targets] if isinstance(targets, list) else None  # a string is a peft regex
+    problems, seen = [], set()
+    for key, shape in shapes.items():
+        match = _LORA_KEY.match(key)
+        if match is None:
+            problems.append(AdapterProblem(Problem.WEIGHTS_MISMATCH, f"unexpected tensor {key!r} (not a LoRA "
+                                           "lora_A or lora_B matrix)"))
+            continue
+        module = match["module"]
+        if module not in linear or (listed is not None and not _targets(module, listed)):
+            problems.append(AdapterProblem(Problem.WEIGHTS_MISMATCH, f"{key!r} is not a target module of a "
+                                           "layer the base model has"))
+            continue
+        seen.add(module)
+        rank = _rank_of(module, pattern, r)
+        in_dim, out_dim = linear[module]
+        want = [rank, in_dim] if match["ab"] == "A" else [out_dim, rank]
+        if list(shape) != want:
+            problems.append(AdapterProblem(Problem.WEIGHTS_MISMATCH, f"{key!r} has shape {list(shape)}, the base "
+                                           f"model needs {want} (r={rank})"))
+    if listed is not None and (missing := sorted(t for t in set(listed) if not any(_targets(m, [t]) for m in seen))):
+        problems.append(AdapterProblem(Problem.WEIGHTS_MISSING, f"{ADAPTER_WEIGHTS} lacks weights for target "
+                                       f"modules {missing}"))
+    elif not seen:
+        problems.append(AdapterProblem(Problem.WEIGHTS_MISSING, f"{ADAPTER_WEIGHTS} holds no LoRA weights"))
+    return problems
+
+
+def _targets(module: str, targets: Iterable[str]) -> bool:
+    """peft's rule for a list of target modules: the module's path is one of them or ends in ``.name``."""
+    return any(module == t or module.endswith(f".{t}") for t in targets)
+
+
+def _rank_of(module: str, pattern: Mapping[str, int], r: int) -> int:
+    """peft's rule: the first ``rank_pattern`` key that matches the end of the module's path, else ``r``."""
+    for key, rank in pattern.items():
+        try:
+            hit = re.match(rf"(.*\.)?({key})$", module) is not None
+        except re.error:
+            hit = _targets(module, [key])
+        if hit:
+            return rank
+    return r
 
 
 def _file_problems(adapter_dir: Path) -> list[AdapterProblem]:
@@ -321,75 +356,3 @@ _KINDS = ((st.S_ISLNK, "a symbolic link"), (st.S_ISFIFO, "a named pipe"), (st.S_
 
 def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "a special file")
-
-
-# -- field types: (accepts the value, what it must be, an example) --------------------------------------
-
-def _is_int(v: object, low: int = 1) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _is_num(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _is_names(v: object) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
-
-
-def _optional(test: Callable[[object], bool]) -> Callable[[object], bool]:
-    return lambda v: v is None or test(v)
-
-
-_Field = tuple[Callable[[object], bool], str, str]
-_BOOL: _Field = (_optional(lambda v: isinstance(v, bool)), "true or false", "false")
-_CONFIG_FIELDS: dict[str, _Field] = {
-    "peft_type": (lambda v: isinstance(v, str), "a string", '"LORA"'),
-    "r": (_is_int, "the LoRA rank: an integer, at least 1", "8"),
-    "lora_alpha": (_optional(_is_num), "a number", "16"),
-    "lora_dropout": (_optional(lambda v: _is_num(v) and 0 <= v <= 1), "a number from 0 to 1", "0.05"),
-    "target_modules": (lambda v: isinstance(v, str) or _is_names(v), "a list of module names", '["q_proj", "v_proj"]'),
-    "rank_pattern": (_optional(lambda v: isinstance(v, dict)), "an object of module name: rank", '{"q_proj": 8}'),
-    "alpha_pattern": (_optional(lambda v: isinstance(v, dict)), "an object of module name: alpha", '{"q_proj": 16}'),
-    "modules_to_save": (_optional(_is_names), "a list of module names, or null", "null"),
-    "layers_to_transform": (_optional(lambda v: _is_int(v, 0) or (isinstance(v, list) and all(_is_int(x, 0)
-                            for x in v))), "a layer index or a list of them, or null", "null"),
-    "base_model_name_or_path": (_optional(lambda v: isinstance(v, str)), "a string", '"HuggingFaceTB/SmolLM2-135M"'),
-    "bias": (_optional(lambda v: v in ("none", "all", "lora_only")), '"none", "all" or "lora_only"', '"none"'),
-    "task_type": (_optional(lambda v: isinstance(v, str)), "a string", '"CAUSAL_LM"'),
-    "use_dora": _BOOL, "use_rslora": _BOOL, "fan_in_fan_out": _BOOL, "inference_mode": _BOOL,
-}
-_REQUIRED = frozenset({"peft_type", "r", "target_modules", "base_model", "base_fingerprint", "rank"})
-# entries of these objects: module name -> value
-_ENTRY_FIELDS: dict[str, _Field] = {
-    "rank_pattern": (_is_int, "an integer, at least 1", "8"),
-    "alpha_pattern": (_is_num, "a number", "16"),
-    "metrics": (_is_num, "a number", "0.9"),
-}
-_MANIFEST_FIELDS: dict[str, _Field] = {
-    "base_model": (lambda v: isinstance(v, str) and bool(v), "a model name", '"SmolLM2-135M-Instruct"'),
-    "base_fingerprint": (lambda v: isinstance(v, str) and bool(v), "the base model's fingerprint", '"<sha256>"'),
-    "rank": (_is_int, "an integer, at least 1", "8"),
-    "target_modules": (_is_names, "a list of module names", '["q_proj", "v_proj"]'),
-    "team": (_optional(lambda v: isinstance(v, str)), "a string or null", '"support"'),
-    "data_hash": (_optional(lambda v: isinstance(v, str)), "a string or null", "null"),
-    "metrics": (_optional(lambda v: isinstance(v, dict)), "an object of name: number", '{"format_compliance": 0.9}'),
-}
-
-
-def _type_problems(data: dict[str, Any], fields: dict[str, _Field], file: str, fix: str) -> list[str]:
-    """One message per field of the wrong type (naming the file, the field, the value and the fix)."""
-    problems = []
-    for key, (accepts, want, example) in fields.items():
-        if key not in data:
-            if key in _REQUIRED:
-                problems.append(f'{file}: "{key}" is missing; it must be {want} (e.g. "{key}": {example}): {fix}')
-            continue
-        value = data[key]
-        if not accepts(value):
-            problems.append(f'{file}: "{key}" is {value!r}, it must be {want} (e.g. "{key}": {example}): {fix}')
-        elif key in _ENTRY_FIELDS and isinstance(value, dict):
-            entry_ok, entry_want, entry_example = _ENTRY_FIELDS[key]
-            problems += [f'{file}: "{key}" entry "{name}" is {item!r}, it must be {entry_want} (e.g. "{key}": '
-                         f'{{"{name}": {entry_example}}}): {fix}' for name, item in value.items() if not entry_ok(item)]
-    return problems
