@@ -125,6 +125,11 @@ class RetrievalSettings(_Section):
         "the scores and order of its results say nothing about documents it may not see; global = every "
         "chunk (the old ranking; a principal can then learn from its results' scores whether hidden "
         "documents contain a word: docs/security.md)")
+    reranker: str | None = Field(None, description="entry point in group citeline.rerankers (built-in: mmr) that "
+                                 "reorders and prunes the retrieval.candidates hits the principal may see to "
+                                 "top_k; unset: no reranking")
+    reranker_options: dict[str, Any] = Field(default_factory=dict, repr=False, description="the reranker's own "
+                                             "options, checked by its Config model, e.g. {diversity = 0.3}")
 
 
 class GenerationSettings(_Section):

@@ -4,17 +4,28 @@ Each module's docstring is the contract: how the plugin is built (:func:`citelin
 what it must guarantee, and which ``citeline.testing`` suite checks it. Built-ins and third-party
 plugins register under the same entry-point groups and run the same suites.
 
-=====================  ========================================  ==================================  ==========================================
-group                  contract (Protocol)                       built as                            contract suite
-=====================  ========================================  ==================================  ==========================================
-citeline.connectors    :class:`.connector.Connector`             ``cls(config, default_access)``     :mod:`citeline.testing.connectors`
-citeline.chunkers      :class:`.chunker.Chunker`                 ``cls(config, tokenize=)``          :mod:`citeline.testing.chunkers`
-citeline.embedders     :class:`.embedder.Embedder`               ``cls(config, home=)``              :mod:`citeline.testing.embedders`
-citeline.generators    :class:`.generator.GenerationBackend`     ``cls(config, home=, generation=)`` :mod:`citeline.testing.generators`
-citeline.rerankers     :class:`.reranker.Reranker`               ``cls(config, embedder=)``          :mod:`citeline.testing.rerankers`
-citeline.verifiers     :class:`.verifier.Verifier`               ``cls(config, embedder=)``          :mod:`citeline.testing.verifiers`
-=====================  ========================================  ==================================  ==========================================
+===================  =============================================  ==============================
+group (citeline.*)   Protocol (citeline.contracts.*)                contract suite (citeline.*)
+===================  =============================================  ==============================
+connectors           ``connector.Connector``                        ``testing.connectors``
+chunkers             ``chunker.Chunker``                            ``testing.chunkers``
+embedders            ``embedder.Embedder``                          ``testing.embedders``
+generators           ``generator.GenerationBackend``                ``testing.generators``
+rerankers            ``reranker.Reranker``                          ``testing.rerankers``
+verifiers            ``verifier.Verifier``                          ``testing.verifiers``
+===================  =============================================  ==============================
 
+How each group's classes are built (``cls(config, **context)``) is tabled in :mod:`citeline.plugins`.
 The modules may import :mod:`citeline.domain`, :mod:`citeline.errors` and each other, nothing else of
 citeline (the foundation layer).
 """
+
+from citeline.contracts.chunker import Chunker
+from citeline.contracts.connector import Connector, ConnectorConfig
+from citeline.contracts.embedder import Embedder
+from citeline.contracts.generator import AdapterHost, GenerationBackend
+from citeline.contracts.reranker import Reranker
+from citeline.contracts.verifier import Verifier
+
+__all__ = ["AdapterHost", "Chunker", "Connector", "ConnectorConfig", "Embedder", "GenerationBackend", "Reranker",
+           "Verifier"]

@@ -32,6 +32,11 @@ Every matched row is then *scored* with all of the question's terms::
 with ``tf`` the term's number of positions in the chunk and ``dl`` the chunk's number of distinct
 lexemes (``length(tsv)``). The tsquery is assembled in SQL from quoted lexemes; the question's text
 is only ever a bound parameter. A question made only of stop words has no lexemes and no lexical hits.
+
+Reranking (``retrieval.reranker``, unset by default): the statement then returns ``candidates`` hits
+instead of ``k`` and the reranker (:mod:`citeline.contracts.reranker`, built-in ``mmr``) picks and orders
+``k`` of them. It runs after the statement, on rows row-level security already let through: it can
+reorder and prune what the principal may see, never add to it.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from citeline import plugins
+from citeline.contracts.embedder import Embedder
+from citeline.contracts.reranker import Reranker
 from citeline.db import Database
 from citeline.domain import SearchHit, SearchMode
-from citeline.contracts.embedder import Embedder
 from citeline.settings import RetrievalSettings
 
 __all__ = ["Retriever", "SearchResult"]
@@ -154,10 +161,17 @@ class SearchResult:
 class Retriever:
     """Searches one namespace of the index on behalf of a principal."""
 
-    def __init__(self, db: Database, embedder: Embedder, settings: RetrievalSettings | None = None) -> None:
+    def __init__(self, db: Database, embedder: Embedder, settings: RetrievalSettings | None = None, *,
+                 reranker: Reranker | None = None) -> None:
+        """``reranker`` (or, without one, ``settings.reranker`` built with its ``reranker_options``) reorders
+        and prunes each search's candidates; neither: no reranking."""
         self.db = db
         self.embedder = embedder
         self.settings = settings or RetrievalSettings()
+        if reranker is None and self.settings.reranker:
+            reranker = plugins.create(plugins.RERANKERS, self.settings.reranker, self.settings.reranker_options,
+                                      section="retrieval.reranker_options", embedder=embedder)
+        self.reranker = reranker
 
     def search(self, query: str, *, user: str | None, k: int | None = None,
                mode: SearchMode = SearchMode.HYBRID, candidates: int | None = None,
@@ -182,13 +196,15 @@ class Retriever:
             "budget": self.settings.lexical_row_budget,
             "k1": self.settings.bm25_k1,
             "b": self.settings.bm25_b,
-            "k": k,
+            "k": n if self.reranker is not None else k,
         }
         sql = _statement(mode, self.settings.lexical_statistics)
         with self.db.reader(user) as conn:
             rows = conn.execute(sql, params).fetchall()  # type: ignore[call-overload]
         t2 = time.perf_counter()
         hits = tuple(_hit(row, mode) for row in rows)
+        if self.reranker is not None:
+            hits = tuple(self.reranker.rerank(query, hits, k))
         return SearchResult(query, user, mode, hits, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
 
