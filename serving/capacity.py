@@ -142,7 +142,7 @@ class ReadinessProbe:
         if conn is not None:
             try:
                 await conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection is being thrown away anyway
+            except Exception:  # a broken connection is being thrown away anyway
                 log.debug("closing the readiness connection failed", exc_info=True)
 
 
@@ -179,14 +179,14 @@ async def in_one_thread(items: Iterator[str]) -> AsyncIterator[str]:
                 if stop.is_set():
                     break
                 put(item)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader, who raises it
+        except BaseException as exc:  # handed to the reader, who raises it
             put(_Failed(exc))
         finally:
             close = getattr(items, "close", None)
             if close is not None:
                 try:
                     close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("closing a stream failed")
             put(_END)
 

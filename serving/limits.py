@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from citeline.errors import AuthError, DatabaseError
-from citeline.access.keys import Authenticated
+from citeline.facade import Authenticated
 from citeline.serving.metrics import Metrics
 from citeline.settings import ServerSettings
 

@@ -27,8 +27,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from citeline.errors import GenerationError
 from citeline.contracts.generator import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
+from citeline.errors import GenerationError
 
 __all__ = ["create_model_app"]
 

@@ -36,7 +36,7 @@ from citeline.contracts.chunker import Chunker
 from citeline.contracts.embedder import Embedder
 from citeline.ingest.scheduler import RetryPolicy, Scheduler, last_runs, next_run
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
-from citeline.access.keys import KeyStore, NewKey
+from citeline.access.keys import Authenticated, KeyStore, NewKey
 from citeline.retrieval.search import Retriever, SearchResult
 from citeline.lora.registry import AdapterRegistry, AdapterVersion
 from citeline.lora.routing import AdapterRouter
@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from citeline.lora.rollout import HostReport, Promotion
 
-__all__ = ["Citeline", "SourceStatus", "build_connector"]
+# Answer, AnswerStream and Authenticated: for serving, which reaches the core only through this module
+__all__ = ["Answer", "AnswerStream", "Authenticated", "Citeline", "SourceStatus", "build_connector"]
 
 
 @dataclass(frozen=True)
