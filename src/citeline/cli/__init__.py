@@ -1,4 +1,10 @@
-"""The ``citeline`` command line: one Typer app per command group, logic in :class:`citeline.Citeline`."""
+"""The ``citeline`` command line: one Typer app per command group, logic in :class:`citeline.Citeline` and
+:mod:`citeline.workflows` (the CLI imports nothing else of the core).
+
+Naming a user: ``--as USER`` is the principal a command acts as (``search``, ``ask``, ``adapter eval
+--grounding``: only what USER may see); a positional ``USER`` is the principal a command administers
+(``principals add|remove USER``, ``keys create|list USER``).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,31 @@ import sys
 
 import typer
 
-from citeline.cli import adapter, adapter_registry, ask, audit, evaluate, keys, principals, scheduler, search, serve, sources, sync
-from citeline.cli._common import fail
+from citeline.cli import (
+    adapter,
+    adapter_registry,
+    ask,
+    audit,
+    evaluate,
+    keys,
+    principals,
+    scheduler,
+    search,
+    serve,
+    sources,
+    sync,
+)
+from citeline.cli._common import LiteralHelpGroup, fail
 from citeline.errors import CitelineError
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="citeline",
-    help="Permission-aware retrieval over your company's documents.",
+    cls=LiteralHelpGroup,
+    help="Permission-aware retrieval over your company's documents.\n\n"
+         "--as USER: act as that principal (see only what it may see); a positional USER: the principal "
+         "being administered.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

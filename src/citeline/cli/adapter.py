@@ -1,13 +1,11 @@
 """``citeline adapter ...``: a team's LoRA adapter from data to evaluation (check-data, train, eval).
 
-Logic lives in :mod:`citeline.lora.data`, :mod:`citeline.lora.training` and
-:mod:`citeline.lora.evaluation`; this module parses options and prints. ``app`` is the command group the
-registry commands (register, promote, sync, list) join as well.
+The work is done by :mod:`citeline.workflows` (over :mod:`citeline.lora`); this module parses options and
+prints. ``app`` is the command group the registry commands (register, promote, sync, list) join as well.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from pathlib import Path
@@ -15,14 +13,25 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.text import Text
 
-from citeline.cli._common import ConfigOption, JsonOption, console, err_console, fail, opened, print_json
-from citeline.errors import CitelineError
-from citeline.settings import Settings
+from citeline import workflows
+from citeline.cli._common import (
+    AS_USER_HELP,
+    ConfigOption,
+    JsonOption,
+    PlainTable,
+    console,
+    err_console,
+    escape,
+    fail,
+    prepare,
+    print_json,
+    reported,
+)
 
 if TYPE_CHECKING:
-    from citeline.lora.data import DataReport
+    from citeline.workflows import AdapterEvalReport, DataReport, PromotionDecision, TrainingProgress
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -35,42 +44,22 @@ MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="long
                                               "model's tokens (chat template included)")]
 
 
-def _base_model(base: Path | None, config: Path | None) -> Path:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if base is not None:
-        if not (base / "config.json").is_file():
-            fail(f"--base {base} is not a local Hugging Face model folder (no config.json)")
-        return base.resolve()
-    from citeline.generation.local import ensure_base_model
-
-    try:
-        return ensure_base_model(Settings.load(config).home)
-    except CitelineError as exc:
-        fail(str(exc))
-
-
-def _tokenizer(base: Path):  # noqa: ANN202 (transformers' tokenizer types are heavy to import here)
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    return AutoTokenizer.from_pretrained(base, local_files_only=True)
-
-
 def _print_report(report: DataReport) -> None:
     console.print(f"{report.path}: {report.lines} lines, {len(report.examples)} usable examples → "
-                  f"{len(report.split.train)} train, {len(report.split.heldout)} held out", highlight=False)
+                  f"{len(report.split.train)} train, {len(report.split.heldout)} held out", highlight=False,
+                  markup=False)
     tokens = list(report.token_counts.values())
     if tokens:
         console.print(f"tokens per example ({report.counter}): min {min(tokens)}, mean "
-                      f"{sum(tokens) / len(tokens):.0f}, max {max(tokens)}, limit {report.max_tokens}", highlight=False)
+                      f"{sum(tokens) / len(tokens):.0f}, max {max(tokens)}, limit {report.max_tokens}", highlight=False,
+                      markup=False)
         widest = max(n for _, _, n in report.histogram) or 1
         for lo, hi, n in report.histogram:
             console.print(f"  {lo:>5}–{hi - 1:<5} {'█' * round(30 * n / widest):<30} {n}", highlight=False)
     if report.ok:
         console.print("[green]no problems[/]")
         return
-    table = Table("line", "problem", "detail", title=f"{len(report.problems)} problem(s)", title_justify="left")
+    table = PlainTable("line", "problem", "detail", title=f"{len(report.problems)} problem(s)", title_justify="left")
     for p in report.problems:
         table.add_row("-" if p.line is None else str(p.line), p.kind.value, p.message)
     console.print(table)
@@ -87,13 +76,10 @@ def check_data(
     as_json: JsonOption = False,
 ) -> None:
     """Check training data: schema, role order, empty, overlong, duplicates, lengths, split. Exit 1 on problems."""
-    from citeline.lora.data import chat_token_counter
-    from citeline.lora.data import check_data as run_check
-
-    if not file.is_file():
-        fail(f"{file} does not exist")
-    counter = chat_token_counter(_tokenizer(_base_model(base, config)))
-    report = run_check(file, count_tokens=counter, max_tokens=max_tokens, heldout=heldout, seed=seed)
+    prepare()
+    with reported():
+        report = workflows.check_training_data(file, base=base, config=config, max_tokens=max_tokens,
+                                               heldout=heldout, seed=seed)
     if as_json:
         print_json(report.as_dict())
     else:
@@ -128,27 +114,23 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train TEAM's LoRA adapter; Ctrl-C saves a checkpoint and the same command continues from it."""
-    from citeline.lora.training import TrainingConfig, TrainingProgress, train_adapter
-
-    base_dir = _base_model(base, config)
-    out = output or Settings.load(config).home / "adapters" / team
-    cfg = TrainingConfig(team=team, data=data, output=out, base_model=base_dir, rank=rank, alpha=alpha or 2 * rank,
-                         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, save_every=save_every,
-                         qlora=qlora, threads=threads, max_tokens=max_tokens, heldout=heldout, seed=seed)
+    prepare()
+    options = {"rank": rank, "alpha": alpha or 2 * rank, "epochs": epochs, "learning_rate": learning_rate,
+               "batch_size": batch_size, "save_every": save_every, "qlora": qlora, "threads": threads,
+               "max_tokens": max_tokens, "heldout": heldout, "seed": seed}
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
     try:
-        with Progress(*columns, console=err_console, disable=as_json) as bar:
-            task = bar.add_task(f"training {team}", total=None, loss="-")
+        with reported(), Progress(*columns, console=err_console, disable=as_json) as bar:
+            task = bar.add_task(f"training {escape(team)}", total=None, loss="-")
 
             def on_step(p: TrainingProgress) -> None:
                 bar.update(task, completed=p.step, total=p.total_steps, loss=f"{p.loss:.3f}")
 
-            result = train_adapter(cfg, progress=on_step, stop=stop, resume=not fresh)
-    except CitelineError as exc:
-        fail(str(exc))
+            result = workflows.train_adapter(team, data, base=base, output=output, config=config, progress=on_step,
+                                             stop=stop, resume=not fresh, **options)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -165,7 +147,8 @@ def train(
         m = result.manifest.metrics if result.manifest else {}
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
         console.print(f"adapter written to {result.output}{resumed} in {result.seconds:.0f} s: held-out loss "
-                      f"{m.get('base_heldout_loss', 0):.3f} (base) → {m.get('heldout_loss', 0):.3f}", highlight=False)
+                      f"{m.get('base_heldout_loss', 0):.3f} (base) → {m.get('heldout_loss', 0):.3f}", highlight=False,
+                      markup=False)
     if not result.completed:
         raise typer.Exit(130 if stop.is_set() else 1)
 
@@ -182,50 +165,32 @@ def evaluate(
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=8, help="answer length limit")] = 256,
     grounding: Annotated[bool, typer.Option("--grounding/--no-grounding", help="also ask the held-out questions "
                                             "through the assistant (needs the index: citeline sync)")] = False,
-    as_user: Annotated[str | None, typer.Option("--as", help="grounding: ask as this principal",
+    as_user: Annotated[str | None, typer.Option("--as", metavar="USER", help="with --grounding: " + AS_USER_HELP,
                                                 show_default=False)] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Adapter vs base model vs prompting baseline on held-out prompts; writes citeline_eval.json."""
-    from citeline.lora.evaluation import (decide_promotion, evaluate_adapter, grounding_check, heldout_examples,
-                                       load_rules, question_of)
-    from citeline.generation.local import EmbeddedBackend
-    from citeline.settings import GenerationSettings
-
     if grounding and not as_user:
         fail("--grounding needs --as USER: the principal whose documents the questions are answered from")
-    base_dir = _base_model(base, config)
-    name = adapter.name or "adapter"
-    try:
-        team_rules = load_rules(rules)
-        examples = heldout_examples(adapter, data=heldout_file)[:limit]
-        settings = Settings.load(config)
-        backend = EmbeddedBackend(settings.generation.model_copy(update={"model": str(base_dir)}), settings.home)
-        backend.load_adapter(name, adapter)
-        with Progress(TextColumn("evaluating"), BarColumn(), TextColumn("{task.completed}/{task.total} prompts"),
-                      TimeElapsedColumn(), console=err_console, disable=as_json) as bar:
-            task = bar.add_task("eval", total=len(examples))
-            report = evaluate_adapter(adapter, team_rules, backend, adapter_name=name, examples=examples,
-                                      max_tokens=max_tokens, progress=lambda i, n: bar.update(task, completed=i))
-        if grounding:
-            from citeline.answers.assistant import Assistant
-
-            with opened(config) as cl:
-                assistant = Assistant(cl.retriever, backend, cl.audit, answer=cl.settings.answer,
-                                      generation=GenerationSettings(max_tokens=max_tokens))
-                g = grounding_check(assistant, cl.principals.get(as_user), [question_of(p) for p in report.prompts],
-                                    adapter_name=name)
-            report = type(report)(**{**report.__dict__, "grounding": g})
-        report.write(adapter)
-    except CitelineError as exc:
-        fail(str(exc))
-    decision = decide_promotion(report)
+    prepare()
+    with reported(), Progress(TextColumn("evaluating"), BarColumn(), TextColumn("{task.completed}/{task.total} "
+                                                                                "prompts"),
+                              TimeElapsedColumn(), console=err_console, disable=as_json) as bar:
+        task = bar.add_task("eval", total=None)
+        report, decision = workflows.evaluate_adapter(
+            adapter, rules, base=base, config=config, heldout_file=heldout_file, limit=limit, max_tokens=max_tokens,
+            grounding_user=as_user if grounding else None,
+            progress=lambda i, n: bar.update(task, completed=i, total=n))
     if as_json:
         print_json({**report.as_dict(), "decision": {"promote": decision.promote, "reasons": list(decision.reasons)}})
         return
-    table = Table("model", "compliant", *report.rules, "ROUGE-L", title=f"{report.examples} held-out prompts",
-                  title_justify="left")
+    _print_evaluation(report, decision)
+
+
+def _print_evaluation(report: AdapterEvalReport, decision: PromotionDecision) -> None:
+    table = PlainTable("model", "compliant", *report.rules, "ROUGE-L", title=f"{report.examples} held-out prompts",
+                       title_justify="left")
     labels = {"base": "base model", "baseline": "prompting baseline", "adapter": "adapter"}
     for key in ("base", "baseline", "adapter"):
         s = report.scores[key]
@@ -236,5 +201,5 @@ def evaluate(
         g = report.grounding
         console.print(f"grounded answers: {g.base_share:.0%} without the adapter, {g.adapter_share:.0%} with it",
                       highlight=False)
-    verdict = "[green]fit to promote[/]" if decision.promote else "[red]not fit to promote[/]"
-    console.print(f"{verdict}: " + "; ".join(decision.reasons), highlight=False)
+    verdict = Text("fit to promote", style="green") if decision.promote else Text("not fit to promote", style="red")
+    console.print(verdict.append(": " + "; ".join(decision.reasons), style=None), highlight=False)

@@ -6,9 +6,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from citeline.cli._common import ConfigOption, JsonOption, cli_actor, console, fail, opened, print_json
+from citeline.cli._common import (
+    ConfigOption,
+    JsonOption,
+    PlainTable,
+    cli_actor,
+    console,
+    escape,
+    fail,
+    opened,
+    print_json,
+)
 
 __all__ = ["attach", "list_", "promote", "register", "retire", "sync"]
 
@@ -23,23 +32,23 @@ def register(
 ) -> None:
     """Check an adapter against the served base model and record it as a new version (not yet serving)."""
     with opened(config) as cl:
-        adapter = cl.register_adapter(path, team=team, name=name, actor=cli_actor())
+        adapter = cl.adapters.register(path, team=team, name=name, actor=cli_actor())
     if as_json:
         print_json(adapter.as_dict())
         return
     console.print(f"registered {adapter.served_name} for team {adapter.team} (status {adapter.status}); "
-                  f"promote it with `citeline adapter promote {adapter.served_name}`")
+                  f"promote it with `citeline adapter promote {adapter.served_name}`", markup=False)
 
 
 def list_(team: Annotated[str | None, typer.Option(help="only this team's adapters")] = None,
           config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Registered adapters: served name, team, status, rank and evaluation numbers."""
     with opened(config) as cl:
-        adapters = cl.registry.list(team=team)
+        adapters = cl.adapters.list(team=team)
     if as_json:
         print_json([a.as_dict() for a in adapters])
         return
-    table = Table("served name", "team", "status", "rank", "format", "baseline", "created", "promoted")
+    table = PlainTable("served name", "team", "status", "rank", "format", "baseline", "created", "promoted")
     for a in adapters:
         m = a.metrics
         table.add_row(a.served_name, a.team, a.status, str(a.rank), _num(m.get("format_compliance")),
@@ -63,34 +72,35 @@ def promote(
 ) -> None:
     """Load on every model server, make it the team's adapter, then unload the previous version."""
     with opened(config) as cl:
-        result = cl.promote_adapter(served_name, actor=cli_actor(), force=force, drain_s=drain)
+        result = cl.adapters.promote(served_name, actor=cli_actor(), force=force, drain_s=drain)
     if as_json:
         print_json(result.as_dict())
         return
     console.print(f"{served_name} is now team {result.adapter.team}'s adapter (loaded on "
-                  f"{', '.join(result.loaded_on) or 'no remote server: in process on first use'})")
+                  f"{', '.join(result.loaded_on) or 'no remote server: in process on first use'})", markup=False)
     if result.previous:
         console.print(f"unloaded the previous version {result.previous.served_name} from "
-                      f"{', '.join(result.unloaded_from) or 'nothing'}")
+                      f"{', '.join(result.unloaded_from) or 'nothing'}", markup=False)
     for error in result.errors:
-        console.print(f"[yellow]warning:[/] {error}")
+        console.print(f"[yellow]warning:[/] {escape(error)}")
 
 
 def retire(served_name: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
     """Withdraw an adapter (its team falls back to the base model); `citeline adapter sync` unloads it."""
     with opened(config) as cl:
-        adapter = cl.retire_adapter(served_name, actor=cli_actor())
-    console.print(f"retired {adapter.served_name}; run `citeline adapter sync` to unload it from the model servers")
+        adapter = cl.adapters.retire(served_name, actor=cli_actor())
+    console.print(f"retired {adapter.served_name}; run `citeline adapter sync` to unload it from the model servers",
+                  markup=False)
 
 
 def sync(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Make every configured model server serve exactly the active adapters (e.g. after a restart)."""
     with opened(config) as cl:
-        reports = cl.sync_adapters(actor=cli_actor())
+        reports = cl.adapters.sync(actor=cli_actor())
     if as_json:
         print_json([r.as_dict() for r in reports])
     else:
-        table = Table("server", "loaded", "unloaded", "kept", "errors")
+        table = PlainTable("server", "loaded", "unloaded", "kept", "errors")
         for r in reports:
             table.add_row(r.host, ", ".join(r.loaded), ", ".join(r.unloaded), ", ".join(r.kept), "\n".join(r.errors))
         console.print(table)

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from citeline.cli._common import ConfigOption, JsonOption, console, opened, print_json
+from citeline.cli._common import AS_USER_HELP, ConfigOption, JsonOption, console, opened, print_json
 
 
 def ask(
     question: Annotated[str, typer.Argument(help="the question")],
-    as_user: Annotated[str, typer.Option("--as", help="answer as this principal (see `citeline principals`)")],
+    as_user: Annotated[str, typer.Option("--as", metavar="USER", help=AS_USER_HELP)],
     model: Annotated[str | None, typer.Option(help="a served model or adapter name of the user's team (default: "
                                               "the team's active adapter, else the base model)")] = None,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="print the answer as it is generated")] = False,
@@ -52,4 +52,4 @@ def ask(
         console.print(f"\nnote: {answer.model_note}", style="dim", highlight=False, markup=False)
     console.print(f"\n{answer.model} · {lat.get('total_ms', 0):.0f} ms (retrieval {lat.get('retrieve_ms', 0):.0f}, "
                   f"generation {lat.get('generate_ms', 0):.0f}, verification {lat.get('verify_ms', 0):.0f}) · "
-                  f"audit #{answer.audit_id}", style="dim")
+                  f"audit #{answer.audit_id}", style="dim", markup=False)

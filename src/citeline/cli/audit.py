@@ -42,10 +42,10 @@ def verify(
     elif report.ok:
         anchored = f"; anchor row {report.anchor_id} from {anchor} holds" if head is not None else ""
         console.print(f"audit log intact: {report.rows} rows{legacy}, head row {report.head_id} {report.head}"
-                      f"{anchored}", highlight=False)
+                      f"{anchored}", highlight=False, markup=False)
     else:
         for p in report.problems:
-            err_console.print(f"[red]{p}[/]", highlight=False)
+            err_console.print(p, style="red", highlight=False, markup=False)
         err_console.print(f"audit log BROKEN: {len(report.problems)} problems in {report.rows} rows")
     if not report.ok:
         raise SystemExit(1)
@@ -71,7 +71,7 @@ def anchor(
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, output)
-    console.print(f"anchored row {head['id']} ({head['rows']} rows) in {output}", highlight=False)
+    console.print(f"anchored row {head['id']} ({head['rows']} rows) in {output}", highlight=False, markup=False)
 
 
 def _since(value: str | None) -> datetime | None:

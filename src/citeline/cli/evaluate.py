@@ -7,14 +7,22 @@ from typing import Annotated
 
 import typer
 from rich.progress import Progress
-from rich.table import Table
+from rich.text import Text
 
-from citeline.evaluation import answers as answer_eval
-from citeline.facade import Citeline
-from citeline.cli._common import ConfigOption, JsonOption, console, err_console, fail, opened, print_json
-from citeline.errors import CitelineError
-from citeline.evaluation.retrieval import evaluate_retrieval
-from citeline.settings import Settings
+from citeline import workflows
+from citeline.cli._common import (
+    ConfigOption,
+    JsonOption,
+    PlainTable,
+    console,
+    err_console,
+    escape,
+    fail,
+    prepare,
+    print_json,
+    reported,
+)
+from citeline.workflows import AnswerEvalReport, QuestionResult
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -31,15 +39,9 @@ def retrieval(
     as_json: JsonOption = False,
 ) -> None:
     """Ingest a BEIR corpus into an isolated namespace; print nDCG@10, Recall@100, MRR@10 per mode."""
-    settings = Settings.load(config)
-    shared: dict[str, object] = {}
-
-    def factory(namespace: str) -> Citeline:
-        cl = Citeline(settings, namespace=namespace, embedder=shared.get("embedder"))  # type: ignore[arg-type]
-        shared["embedder"] = cl.embedder
-        return cl
-
-    with Progress(console=err_console, disable=as_json or not err_console.is_terminal, transient=True) as progress:
+    prepare()
+    with reported(), Progress(console=err_console, disable=as_json or not err_console.is_terminal,
+                              transient=True) as progress:
         tasks: dict[str, int] = {}
 
         def on_progress(mode: str, done: int, total: int) -> None:
@@ -47,11 +49,12 @@ def retrieval(
                 tasks[mode] = progress.add_task(f"{mode} queries", total=total)
             progress.update(tasks[mode], completed=done)
 
-        report = evaluate_retrieval(factory, corpus, queries, qrels, keep=keep, on_progress=on_progress)
+        report = workflows.evaluate_retrieval(corpus, queries, qrels, config=config, keep=keep,
+                                              on_progress=on_progress)
     if as_json:
         print_json(report.as_dict())
         return
-    table = Table(title=f"{report.documents} documents, {report.queries} queries")
+    table = PlainTable(title=f"{report.documents} documents, {report.queries} queries")
     for col in ("mode", "nDCG@10", "Recall@100", "MRR@10", "p50 ms"):
         table.add_column(col, justify="right")
     for mode, m in report.metrics.items():
@@ -68,13 +71,13 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
-def _verdict(r: answer_eval.QuestionResult) -> str:
+def _verdict(r: QuestionResult) -> Text:
     if r.error:
-        return "[red]error[/]"
-    return "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+        return Text("error", style="red")
+    return Text("pass", style="green") if r.passed else Text("FAIL", style="red")
 
 
-def _problems(r: answer_eval.QuestionResult) -> str:
+def _problems(r: QuestionResult) -> str:
     out = []
     if r.error:
         out.append(r.error)
@@ -94,8 +97,8 @@ def _problems(r: answer_eval.QuestionResult) -> str:
     return "; ".join(out)
 
 
-def _print_report(report: answer_eval.AnswerEvalReport) -> None:
-    table = Table(title=f"{len(report.results)} questions ({report.target})")
+def _print_report(report: AnswerEvalReport) -> None:
+    table = PlainTable(title=f"{len(report.results)} questions ({report.target})")
     for col, just in (("id", "left"), ("kind", "left"), ("user", "left"), ("verdict", "left"),
                       ("cit", "right"), ("ms", "right"), ("problems", "left")):
         table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
@@ -104,7 +107,7 @@ def _print_report(report: answer_eval.AnswerEvalReport) -> None:
         table.add_row(r.id, kind, r.user, _verdict(r), f"{r.relevant_citations}/{r.citations}", _ms(r.latency_ms),
                       _problems(r))
     console.print(table)
-    summary = Table(title="totals")
+    summary = PlainTable(title="totals")
     summary.add_column("metric")
     groups = {"all": report.totals, **report.by_model}
     for name in groups:
@@ -153,36 +156,25 @@ def answers(
 ) -> None:
     """Ask every question of QA_FILE as its principal; report correct-and-cited, citation precision,
     refusals, leaks, unsupported sentences and latency."""
-    try:
-        items = answer_eval.load_qa(qa_file)
-        keys = answer_eval.load_keys(key or (), keys_file) if url else {}
-    except CitelineError as exc:
-        fail(str(exc))
+    with reported():
+        items = workflows.load_qa(qa_file)
+        keys = workflows.load_keys(key or (), keys_file) if url else {}
     if url is None and (key or keys_file or admin_key):
         fail("--key, --keys-file and --admin-key go with --url (a server); in process no keys are needed")
     if url is not None and (backend or verify):
         fail("--backend and --verify apply in process only; a server uses its own settings")
     if limit:
         items = items[:limit]
-
-    with Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
+    prepare()
+    with reported(), Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
         task = progress.add_task("questions", total=len(items))
 
-        def on_progress(done: int, total: int, r: answer_eval.QuestionResult) -> None:
-            progress.update(task, completed=done, description=f"{r.id}")
+        def on_progress(done: int, total: int, r: QuestionResult) -> None:
+            progress.update(task, completed=done, description=escape(r.id))
 
-        if url is not None:
-            report = answer_eval.run_against_server(url, items, keys, admin_key=admin_key, model=model,
-                                                    on_progress=on_progress, qa_file=str(qa_file))
-        else:
-            overrides: dict[str, object] = {}
-            if backend:
-                overrides["generation"] = {"backend": backend}
-            if verify:
-                overrides["answer"] = {"verify": verify}
-            with opened(config, **overrides) as cl:
-                report = answer_eval.run_in_process(cl, items, model=model, on_progress=on_progress,
-                                                    qa_file=str(qa_file))
+        report = workflows.evaluate_answers(items, qa_file=qa_file, url=url, keys=keys, admin_key=admin_key,
+                                            model=model, backend=backend, verify=verify, config=config,
+                                            on_progress=on_progress)
     if as_json:
         print_json(report.as_dict())
         return

@@ -1,4 +1,4 @@
-"""``citeline principals add|list|remove``."""
+"""``citeline principals add|import|list|remove``: USER (positional) is the principal administered."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from citeline.cli._common import ConfigOption, JsonOption, cli_actor, console, fail, opened, print_json
+from citeline.cli._common import ConfigOption, JsonOption, PlainTable, cli_actor, console, fail, opened, print_json
 from citeline.domain import Principal
 
 app = typer.Typer(no_args_is_help=True)
@@ -16,19 +15,19 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("add")
 def add(
-    user: Annotated[str, typer.Argument(help="user id, as it appears in document access lists")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="user id, as it appears in document access lists")],
     groups: Annotated[str, typer.Option(help="comma-separated groups, e.g. staff,engineering")] = "",
     team: Annotated[str | None, typer.Option(help="team (selects its adapter when answering)")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Add a principal or replace its groups."""
+    """Add principal USER or replace its groups."""
     try:
         principal = Principal(user, tuple(g.strip() for g in groups.split(",") if g.strip()), team)
     except ValueError as exc:
         fail(str(exc))
     with opened(config) as cl:
-        cl.add_principal(principal, actor=cli_actor())
-    console.print(f"principal {principal.user}: groups {', '.join(principal.groups) or '(none)'}")
+        cl.admin.add_principal(principal, actor=cli_actor())
+    console.print(f"principal {principal.user}: groups {', '.join(principal.groups) or '(none)'}", markup=False)
 
 
 @app.command("import")
@@ -38,8 +37,8 @@ def import_(
 ) -> None:
     """Add or replace principals from a TOML file (user, groups, team per [[principals]] table)."""
     with opened(config) as cl:
-        done = cl.import_principals(path, actor=cli_actor())
-    console.print(f"imported {len(done)} principals: {', '.join(p.user for p in done)}")
+        done = cl.admin.import_principals(path, actor=cli_actor())
+    console.print(f"imported {len(done)} principals: {', '.join(p.user for p in done)}", markup=False)
 
 
 @app.command("list")
@@ -50,17 +49,18 @@ def list_(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         print_json([{"user": p.user, "groups": list(p.groups), "team": p.team} for p in found])
         return
-    table = Table("user", "groups", "team")
+    table = PlainTable("user", "groups", "team")
     for p in found:
         table.add_row(p.user, ", ".join(p.groups), p.team or "")
     console.print(table)
 
 
 @app.command("remove")
-def remove(user: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
-    """Remove a principal and revoke its API keys (a principal re-created later under the name gets new keys)."""
+def remove(user: Annotated[str, typer.Argument(metavar="USER", help="the principal to remove")],
+           config: ConfigOption = None) -> None:
+    """Remove principal USER and revoke its API keys (a principal re-created later under the name gets new keys)."""
     with opened(config) as cl:
-        revoked = cl.delete_principal(user, actor=cli_actor())
+        revoked = cl.admin.delete_principal(user, actor=cli_actor())
     if revoked is None:
         fail(f"no principal named {user!r}")
-    console.print(f"removed {user}; revoked keys: {', '.join(revoked) or '(none)'}", highlight=False)
+    console.print(f"removed {user}; revoked keys: {', '.join(revoked) or '(none)'}", highlight=False, markup=False)

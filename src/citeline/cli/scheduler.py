@@ -11,10 +11,10 @@ from types import FrameType
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from citeline.cli._common import ConfigOption, JsonOption, console, opened, print_json
-from citeline.ingest.scheduler import Outcome, RetryPolicy, RunResult, Scheduler
+from citeline import workflows
+from citeline.cli._common import ConfigOption, JsonOption, PlainTable, console, opened, print_json
+from citeline.workflows import Outcome, RunResult, Scheduler
 
 
 def scheduler(
@@ -34,11 +34,8 @@ def scheduler(
     if "CITELINE_LOG_LEVEL" not in os.environ:
         logging.getLogger("citeline.ingest").setLevel(logging.INFO)  # one line per run on stderr
     with opened(config) as cl:
-        s = cl.settings.scheduler
-        backoff = s.backoff_s if backoff is None else backoff
-        max_backoff = s.max_backoff_s if max_backoff is None else max_backoff
-        policy = RetryPolicy(s.retries if retries is None else retries, backoff, max(max_backoff, backoff))
-        sched = cl.scheduler(retry=policy, tick_s=tick)
+        policy = workflows.retry_policy(cl.settings, retries=retries, backoff_s=backoff, max_backoff_s=max_backoff)
+        sched = cl.sources.scheduler(retry=policy, tick_s=tick)
         with _stop_on_signals(sched):
             if once:
                 results = sched.run_pending()
@@ -82,7 +79,7 @@ def _print(results: list[RunResult]) -> None:
     if not results:
         console.print("nothing is due")
         return
-    table = Table("source", "outcome", "added", "updated", "unchanged", "deleted", "failed", "next run", "error")
+    table = PlainTable("source", "outcome", "added", "updated", "unchanged", "deleted", "failed", "next run", "error")
     for r in results:
         rep = r.report
         counts = [str(getattr(rep, k)) if rep else "" for k in ("added", "updated", "unchanged", "deleted", "failed")]

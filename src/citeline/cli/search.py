@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from citeline.cli._common import ConfigOption, JsonOption, console, opened, print_json
+from citeline.cli._common import AsUserOption, ConfigOption, JsonOption, PlainTable, console, opened, print_json
 from citeline.domain import SearchMode
 
 
 def search(
     query: Annotated[str, typer.Argument(help="what to look for")],
-    as_user: Annotated[str | None, typer.Option("--as", help="search as this principal (see `citeline principals`)")] = None,
+    as_user: AsUserOption = None,
     public: Annotated[bool, typer.Option("--public", help="search as nobody: public documents only")] = False,
     k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, max=1000, help="number of results")] = None,
     mode: Annotated[SearchMode, typer.Option(help="dense, lexical or hybrid")] = SearchMode.HYBRID,
@@ -31,7 +30,7 @@ def search(
         print_json({"query": query, "user": as_user, "mode": mode.value, "embed_ms": round(result.embed_ms, 2),
                     "db_ms": round(result.db_ms, 2), "hits": [h.as_dict() for h in result.hits]})
         return
-    table = Table(title=f"{mode.value} results for {as_user or 'public'}: {query}", show_lines=True)
+    table = PlainTable(title=f"{mode.value} results for {as_user or 'public'}: {query}", show_lines=True)
     for col in ("#", "score", "title", "source", "snippet"):
         table.add_column(col)
     for i, h in enumerate(result.hits, 1):

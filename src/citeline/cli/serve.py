@@ -22,12 +22,12 @@ def serve(
     from citeline.serving.app import create_app
 
     with opened(config) as cl:
-        err_console.print(f"starting: database and {cl.settings.generation.backend} backend…")
+        err_console.print(f"starting: database and {cl.settings.generation.backend} backend…", markup=False)
         cl.db  # noqa: B018 - start the database and apply migrations before accepting requests
         cl.backend  # noqa: B018 - load the model now, not on the first question
         cl.embedder.embed_query("warm up")
         app = create_app(cl)
-        err_console.print(f"citeline serving on http://{host}:{port}  (chat page at /, API at /v1)")
+        err_console.print(f"citeline serving on http://{host}:{port}  (chat page at /, API at /v1)", markup=False)
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
@@ -47,5 +47,6 @@ def model_server(
         backend = cl.backend
         gen = cl.settings.generation
         app = create_model_app(backend, max_tokens=gen.max_tokens, context_tokens=gen.context_tokens)
-        err_console.print(f"model server ({backend.name}, base {backend.base_model}) on http://{host}:{port}/v1")
+        err_console.print(f"model server ({backend.name}, base {backend.base_model}) on http://{host}:{port}/v1",
+                          markup=False)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

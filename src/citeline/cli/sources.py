@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import typer
-from rich.table import Table
 
-from citeline.cli._common import ConfigOption, JsonOption, console, opened, print_json
+from citeline.cli._common import ConfigOption, JsonOption, PlainTable, console, opened, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -16,7 +15,7 @@ app = typer.Typer(no_args_is_help=True)
 def list_(config: ConfigOption = None) -> None:
     """Sources configured in citeline.toml."""
     with opened(config) as cl:
-        table = Table("name", "connector", "schedule")
+        table = PlainTable("name", "connector", "schedule")
         for s in cl.settings.sources:
             table.add_row(s.name, s.connector, s.schedule or "")
         console.print(table)
@@ -26,11 +25,11 @@ def list_(config: ConfigOption = None) -> None:
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Last run, next run (from the cron schedule, UTC), counts and errors per source."""
     with opened(config) as cl:
-        rows = cl.source_status()
+        rows = cl.sources.status()
     if as_json:
         print_json([vars(r) for r in rows])
         return
-    table = Table("source", "documents", "last run", "started", "finished", "next run", "added", "updated",
+    table = PlainTable("source", "documents", "last run", "started", "finished", "next run", "added", "updated",
                   "deleted", "failed", "error")
     for r in rows:
         c = r.counts

@@ -6,10 +6,9 @@ from typing import Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from citeline.cli._common import ConfigOption, JsonOption, console, err_console, opened, print_json
-from citeline.ingest.sync import SyncReport
+from citeline.cli._common import ConfigOption, JsonOption, PlainTable, console, err_console, escape, opened, print_json
+from citeline.workflows import SyncReport
 
 
 def sync(
@@ -26,14 +25,14 @@ def sync(
             task = progress.add_task("starting", total=None)
 
             def on_progress(r: SyncReport) -> None:
-                progress.update(task, description=f"{r.source}: {r.seen} seen, {r.chunks} chunks written, "
+                progress.update(task, description=f"{escape(r.source)}: {r.seen} seen, {r.chunks} chunks written, "
                                                   f"{r.deleted} deleted, {r.failed} failed")
 
             reports = cl.sync(source, full=full, on_progress=on_progress)
     if as_json:
         print_json([{k: v for k, v in vars(r).items()} for r in reports])
         return
-    table = Table(title="sync summary")
+    table = PlainTable(title="sync summary")
     for col in ("source", "added", "updated", "unchanged", "deleted", "failed", "chunks", "seconds"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for r in reports:
@@ -42,6 +41,6 @@ def sync(
     console.print(table)
     for r in reports:
         for external_id, reason in r.failures:
-            console.print(f"[yellow]failed[/] {r.source}/{external_id}: {reason}", highlight=False)
+            console.print(f"[yellow]failed[/] {escape(f'{r.source}/{external_id}: {reason}')}", highlight=False)
     if any(r.failed for r in reports):
         raise typer.Exit(code=2)

@@ -1,0 +1,205 @@
+"""Offline workflows beside the :class:`~citeline.facade.Citeline` facade: a team adapter's data check, training
+and evaluation; retrieval and answer-quality evaluation; the scheduler's retry policy.
+
+This module sits in the facade's layer: it may import lora, evaluation, generation and ingest, and the CLI
+(like any other front end) reaches those only through it and :mod:`citeline.facade`. Each function here does
+the work of one command and returns a report; printing stays with the caller. The result types the callers
+read are re-exported here for the same reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from citeline.errors import ConfigError
+from citeline.evaluation.answers import AnswerEvalReport, QAItem, QuestionResult, load_keys, load_qa
+from citeline.evaluation.retrieval import EvalReport as RetrievalReport
+from citeline.facade import Citeline
+from citeline.ingest.scheduler import Outcome, RetryPolicy, RunResult, Scheduler
+from citeline.ingest.sync import SyncReport
+from citeline.lora.data import DataReport
+from citeline.lora.evaluation import EvalReport as AdapterEvalReport
+from citeline.lora.evaluation import PromotionDecision
+from citeline.lora.training import TrainingConfig, TrainingProgress, TrainingResult
+from citeline.settings import Settings
+
+__all__ = [
+    "AdapterEvalReport",
+    "AnswerEvalReport",
+    "DataReport",
+    "Outcome",
+    "PromotionDecision",
+    "QAItem",
+    "QuestionResult",
+    "RetrievalReport",
+    "RetryPolicy",
+    "RunResult",
+    "Scheduler",
+    "SyncReport",
+    "TrainingConfig",
+    "TrainingProgress",
+    "TrainingResult",
+    "base_model",
+    "check_training_data",
+    "evaluate_adapter",
+    "evaluate_answers",
+    "evaluate_retrieval",
+    "load_keys",
+    "load_qa",
+    "retry_policy",
+    "train_adapter",
+]
+
+
+# -- team adapters: data, training, evaluation ----------------------------------------------------------
+def base_model(base: Path | None = None, config: str | Path | None = None) -> Path:
+    """The local base model folder adapters are trained and evaluated on: ``base`` (a Hugging Face model
+    folder), else the built-in SmolLM2-135M-Instruct, converted once into ``<home>/models``."""
+    if base is not None:
+        if not (base / "config.json").is_file():
+            raise ConfigError(f"--base {base} is not a local Hugging Face model folder (no config.json)")
+        return base.resolve()
+    from citeline.generation.local import ensure_base_model
+
+    return ensure_base_model(Settings.load(config).home)
+
+
+def _tokenizer(base: Path) -> Any:  # transformers' tokenizer types are heavy to import here
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    return AutoTokenizer.from_pretrained(base, local_files_only=True)
+
+
+def check_training_data(file: Path, *, base: Path | None = None, config: str | Path | None = None,
+                        max_tokens: int = 1024, heldout: float = 0.1, seed: int = 0) -> DataReport:
+    """Schema, role order, empty, overlong and duplicate examples, token lengths (the base model's tokenizer)
+    and the train / held-out split of a training file."""
+    from citeline.lora.data import chat_token_counter, check_data
+
+    if not file.is_file():
+        raise ConfigError(f"{file} does not exist")
+    counter = chat_token_counter(_tokenizer(base_model(base, config)))
+    return check_data(file, count_tokens=counter, max_tokens=max_tokens, heldout=heldout, seed=seed)
+
+
+def train_adapter(team: str, data: Path, *, base: Path | None = None, output: Path | None = None,
+                  config: str | Path | None = None, progress: Callable[[TrainingProgress], None] | None = None,
+                  stop: threading.Event | None = None, resume: bool = True, **options: Any) -> TrainingResult:
+    """Train ``team``'s LoRA adapter into ``output`` (default ``<home>/adapters/<team>``).
+
+    ``options``: the other :class:`TrainingConfig` fields (rank, alpha, epochs, learning_rate, ...).
+    """
+    from citeline.lora.training import train_adapter as train
+
+    base_dir = base_model(base, config)
+    out = output or Settings.load(config).home / "adapters" / team
+    cfg = TrainingConfig(team=team, data=data, output=out, base_model=base_dir, **options)
+    return train(cfg, progress=progress, stop=stop, resume=resume)
+
+
+def evaluate_adapter(adapter: Path, rules: Path, *, base: Path | None = None, config: str | Path | None = None,
+                     heldout_file: Path | None = None, limit: int | None = None, max_tokens: int = 256,
+                     grounding_user: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[AdapterEvalReport,
+                                                                                    PromotionDecision]:
+    """Adapter vs base model vs prompting baseline on held-out prompts (written to ``citeline_eval.json`` in
+    the adapter folder), and whether that makes it fit to promote.
+
+    ``grounding_user``: also ask the held-out questions through the assistant as this principal (needs the
+    index), with and without the adapter.
+    """
+    from citeline.lora import evaluation as lora_eval
+
+    base_dir = base_model(base, config)
+    name = adapter.name or "adapter"
+    team_rules = lora_eval.load_rules(rules)
+    examples = lora_eval.heldout_examples(adapter, data=heldout_file)[:limit]
+    backend = _embedded_backend(Settings.load(config), base_dir)
+    backend.load_adapter(name, adapter)
+    report = lora_eval.evaluate_adapter(adapter, team_rules, backend, adapter_name=name, examples=examples,
+                                        max_tokens=max_tokens, progress=progress)
+    if grounding_user is not None:
+        questions = [lora_eval.question_of(p) for p in report.prompts]
+        with Citeline.open(config) as cl:
+            grounding = _grounding(cl, backend, grounding_user, questions, adapter_name=name, max_tokens=max_tokens)
+        report = replace(report, grounding=grounding)
+    report.write(adapter)
+    return report, lora_eval.decide_promotion(report)
+
+
+def _embedded_backend(settings: Settings, base_dir: Path) -> Any:
+    """The in-process backend on ``base_dir``, whatever ``generation.backend`` says (adapters load into it)."""
+    from citeline import plugins
+    from citeline.generation.local import EmbeddedBackend
+
+    generation = settings.generation  # the embedded backend's own options only when it is the configured one
+    options = {**(generation.options if generation.backend == "embedded" else {}), "model": str(base_dir)}
+    config = plugins.configure(EmbeddedBackend, options, section="generation.options")
+    return EmbeddedBackend(config, home=settings.home, generation=generation)
+
+
+def _grounding(cl: Citeline, backend: Any, user: str, questions: Sequence[str], *, adapter_name: str,
+               max_tokens: int) -> Any:
+    from citeline.answers.assistant import Assistant
+    from citeline.lora.evaluation import grounding_check
+    from citeline.settings import GenerationSettings
+
+    assistant = Assistant(cl.retriever, backend, cl.audit, answer=cl.settings.answer,
+                          generation=GenerationSettings(max_tokens=max_tokens))
+    return grounding_check(assistant, cl.principals.get(user), questions, adapter_name=adapter_name)
+
+
+# -- evaluation of retrieval and answers -----------------------------------------------------------------
+def evaluate_retrieval(corpus: Path, queries: Path, qrels: Path, *, config: str | Path | None = None,
+                       keep: bool = True,
+                       on_progress: Callable[[str, int, int], None] | None = None) -> RetrievalReport:
+    """Ingest a BEIR corpus into an isolated namespace; nDCG@10, Recall@100, MRR@10 per search mode."""
+    from citeline.evaluation.retrieval import evaluate_retrieval as run
+
+    settings = Settings.load(config)
+    shared: dict[str, Any] = {}
+
+    def factory(namespace: str) -> Citeline:  # one embedder for every namespace
+        cl = Citeline(settings, namespace=namespace, embedder=shared.get("embedder"))
+        shared["embedder"] = cl.embedder
+        return cl
+
+    return run(factory, corpus, queries, qrels, keep=keep, on_progress=on_progress)
+
+
+def evaluate_answers(items: Sequence[QAItem], *, qa_file: Path, url: str | None = None,
+                     keys: dict[str, str] | None = None, admin_key: str | None = None, model: str | None = None,
+                     backend: str | None = None, verify: str | None = None, config: str | Path | None = None,
+                     on_progress: Callable[[int, int, QuestionResult], None] | None = None) -> AnswerEvalReport:
+    """Ask every question as its principal, in process (``backend`` / ``verify`` override the configured
+    ones) or against the server at ``url`` (with ``keys``: user → API key; the server's own settings apply);
+    score the answers."""
+    from citeline.evaluation import answers
+
+    if url is not None:
+        return answers.run_against_server(url, items, keys or {}, admin_key=admin_key, model=model,
+                                          on_progress=on_progress, qa_file=str(qa_file))
+    overrides: dict[str, Any] = {}
+    if backend:
+        overrides["generation"] = {"backend": backend}
+    if verify:
+        overrides["answer"] = {"verify": verify}
+    with Citeline.open(config, **overrides) as cl:
+        return answers.run_in_process(cl, items, model=model, on_progress=on_progress, qa_file=str(qa_file))
+
+
+# -- the sync scheduler ----------------------------------------------------------------------------------
+def retry_policy(settings: Settings, *, retries: int | None = None, backoff_s: float | None = None,
+                 max_backoff_s: float | None = None) -> RetryPolicy:
+    """The ``[scheduler]`` retry policy with the given fields replaced (the longest wait is at least the
+    first)."""
+    s = settings.scheduler
+    backoff = s.backoff_s if backoff_s is None else backoff_s
+    longest = s.max_backoff_s if max_backoff_s is None else max_backoff_s
+    return RetryPolicy(s.retries if retries is None else retries, backoff, max(longest, backoff))
