@@ -10,10 +10,10 @@ unset (the default), nothing is reranked.
 The retriever asks SQL for ``retrieval.candidates`` hits (already filtered by row-level security for the
 asking principal) and calls ``rerank(query, hits, k)`` once. A reranker must guarantee:
 
-- it returns at most ``k`` hits, each one of the ``hits`` it was given (the same objects, or copies with the
-  same ``chunk_id`` and a new ``score``), none twice: it reorders and prunes, it never adds a hit, so it
-  cannot show a principal anything access control did not already let through;
-- fewer than ``k`` hits given: all of them come back (reordered); ``hits`` empty gives ``[]``;
+- it returns ``min(k, len(hits))`` hits, each one of the ``hits`` it was given (the same objects, or copies
+  with the same ``chunk_id`` and a new ``score``), none twice: it reorders and prunes to ``k``, it never adds
+  a hit, so it cannot show a principal anything access control did not already let through; ``hits`` empty
+  gives ``[]``; the sequence it was given is left as it was;
 - ``k < 1`` raises ``ValueError``;
 - the same query and hits give the same order (deterministic: answers are cached and compared).
 
