@@ -313,7 +313,7 @@ def main() -> None:
         url = start_embedded(home)
         with Citeline(Settings.load(cfg, database_url=url)) as cl:
             reports = cl.sync()
-            cl.import_principals(root / "principals.toml", actor="bench:answer-quality")
+            cl.admin.import_principals(root / "principals.toml", actor="bench:answer-quality")
             embedder = cl.embedder
         meta["sync_s"] = round(time.perf_counter() - t0, 1)
         meta["documents"] = sum(r.added for r in reports)
@@ -333,10 +333,10 @@ def main() -> None:
                                      log_path=log, timeout_s=600)
             meta["vllm_startup_s"] = round(vllm_server.startup_s, 1)
             print(f"vLLM ready in {vllm_server.startup_s:.1f} s", file=sys.stderr, flush=True)
-            openai_gen = {"base_url": vllm_server.base_url, "model": vllm_server.model, "tokenizer": str(model_dir),
-                          "timeout_s": 600.0}
+            openai_gen = {"timeout_s": 600.0, "options": {"base_url": vllm_server.base_url, "model": vllm_server.model,
+                                                          "tokenizer": str(model_dir)}}
         elif args.base_url:
-            openai_gen = {"base_url": args.base_url, "model": args.model}
+            openai_gen = {"options": {"base_url": args.base_url, "model": args.model}}
 
         for backend, policy, qa in plan:
             gen = openai_gen if backend == "openai" else {}

@@ -27,7 +27,6 @@ from citeline.evaluation.retrieval import BeirCorpus
 from citeline.ingest.chunking import StructuredChunker
 from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.ingest.sync import SyncRunner
-from citeline.settings import ChunkingSettings
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
         with (SCIFACT / "corpus.jsonl").open() as src:
             corpus.write_text("".join(itertools.islice(src, args.docs)))
         embedder = SentenceTransformerEmbedder()
-        chunker = StructuredChunker(ChunkingSettings(), embedder.tokenize)
+        chunker = StructuredChunker(tokenize=embedder.tokenize)
         connector = BeirCorpus(BeirCorpus.Config(path=corpus))
         docs = [c.document for c in connector.sync(None) if hasattr(c, "document")]
         texts = [f"{d.title}\n{c.text}" if d.title and not c.text.startswith(d.title) else c.text

@@ -37,7 +37,7 @@ from citeline.ingest.chunking import StructuredChunker
 from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
-from citeline.settings import ChunkingSettings, RetrievalSettings
+from citeline.settings import RetrievalSettings
 from citeline.access.principals import PrincipalStore, refresh_lexicon
 
 LAYOUTS = {  # name: (groups, the principal's groups)
@@ -122,7 +122,7 @@ def main() -> None:
         qids = qids[: args.queries]
 
     embedder = SentenceTransformerEmbedder()
-    chunker = StructuredChunker(ChunkingSettings(), embedder.tokenize)
+    chunker = StructuredChunker(tokenize=embedder.tokenize)
     db = Database(database_url(), namespace=f"bench_lexstats_{len(corpus)}", embedding_dim=embedder.dimension)
     out: dict = {"benchmark": "lexical_statistics", "commit": git_revision(), "machine": machine(),
                  "documents": len(corpus), "queries": len(qids), "layouts": {}}

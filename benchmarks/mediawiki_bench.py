@@ -142,10 +142,9 @@ def _pipeline(wiki: MediaWiki, titles: list[str], args: argparse.Namespace) -> d
     from citeline.ingest.chunking import StructuredChunker
     from citeline.ingest.embedding import SentenceTransformerEmbedder
     from citeline.ingest.sync import SyncRunner
-    from citeline.settings import ChunkingSettings
 
     embedder = SentenceTransformerEmbedder()
-    chunker = StructuredChunker(ChunkingSettings(), embedder.tokenize)
+    chunker = StructuredChunker(tokenize=embedder.tokenize)
     embedder.embed_documents(["warm-up"] * 8)
     db = Database(database_url(), namespace=f"bench_mw_{uuid.uuid4().hex[:8]}", embedding_dim=embedder.dimension)
     rng = random.Random(args.seed + 1)

@@ -1,14 +1,14 @@
 """Chunkers: a document → ordered chunks with character spans.
 
 The contract (group ``citeline.chunkers``) is the :class:`Chunker` protocol: ``name`` (recorded in
-the content hash, so changing the chunker re-indexes) and ``chunk(document)``. Factories take the
-:class:`citeline.settings.ChunkingSettings` and the embedder's ``tokenize`` function, so chunk sizes
-are counted in the tokens of the model that will embed them.
+the content hash, so changing the chunker re-indexes) and ``chunk(document)``. Each chunker is built as
+``cls(config, tokenize=)``: its own ``Config`` (``[chunking.options]``) and the embedder's ``tokenize``
+function, so chunk sizes are counted in the tokens of the model that will embed them.
 
 :class:`StructuredChunker` follows the document's structure with llama-index node parsers:
 Markdown is split at headings (wiki sections, ticket comments) and long sections by sentences;
 plain text by sentences; a record (a catalog row) is one chunk. Every chunk is also bounded by
-characters (``ChunkingSettings.char_budget``): a piece over it, such as a whitespace-free blob the
+characters (``StructuredChunker.Config.char_budget``): a piece over it, such as a whitespace-free blob the
 tokenizer counts as one token, is cut at the last whitespace in the window's second half, or hard at
 the bound. Spans still point at the exact text.
 """
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from citeline.contracts.chunker import Chunker, Tokenize
 from citeline.domain import Chunk, ContentType, Document
-from citeline.settings import ChunkingSettings
 
 __all__ = ["Chunker", "StructuredChunker"]
 
@@ -29,7 +30,32 @@ _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*)$")
 class StructuredChunker:
     """Markdown sections → sentence-bounded pieces of at most ``chunk_tokens`` tokens."""
 
-    def __init__(self, settings: ChunkingSettings, tokenize: Tokenize) -> None:
+    class Config(BaseModel):
+        """``[chunking.options]`` of ``chunker = "structured"``."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        chunk_tokens: int = Field(200, ge=16, le=4096)
+        overlap_tokens: int = Field(20, ge=0)
+        # a chunk is also cut at this many characters (a whitespace-free blob counts as one token, so the token
+        # budget alone let a 4.9 MB line become one chunk); None: 16 characters per token of chunk_tokens,
+        # which ordinary prose (about 5 per token) never reaches
+        max_chars: int | None = Field(None, ge=100, le=1_000_000, description="most characters in one chunk; "
+                                      "default 16 x chunk_tokens")
+
+        @model_validator(mode="after")
+        def _overlap(self) -> StructuredChunker.Config:
+            if self.overlap_tokens >= self.chunk_tokens:
+                raise ValueError("overlap_tokens must be smaller than chunk_tokens")
+            return self
+
+        @property
+        def char_budget(self) -> int:
+            """The character bound in force: ``max_chars``, or 16 characters per token of ``chunk_tokens``."""
+            return self.max_chars if self.max_chars is not None else 16 * self.chunk_tokens
+
+    def __init__(self, config: Config | None = None, *, tokenize: Tokenize) -> None:
+        settings = config or self.Config()
         from llama_index.core.node_parser import MarkdownNodeParser, SentenceSplitter
 
         self._markdown = MarkdownNodeParser(include_metadata=False, include_prev_next_rel=False)

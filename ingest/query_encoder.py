@@ -1,15 +1,15 @@
 """Question encoders: the embedder's own model, run fast for short inputs that arrive one at a time.
 
 Document vectors always come from the float32 model (so an index never needs rebuilding); questions may
-be encoded by a quantized copy of the same model. ``embedding.query_encoder`` picks the engine:
+be encoded by a quantized copy of the same model. ``embedding.options.query_encoder`` picks the engine:
 
 ``onnx-int8``
     The transformer exported once to ONNX and its weights quantized to int8 per output channel with
-    onnxruntime, kept in ``embedding.cache`` (default ``$XDG_CACHE_HOME/citeline``, else ``~/.cache/citeline``)
-    under a key of the model files and library versions. The whole forward pass runs in C++ with the
-    GIL released once per batch; torch releases and re-takes it for each of ~300 operators, which is what
-    makes question encoding slow inside a busy multi-threaded server. Needs ``onnxruntime`` and ``onnx`` and
-    a model made of Transformer → Pooling (mean or CLS) → optional Normalize.
+    onnxruntime, kept in ``embedding.options.cache`` (default ``$XDG_CACHE_HOME/citeline``, else
+    ``~/.cache/citeline``) under a key of the model files and library versions. The whole forward pass runs
+    in C++ with the GIL released once per batch; torch releases and re-takes it for each of ~300 operators,
+    which is what makes question encoding slow inside a busy multi-threaded server. Needs ``onnxruntime``
+    and ``onnx`` and a model made of Transformer → Pooling (mean or CLS) → optional Normalize.
 ``torch-int8``
     ``torch.ao.quantization.quantize_dynamic`` on the linear layers (per channel).
 ``float``
@@ -130,20 +130,22 @@ def build_query_encoder(model: Any, model_dir: Path, *, engine: str, device: str
             return OnnxInt8Encoder(model, model_dir, cache_dir, threads)
         except _Unavailable as exc:
             if engine == "onnx-int8":
-                raise ConfigError(f"embedding.query_encoder = 'onnx-int8' cannot run: {exc}; set it to 'auto' "
-                                  "or 'torch-int8'") from exc
+                raise ConfigError(f"embedding.options.query_encoder = 'onnx-int8' cannot run: {exc}; set it to "
+                                  "'auto' or 'torch-int8'") from exc
             log.info("question encoder: onnx-int8 not used (%s); using torch-int8", exc)
     elif engine == "onnx-int8":
-        raise ConfigError(f"embedding.query_encoder = 'onnx-int8' runs on CPU only (embedding.device is {device!r})")
+        raise ConfigError("embedding.options.query_encoder = 'onnx-int8' runs on CPU only "
+                          f"(embedding.options.device is {device!r})")
     if engine in ("auto", "torch-int8") and device == "cpu":
         quantized = _torch_int8(model)
         if quantized is not None:
             return TorchEncoder(quantized, "torch-int8")
         if engine == "torch-int8":
-            raise ConfigError("embedding.query_encoder = 'torch-int8' needs torch.ao.quantization, which this torch "
-                              "lacks: use 'auto' or 'float'")
+            raise ConfigError("embedding.options.query_encoder = 'torch-int8' needs torch.ao.quantization, which "
+                              "this torch lacks: use 'auto' or 'float'")
     elif engine == "torch-int8":
-        raise ConfigError(f"embedding.query_encoder = 'torch-int8' runs on CPU only (embedding.device is {device!r})")
+        raise ConfigError("embedding.options.query_encoder = 'torch-int8' runs on CPU only "
+                          f"(embedding.options.device is {device!r})")
     return TorchEncoder(model, "float")
 
 
@@ -179,7 +181,7 @@ def _ensure_exported(transformer: Any, input_names: list[str], model_dir: Path, 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _Unavailable(f"cannot create the cache folder {folder} ({exc}); set embedding.cache") from exc
+        raise _Unavailable(f"cannot create the cache folder {folder} ({exc}); set embedding.options.cache") from exc
     with file_lock(folder / ".export.lock", "exporting the question encoder"):
         if target.is_file():  # another process finished while we waited
             return target

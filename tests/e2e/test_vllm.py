@@ -19,7 +19,6 @@ from citeline.errors import ConfigError, GenerationError
 from citeline.contracts.generator import ChatMessage, GenerationRequest
 from citeline.generation.openai import OpenAIBackend
 from citeline.serving.vllm_server import VllmProcess, default_venv, start_vllm
-from citeline.settings import GenerationSettings
 from tests.e2e.conftest import free_port
 from tests.support.adapters import make_adapter
 
@@ -50,7 +49,7 @@ def adapter_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def backend(vllm: VllmProcess) -> Iterator[OpenAIBackend]:
-    b = OpenAIBackend(GenerationSettings(backend="openai", base_url=vllm.base_url, model=vllm.model, retries=0))
+    b = OpenAIBackend(OpenAIBackend.Config(base_url=vllm.base_url, model=vllm.model, retries=0))
     yield b
     b.close()
 

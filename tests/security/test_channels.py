@@ -136,7 +136,8 @@ def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
     """`citeline model-server` (the embedded backend) on loopback: what the openai backend talks to."""
     port = free_port()
     log = tmp_path_factory.mktemp("ms") / "model-server.log"
-    env = {**os.environ, "CITELINE_GENERATION__MODEL": str(smollm2_dir), "CITELINE_GENERATION__BACKEND": "embedded",
+    env = {**os.environ, "CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir),
+           "CITELINE_GENERATION__BACKEND": "embedded",
            "CITELINE_HOME": str(log.parent)}
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "model-server",
@@ -157,12 +158,13 @@ def test_an_unknown_model_404_lists_only_the_callers_adapters(model_server, smol
     from tests.support.adapters import make_adapter
 
     tmp = tmp_path_factory.mktemp("teams")
-    env = {"CITELINE_GENERATION__BASE_URL": model_server, "CITELINE_GENERATION__MODEL": smollm2_dir.name,
-           "CITELINE_GENERATION__TOKENIZER": str(smollm2_dir), "CITELINE_GENERATION__MAX_TOKENS": "4",
-           "CITELINE_GENERATION__RETRIES": "0", "CITELINE_ADAPTERS__BASE_MODEL_PATH": str(smollm2_dir),
+    env = {"CITELINE_GENERATION__OPTIONS__BASE_URL": model_server,
+           "CITELINE_GENERATION__OPTIONS__MODEL": smollm2_dir.name,
+           "CITELINE_GENERATION__OPTIONS__TOKENIZER": str(smollm2_dir), "CITELINE_GENERATION__MAX_TOKENS": "4",
+           "CITELINE_GENERATION__OPTIONS__RETRIES": "0", "CITELINE_ADAPTERS__BASE_MODEL_PATH": str(smollm2_dir),
            "CITELINE_ADAPTERS__STORE": str(tmp / "store"), "CITELINE_ADAPTERS__CACHE_S": "0.2"}
-    overrides = {"generation": {"backend": "openai", "base_url": model_server, "model": smollm2_dir.name,
-                                "tokenizer": str(smollm2_dir), "retries": 0},
+    overrides = {"generation": {"backend": "openai", "options": {"base_url": model_server, "model": smollm2_dir.name,
+                                                              "tokenizer": str(smollm2_dir), "retries": 0}},
                  "adapters": {"base_model_path": str(smollm2_dir), "store": str(tmp / "store"), "cache_s": 0.2}}
     with run_server(tmp, pg_url, embedder, backend="openai", extra_env=env) as srv:
         settings = Settings.load(srv.config, database_url=pg_url, database={"namespace": srv.namespace}, **overrides)

@@ -37,7 +37,6 @@ from citeline.connectors.zendesk import ZendeskConnector
 from citeline.domain import Access, ContentType, Document
 from citeline.ingest.chunking import StructuredChunker
 from citeline.ingest.sync import SyncRunner
-from citeline.settings import ChunkingSettings
 from tests.support.apis.confluence import FakeConfluence
 from tests.support.apis.github import TOKEN as GITHUB_TOKEN
 from tests.support.apis.github import GitHubApi
@@ -362,8 +361,8 @@ def _words(text: str) -> list[str]:
 
 @pytest.mark.parametrize("kind", [ContentType.MARKDOWN, ContentType.PLAIN, ContentType.RECORD])
 def test_a_huge_single_token_line_is_split_into_bounded_chunks_with_exact_spans(kind):
-    settings = ChunkingSettings(chunk_tokens=200, overlap_tokens=20)
-    chunker = StructuredChunker(settings, _words)  # one whitespace-free line is one token
+    settings = StructuredChunker.Config(chunk_tokens=200, overlap_tokens=20)
+    chunker = StructuredChunker(settings, tokenize=_words)  # one whitespace-free line is one token
     token = "".join(random.Random(7).choice("abcdef0123456789") for _ in range(1_000_000))
     text = f"# Dump\n\nBefore the blob.\n\n{token}\n\nAfter the blob, a normal sentence."
     chunks = chunker.chunk(Document("dump", "Dump", text, content_type=kind))
@@ -388,11 +387,12 @@ def test_normal_prose_is_not_cut_by_the_character_bound(chunker):
 
 
 def test_max_chars_is_configurable():
-    chunker = StructuredChunker(ChunkingSettings(chunk_tokens=200, overlap_tokens=20, max_chars=500), _words)
+    chunker = StructuredChunker(StructuredChunker.Config(chunk_tokens=200, overlap_tokens=20, max_chars=500),
+                                tokenize=_words)
     chunks = chunker.chunk(Document("x", "X", "word " * 10 + "y" * 2000, content_type=ContentType.PLAIN))
     assert max(len(c.text) for c in chunks) <= 500 and "".join(c.text for c in chunks).endswith("y" * 100)
     with pytest.raises(ValueError, match="max_chars"):
-        ChunkingSettings(max_chars=10)
+        StructuredChunker.Config(max_chars=10)
 
 
 # -- 10b: a key given twice in front matter fails closed ---------------------------------------------

@@ -9,7 +9,6 @@ from citeline.db import Database
 from citeline.ingest.chunking import StructuredChunker
 from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.ingest.sync import SyncRunner
-from citeline.settings import ChunkingSettings
 from tests.support.connectors import ListConnector, doc
 
 
@@ -27,7 +26,7 @@ class SlowConnector(ListConnector):
 def main(url: str, namespace: str, total: int) -> None:
     embedder = SentenceTransformerEmbedder()
     db = Database(url, namespace=namespace, embedding_dim=embedder.dimension)
-    runner = SyncRunner(db, embedder, StructuredChunker(ChunkingSettings(), embedder.tokenize), batch_size=5)
+    runner = SyncRunner(db, embedder, StructuredChunker(tokenize=embedder.tokenize), batch_size=5)
     runner.run("slow", "list", SlowConnector(documents(total), every=5))
 
 

@@ -4,7 +4,6 @@ import pytest
 
 from citeline.domain import ContentType, Document
 from citeline.ingest.chunking import StructuredChunker
-from citeline.settings import ChunkingSettings
 
 pytestmark = pytest.mark.unit
 
@@ -15,7 +14,7 @@ def words(text: str) -> list[str]:
 
 @pytest.fixture
 def chunker() -> StructuredChunker:
-    return StructuredChunker(ChunkingSettings(chunk_tokens=40, overlap_tokens=5), words)
+    return StructuredChunker(StructuredChunker.Config(chunk_tokens=40, overlap_tokens=5), tokenize=words)
 
 
 def test_markdown_is_split_at_headings_with_exact_spans(chunker):

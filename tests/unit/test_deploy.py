@@ -25,6 +25,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from citeline import plugins
 from citeline.ingest.scheduler import check_schedule
 from citeline.settings import Settings
 from tests.conftest import REPO
@@ -36,6 +37,8 @@ K8S = DEPLOY / "k8s"
 SYSTEMD = DEPLOY / "systemd"
 INSTALLED_CITELINE = "/opt/citeline/venv/bin/citeline"  # the systemd units' install prefix
 ENV_NOT_SETTINGS = {"CITELINE_CONFIG", "CITELINE_LOG_LEVEL"}  # read by Settings.load / the CLI
+# a plugin's own options table: its keys are the Config fields of the plugins of that group
+PLUGIN_OPTIONS = {"embedding": plugins.EMBEDDERS, "chunking": plugins.CHUNKERS, "generation": plugins.GENERATORS}
 
 
 # -- validators: each returns a list of problems ------------------------------------------------------
@@ -106,11 +109,18 @@ def systemd_analyze_problems(units: dict[str, str], tmp: Path) -> list[str]:
 
 
 def env_problems(names: set[str]) -> list[str]:
-    """CITELINE_* names that are no setting (walks Settings' nested models by the `__` delimiter)."""
+    """CITELINE_* names that are no setting (walks Settings' nested models by the `__` delimiter; a section's
+    ``options`` by the Config fields of the installed plugins of its group)."""
     problems = []
     for name in sorted(n for n in names if n.startswith("CITELINE_") and n not in ENV_NOT_SETTINGS):
+        parts = name.removeprefix("CITELINE_").lower().split("__")
+        if len(parts) == 3 and parts[0] in PLUGIN_OPTIONS and parts[1] == "options":
+            group = PLUGIN_OPTIONS[parts[0]]
+            if not any(parts[2] in plugins.load(group, p).Config.model_fields for p in plugins.available(group)):
+                problems.append(name)
+            continue
         model: type[BaseModel] | None = Settings
-        for part in name.removeprefix("CITELINE_").lower().split("__"):
+        for part in parts:
             field = model.model_fields.get(part) if model else None
             if field is None:
                 problems.append(name)
@@ -155,7 +165,7 @@ def test_compose_services():
     for svc in (api, scheduler):
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert svc["environment"]["CITELINE_GENERATION__BACKEND"] == "openai"
-        assert svc["environment"]["CITELINE_GENERATION__BASE_URL"] == "http://vllm:8000/v1"
+        assert svc["environment"]["CITELINE_GENERATION__OPTIONS__BASE_URL"] == "http://vllm:8000/v1"
         assert [f["path"] for f in svc["env_file"]] == ["./citeline.env"]  # secrets from an env file
         assert any(v.startswith("adapters:/adapters") for v in svc["volumes"])
     for env_file in ("citeline.env", "postgres.env", "vllm.env"):
@@ -301,8 +311,11 @@ def test_environment_variables_are_real_settings():
     names = set()
     for path in [DEPLOY / "compose.yaml", *K8S.glob("*.yaml"), *SYSTEMD.iterdir(), *DEPLOY.glob("*.example")]:
         names |= set(re.findall(r"\bCITELINE_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
-    assert {"CITELINE_DATABASE_URL", "CITELINE_GENERATION__BACKEND", "CITELINE_GENERATION__BASE_URL",
-            "CITELINE_GENERATION__MODEL", "CITELINE_CONFIG"} <= names
+    assert {"CITELINE_DATABASE_URL", "CITELINE_GENERATION__BACKEND", "CITELINE_GENERATION__OPTIONS__BASE_URL",
+            "CITELINE_GENERATION__OPTIONS__MODEL", "CITELINE_CONFIG"} <= names
     names -= {"CITELINE_BASE_MODEL", "CITELINE_PORT", "CITELINE_SOURCES_DIR"}  # compose's own ${...} variables
     assert env_problems(names) == []
     assert env_problems({"CITELINE_GENERATION__BASEURL", "CITELINE_DATABASE__URL"}) == ["CITELINE_GENERATION__BASEURL"]
+    assert env_problems({"CITELINE_GENERATION__OPTIONS__BASEURL", "CITELINE_GENERATION__BASE_URL",
+                         "CITELINE_EMBEDDING__OPTIONS__QUERY_ENCODER"}) == [
+        "CITELINE_GENERATION__BASE_URL", "CITELINE_GENERATION__OPTIONS__BASEURL"]  # moved, misspelt

@@ -9,7 +9,6 @@ import pytest
 
 from citeline.errors import ConfigError
 from citeline.ingest.embedding import SentenceTransformerEmbedder
-from citeline.settings import EmbeddingSettings
 
 DOCS = [
     "To roll back a bad deploy, run `fleetctl rollback` with the previous release tag and watch the canary.",
@@ -24,7 +23,8 @@ ODD = ["hi", "x", "why " * 60, "what is the warranty on a Scout S2 robot bought 
 
 
 def embedder_with(engine: str, cache: Path | None = None) -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(EmbeddingSettings(query_encoder=engine, query_cache=0, cache=cache))
+    return SentenceTransformerEmbedder(SentenceTransformerEmbedder.Config(query_encoder=engine, query_cache=0,
+                                                                      cache=cache))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_a_file_where_the_cache_should_be_falls_back_or_names_the_fix(tmp_path) 
     blocker = tmp_path / "cache"
     blocker.write_text("not a folder")  # mkdir under it fails, for root too (a read-only folder would not)
     assert embedder_with("auto", blocker).query_encoder.engine == "torch-int8"
-    with pytest.raises(ConfigError, match="embedding.cache"):
+    with pytest.raises(ConfigError, match=r"embedding\.options\.cache"):
         embedder_with("onnx-int8", blocker)
 
 
@@ -104,7 +104,7 @@ def test_cache_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkeypa
 
     (tmp_path / "conf").mkdir()
     toml = tmp_path / "conf" / "citeline.toml"
-    toml.write_text('[embedding]\ncache = "qcache"\n')
+    toml.write_text('[embedding.options]\ncache = "qcache"\n')
     monkeypatch.chdir(tmp_path)  # not the config's folder
     embedder = Citeline(Settings.load(toml)).embedder
     assert embedder.query_encoder.path.parent == (tmp_path / "conf" / "qcache" / "query-encoders").resolve()

@@ -41,7 +41,7 @@ def test_database_url_is_secret_and_validated(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text, message", [
     ("[retrieval]\ntop_k = 0\n", "top_k"),
-    ("[chunking]\nchunk_tokens = 100\noverlap_tokens = 100\n", "overlap_tokens"),
+    ("[chunking]\nchunk_tokens = 100\n", r"chunking.chunk_tokens moved to \[chunking.options\] chunk_tokens"),
     ("bogus = 1\n", "bogus"),
     ('[[sources]]\nname = "Bad Name"\nconnector = "folder"\n', "source name"),
     ('[[sources]]\nname = "a"\nconnector = "folder"\n[[sources]]\nname = "a"\nconnector = "x"\n', "unique"),

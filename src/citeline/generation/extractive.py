@@ -20,6 +20,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from citeline.answers.extractive import Similarity, extractive_answer
 from citeline.contracts.generator import Generation, GenerationRequest
 from citeline.settings import GenerationSettings
@@ -35,8 +37,15 @@ class ExtractiveBackend:
     extractive = True  # the Assistant configures it with the same rules as its verified fallback
     serves_adapters = False  # a team's active adapter is ignored: the Assistant answers with the base, noting it
 
-    def __init__(self, settings: GenerationSettings | None = None, home: Path | None = None) -> None:
-        self.settings = settings or GenerationSettings(backend="extractive")
+    class Config(BaseModel):
+        """``[generation.options]`` of ``backend = "extractive"``: none (its thresholds are ``[answer]``'s)."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, config: Config | None = None, *, home: Path | None = None,
+                 generation: GenerationSettings | None = None) -> None:
+        """Nothing to configure; ``home`` and ``generation`` are the generators' context, unused here."""
+        self.config = config or self.Config()
         self._options: dict[str, Any] = {}
 
     def configure(self, *, similarity: Similarity | None, min_coverage: float, min_similarity: float) -> None:

@@ -2,8 +2,9 @@
 
 Uses the official ``openai`` client (its own retries with exponential backoff on connection errors,
 429 and 5xx; ``timeout_s`` per request). ``request.model`` names the served model: the base model or a
-LoRA adapter that vLLM serves under its own name. The prompt budget is counted with a local tokenizer
-directory when ``generation.tokenizer`` is set, otherwise with the server's ``/tokenize`` endpoint (vLLM
+LoRA adapter that vLLM serves under its own name. Its own options are ``[generation.options]``
+(:class:`OpenAIBackend.Config`). The prompt budget is counted with a local tokenizer directory when
+``tokenizer`` is set, otherwise with the server's ``/tokenize`` endpoint (vLLM
 has one), cached per text. ``request.stop`` goes to the server (at most four, as OpenAI allows); the
 server's ``finish_reason`` is reported (``stream`` returns it when it ends).
 """
@@ -17,9 +18,10 @@ from typing import Any
 
 import httpx
 import openai
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from citeline.errors import ConfigError, GenerationError, ModelNotFoundError
 from citeline.contracts.generator import Generation, GenerationRequest
+from citeline.errors import ConfigError, GenerationError, ModelNotFoundError
 from citeline.settings import GenerationSettings
 
 __all__ = ["OpenAIBackend"]
@@ -32,39 +34,54 @@ def _finish(reason: str | None) -> str:
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, settings: GenerationSettings, home: Path | None = None) -> None:
-        if not settings.base_url:
-            raise ConfigError("generation.base_url is required for the openai backend "
+    class Config(BaseModel):
+        """``[generation.options]`` of ``backend = "openai"``."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        base_url: str | None = Field(None, description="the server's /v1 URL, e.g. http://127.0.0.1:8000/v1")
+        model: str | None = Field(None, description="the served base model's name")
+        api_key: SecretStr | None = Field(None, description="the server's API key, if it wants one")
+        tokenizer: str | None = Field(None, description="a local tokenizer directory for the prompt budget "
+                                      "(default: ask the server's /tokenize)")
+        retries: int = Field(2, ge=0, le=10)
+
+    def __init__(self, config: Config, *, home: Path | None = None, generation: GenerationSettings | None = None,
+                 ) -> None:
+        """``generation`` (the core section) gives ``timeout_s``; ``home`` is unused."""
+        if not config.base_url:
+            raise ConfigError("generation.options.base_url is required for the openai backend "
                               "(e.g. http://127.0.0.1:8000/v1 for a local vLLM)")
-        if not settings.model:
-            raise ConfigError("generation.model must name the served base model for the openai backend")
-        self.settings = settings
-        key = settings.api_key.get_secret_value() if settings.api_key else "unused"
-        self.client = openai.OpenAI(base_url=settings.base_url, api_key=key, timeout=settings.timeout_s,
-                                    max_retries=settings.retries)
+        if not config.model:
+            raise ConfigError("generation.options.model must name the served base model for the openai backend")
+        self.config = config
+        self.timeout_s = (generation or GenerationSettings()).timeout_s
+        key = config.api_key.get_secret_value() if config.api_key else "unused"
+        self.client = openai.OpenAI(base_url=config.base_url, api_key=key, timeout=self.timeout_s,
+                                    max_retries=config.retries)
         self._tokenizer: Any = None
-        if settings.tokenizer:
+        if config.tokenizer:
             from tokenizers import Tokenizer  # a local tokenizer.json; no hub access
-            path = Path(settings.tokenizer)
+            path = Path(config.tokenizer)
             self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
 
     @property
     def base_model(self) -> str:
-        return str(self.settings.model)
+        return str(self.config.model)
 
     def _fail(self, exc: Exception, model: str) -> GenerationError:
-        where = self.settings.base_url
+        where = self.config.base_url
         if isinstance(exc, openai.NotFoundError):
             return ModelNotFoundError(f"model {model!r} is not served at {where}; load the adapter or fix "
-                                   "generation.model")
+                                      "generation.options.model")
         if isinstance(exc, openai.APITimeoutError):
-            return GenerationError(f"the model server at {where} timed out after {self.settings.timeout_s}s "
-                                   f"({self.settings.retries} retries); raise generation.timeout_s or check the server")
+            return GenerationError(f"the model server at {where} timed out after {self.timeout_s}s "
+                                   f"({self.config.retries} retries); raise generation.timeout_s or check the server")
         if isinstance(exc, openai.APIConnectionError):
             return GenerationError(f"cannot reach the model server at {where}; is it running? "
-                                   "(generation.base_url)")
+                                   "(generation.options.base_url)")
         if isinstance(exc, openai.AuthenticationError):
-            return GenerationError(f"the model server at {where} rejected the API key (generation.api_key)")
+            return GenerationError(f"the model server at {where} rejected the API key (generation.options.api_key)")
         return GenerationError(f"the model server at {where} failed: {exc}")
 
     def _args(self, request: GenerationRequest) -> dict[str, Any]:
@@ -103,14 +120,14 @@ class OpenAIBackend:
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is not None:
             return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
-        root = str(self.settings.base_url).rstrip("/").removesuffix("/v1")
+        root = str(self.config.base_url).rstrip("/").removesuffix("/v1")
         try:
             resp = httpx.post(f"{root}/tokenize", json={"model": self.base_model, "prompt": text,
-                                                         "add_special_tokens": False}, timeout=self.settings.timeout_s)
+                                                         "add_special_tokens": False}, timeout=self.timeout_s)
             resp.raise_for_status()
             return int(resp.json()["count"])
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            raise GenerationError(f"cannot count tokens with {root}/tokenize ({exc}); set generation.tokenizer "
+            raise GenerationError(f"cannot count tokens with {root}/tokenize ({exc}); set generation.options.tokenizer "
                                   "to a local tokenizer directory") from exc
 
     def models(self) -> list[str]:
