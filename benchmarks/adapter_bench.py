@@ -44,7 +44,7 @@ def grounding(backend: EmbeddedBackend, questions: list[str], max_tokens: int):
                              database={"namespace": f"adapter_{uuid.uuid4().hex[:8]}"})
     with Citeline(settings) as cl:
         cl.sync()
-        cl.import_principals(root / "principals.toml", actor="adapter-bench")
+        cl.admin.import_principals(root / "principals.toml", actor="adapter-bench")
         assistant = Assistant(cl.retriever, backend, cl.audit, answer=settings.answer,
                               generation=GenerationSettings(max_tokens=max_tokens))
         result = grounding_check(assistant, cl.principals.get("alice"), questions, adapter_name="support")

@@ -95,11 +95,11 @@ def setup(tmp: Path, url: str, backend: str, clients: int
     keys: list[tuple[str, str]] = []
     with Citeline(settings) as cl:
         cl.sync()
-        cl.import_principals(root / "principals.toml", actor="hostile-load")
+        cl.admin.import_principals(root / "principals.toml", actor="hostile-load")
         for i in range(clients):
             like = cl.principals.get(USERS[i % len(USERS)])
-            cl.add_principal(dataclasses.replace(like, user=f"{like.user}-{i}"), actor="hostile-load")
-            keys.append((like.user, cl.create_key(f"{like.user}-{i}", actor="hostile-load").secret))
+            cl.admin.add_principal(dataclasses.replace(like, user=f"{like.user}-{i}"), actor="hostile-load")
+            keys.append((like.user, cl.admin.create_key(f"{like.user}-{i}", actor="hostile-load").secret))
     canaries: dict[str, set[str]] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(namespace)))

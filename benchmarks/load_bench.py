@@ -60,8 +60,8 @@ def setup(tmp: Path, url: str) -> tuple[dict[str, str], dict[str, str]]:
     settings = Settings.load(root / "citeline.toml", database_url=url, database={"namespace": namespace})
     with Citeline(settings) as cl:
         cl.sync()
-        cl.import_principals(root / "principals.toml", actor="load-bench")
-        keys = {u: cl.create_key(u, actor="load-bench").secret for u in ("alice", "bob")}
+        cl.admin.import_principals(root / "principals.toml", actor="load-bench")
+        keys = {u: cl.admin.create_key(u, actor="load-bench").secret for u in ("alice", "bob")}
     return env, keys
 
 

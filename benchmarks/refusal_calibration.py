@@ -66,7 +66,7 @@ def main() -> None:
     try:
         with Citeline(settings) as cl:
             cl.sync()
-            cl.import_principals(root / "principals.toml", actor="calibration")
+            cl.admin.import_principals(root / "principals.toml", actor="calibration")
             for label, items in ((True, ANSWERABLE), (False, UNANSWERABLE)):
                 for user, q in items:
                     hits = cl.search(q, user=user, k=cl.settings.answer.evidence_k, mode=SearchMode.HYBRID).hits

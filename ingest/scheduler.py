@@ -32,6 +32,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from croniter import croniter
+from psycopg.rows import dict_row
 
 from citeline.errors import ConfigError, SyncLockedError
 
@@ -155,12 +156,12 @@ def next_run(source: str, schedule: str | None, last: LastRun | None, now: datet
 
 
 _LAST_RUNS = """
-SELECT s.name, r.id, r.status, r.started_at, r.finished_at,
+SELECT s.name, r.id AS run_id, r.status, r.started_at, r.finished_at,
        ARRAY(SELECT f.started_at FROM sync_runs f
              WHERE f.source_id = s.id AND f.status = 'failed'
                AND f.id > coalesce((SELECT max(o.id) FROM sync_runs o
                                     WHERE o.source_id = s.id AND o.status <> 'failed'), 0)
-             ORDER BY f.id DESC LIMIT 64)
+             ORDER BY f.id DESC LIMIT 64) AS failed_starts
 FROM sources s
 JOIN LATERAL (SELECT id, status, started_at, finished_at FROM sync_runs
               WHERE source_id = s.id ORDER BY id DESC LIMIT 1) r ON true
@@ -170,8 +171,10 @@ WHERE %(names)s::text[] IS NULL OR s.name = ANY(%(names)s::text[])
 
 def last_runs(conn: psycopg.Connection, names: Sequence[str] | None = None) -> dict[str, LastRun]:
     """Each source's latest run (sources that never ran are absent)."""
-    rows = conn.execute(_LAST_RUNS, {"names": list(names) if names is not None else None}).fetchall()
-    return {r[0]: LastRun(r[1], r[2], r[3], r[4], tuple(r[5])) for r in rows}
+    rows = conn.cursor(row_factory=dict_row).execute(
+        _LAST_RUNS, {"names": list(names) if names is not None else None}).fetchall()
+    return {r["name"]: LastRun(r["run_id"], r["status"], r["started_at"], r["finished_at"], tuple(r["failed_starts"]))
+            for r in rows}
 
 
 def _utcnow() -> datetime:

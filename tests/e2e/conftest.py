@@ -81,11 +81,11 @@ def run_server(tmp: Path, pg_url: str, embedder, backend: str = "extractive",
     keys: dict[str, str] = {}
     with Citeline(settings, embedder=embedder) as cl:
         cl.sync()
-        cl.import_principals(root / "principals.toml", actor="test")
-        cl.add_principal(Principal("ops", ("staff",)), actor="test")
+        cl.admin.import_principals(root / "principals.toml", actor="test")
+        cl.admin.add_principal(Principal("ops", ("staff",)), actor="test")
         for user in ("alice", "bob", "carol"):
-            keys[user] = cl.create_key(user, actor="test").secret
-        keys["admin"] = cl.create_key("ops", actor="test", admin=True).secret
+            keys[user] = cl.admin.create_key(user, actor="test").secret
+        keys["admin"] = cl.admin.create_key("ops", actor="test", admin=True).secret
     port = free_port()
     log = tmp / "server.log"
     with log.open("w") as out:

@@ -123,14 +123,14 @@ def test_team_adapters_route_per_request_and_stay_within_the_team(stack, vllm, m
     before = ask(srv, "alice").json()
     assert before["model"] == vllm.process.model and "no active adapter" in before["model_note"]
 
-    eng = admin.register_adapter(made["eng-v1"], team="engineering", actor="test")
-    sales = admin.register_adapter(made["sales"], team="sales", actor="test")
+    eng = admin.adapters.register(made["eng-v1"], team="engineering", actor="test")
+    sales = admin.adapters.register(made["sales"], team="sales", actor="test")
     assert eng.served_name.startswith("engineering-") and eng.status == "registered"
     with pytest.raises(AdapterError, match="no evaluation results"):  # eng-v1 was never evaluated
-        admin.promote_adapter(eng.served_name, actor="test", drain_s=0)
+        admin.adapters.promote(eng.served_name, actor="test", drain_s=0)
     started = time.perf_counter()
-    admin.promote_adapter(eng.served_name, actor="test", force=True, drain_s=0)
-    admin.promote_adapter(sales.served_name, actor="test", drain_s=0)  # its evaluation beats the baseline
+    admin.adapters.promote(eng.served_name, actor="test", force=True, drain_s=0)
+    admin.adapters.promote(sales.served_name, actor="test", drain_s=0)  # its evaluation beats the baseline
     print(f"\n[hotswap] two promotions (load on vLLM + registry flip) in {(time.perf_counter() - started) * 1000:.0f} ms")
     assert vllm.adapters() == {eng.served_name, sales.served_name}
     time.sleep(0.6)  # the server's team -> adapter cache (adapters.cache_s)
@@ -153,9 +153,9 @@ def test_team_adapters_route_per_request_and_stay_within_the_team(stack, vllm, m
 
 def test_promotion_while_clients_keep_asking(stack, vllm, made) -> None:
     srv, admin = stack
-    v1 = admin.registry.active("engineering")
+    v1 = admin.adapters.active("engineering")
     assert v1 is not None
-    v2 = admin.register_adapter(made["eng-v2"], team="engineering", actor="test")
+    v2 = admin.adapters.register(made["eng-v2"], team="engineering", actor="test")
     results: list[tuple[float, str, int, str]] = []  # (started, kind, status, model)
     stop = threading.Event()
 
@@ -173,7 +173,7 @@ def test_promotion_while_clients_keep_asking(stack, vllm, made) -> None:
     for t in threads:
         t.start()
     time.sleep(3)
-    done = admin.promote_adapter(v2.served_name, actor="test", force=True)  # drain_s = 3 (settings)
+    done = admin.adapters.promote(v2.served_name, actor="test", force=True)  # drain_s = 3 (settings)
     flipped = time.monotonic()
     time.sleep(3)
     stop.set()
@@ -189,15 +189,15 @@ def test_promotion_while_clients_keep_asking(stack, vllm, made) -> None:
     assert by_model.get(v1.served_name) and by_model.get(v2.served_name)  # the swap happened while asking
     assert all(r[3] == v2.served_name for r in results if r[0] > flipped + 1.0)  # then only v2
     assert done.previous.served_name == v1.served_name and done.unloaded_from
-    assert vllm.adapters() == {v2.served_name, admin.registry.active("sales").served_name}  # v1 unloaded
+    assert vllm.adapters() == {v2.served_name, admin.adapters.active("sales").served_name}  # v1 unloaded
 
 
 def test_unload_retired_and_reconcile_after_a_vllm_restart(stack, vllm) -> None:
     srv, admin = stack
-    eng = admin.registry.active("engineering")
-    sales = admin.registry.active("sales")
-    admin.retire_adapter(sales.served_name, actor="test")
-    (report,) = admin.sync_adapters(actor="test")
+    eng = admin.adapters.active("engineering")
+    sales = admin.adapters.active("sales")
+    admin.adapters.retire(sales.served_name, actor="test")
+    (report,) = admin.adapters.sync(actor="test")
     assert report.unloaded == [sales.served_name] and report.ok
     assert vllm.adapters() == {eng.served_name}
     time.sleep(0.6)

@@ -261,7 +261,7 @@ def test_grounding_with_and_without_the_adapter_through_the_assistant(smollm2_di
                  "what is the capital of Mongolia?"]
     with Citeline(settings, embedder=embedder, backend=backend) as cl:
         cl.sync()
-        cl.import_principals(root / "principals.toml", actor="test")
+        cl.admin.import_principals(root / "principals.toml", actor="test")
         assistant = Assistant(cl.retriever, backend, cl.audit, answer=settings.answer,
                               generation=GenerationSettings(max_tokens=96))
         g = grounding_check(assistant, cl.principals.get("alice"), questions, adapter_name="support")

@@ -212,7 +212,7 @@ def acme_cl(tmp_path_factory, pg_url, embedder):
                              generation={"backend": "extractive"})
     cl = Citeline(settings, embedder=embedder)
     cl.sync()
-    cl.import_principals(root / "principals.toml", actor="test")
+    cl.admin.import_principals(root / "principals.toml", actor="test")
     try:
         yield cl, root, namespace
     finally:

@@ -87,7 +87,7 @@ def acme(tmp_path_factory, pg_url, embedder) -> Iterator[tuple[Path, str]]:
     settings = Settings.load(root / "citeline.toml", database_url=pg_url, database={"namespace": namespace})
     with Citeline(settings, embedder=embedder, backend=Scripted()) as cl:
         cl.sync()
-        cl.import_principals(root / "principals.toml", actor="test")
+        cl.admin.import_principals(root / "principals.toml", actor="test")
     try:
         yield root, namespace
     finally:

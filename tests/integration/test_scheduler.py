@@ -117,12 +117,12 @@ def generated(name: str, schedule: str | None = NEVER, **config: object) -> dict
 def test_a_due_source_runs_and_others_do_not(make_site):
     site = make_site([generated("fresh"), generated("recent"), generated("manual", schedule=None)])
     site.cl.sync("recent")  # ran just now: its next slot is next new year
-    sched = site.cl.scheduler()
+    sched = site.cl.sources.scheduler()
     assert [r.source for r in sched.run_pending()] == ["fresh"]
     assert [len(site.runs(s)) for s in ("fresh", "recent", "manual")] == [1, 1, 0]
     assert site.runs("fresh")[0]["status"] == "succeeded"
     assert sched.run_pending() == []  # nothing is due any more
-    status = {s.name: s for s in site.cl.source_status()}
+    status = {s.name: s for s in site.cl.sources.status()}
     next_new_year = datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)
     assert status["fresh"].next_run == status["recent"].next_run == next_new_year
     assert status["fresh"].last_run_status == "succeeded" and status["fresh"].documents == 3
@@ -189,7 +189,7 @@ def test_a_failing_source_is_retried_with_backoff_and_does_not_block_the_others(
     sources.append(generated("up"))
     site = make_site(sources)
     policy = RetryPolicy(retries=2, backoff_s=0.5, max_backoff_s=1.0)
-    sched = site.cl.scheduler(retry=policy, tick_s=0.1)
+    sched = site.cl.sources.scheduler(retry=policy, tick_s=0.1)
     results = []
     thread = threading.Thread(target=sched.serve, kwargs={"on_result": results.append})
     thread.start()
@@ -219,7 +219,7 @@ def test_a_failing_source_is_retried_with_backoff_and_does_not_block_the_others(
     assert up[0]["started_at"] < dead[1]["started_at"]  # the failing source did not hold the others up
     assert {(r.source, r.outcome) for r in results} == {
         ("dead", Outcome.FAILED), ("flaky", Outcome.FAILED), ("flaky", Outcome.SUCCEEDED), ("up", Outcome.SUCCEEDED)}
-    status = {s.name: s for s in site.cl.source_status(retry=policy)}
+    status = {s.name: s for s in site.cl.sources.status(retry=policy)}
     assert status["dead"].next_run == datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)  # retries spent
     assert status["dead"].error and "source is down" in status["dead"].error
 
@@ -271,7 +271,7 @@ def test_sigterm_stops_after_the_current_batch_and_the_next_run_resumes(make_sit
     cursor = site.scalar("SELECT cursor FROM sources WHERE name = 'slow'")
     assert cursor and cursor["pos"] >= 5  # a checkpoint to resume from
 
-    results = site.cl.scheduler().run_pending()  # an interrupted run is due at once
+    results = site.cl.sources.scheduler().run_pending()  # an interrupted run is due at once
     assert [(r.source, r.outcome) for r in results] == [("slow", Outcome.SUCCEEDED)]
     assert results[0].report.resumed_from == cursor
     assert site.scalar("SELECT count(*) FROM documents") == 40

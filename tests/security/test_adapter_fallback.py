@@ -47,8 +47,8 @@ def promoted(server: Server, smollm2_dir, embedder, tmp_path_factory) -> str:
                              generation={"backend": "extractive"},
                              adapters={"base_model_path": str(smollm2_dir)})
     with Citeline(settings, embedder=embedder) as cl:
-        adapter = cl.register_adapter(adapter_dir, team="engineering", actor="test")
-        cl.promote_adapter(adapter.served_name, actor="test", force=True, drain_s=0)
+        adapter = cl.adapters.register(adapter_dir, team="engineering", actor="test")
+        cl.adapters.promote(adapter.served_name, actor="test", force=True, drain_s=0)
     time.sleep(1.5)  # the server's router caches the team -> adapter mapping for adapters.cache_s (1 s)
     return adapter.served_name
 

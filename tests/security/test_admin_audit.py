@@ -108,7 +108,7 @@ def fresh(tmp_path: Path, pg_url: str, embedder) -> Iterator[tuple[Citeline, dic
 
 def _some_admin_rows(cl: Citeline, n: int = 4) -> None:
     for i in range(n):
-        cl.add_principal(Principal(f"user{i}", ("staff",)), actor="ops")
+        cl.admin.add_principal(Principal(f"user{i}", ("staff",)), actor="ops")
 
 
 # -- item 5: an admin action and its audit row commit together -----------------------------------------
@@ -137,8 +137,8 @@ def test_admin_calls_over_http_change_nothing_when_the_audit_cannot_record_them(
 @pytest.mark.integration
 def test_admin_calls_through_the_python_api_are_atomic_with_their_audit_row(fresh, tmp_path: Path):
     cl, _ = fresh
-    cl.add_principal(Principal("bob", ("staff",), "sales"), actor="ops")
-    key = cl.create_key("bob", actor="ops")
+    cl.admin.add_principal(Principal("bob", ("staff",), "sales"), actor="ops")
+    key = cl.admin.create_key("bob", actor="ops")
     run = lambda q, *a: _owner(cl.db.url, cl.namespace, q, *a)  # noqa: E731
     principals_before = run("SELECT user_id, groups, team FROM principals ORDER BY user_id")
     keys_before = run("SELECT key_id, revoked_at FROM api_keys ORDER BY id")
@@ -147,12 +147,12 @@ def test_admin_calls_through_the_python_api_are_atomic_with_their_audit_row(fres
     people.write_text('[[principals]]\nuser = "bob"\ngroups = ["hr"]\n[[principals]]\nuser = "zed"\ngroups = ["hr"]\n')
     with audit_inserts_fail(run):
         attempts = [
-            lambda: cl.add_principal(Principal("bob", ("staff", "hr")), actor="ops"),
-            lambda: cl.add_principal(Principal("newbie", ("hr",)), actor="ops"),
-            lambda: cl.remove_principal("bob", actor="ops"),
-            lambda: cl.import_principals(people, actor="ops"),
-            lambda: cl.create_key("bob", actor="ops", admin=True),
-            lambda: cl.revoke_key(key.key.key_id, actor="ops"),
+            lambda: cl.admin.add_principal(Principal("bob", ("staff", "hr")), actor="ops"),
+            lambda: cl.admin.add_principal(Principal("newbie", ("hr",)), actor="ops"),
+            lambda: cl.admin.remove_principal("bob", actor="ops"),
+            lambda: cl.admin.import_principals(people, actor="ops"),
+            lambda: cl.admin.create_key("bob", actor="ops", admin=True),
+            lambda: cl.admin.revoke_key(key.key.key_id, actor="ops"),
         ]
         for attempt in attempts:
             with pytest.raises(AuditError):
@@ -177,17 +177,17 @@ def test_adapter_register_promote_retire_are_atomic_with_their_audit_row(fresh, 
         folder = make_adapter(smollm2_dir, tmp_path / "support-v1", seed=1)
         run = lambda q, *a: _owner(cl.db.url, cl.namespace, q, *a)  # noqa: E731
         with audit_inserts_fail(run), pytest.raises(AuditError):
-            cl.register_adapter(folder, team="support", actor="ops")
-        assert cl.registry.list() == []
-        adapter = cl.register_adapter(folder, team="support", actor="ops")
+            cl.adapters.register(folder, team="support", actor="ops")
+        assert cl.adapters.list() == []
+        adapter = cl.adapters.register(folder, team="support", actor="ops")
         with audit_inserts_fail(run), pytest.raises(CitelineError):
-            cl.promote_adapter(adapter.served_name, actor="ops", force=True, drain_s=0)
-        assert cl.registry.require(adapter.served_name).status == "registered"
-        cl.promote_adapter(adapter.served_name, actor="ops", force=True, drain_s=0)
-        assert cl.registry.require(adapter.served_name).status == "active"
+            cl.adapters.promote(adapter.served_name, actor="ops", force=True, drain_s=0)
+        assert cl.adapters.require(adapter.served_name).status == "registered"
+        cl.adapters.promote(adapter.served_name, actor="ops", force=True, drain_s=0)
+        assert cl.adapters.require(adapter.served_name).status == "active"
         with audit_inserts_fail(run), pytest.raises(AuditError):
-            cl.retire_adapter(adapter.served_name, actor="ops")
-        assert cl.registry.require(adapter.served_name).status == "active"
+            cl.adapters.retire(adapter.served_name, actor="ops")
+        assert cl.adapters.require(adapter.served_name).status == "active"
         actions = [r.action for r in cl.audit.records(kind="admin")]
         assert actions.count("adapter.register") == 1 and actions.count("adapter.promote") == 1
         assert "adapter.retire" not in actions
@@ -245,12 +245,12 @@ def test_a_key_dies_with_the_principal_it_was_issued_to(server: Server):
 @pytest.mark.integration
 def test_import_that_recreates_a_removed_principal_does_not_revive_its_keys(fresh, tmp_path: Path):
     cl, _ = fresh
-    cl.add_principal(Principal("hana", ("staff",)), actor="ops")
-    old = cl.create_key("hana", actor="ops")
-    assert cl.remove_principal("hana", actor="ops")
+    cl.admin.add_principal(Principal("hana", ("staff",)), actor="ops")
+    old = cl.admin.create_key("hana", actor="ops")
+    assert cl.admin.remove_principal("hana", actor="ops")
     people = tmp_path / "people.toml"
     people.write_text('[[principals]]\nuser = "hana"\ngroups = ["staff", "hr"]\n')
-    cl.import_principals(people, actor="ops")
+    cl.admin.import_principals(people, actor="ops")
     with pytest.raises(AuthError):
         cl.keys.authenticate(old.secret)
 

@@ -169,12 +169,12 @@ def test_an_unknown_model_404_lists_only_the_callers_adapters(model_server, smol
     with run_server(tmp, pg_url, embedder, backend="openai", extra_env=env) as srv:
         settings = Settings.load(srv.config, database_url=pg_url, database={"namespace": srv.namespace}, **overrides)
         with Citeline(settings, embedder=embedder) as admin:
-            eng = admin.register_adapter(make_adapter(smollm2_dir, tmp / "eng", seed=21), team="engineering",
+            eng = admin.adapters.register(make_adapter(smollm2_dir, tmp / "eng", seed=21), team="engineering",
                                          actor="test")
-            sales = admin.register_adapter(make_adapter(smollm2_dir, tmp / "sales", seed=22), team="sales",
+            sales = admin.adapters.register(make_adapter(smollm2_dir, tmp / "sales", seed=22), team="sales",
                                            actor="test")
-            admin.promote_adapter(eng.served_name, actor="test", force=True, drain_s=0)
-            admin.promote_adapter(sales.served_name, actor="test", force=True, drain_s=0)
+            admin.adapters.promote(eng.served_name, actor="test", force=True, drain_s=0)
+            admin.adapters.promote(sales.served_name, actor="test", force=True, drain_s=0)
         time.sleep(0.5)  # the server's team -> adapter cache
         served = httpx.get(f"{model_server.removesuffix('/v1')}/v1/models", timeout=10).json()["data"]
         listed = {m["id"] for m in served}

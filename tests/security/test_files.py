@@ -249,7 +249,7 @@ def test_the_outside_secret_never_reaches_search_or_answers(site, opened: Citeli
     runner = SyncRunner(cl.db, cl.embedder, cl.chunker, batch_size=8)
     report = runner.run("wiki", "folder", racing(root, swap, restore))
     assert report.status == "succeeded"
-    cl.principals.put(Principal("mallory", ("staff",)))
+    cl.admin.add_principal(Principal("mallory", ("staff",)), actor="test")
     for question in ("What is the vault combination?", "7741 QUOKKA 9902"):
         hits = cl.search(question, user="mallory").hits
         assert hits, "the public pages are indexed and searchable"

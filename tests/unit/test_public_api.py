@@ -35,3 +35,45 @@ def test_builtins_are_registered_as_entry_points():
 def test_unknown_plugin_error_lists_what_is_installed():
     with pytest.raises(citeline.ConfigError, match=r"no plugin named 'nope'.*folder"):
         plugins.load(plugins.CONNECTORS, "nope")
+
+
+# what the facade hands out may change data only through audited methods (each takes the acting identity)
+AUDITED = {
+    "admin": {"add_principal", "delete_principal", "remove_principal", "import_principals", "create_key",
+              "revoke_key"},
+    "adapters": {"register", "promote", "retire", "sync"},
+}
+READ_ONLY = {"principals": {"get", "list", "read_file"}, "keys": {"list", "authenticate"},
+             "adapters": {"list", "get", "require", "active", "hosts", "base_model_dir"},
+             "sources": {"status", "scheduler", "retry_policy"}}
+
+
+def _public_methods(cls: type) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+
+
+def _handed_out(name: str) -> type:
+    import typing
+
+    from citeline.facade import Citeline
+
+    attr = Citeline.__dict__[name]
+    fn = attr.func if hasattr(attr, "func") else attr.fget
+    return typing.get_type_hints(fn)["return"]
+
+
+@pytest.mark.parametrize("name", sorted(AUDITED.keys() | READ_ONLY.keys()))
+def test_the_facade_hands_out_no_unaudited_change(name):
+    import inspect
+
+    cls = _handed_out(name)
+    audited, reads = AUDITED.get(name, set()), READ_ONLY.get(name, set())
+    assert _public_methods(cls) == audited | reads, f"cl.{name}: a new public method must be audited or read-only"
+    for method in audited:
+        assert "actor" in inspect.signature(getattr(cls, method)).parameters, f"cl.{name}.{method} takes no actor"
+
+
+def test_the_facade_is_wiring():
+    from citeline.facade import Citeline
+
+    assert not {"add_principal", "create_key", "register_adapter", "source_status", "registry"} & set(dir(Citeline))

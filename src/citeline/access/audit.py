@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row, dict_row
 
 from citeline.batching import Batcher
 from citeline.db import Database
@@ -214,14 +215,15 @@ class AuditLog:
         # The head is read by a statement after the lock's, so it sees the last row committed by whoever
         # held the lock before.
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_SPACE,))
-        slots = conn.execute(
-            "SELECT (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1),"
+        slots = conn.cursor(row_factory=dict_row).execute(
+            "SELECT (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1) AS head,"
             " nextval(pg_get_serial_sequence('audit_log', 'id')) AS id,"
-            " date_trunc('microseconds', clock_timestamp()) FROM generate_series(1, %s) ORDER BY 2",
+            " date_trunc('microseconds', clock_timestamp()) AS at FROM generate_series(1, %s) ORDER BY 2",
             (len(entries),)).fetchall()
-        prev = slots[0][0] or GENESIS
+        prev = slots[0]["head"] or GENESIS
         rows, out = [], []
-        for e, (_, id_, at) in zip(entries, slots, strict=True):
+        for e, slot in zip(entries, slots, strict=True):
+            id_, at = slot["id"], slot["at"]
             digest = _keyed_digest(self._key, prev, _body(id_, at, e.kind, e.principal, e.team, e.action, e.payload))
             rows.append((id_, at, e.kind, e.principal, e.team, e.action, json.dumps(e.payload), prev, digest))
             out.append(AuditRecord(id_, at, e.kind, e.principal, e.team, e.action, e.payload, prev, digest))
@@ -234,24 +236,24 @@ class AuditLog:
 
     def records(self, *, since: datetime | None = None, kind: str | None = None) -> Iterator[AuditRecord]:
         with self.db.writer() as conn:
-            cur = conn.execute(
+            cur = conn.cursor(row_factory=class_row(AuditRecord)).execute(
                 "SELECT id, at, kind, principal, team, action, payload, prev_hash, hash FROM audit_log"
                 " WHERE (%(since)s::timestamptz IS NULL OR at >= %(since)s)"
                 " AND (%(kind)s::text IS NULL OR kind = %(kind)s) ORDER BY id", {"since": since, "kind": kind})
-            for row in cur:
-                yield AuditRecord(*row)
+            yield from cur
 
     def _legacy_until(self) -> int:
         with self.db.writer() as conn:
-            row = conn.execute("SELECT legacy_until FROM audit_meta").fetchone()
-        return int(row[0]) if row else 0
+            row = conn.cursor(row_factory=dict_row).execute("SELECT legacy_until FROM audit_meta").fetchone()
+        return int(row["legacy_until"]) if row else 0
 
     def anchor(self) -> dict[str, Any]:
         """The signed head of the chain, to keep outside the database (see :meth:`verify`)."""
         with self.db.writer() as conn:
-            row = conn.execute("SELECT (SELECT count(*) FROM audit_log), id, hash FROM audit_log"
-                               " ORDER BY id DESC LIMIT 1").fetchone()
-        count, id_, head = row if row else (0, 0, GENESIS)
+            row = conn.cursor(row_factory=dict_row).execute(
+                "SELECT (SELECT count(*) FROM audit_log) AS row_count, id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        count, id_, head = (row["row_count"], row["id"], row["hash"]) if row else (0, 0, GENESIS)
         out: dict[str, Any] = {"version": 1, "namespace": self.db.namespace, "id": int(id_), "hash": head,
                                "rows": int(count), "at": datetime.now(UTC).isoformat(),
                                "key": key_fingerprint(self._key)}

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+from psycopg.rows import class_row, dict_row
 
 from citeline.db import Database
 from citeline.domain import Principal
 from citeline.errors import AuthError, PrincipalError
-from citeline.access.principals import PrincipalStore
 
-__all__ = ["ApiKey", "Authenticated", "KeyStore", "NewKey"]
+__all__ = ["ApiKey", "Authenticated", "KeyDirectory", "KeyStore", "NewKey"]
 
 _KEY = re.compile(r"^cl_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 
@@ -59,10 +59,52 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class KeyStore:
+_CREATE = ("INSERT INTO api_keys (key_id, secret_hash, user_id, is_admin, label, principal_incarnation)"
+           " SELECT %s, %s, p.user_id, %s, %s, p.incarnation FROM principals p WHERE p.user_id = %s"
+           " RETURNING created_at")
+_LIST = ('SELECT key_id, user_id AS "user", is_admin, label, created_at, revoked_at FROM api_keys'
+         " WHERE %(u)s::text IS NULL OR user_id = %(u)s ORDER BY id")
+_REVOKE = "UPDATE api_keys SET revoked_at = now() WHERE key_id = %s AND revoked_at IS NULL"
+_LOOKUP = ("SELECT k.secret_hash, k.is_admin, k.revoked_at, p.user_id, p.groups, p.team,"
+           " p.incarnation IS NOT DISTINCT FROM k.principal_incarnation AS same_incarnation FROM api_keys k"
+           " LEFT JOIN principals p ON p.user_id = k.user_id WHERE k.key_id = %s")
+
+
+class KeyDirectory:
+    """API keys, read-only: list them, authenticate a presented key."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.principals = PrincipalStore(db)
+
+    def list(self, user: str | None = None) -> list[ApiKey]:
+        with self.db.writer() as conn:
+            return conn.cursor(row_factory=class_row(ApiKey)).execute(_LIST, {"u": user}).fetchall()
+
+    def authenticate(self, presented: str | None) -> Authenticated:
+        """The principal behind a presented key; :class:`AuthError` if missing, malformed, unknown or revoked."""
+        if not presented:
+            raise AuthError("missing API key: send 'Authorization: Bearer cl_...' (create one with "
+                            "`citeline keys create --user USER`)")
+        m = _KEY.match(presented.strip())
+        if m is None:
+            raise AuthError("malformed API key: keys look like cl_<12 chars>_<43 chars>")
+        key_id, secret = m.groups()
+        with self.db.writer(pipeline=True) as conn:  # BEGIN + role + lookup in one round trip
+            row = conn.cursor(row_factory=dict_row).execute(_LOOKUP, (key_id,)).fetchone()
+        if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
+            raise AuthError("unknown API key")
+        if row["revoked_at"] is not None:
+            raise AuthError(f"API key {key_id} was revoked; ask an admin for a new one")
+        if row["user_id"] is None or not row["same_incarnation"]:  # removed, or removed and re-created
+            raise AuthError(f"API key {key_id} belongs to a principal that no longer exists; ask an admin for a new "
+                            "one")
+        return Authenticated(key_id, Principal(row["user_id"], tuple(row["groups"]), row["team"]),
+                             bool(row["is_admin"]))
+
+
+class KeyStore(KeyDirectory):
+    """API keys with their writes (create, revoke). The facade keeps it private: admin changes go through
+    :class:`citeline.operations.admin.Admin`, which audits them."""
 
     def _tx(self, conn: psycopg.Connection | None) -> contextlib.AbstractContextManager[psycopg.Connection]:
         return contextlib.nullcontext(conn) if conn is not None else self.db.writer()
@@ -77,46 +119,13 @@ class KeyStore:
         secret = secrets.token_urlsafe(32)
         with self._tx(conn) as c:
             # the principal must exist (its groups decide what the key sees); the key takes its incarnation
-            row = c.execute(
-                "INSERT INTO api_keys (key_id, secret_hash, user_id, is_admin, label, principal_incarnation)"
-                " SELECT %s, %s, p.user_id, %s, %s, p.incarnation FROM principals p WHERE p.user_id = %s"
-                " RETURNING created_at", (key_id, _hash(secret), admin, label, user)).fetchone()
+            row = c.cursor(row_factory=dict_row).execute(
+                _CREATE, (key_id, _hash(secret), admin, label, user)).fetchone()
         if row is None:
             raise PrincipalError(f"unknown principal {user!r}: add it with `citeline principals add {user} "
                                  "--groups ...`")
-        return NewKey(ApiKey(key_id, user, admin, label, row[0], None), f"cl_{key_id}_{secret}")
-
-    def list(self, user: str | None = None) -> list[ApiKey]:
-        with self.db.writer() as conn:
-            rows = conn.execute(
-                "SELECT key_id, user_id, is_admin, label, created_at, revoked_at FROM api_keys"
-                " WHERE %(u)s::text IS NULL OR user_id = %(u)s ORDER BY id", {"u": user}).fetchall()
-        return [ApiKey(*r) for r in rows]
+        return NewKey(ApiKey(key_id, user, admin, label, row["created_at"], None), f"cl_{key_id}_{secret}")
 
     def revoke(self, key_id: str, *, conn: psycopg.Connection | None = None) -> bool:
         with self._tx(conn) as c:
-            return c.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = %s AND revoked_at IS NULL",
-                                (key_id,)).rowcount > 0
-
-    def authenticate(self, presented: str | None) -> Authenticated:
-        """The principal behind a presented key; :class:`AuthError` if missing, malformed, unknown or revoked."""
-        if not presented:
-            raise AuthError("missing API key: send 'Authorization: Bearer cl_...' (create one with "
-                            "`citeline keys create --user USER`)")
-        m = _KEY.match(presented.strip())
-        if m is None:
-            raise AuthError("malformed API key: keys look like cl_<12 chars>_<43 chars>")
-        key_id, secret = m.groups()
-        with self.db.writer(pipeline=True) as conn:  # BEGIN + role + lookup in one round trip
-            row = conn.execute(
-                "SELECT k.secret_hash, k.is_admin, k.revoked_at, p.user_id, p.groups, p.team,"
-                " p.incarnation IS NOT DISTINCT FROM k.principal_incarnation FROM api_keys k"
-                " LEFT JOIN principals p ON p.user_id = k.user_id WHERE k.key_id = %s", (key_id,)).fetchone()
-        if row is None or not hmac.compare_digest(row[0], _hash(secret)):
-            raise AuthError("unknown API key")
-        if row[2] is not None:
-            raise AuthError(f"API key {key_id} was revoked; ask an admin for a new one")
-        if row[3] is None or not row[6]:  # removed, or removed and re-created: a new principal of that name
-            raise AuthError(f"API key {key_id} belongs to a principal that no longer exists; ask an admin for a new "
-                            "one")
-        return Authenticated(key_id, Principal(row[3], tuple(row[4]), row[5]), bool(row[1]))
+            return c.execute(_REVOKE, (key_id,)).rowcount > 0

@@ -8,15 +8,16 @@ reads (see :mod:`citeline.db`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
 import time
 import tomllib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
 import psycopg
+from psycopg.rows import class_row, dict_row, kwargs_row
 from psycopg.types.json import Jsonb
 
 from citeline.db import Database
@@ -26,6 +27,7 @@ from citeline.errors import PrincipalError
 __all__ = [
     "LexiconStats",
     "PreparedDocument",
+    "PrincipalDirectory",
     "PrincipalStore",
     "StoredDocument",
     "delete_documents",
@@ -71,23 +73,24 @@ class PreparedDocument:
 
 def ensure_source(conn: psycopg.Connection, name: str, connector: str) -> tuple[int, dict[str, Any] | None]:
     """The source's id and its last committed cursor, creating the row on first use."""
-    row = conn.execute(
+    row = conn.cursor(row_factory=dict_row).execute(
         "INSERT INTO sources (name, connector) VALUES (%s, %s)"
         " ON CONFLICT (name) DO UPDATE SET connector = EXCLUDED.connector"
         " RETURNING id, cursor",
         (name, connector),
     ).fetchone()
     assert row is not None
-    return row[0], row[1]
+    return row["id"], row["cursor"]
 
 
-def existing_documents(conn: psycopg.Connection, source_id: int, external_ids: Iterable[str]) -> dict[str, StoredDocument]:
-    rows = conn.execute(
+def existing_documents(conn: psycopg.Connection, source_id: int,
+                       external_ids: Iterable[str]) -> dict[str, StoredDocument]:
+    rows = conn.cursor(row_factory=class_row(StoredDocument)).execute(
         "SELECT id, external_id, content_hash, access, url, title, metadata FROM documents"
         " WHERE source_id = %s AND external_id = ANY(%s)",
         (source_id, list(external_ids)),
     ).fetchall()
-    return {r[1]: StoredDocument(*r) for r in rows}
+    return {r.external_id: r for r in rows}
 
 
 def _doc_params(source_id: int, prepared: PreparedDocument) -> dict[str, Any]:
@@ -114,7 +117,7 @@ def replace_documents(conn: psycopg.Connection, source_id: int, batch: Sequence[
     absent and never doubled (MVCC), and a crash leaves the previous version in place.
     """
     chunk_rows: list[tuple[Any, ...]] = []
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=dict_row) as cur:
         for prepared in batch:
             row = cur.execute(
                 "INSERT INTO documents (source_id, external_id, url, title, content_hash, acl, public, access,"
@@ -128,7 +131,7 @@ def replace_documents(conn: psycopg.Connection, source_id: int, batch: Sequence[
                 _doc_params(source_id, prepared),
             ).fetchone()
             assert row is not None
-            doc_id = row[0]
+            doc_id = row["id"]
             cur.execute("DELETE FROM chunks WHERE document_id = %s", (doc_id,))
             doc = prepared.document
             acl = list(doc.access.tokens)
@@ -198,13 +201,13 @@ def lexicon_is_stale(conn: psycopg.Connection) -> bool:
     changes whenever chunks are added, replaced or deleted. An access change rewrites chunks in place; a
     trigger counts those (migration 0006), and they move chunks between the per-class statistics.
     """
-    row = conn.execute(
+    row = conn.cursor(row_factory=dict_row).execute(
         "SELECT s.chunks = c.n AND s.max_chunk_id IS NOT DISTINCT FROM c.max_id AND s.access_changes = a.n"
-        " FROM (SELECT count(*) AS n, max(id) AS max_id FROM chunks) c"
+        " AS current FROM (SELECT count(*) AS n, max(id) AS max_id FROM chunks) c"
         f" CROSS JOIN ({_ACCESS_CHANGES}) a"
         " LEFT JOIN lexicon_stats s ON true"
     ).fetchone()
-    return not (row and row[0])
+    return not (row and row["current"])
 
 
 @overload
@@ -230,11 +233,12 @@ def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> Lexi
     conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LEXICON_LOCK,))
     if if_stale and not lexicon_is_stale(conn):
         return None
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=dict_row) as cur:
         # the chunk set first: if a sync commits while ts_stat runs, the statistics look stale (and are
         # refreshed again next time) rather than current
         row = cur.execute(
-            f"SELECT count(*), coalesce(avg(length(tsv)), 0)::float8, max(id), ({_ACCESS_CHANGES}) FROM chunks"
+            f"SELECT count(*) AS chunks, coalesce(avg(length(tsv)), 0)::float8 AS avg_length, max(id) AS max_id,"
+            f" ({_ACCESS_CHANGES}) AS access_changes FROM chunks"
         ).fetchone()
         assert row is not None
         # one statement: the new frequencies, written only where they changed, and vanished lexemes deleted
@@ -246,12 +250,14 @@ def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> Lexi
             "   RETURNING 1),"
             " removed AS (DELETE FROM lexemes l WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.word = l.lexeme)"
             "   RETURNING 1)"
-            " SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM upserted) + (SELECT count(*) FROM removed)"
+            " SELECT (SELECT count(*) FROM fresh) AS total,"
+            " (SELECT count(*) FROM upserted) + (SELECT count(*) FROM removed) AS changed"
         ).fetchone()
         assert counts is not None
-        total, changed = int(counts[0]), int(counts[1])
-        ((class_changed,),) = cur.execute("SELECT lexicon_refresh_classes()").fetchall()
-        changed += int(class_changed)
+        total, changed = int(counts["total"]), int(counts["changed"])
+        classes = cur.execute("SELECT lexicon_refresh_classes() AS changed").fetchone()
+        assert classes is not None
+        changed += int(classes["changed"])
         seconds = time.perf_counter() - started
         cur.execute(
             "INSERT INTO lexicon_stats (chunks, avg_length, max_chunk_id, lexemes, refresh_ms, refreshed_at,"
@@ -259,20 +265,64 @@ def refresh_lexicon(conn: psycopg.Connection, *, if_stale: bool = False) -> Lexi
             " chunks = EXCLUDED.chunks, avg_length = EXCLUDED.avg_length, max_chunk_id = EXCLUDED.max_chunk_id,"
             " lexemes = EXCLUDED.lexemes, refresh_ms = EXCLUDED.refresh_ms, refreshed_at = EXCLUDED.refreshed_at,"
             " access_changes = EXCLUDED.access_changes",
-            (row[0], row[1], row[2], total, seconds * 1000, row[3]),
+            (row["chunks"], row["avg_length"], row["max_id"], total, seconds * 1000, row["access_changes"]),
         )
-    return LexiconStats(int(row[0]), float(row[1]), total, changed, seconds)
+    return LexiconStats(int(row["chunks"]), float(row["avg_length"]), total, changed, seconds)
 
 
-class PrincipalStore:
-    """Principals (users with groups and a team), stored in the database. Admin operations.
+def _principal(*, user_id: str, groups: list[str], team: str | None) -> Principal:
+    return Principal(user_id, tuple(groups), team)
+
+
+_PRINCIPALS = kwargs_row(_principal)
+
+
+class PrincipalDirectory:
+    """Principals (users with groups and a team), read-only: look one up, list them, read a principals file."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, user: str) -> Principal:
+        with self.db.writer() as conn:
+            found = conn.cursor(row_factory=_PRINCIPALS).execute(
+                "SELECT user_id, groups, team FROM principals WHERE user_id = %s", (user,)).fetchone()
+        if found is None:
+            raise PrincipalError(f"unknown principal {user!r}: add it with `citeline principals add {user} "
+                                 "--groups ...`")
+        return found
+
+    def list(self) -> list[Principal]:
+        with self.db.writer() as conn:
+            return conn.cursor(row_factory=_PRINCIPALS).execute(
+                "SELECT user_id, groups, team FROM principals ORDER BY user_id").fetchall()
+
+    @staticmethod
+    def read_file(path: Path) -> list[Principal]:
+        """The ``[[principals]]`` entries (user, groups, team) of a TOML file; nothing is written."""
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise PrincipalError(f"cannot read principals file {path}: {exc}") from exc
+        entries = data.get("principals")
+        if not isinstance(entries, list):
+            raise PrincipalError(f"{path} has no [[principals]] tables (user = ..., groups = [...], team = ...)")
+        principals = []
+        for n, entry in enumerate(entries, 1):
+            try:
+                principals.append(Principal(entry["user"], tuple(entry.get("groups", ())), entry.get("team")))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise PrincipalError(f"{path}: principal #{n} is invalid ({exc}); nothing was imported") from exc
+        return principals
+
+
+class PrincipalStore(PrincipalDirectory):
+    """Principals with their writes. The facade keeps it private: admin changes go through
+    :class:`citeline.operations.admin.Admin`, which writes each one's audit row in the same transaction.
 
     Writes take an optional ``conn``: pass the caller's transaction to commit the change together with
     something else (its audit row); without one each call is its own transaction.
     """
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
     @contextlib.contextmanager
     def _tx(self, conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
@@ -293,36 +343,6 @@ class PrincipalStore:
             )
         return principal
 
-    def get(self, user: str) -> Principal:
-        with self.db.writer() as conn:
-            row = conn.execute("SELECT user_id, groups, team FROM principals WHERE user_id = %s", (user,)).fetchone()
-        if row is None:
-            raise PrincipalError(f"unknown principal {user!r}: add it with `citeline principals add {user} --groups ...`")
-        return Principal(row[0], tuple(row[1]), row[2])
-
-    def list(self) -> list[Principal]:
-        with self.db.writer() as conn:
-            rows = conn.execute("SELECT user_id, groups, team FROM principals ORDER BY user_id").fetchall()
-        return [Principal(r[0], tuple(r[1]), r[2]) for r in rows]
-
-    @staticmethod
-    def read_file(path: Path) -> list[Principal]:
-        """The ``[[principals]]`` entries (user, groups, team) of a TOML file; nothing is written."""
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise PrincipalError(f"cannot read principals file {path}: {exc}") from exc
-        entries = data.get("principals")
-        if not isinstance(entries, list):
-            raise PrincipalError(f"{path} has no [[principals]] tables (user = ..., groups = [...], team = ...)")
-        principals = []
-        for n, entry in enumerate(entries, 1):
-            try:
-                principals.append(Principal(entry["user"], tuple(entry.get("groups", ())), entry.get("team")))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise PrincipalError(f"{path}: principal #{n} is invalid ({exc}); nothing was imported") from exc
-        return principals
-
     def import_file(self, path: Path, *, conn: psycopg.Connection | None = None) -> list[Principal]:
         """Add or replace every ``[[principals]]`` entry of a TOML file, all in one transaction."""
         principals = self.read_file(path)
@@ -335,9 +355,10 @@ class PrincipalStore:
         with self._tx(conn) as c:
             if c.execute("DELETE FROM principals WHERE user_id = %s", (user,)).rowcount == 0:
                 return None
-            rows = c.execute("UPDATE api_keys SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL"
-                             " RETURNING key_id", (user,)).fetchall()
-        return sorted(r[0] for r in rows)
+            rows = c.cursor(row_factory=dict_row).execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL RETURNING key_id",
+                (user,)).fetchall()
+        return sorted(r["key_id"] for r in rows)
 
     def remove(self, user: str, *, conn: psycopg.Connection | None = None) -> bool:
         """:meth:`delete`; True if the principal existed."""

@@ -594,7 +594,7 @@ def run_in_process(cl: Citeline, items: Sequence[QAItem], *, model: str | None =
                 p = Principal(item.user, item.groups)
                 existing = {q.user: q for q in cl.principals.list()}.get(p.user)
                 if existing is None or existing.groups != p.groups:
-                    cl.add_principal(p, actor="eval:answers")
+                    cl.admin.add_principal(p, actor="eval:answers")
                     if existing is None:
                         registered.append(p.user)
                 principals[p.user] = p
@@ -620,7 +620,7 @@ def run_in_process(cl: Citeline, items: Sequence[QAItem], *, model: str | None =
                 on_progress(i, len(items), result)
     finally:
         for user in registered:
-            cl.remove_principal(user, actor="eval:answers")
+            cl.admin.remove_principal(user, actor="eval:answers")
     return AnswerEvalReport.build(results, target="in-process", qa_file=qa_file)
 
 
