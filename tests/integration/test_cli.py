@@ -83,3 +83,28 @@ def test_user_errors_are_clear(acme):
     assert code == 1 and "unknown source 'nope'" in out
     code, out = run("search", "anything")
     assert code != 0 and "--as" in out
+
+
+def test_names_that_look_like_markup_print_as_written(acme):
+    odd = "[bold]x[/bold]"
+    code, out = run("principals", "add", odd, "--groups", "staff,[red]eng[/red]")
+    assert code == 0 and f"principal {odd}: groups [red]eng[/red], staff" in out
+    code, out = run("principals", "list")
+    assert code == 0 and odd in out and "[red]eng[/red]" in out
+    code, out = run("search", "how do I roll back a bad deploy", "--as", odd)
+    assert code == 0 and f"results for {odd}" in " ".join(out.split())
+    code, out = run("principals", "remove", "[nobody]")
+    assert code == 1 and "no principal named '[nobody]'" in out
+
+
+def test_keys_name_their_principal_positionally(acme):
+    assert run("principals", "add", "alice", "--groups", "staff")[0] == 0
+    assert run("principals", "add", "bob")[0] == 0
+    code, out = run("keys", "create", "alice", "--json")
+    assert code == 0 and json.loads(out)["user"] == "alice"
+    code, out = run("keys", "create", "--user", "bob", "--json")  # the earlier spelling still works
+    assert code == 0 and json.loads(out)["user"] == "bob"
+    code, out = run("keys", "list", "alice", "--json")
+    assert code == 0 and {k["user"] for k in json.loads(out)} == {"alice"}
+    code, out = run("keys", "list", "--json")
+    assert code == 0 and {k["user"] for k in json.loads(out)} == {"alice", "bob"}
