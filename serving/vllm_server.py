@@ -52,7 +52,7 @@ class VllmProcess:
 
     @property
     def base_url(self) -> str:
-        """The OpenAI base URL (``generation.base_url``)."""
+        """The OpenAI base URL (``generation.options.base_url``)."""
         return f"{self.url}/v1"
 
     def log_tail(self, chars: int = 4000) -> str:
