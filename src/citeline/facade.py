@@ -65,16 +65,16 @@ class Citeline:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            factory = plugins.load(plugins.EMBEDDERS, self.settings.embedding.provider)
-            e, resolve = self.settings.embedding, self.settings.resolve_path  # paths: relative to the config file
-            self._embedder = factory(e.model_copy(update={"model": e.model and str(resolve(e.model)),
-                                                          "cache": e.cache and resolve(e.cache)}))
+            e = self.settings.embedding  # Path options: relative to the config file
+            self._embedder = plugins.create(plugins.EMBEDDERS, e.provider, e.options, section="embedding.options",
+                                            resolve_path=self.settings.resolve_path, home=self.settings.home)
         return self._embedder
 
     @functools.cached_property
     def chunker(self) -> Chunker:
-        factory = plugins.load(plugins.CHUNKERS, self.settings.chunking.chunker)
-        return factory(self.settings.chunking, self.embedder.tokenize)
+        c = self.settings.chunking
+        return plugins.create(plugins.CHUNKERS, c.chunker, c.options, section="chunking.options",
+                              resolve_path=self.settings.resolve_path, tokenize=self.embedder.tokenize)
 
     @property
     def db(self) -> Database:
@@ -93,10 +93,13 @@ class Citeline:
 
     @property
     def backend(self) -> GenerationBackend:
-        """The generation backend named by ``generation.backend`` (entry point group citeline.generators)."""
+        """The generation backend named by ``generation.backend`` (group citeline.generators), built with its
+        ``[generation.options]`` and the core ``[generation]`` section."""
         if self._backend is None:
-            factory = plugins.load(plugins.GENERATORS, self.settings.generation.backend)
-            self._backend = factory(self.settings.generation, self.settings.home)
+            g = self.settings.generation
+            self._backend = plugins.create(plugins.GENERATORS, g.backend, g.options, section="generation.options",
+                                           resolve_path=self.settings.resolve_path, home=self.settings.home,
+                                           generation=g)
         return self._backend
 
     @functools.cached_property
@@ -140,12 +143,8 @@ class Citeline:
     def verifier(self) -> Verifier:
         """The answer verifier named by ``answer.verifier`` (group ``citeline.verifiers``), with its options."""
         a = self.settings.answer
-        cls = plugins.load(plugins.VERIFIERS, a.verifier)
-        try:
-            config = cls.Config.model_validate(a.verifier_options)
-        except ValueError as exc:
-            raise ConfigError(f"invalid answer.verifier_options for verifier {a.verifier!r}:\n{exc}") from exc
-        return cls(config, embedder=self.embedder)
+        return plugins.create(plugins.VERIFIERS, a.verifier, a.verifier_options, section="answer.verifier_options",
+                              resolve_path=self.settings.resolve_path, embedder=self.embedder)
 
     @functools.cached_property
     def assistant(self) -> Assistant:
