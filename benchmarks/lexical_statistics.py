@@ -38,7 +38,8 @@ from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
 from citeline.settings import RetrievalSettings
-from citeline.access.principals import PrincipalStore, refresh_lexicon
+from citeline.access.principals import PrincipalStore
+from citeline.db.index import refresh_lexicon
 
 LAYOUTS = {  # name: (groups, the principal's groups)
     "public": (0, 0),

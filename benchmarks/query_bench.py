@@ -42,7 +42,8 @@ from citeline.evaluation.retrieval import load_queries
 from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.retrieval.search import Retriever
 from citeline.settings import RetrievalSettings
-from citeline.access.principals import PrincipalStore, refresh_lexicon
+from citeline.access.principals import PrincipalStore
+from citeline.db.index import refresh_lexicon
 
 DENSE = "SELECT c.id FROM chunks c ORDER BY c.embedding <=> %s LIMIT %s"
 

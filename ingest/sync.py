@@ -17,7 +17,7 @@ Promises (tested in tests/integration/test_sync.py):
   dirty document never stops a source (tested in tests/security/test_dirty_documents.py);
 * after a run that changed the chunks (or finds the lexicon statistics stale, e.g. after an earlier
   run failed part-way), the corpus statistics that BM25 ranking reads are recomputed
-  (:func:`citeline.access.principals.refresh_lexicon`); until then lexical ranking uses the previous ones.
+  (:func:`citeline.db.index.refresh_lexicon`); until then lexical ranking uses the previous ones.
 
 A ``stop`` event (set by the scheduler on SIGTERM) is checked between batches: the batch in hand
 commits with its checkpoint, then the run ends as ``interrupted`` without pruning, and the next run
@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from citeline.access import principals as store
+from citeline.db import index as store
 from citeline.contracts.connector import Checkpoint, Connector, Delete, Failure, Upsert
 from citeline.db import Database
 from citeline.domain import Document

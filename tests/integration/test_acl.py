@@ -125,7 +125,7 @@ def test_filtered_hnsw_search_still_returns_k_results(db, embedder, chunker):
     """10% of rows visible: the iterative index scan keeps going until it has k visible rows."""
     import numpy as np
 
-    from citeline.access import principals as store
+    from citeline.db import index as store
     from citeline.domain import Document
 
     rng = np.random.default_rng(7)

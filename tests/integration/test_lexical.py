@@ -9,7 +9,8 @@ from citeline.domain import Access, Principal, SearchMode
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
 from citeline.settings import RetrievalSettings
-from citeline.access.principals import PrincipalStore, lexicon_is_stale, refresh_lexicon
+from citeline.access.principals import PrincipalStore
+from citeline.db.index import lexicon_is_stale, refresh_lexicon
 from tests.support.connectors import ListConnector, doc
 
 pytestmark = pytest.mark.integration

@@ -138,7 +138,7 @@ def evaluate_retrieval(citeline_factory: Callable[[str], Any], corpus: Path, que
     import statistics
     import time
 
-    from citeline.access import principals as store
+    from citeline.db import index as store
     from citeline.ingest.sync import SyncRunner
 
     judged = load_qrels(qrels)

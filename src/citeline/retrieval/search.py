@@ -16,7 +16,7 @@ themselves are then read here, under row-level security.
 
 Lexical (BM25): the question's lexemes (``to_tsvector`` of the question, so stemming and stop words
 match the index) are looked up in the corpus statistics (per-lexeme document frequencies, chunk count,
-mean length; refreshed by :func:`citeline.access.principals.refresh_lexicon` after each sync that changed chunks or
+mean length; refreshed by :func:`citeline.db.index.refresh_lexicon` after each sync that changed chunks or
 their access, so they may lag the chunks in between). With ``retrieval.lexical_statistics = "visible"``
 (the default) they are those of the chunks the asking principal may see: migration 0006 keeps them per
 visibility class (public, or one distinct ACL) and sums the classes the principal may see, so the
