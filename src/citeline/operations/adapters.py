@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from citeline import plugins
 from citeline.access.audit import AuditLog
 from citeline.contracts.generator import AdapterHost, GenerationBackend
 from citeline.db import Database
@@ -68,11 +69,12 @@ class Adapters:
 
     def hosts(self) -> list[Any]:
         """Where adapters are loaded: each configured replica, else the openai backend's server, else in process."""
-        gen = self.settings.generation
-        urls = list(self.settings.adapters.replicas)
-        if not urls and gen.backend == "openai" and gen.base_url:
-            urls = [gen.base_url]
-        key = gen.api_key.get_secret_value() if gen.api_key else None
+        gen = self.settings.generation  # a server backend's options (openai's) say where it is and its key
+        options = plugins.configure(plugins.load(plugins.GENERATORS, gen.backend), gen.options,
+                                    section="generation.options")
+        base_url, api_key = getattr(options, "base_url", None), getattr(options, "api_key", None)
+        urls = list(self.settings.adapters.replicas) or ([base_url] if base_url else [])
+        key = api_key.get_secret_value() if api_key else None
         if urls:
             return [ReplicaClient(u, api_key=key, timeout_s=gen.timeout_s) for u in urls]
         backend = self._backend()
