@@ -31,7 +31,7 @@ class AdapterRouter:
     """Picks each request's model from the registry: the team's active adapter, else the base model."""
 
     def __init__(self, registry: AdapterRegistry, *, ttl_s: float = 1.0) -> None:
-        self.registry = registry
+        self._registry = registry  # read here; its writes are the facade's audited adapters concern
         self.ttl_s = ttl_s
         self._cache = _Cache()
         self._lock = threading.Lock()
@@ -40,7 +40,7 @@ class AdapterRouter:
         now = time.monotonic()
         with self._lock:
             if now - self._cache.at >= self.ttl_s:
-                every = self.registry.list()
+                every = self._registry.list()
                 self._cache = _Cache(now, {a.team: a for a in every if a.status == "active"},
                                      {a.served_name: a for a in every})
             return self._cache
