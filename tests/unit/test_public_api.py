@@ -25,10 +25,23 @@ def test_exports_are_pinned():
         assert hasattr(citeline, name)
 
 
+CONTRACTS = {"AdapterHost", "Chunker", "Connector", "ConnectorConfig", "Embedder", "GenerationBackend", "Reranker",
+             "Verifier"}
+
+
+def test_contracts_are_pinned():
+    import citeline.contracts
+
+    assert set(citeline.contracts.__all__) == CONTRACTS
+    for name in CONTRACTS:
+        assert hasattr(citeline.contracts, name)
+
+
 def test_builtins_are_registered_as_entry_points():
     assert {"folder", "tickets", "catalog"} <= set(plugins.available(plugins.CONNECTORS))
     assert plugins.load(plugins.CHUNKERS, "structured").__name__ == "StructuredChunker"
     assert plugins.load(plugins.EMBEDDERS, "sentence-transformers").__name__ == "SentenceTransformerEmbedder"
+    assert plugins.load(plugins.RERANKERS, "mmr").__name__ == "MMRReranker"
     assert importlib.metadata.version("citeline") == citeline.__version__
 
 
