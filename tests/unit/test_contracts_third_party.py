@@ -92,3 +92,37 @@ def test_each_plugin_gets_its_own_section_validated():
         _create(plugins.RERANKERS, "test-per-document", {"per_document": 0}, "retrieval.reranker_options")
     with pytest.raises(ConfigError, match=r"\[chunking.options\]"):
         _create(plugins.CHUNKERS, "test-paragraphs", {"diversity": 1}, "chunking.options", tokenize=str.split)
+
+
+def test_citeline_toml_builds_the_third_party_plugins_with_their_own_sections(tmp_path, monkeypatch):
+    from citeline.facade import Citeline
+    from tests.support.third_party import HashingEmbedder, ParagraphChunker
+
+    monkeypatch.setenv("CITELINE_HOME", str(tmp_path / "home"))
+    config = tmp_path / "citeline.toml"
+    config.write_text(f'''
+[embedding]
+provider = "test-hashing"
+
+[embedding.options]
+api_key = "{KEY}"
+dimension = 32
+
+[chunking]
+chunker = "test-paragraphs"
+
+[chunking.options]
+max_tokens = 20
+''')
+    cl = Citeline.open(config)
+    embedder = cl.embedder
+    assert isinstance(embedder, HashingEmbedder) and embedder.dimension == 32
+    assert embedder.config.api_key.get_secret_value() == KEY, "the key reached the plugin's own Config"
+    assert KEY not in repr(embedder.config) and KEY not in repr(cl.settings) and KEY not in str(cl.settings)
+    assert isinstance(cl.chunker, ParagraphChunker) and cl.chunker.tokenize == embedder.tokenize
+    assert cl.chunker.config.max_tokens == 20
+
+    config.write_text(config.read_text().replace("dimension = 32", 'dimension = "wide"'))
+    with pytest.raises(ConfigError, match=r"\[embedding.options\]") as err:
+        _ = Citeline.open(config).embedder
+    assert "dimension" in str(err.value) and KEY not in str(err.value)
