@@ -17,7 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from citeline.lora.data import check_data
-from citeline.lora.training import TRAINING_FILE, TrainingConfig, _encode, qlora_missing, train_adapter
+from citeline.lora.batches import encode
+from citeline.lora.training import TRAINING_FILE, TrainingConfig, qlora_missing, train_adapter
 from citeline.lora.manifest import ADAPTER_CONFIG, LLAMA_MODULES, AdapterManifest, base_model_fingerprint, preflight
 from citeline.errors import TrainingError
 from tests.conftest import REPO
@@ -67,7 +68,7 @@ def test_loss_is_taken_on_the_assistant_tokens_only(smollm2_dir: Path, tmp_path:
                           {"role": "assistant", "content": "second answer"}]}
     example = check_data(write(tmp_path, [multi] + [chat(i) for i in range(10)]), heldout=0.0,
                          min_examples=1).examples[0]
-    enc = _encode(tokenizer, example, 1024)
+    enc = encode(tokenizer, example, 1024)
     learned = tokenizer.decode([t for t, label in zip(enc.ids, enc.labels, strict=True) if label != -100])
     assert learned == "first answer<|im_end|>\nsecond answer<|im_end|>\n"
     assert len(enc.ids) == len(enc.labels)

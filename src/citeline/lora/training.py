@@ -6,14 +6,15 @@ bring datasets, pandas and pyarrow for what is here ~150 lines, and we need exac
 - the data is checked first (:func:`citeline.lora.data.check_data` with the base model's chat template);
   a report with problems raises :class:`~citeline.errors.TrainingError` and nothing is trained;
 - each example is rendered with the base model's chat template and the loss is taken on the assistant's
-  tokens only (its reply and end-of-turn marker); system and user tokens are masked out;
+  tokens only (its reply and end-of-turn marker); system and user tokens are masked out
+  (:mod:`citeline.lora.batches`);
 - LoRA on the Llama-style linear layers only (``target_modules`` within
   :data:`citeline.lora.manifest.LLAMA_MODULES`, never ``modules_to_save``: vLLM serves LoRA deltas only);
 - checkpoints every ``save_every`` steps in ``<output>/checkpoints/step-NNNNNN`` (adapter weights, optimizer
-  and schedule, the step); a run that finds checkpoints of the same configuration continues from the last
-  one, and its batches, dropout and schedule are the same as an uninterrupted run's (the epoch order and
-  the random state are derived from the seed and the step). A ``stop`` event (the CLI sets it on Ctrl-C
-  or SIGTERM) ends the run after the current step with a checkpoint;
+  and schedule, the step; :mod:`citeline.lora.checkpoints`); a run that finds checkpoints of the same
+  configuration continues from the last one, and its batches, dropout and schedule are the same as an
+  uninterrupted run's (the epoch order and the random state are derived from the seed and the step). A
+  ``stop`` event (the CLI sets it on Ctrl-C or SIGTERM) ends the run after the current step with a checkpoint;
 - ``qlora=True`` loads the base in 4 bits (bitsandbytes NF4) on a CUDA GPU, and refuses with a message
   naming what is missing when there is no GPU or no bitsandbytes;
 - at the end: held-out loss, ``save_pretrained`` into ``output``, :class:`citeline.lora.manifest.AdapterManifest`
@@ -28,19 +29,20 @@ import importlib.util
 import json
 import math
 import os
-import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citeline.lora.data import DataReport, Example, chat_token_counter, check_data
-from citeline.lora.manifest import LLAMA_MODULES, MANIFEST, AdapterManifest, base_model_fingerprint, preflight
 from citeline.errors import TrainingError
+from citeline.lora.batches import Encoded, encode, epoch_order, loss, mean_loss
+from citeline.lora.checkpoints import CHECKPOINTS, load_last_checkpoint, save_checkpoint
+from citeline.lora.data import DataReport, chat_token_counter, check_data
+from citeline.lora.manifest import LLAMA_MODULES, MANIFEST, AdapterManifest, base_model_fingerprint, preflight
 
 if TYPE_CHECKING:
     import torch
@@ -50,9 +52,6 @@ __all__ = ["DEFAULT_TARGETS", "TRAINING_FILE", "TrainingConfig", "TrainingProgre
 
 TRAINING_FILE = "citeline_training.json"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_CHECKPOINTS = "checkpoints"
-_STATE = "state.json"  # written last inside a checkpoint: its presence means the checkpoint is complete
-_KEEP_CHECKPOINTS = 2
 
 
 @dataclass(frozen=True)
@@ -121,6 +120,22 @@ def qlora_missing() -> list[str]:
     return missing
 
 
+
+@dataclass
+class _Run:
+    """What the training loop works on."""
+
+    config: TrainingConfig
+    model: Any
+    optimizer: Any
+    schedule: Any
+    device: torch.device
+    pad_id: int | None
+    train: list[Encoded]
+    steps_per_epoch: int
+    total: int
+
+
 def train_adapter(config: TrainingConfig, *, progress: Callable[[TrainingProgress], None] | None = None,
                   stop: threading.Event | None = None, resume: bool = True) -> TrainingResult:
     """Train (or continue training) ``config.team``'s adapter into ``config.output``; see the module docstring."""
@@ -131,62 +146,41 @@ def train_adapter(config: TrainingConfig, *, progress: Callable[[TrainingProgres
                             "--qlora (full-precision LoRA, fine on CPU for small models) or run on a GPU machine")
     _quiet()
     import torch
-    from transformers import AutoTokenizer
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model, local_files_only=True)
-    if not tokenizer.chat_template:
-        raise TrainingError(f"the tokenizer in {config.base_model} has no chat template: use an instruct model")
-    report = check_data(config.data, count_tokens=chat_token_counter(tokenizer), max_tokens=config.max_tokens,
-                        heldout=config.heldout, seed=config.seed)
-    if not report.ok:
-        raise TrainingError(f"{config.data} has {len(report.problems)} problem(s); fix them and train again "
-                            f"(`citeline adapter check-data {config.data}` lists them all):\n{report.summary()}")
-    train = [_encode(tokenizer, e, config.max_tokens) for e in report.split.train]
-    heldout = [_encode(tokenizer, e, config.max_tokens) for e in report.split.heldout]
+    tokenizer, report = _tokenizer_and_data(config)
+    train = [encode(tokenizer, e, config.max_tokens) for e in report.split.train]
+    heldout = [encode(tokenizer, e, config.max_tokens) for e in report.split.heldout]
     run_key = {**config.same_run(), "data_hash": report.data_hash}
 
     model, device = _load_model(config)
-    base_heldout = _mean_loss(model, heldout, tokenizer.pad_token_id, config.batch_size, device, adapter=False)
+    base_heldout = mean_loss(model, heldout, tokenizer.pad_token_id, config.batch_size, device, adapter=False)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                                  weight_decay=0.0)
-    warmup = max(1, total // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
-    checkpoints = config.output / _CHECKPOINTS
-    start, losses = _resume(checkpoints, run_key, model, optimizer, schedule) if resume else (0, [])
+    optimizer, schedule = _optimizer(model, config.learning_rate, total)
+    run = _Run(config, model, optimizer, schedule, device, tokenizer.pad_token_id, train, steps_per_epoch, total)
+    checkpoints = config.output / CHECKPOINTS
+    start, losses = load_last_checkpoint(checkpoints, run_key, model, optimizer, schedule) if resume else (0, [])
     if not resume and checkpoints.exists():
         shutil.rmtree(checkpoints)
 
     model.train()
     step = start
     while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
-        batch_ids = _epoch_order(len(train), config.seed, epoch)[offset * config.batch_size:
-                                                                  (offset + 1) * config.batch_size]
-        torch.manual_seed(config.seed * 1_000_003 + step)  # dropout: the same whether resumed or not
-        loss = _loss(model, [train[i] for i in batch_ids], tokenizer.pad_token_id, device)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses.append(_step(run, step))
         step += 1
-        losses.append(float(loss.detach()))
         if progress is not None:
-            progress(TrainingProgress(step, total, epoch + 1, losses[-1], schedule.get_last_lr()[0],
-                                      time.monotonic() - started))
+            progress(TrainingProgress(step, total, (step - 1) // steps_per_epoch + 1, losses[-1],
+                                      schedule.get_last_lr()[0], time.monotonic() - started))
         stopping = stop is not None and stop.is_set()
         if step < total and (step % config.save_every == 0 or stopping):
-            _save_checkpoint(checkpoints, step, run_key, model, optimizer, schedule, losses)
+            save_checkpoint(checkpoints, step, run_key, model, optimizer, schedule, losses)
         if stopping and step < total:
             return TrainingResult(config.output, False, step, total, start, time.monotonic() - started,
                                   report=report, losses=tuple(losses))
 
-    heldout_loss = _mean_loss(model, heldout, tokenizer.pad_token_id, config.batch_size, device, adapter=True)
+    heldout_loss = mean_loss(model, heldout, tokenizer.pad_token_id, config.batch_size, device, adapter=True)
     train_loss = sum(losses[-steps_per_epoch:]) / len(losses[-steps_per_epoch:])
     seconds = time.monotonic() - started
     manifest = _save(config, model, report, {
@@ -197,6 +191,23 @@ def train_adapter(config: TrainingConfig, *, progress: Callable[[TrainingProgres
     shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainingResult(config.output, True, total, total, start, seconds, train_loss, heldout_loss, base_heldout,
                           manifest, report, tuple(losses))
+
+
+def _step(run: _Run, step: int) -> float:
+    """One optimisation step (0-based ``step``); its loss. The batch and dropout depend on the step alone."""
+    import torch
+
+    epoch, offset = divmod(step, run.steps_per_epoch)
+    size = run.config.batch_size
+    batch_ids = epoch_order(len(run.train), run.config.seed, epoch)[offset * size:(offset + 1) * size]
+    torch.manual_seed(run.config.seed * 1_000_003 + step)  # dropout: the same whether resumed or not
+    value = loss(run.model, [run.train[i] for i in batch_ids], run.pad_id, run.device)
+    value.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], 1.0)
+    run.optimizer.step()
+    run.schedule.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(value.detach())
 
 
 # -- set-up ------------------------------------------------------------------------------------------
@@ -229,6 +240,21 @@ def _check_config(config: TrainingConfig) -> None:
         raise TrainingError("--team must name the team the adapter is for")
 
 
+def _tokenizer_and_data(config: TrainingConfig) -> tuple[Any, DataReport]:
+    """The base model's tokenizer (it must have a chat template) and the checked data (no problems)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model, local_files_only=True)
+    if not tokenizer.chat_template:
+        raise TrainingError(f"the tokenizer in {config.base_model} has no chat template: use an instruct model")
+    report = check_data(config.data, count_tokens=chat_token_counter(tokenizer), max_tokens=config.max_tokens,
+                        heldout=config.heldout, seed=config.seed)
+    if not report.ok:
+        raise TrainingError(f"{config.data} has {len(report.problems)} problem(s); fix them and train again "
+                            f"(`citeline adapter check-data {config.data}` lists them all):\n{report.summary()}")
+    return tokenizer, report
+
+
 def _load_model(config: TrainingConfig) -> tuple[Any, torch.device]:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -259,132 +285,16 @@ def _load_model(config: TrainingConfig) -> tuple[Any, torch.device]:
     return get_peft_model(base, lora), device
 
 
-# -- data --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    ids: list[int]
-    labels: list[int]  # -100 where the loss is not taken
-
-
-def _encode(tokenizer: Any, example: Example, max_tokens: int) -> _Encoded:
-    """Token ids of the rendered conversation; labels only on the assistant turns' tokens."""
-    chat = [{"role": m.role, "content": m.content} for m in example.messages]
-    text = tokenizer.apply_chat_template(chat, tokenize=False)
-    spans = []  # character spans of the assistant replies (with their end-of-turn markup)
-    for i, m in enumerate(example.messages):
-        if m.role != "assistant":
-            continue
-        before = tokenizer.apply_chat_template(chat[:i], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(chat[: i + 1], tokenize=False)
-        if not text.startswith(through) or not through.startswith(before):
-            raise TrainingError(f"line {example.line}: the chat template of {tokenizer.name_or_path} does not "
-                                "render conversations incrementally; the assistant tokens cannot be located")
-        spans.append((len(before), len(through)))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"][:max_tokens], enc["offset_mapping"][:max_tokens]
-    labels = [t if any(a <= start < b for a, b in spans) else -100 for t, (start, _) in zip(ids, offsets,
-                                                                                          strict=True)]
-    return _Encoded(list(ids), labels)
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    order = list(range(n))
-    random.Random(seed * 7919 + epoch).shuffle(order)
-    return order
-
-
-def _batch(examples: Sequence[_Encoded], pad_id: int | None, device: torch.device) -> dict[str, torch.Tensor]:
+def _optimizer(model: Any, learning_rate: float, total: int) -> tuple[Any, Any]:
+    """AdamW on the adapter's parameters, with a linear warm-up (5% of the steps) and linear decay to 0."""
     import torch
 
-    width = max(len(e.ids) for e in examples)
-    pad = pad_id if pad_id is not None else 0
-    ids = torch.full((len(examples), width), pad, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):  # right padding; the mask keeps padding out of attention and loss
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        labels[row, : len(e.labels)] = torch.tensor(e.labels)
-        mask[row, : len(e.ids)] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
-
-
-def _loss(model: Any, examples: Sequence[_Encoded], pad_id: int | None, device: torch.device) -> torch.Tensor:
-    return model(**_batch(examples, pad_id, device)).loss
-
-
-def _mean_loss(model: Any, examples: Sequence[_Encoded], pad_id: int | None, batch_size: int,
-               device: torch.device, *, adapter: bool) -> float:
-    """Mean token loss over ``examples`` (assistant tokens), with the adapter's layers on or off."""
-    import contextlib
-
-    import torch
-
-    if not examples:
-        return float("nan")
-    was_training = model.training
-    model.eval()
-    total = tokens = 0.0
-    with torch.no_grad(), (contextlib.nullcontext() if adapter else model.disable_adapter()):
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i: i + batch_size]
-            n = sum(sum(1 for t in e.labels[1:] if t != -100) for e in chunk)
-            for e in chunk:  # one at a time: the model's loss is a mean per batch, we want one per token
-                k = sum(1 for t in e.labels[1:] if t != -100)
-                total += float(_loss(model, [e], pad_id, device)) * k
-            tokens += n
-    model.train(was_training)
-    return total / max(tokens, 1.0)
-
-
-# -- checkpoints -------------------------------------------------------------------------------------
-
-
-def _save_checkpoint(folder: Path, step: int, run_key: dict[str, Any], model: Any, optimizer: Any, schedule: Any,
-                     losses: list[float]) -> None:
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{step:06d}"
-    tmp = folder / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, tmp / "optimizer.pt")
-    (tmp / _STATE).write_text(json.dumps({"step": step, "run": run_key, "losses": losses}) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in _checkpoints(folder)[:-_KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("step-*") if (p / _STATE).is_file())
-
-
-def _resume(folder: Path, run_key: dict[str, Any], model: Any, optimizer: Any,
-            schedule: Any) -> tuple[int, list[float]]:
-    """Load the last complete checkpoint into model, optimizer and schedule: (its step, its losses)."""
-    found = _checkpoints(folder)
-    if not found:
-        return 0, []
-    import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    last = found[-1]
-    state = json.loads((last / _STATE).read_text())
-    if state["run"] != run_key:
-        changed = sorted(k for k in run_key if state["run"].get(k) != run_key[k])
-        raise TrainingError(f"{folder} holds checkpoints of another training run (different {', '.join(changed)}); "
-                            "train into another --output, or pass --fresh to discard them")
-    set_peft_model_state_dict(model, load_file(str(last / "adapter_model.safetensors")))
-    saved = torch.load(last / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    schedule.load_state_dict(saved["schedule"])
-    return int(state["step"]), [float(x) for x in state["losses"]]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
+                                  weight_decay=0.0)
+    warmup = max(1, total // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    return optimizer, schedule
 
 
 # -- output ------------------------------------------------------------------------------------------
