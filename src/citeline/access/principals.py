@@ -34,20 +34,6 @@ class PrincipalDirectory:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def get(self, user: str) -> Principal:
-        with self.db.writer() as conn:
-            found = conn.cursor(row_factory=_PRINCIPALS).execute(
-                "SELECT user_id, groups, team FROM principals WHERE user_id = %s", (user,)).fetchone()
-        if found is None:
-            raise PrincipalError(f"unknown principal {user!r}: add it with `citeline principals add {user} "
-                                 "--groups ...`")
-        return found
-
-    def list(self) -> list[Principal]:
-        with self.db.writer() as conn:
-            return conn.cursor(row_factory=_PRINCIPALS).execute(
-                "SELECT user_id, groups, team FROM principals ORDER BY user_id").fetchall()
-
     @staticmethod
     def read_file(path: Path) -> list[Principal]:
         """The ``[[principals]]`` entries (user, groups, team) of a TOML file; nothing is written."""
@@ -65,6 +51,20 @@ class PrincipalDirectory:
             except (KeyError, TypeError, ValueError) as exc:
                 raise PrincipalError(f"{path}: principal #{n} is invalid ({exc}); nothing was imported") from exc
         return principals
+
+    def get(self, user: str) -> Principal:
+        with self.db.writer() as conn:
+            found = conn.cursor(row_factory=_PRINCIPALS).execute(
+                "SELECT user_id, groups, team FROM principals WHERE user_id = %s", (user,)).fetchone()
+        if found is None:
+            raise PrincipalError(f"unknown principal {user!r}: add it with `citeline principals add {user} "
+                                 "--groups ...`")
+        return found
+
+    def list(self) -> list[Principal]:
+        with self.db.writer() as conn:
+            return conn.cursor(row_factory=_PRINCIPALS).execute(
+                "SELECT user_id, groups, team FROM principals ORDER BY user_id").fetchall()
 
 
 class PrincipalStore(PrincipalDirectory):
