@@ -50,7 +50,7 @@ class HashingEmbedder:
         for word in _WORD.findall(text.lower()):
             digest = hashlib.sha256(word.encode()).digest()
             v[int.from_bytes(digest[:4], "big") % self.dimension] += 1.0 if digest[4] & 1 else -1.0
-        norm = np.linalg.norm(v)
+        norm = float(np.linalg.norm(v))
         if norm == 0:  # no words: a fixed unit vector, so every vector has unit length
             v[0], norm = 1.0, 1.0
         return (v / norm).astype(np.float32)
@@ -114,7 +114,8 @@ class PerDocumentReranker:
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
         seen: dict[int, int] = {}
-        first, later = [], []
+        first: list[SearchHit] = []
+        later: list[SearchHit] = []
         for hit in hits:
             seen[hit.document_id] = seen.get(hit.document_id, 0) + 1
             (first if seen[hit.document_id] <= self.config.per_document else later).append(hit)

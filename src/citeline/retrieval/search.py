@@ -200,7 +200,7 @@ class Retriever:
         }
         sql = _statement(mode, self.settings.lexical_statistics)
         with self.db.reader(user) as conn:
-            rows = conn.execute(sql, params).fetchall()  # type: ignore[call-overload]
+            rows = conn.execute(sql, params).fetchall()
         t2 = time.perf_counter()
         hits = tuple(_hit(row, mode) for row in rows)
         if self.reranker is not None:
