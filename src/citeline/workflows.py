@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from citeline.errors import ConfigError
 from citeline.evaluation.answers import AnswerEvalReport, QAItem, QuestionResult, load_keys, load_qa
@@ -140,7 +140,7 @@ def _embedded_backend(settings: Settings, base_dir: Path) -> Any:
 
     generation = settings.generation  # the embedded backend's own options only when it is the configured one
     options = {**(generation.options if generation.backend == "embedded" else {}), "model": str(base_dir)}
-    config = plugins.configure(EmbeddedBackend, options, section="generation.options")
+    config = cast("EmbeddedBackend.Config", plugins.configure(EmbeddedBackend, options, section="generation.options"))
     return EmbeddedBackend(config, home=settings.home, generation=generation)
 
 

@@ -79,14 +79,11 @@ def opened(config: Path | None, **kwargs: Any) -> Iterator[Citeline]:
         yield cl
 
 
-def administered(user: str | None, old_spelling: str | None, *, required: bool = True) -> str | None:
+def administered(user: str | None, old_spelling: str | None) -> str | None:
     """The positional USER, or the same principal given with the hidden ``--user`` (not two different ones)."""
     if user is not None and old_spelling is not None and user != old_spelling:
         raise typer.BadParameter(f"two principals given: {user!r} and --user {old_spelling!r}", param_hint="USER")
-    chosen = user if user is not None else old_spelling
-    if chosen is None and required:
-        raise typer.BadParameter("name the principal: citeline keys create USER", param_hint="USER")
-    return chosen
+    return user if user is not None else old_spelling
 
 
 def cli_actor() -> str:
@@ -136,6 +133,6 @@ def _escape_help(command: Any) -> None:
     for param in command.params:
         text = getattr(param, "help", None)
         if isinstance(text, str):
-            param.help = escape(text)  # type: ignore[attr-defined]
+            param.help = escape(text)
     for sub in getattr(command, "commands", {}).values():
         _escape_help(sub)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.text import Text
 
 from citeline import workflows
@@ -42,7 +42,7 @@ def retrieval(
     prepare()
     with reported(), Progress(console=err_console, disable=as_json or not err_console.is_terminal,
                               transient=True) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_progress(mode: str, done: int, total: int) -> None:
             if mode not in tasks:
@@ -101,7 +101,7 @@ def _print_report(report: AnswerEvalReport) -> None:
     table = PlainTable(title=f"{len(report.results)} questions ({report.target})")
     for col, just in (("id", "left"), ("kind", "left"), ("user", "left"), ("verdict", "left"),
                       ("cit", "right"), ("ms", "right"), ("problems", "left")):
-        table.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(col, justify=just, overflow="fold")
     for r in report.results:
         kind = r.kind + (" +conv" if r.follow_up else "")
         table.add_row(r.id, kind, r.user, _verdict(r), f"{r.relevant_citations}/{r.citations}", _ms(r.latency_ms),

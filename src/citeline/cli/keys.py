@@ -34,6 +34,8 @@ def create(
 ) -> None:
     """Create a key for USER; it is printed once and cannot be shown again."""
     user = administered(user, old_user)
+    if user is None:
+        raise typer.BadParameter("name the principal: citeline keys create USER", param_hint="USER")
     with opened(config) as cl:
         new = cl.admin.create_key(user, actor=cli_actor(), admin=admin, label=label)
     if as_json:
@@ -49,7 +51,7 @@ def list_(user: Annotated[str | None, typer.Argument(metavar="USER", help="only 
                                                      "everyone's)", show_default=False)] = None,
           old_user: OldUserOption = None, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """List keys (ids, owners, state; never the secrets)."""
-    user = administered(user, old_user, required=False)
+    user = administered(user, old_user)
     with opened(config) as cl:
         keys = cl.keys.list(user)
     if as_json:
