@@ -42,7 +42,7 @@
   (in 200 responses), 429 and 5xx are retried with ``Retry-After`` or backoff, within ``request_budget``.
 * **Cursor**: ``{"phase": "full", "since", "ns", "after", "failed"}`` during the first sync (resume after
   page ``after`` of namespace ``ns``); then ``{"phase": "changes", "log": [time, logid], "rc": [time,
-  rcid], "retry": [pageid, ...]}``.
+  rcid], "retry": [pageid, ...]}`` (the cursor and the two feeds: :mod:`citeline.connectors._mediawiki_feeds`).
 """
 
 from __future__ import annotations
@@ -50,16 +50,27 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from itertools import islice
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from citeline.connectors._common import ItemError, access_from_entries, coerce_config
 from citeline.connectors._html import parse_html
 from citeline.connectors._http import ApiConfig, Secret
 from citeline.connectors._mediawiki import WikiError, WikiSession
+from citeline.connectors._mediawiki_feeds import (
+    ChangeFeeds,
+    ChangesCursor,
+    FullCursor,
+    Ref,
+    format_ts,
+    parse_ts,
+    positions_upto,
+    read_cursor,
+    server_time,
+)
 from citeline.connectors._wikitext import wikitext_to_markdown
 from citeline.contracts.connector import Change, Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access, ContentType, Document
@@ -72,12 +83,8 @@ log = logging.getLogger(__name__)
 _FIX_CREDENTIALS = ("make a bot password at Special:BotPasswords on the wiki (grant 'basic'; 'highvolume' for "
                     "bigger batches), then set config.username ('User@app') and config.password (e.g. "
                     "'env:WIKI_BOT_PASSWORD'); a revoked or reset bot password needs a new one")
-_LOG_TYPES = {"delete", "move", "protect", "import", "merge", "contentmodel", "pagelang", "suppress"}
 _PAGE_PROPS = {"prop": "info|revisions", "inprop": "protection|url", "rvprop": "content|ids|timestamp",
                "rvslots": "main"}
-
-Ref = tuple[str, Any]  # ("id", pageid) or ("title", title): a page a feed row names
-_Row = tuple[tuple[str, int], str, Ref]  # ((timestamp, rcid or logid), "rc" or "log", the page)
 
 
 class Rendering(str, enum.Enum):
@@ -85,23 +92,6 @@ class Rendering(str, enum.Enum):
 
     WIKITEXT = "wikitext"  # the revision's wikitext, converted here (batched: fast)
     PARSED = "parsed"  # the wiki's rendered HTML (action=parse: one request per page, templates expanded)
-
-
-class _Full(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    phase: Literal["full"] = "full"
-    since: str
-    ns: int
-    after: str | None = None
-    failed: tuple[int, ...] = ()
-
-
-class _Changes(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    phase: Literal["changes"] = "changes"
-    log: tuple[str, int]
-    rc: tuple[str, int]
-    retry: tuple[int, ...] = ()
 
 
 class MediaWikiConnector:
@@ -174,12 +164,12 @@ class MediaWikiConnector:
                                      f"{sorted(known)}): fix config.namespaces")
 
     def sync(self, cursor: Mapping[str, Any] | None) -> Iterator[Change]:
-        state = _read_cursor(cursor, self.config.namespaces)
+        state = read_cursor(cursor, self.config.namespaces)
         with self._session() as wiki:
             wiki.open()
-            now = _server_time(wiki)
-            if isinstance(state, _Changes):
-                oldest = min(_parse_ts(state.log[0]), _parse_ts(state.rc[0]))
+            now = server_time(wiki)
+            if isinstance(state, ChangesCursor):
+                oldest = min(parse_ts(state.log[0]), parse_ts(state.rc[0]))
                 if now - oldest <= timedelta(days=self.config.rc_max_age_days):
                     yield from self._changes(wiki, state)
                     return
@@ -187,7 +177,7 @@ class MediaWikiConnector:
                             wiki.source, oldest.isoformat(), self.config.rc_max_age_days)
                 state = None
             if state is None:
-                state = _Full(since=_format_ts(now), ns=self.config.namespaces[0])
+                state = FullCursor(since=format_ts(now), ns=self.config.namespaces[0])
             yield from self._full(wiki, state)
 
     def list_ids(self) -> list[str]:
@@ -196,7 +186,7 @@ class MediaWikiConnector:
             return [str(pageid) for ns in self.config.namespaces for pageid, _ in self._allpages(wiki, ns, None)]
 
     # -- full sync ----------------------------------------------------------------------------------
-    def _full(self, wiki: WikiSession, state: _Full) -> Iterator[Change]:
+    def _full(self, wiki: WikiSession, state: FullCursor) -> Iterator[Change]:
         failed = list(state.failed)
         count = 0
         start = self.config.namespaces.index(state.ns)
@@ -210,10 +200,10 @@ class MediaWikiConnector:
                     yield change or Delete(str(pageid))
                     count += 1
                     if count % self.config.checkpoint_every == 0:
-                        position = _Full(since=state.since, ns=ns, after=title, failed=tuple(failed))
+                        position = FullCursor(since=state.since, ns=ns, after=title, failed=tuple(failed))
                         yield Checkpoint(position.model_dump(mode="json"))
         start_pos = (state.since, 0)
-        yield Checkpoint(_Changes(log=start_pos, rc=start_pos, retry=tuple(sorted(set(failed))))
+        yield Checkpoint(ChangesCursor(log=start_pos, rc=start_pos, retry=tuple(sorted(set(failed))))
                          .model_dump(mode="json"))
 
     def _allpages(self, wiki: WikiSession, ns: int, after: str | None) -> Iterator[tuple[int, str]]:
@@ -227,16 +217,18 @@ class MediaWikiConnector:
                 yield int(row["pageid"]), row["title"]
 
     # -- incremental sync ---------------------------------------------------------------------------
-    def _changes(self, wiki: WikiSession, state: _Changes) -> Iterator[Change]:
-        log_rows, log_end = self._log_rows(wiki, state.log)
-        rc_rows, rc_end = self._rc_rows(wiki, state.rc)
+    def _changes(self, wiki: WikiSession, state: ChangesCursor) -> Iterator[Change]:
+        feeds = ChangeFeeds(wiki, namespaces=self.config.namespaces, page_size=self.config.page_size,
+                            overlap_s=self.config.overlap_s)
+        log_rows, log_end = feeds.log_rows(state.log)
+        rc_rows, rc_end = feeds.rc_rows(state.rc)
         rows = sorted(log_rows + rc_rows, key=lambda r: r[0][0])
         latest = {ref: index for index, (_, _, ref) in enumerate(rows)}
         retries = [pageid for pageid in state.retry if ("id", pageid) not in latest]
         work: list[tuple[int | None, Ref]] = [(None, ("id", pageid)) for pageid in retries]
         work += [(index, rows[index][2]) for index in sorted(latest.values())]
         positions = {"log": state.log, "rc": state.rc}
-        upto = _positions_upto(rows, positions)
+        upto = positions_upto(rows, positions)
         failed: list[int] = []
         yielded: set[str] = set()
         count = retried = 0
@@ -256,48 +248,10 @@ class MediaWikiConnector:
                 count += 1
                 if count % self.config.checkpoint_every == 0:
                     retry = tuple(retries[retried:]) + tuple(failed)
-                    yield Checkpoint(_Changes(log=positions["log"], rc=positions["rc"], retry=retry)
+                    yield Checkpoint(ChangesCursor(log=positions["log"], rc=positions["rc"], retry=retry)
                                      .model_dump(mode="json"))
-        final = _Changes(log=max(log_end, state.log), rc=max(rc_end, state.rc), retry=tuple(sorted(set(failed))))
+        final = ChangesCursor(log=max(log_end, state.log), rc=max(rc_end, state.rc), retry=tuple(sorted(set(failed))))
         yield Checkpoint(final.model_dump(mode="json"))
-
-    def _log_rows(self, wiki: WikiSession, since: tuple[str, int]) -> tuple[list[_Row], tuple[str, int]]:
-        """The log rows that concern a page in the namespaces, and the position of the last row read."""
-        params = {"list": "logevents", "ledir": "newer", "lestart": self._from(since), "lelimit": self.config.page_size,
-                  "leprop": "ids|title|type|timestamp|details"}
-        rows, end = [], since
-        for row in wiki.query_all(params, "logevents"):
-            position = (row["timestamp"], int(row["logid"]))
-            end = max(end, position)
-            if self._seen(position, since) or row.get("type") not in _LOG_TYPES or "title" not in row:
-                continue
-            target_ns = (row.get("params") or {}).get("target_ns")
-            if row.get("ns") not in self.config.namespaces and target_ns not in self.config.namespaces:
-                continue
-            ref: Ref = ("id", int(row["logpage"])) if row.get("logpage") else ("title", row["title"])
-            rows.append((position, "log", ref))
-        return rows, end
-
-    def _rc_rows(self, wiki: WikiSession, since: tuple[str, int]) -> tuple[list[_Row], tuple[str, int]]:
-        """Edits and new pages in the namespaces, and the position of the last row read."""
-        params = {"list": "recentchanges", "rcdir": "newer", "rcstart": self._from(since), "rctype": "edit|new",
-                  "rcnamespace": "|".join(map(str, self.config.namespaces)), "rcprop": "ids|timestamp|title",
-                  "rclimit": self.config.page_size}
-        rows: list[_Row] = []
-        end = since
-        for row in wiki.query_all(params, "recentchanges"):
-            position = (row["timestamp"], int(row["rcid"]))
-            end = max(end, position)
-            if row.get("pageid") and not self._seen(position, since):
-                rows.append((position, "rc", ("id", int(row["pageid"]))))
-        return rows, end
-
-    def _seen(self, position: tuple[str, int], since: tuple[str, int]) -> bool:
-        """A row the cursor already covers; with ``overlap_s`` > 0 the whole window is read again."""
-        return self.config.overlap_s == 0 and position <= since
-
-    def _from(self, position: tuple[str, int]) -> str:
-        return _format_ts(_parse_ts(position[0]) - timedelta(seconds=self.config.overlap_s))
 
     # -- reading pages ------------------------------------------------------------------------------
     def _read_pages(self, wiki: WikiSession, refs: list[Ref]) -> list[Change | None]:
@@ -368,7 +322,7 @@ class MediaWikiConnector:
             access=self._access(page),
             url=page.get("canonicalurl") or page.get("fullurl"),
             content_type=ContentType.MARKDOWN,
-            updated_at=_parse_ts(revision["timestamp"]) if revision.get("timestamp") else None,
+            updated_at=parse_ts(revision["timestamp"]) if revision.get("timestamp") else None,
             metadata={"namespace": str(page["ns"]), "revision": str(revision.get("revid", "")),
                       "content_model": str(slot.get("contentmodel") or page.get("contentmodel") or "")},
         ))
@@ -398,56 +352,15 @@ class MediaWikiConnector:
 
 
 # -- helpers --------------------------------------------------------------------------------------------
-def _read_cursor(cursor: Mapping[str, Any] | None, namespaces: tuple[int, ...]) -> _Full | _Changes | None:
-    if not cursor:
-        return None
-    try:
-        state: _Full | _Changes = (_Full if cursor.get("phase") == "full" else _Changes).model_validate(dict(cursor))
-        for position in ((state.log, state.rc) if isinstance(state, _Changes) else ((state.since, 0),)):
-            _parse_ts(position[0])
-    except (ValidationError, ValueError):
-        raise ConnectorError(f"cursor {dict(cursor)!r} was not written by this connector: reset the source's "
-                             "sync state to start over") from None
-    if isinstance(state, _Full) and state.ns not in namespaces:
-        raise ConnectorError(f"cursor {dict(cursor)!r} resumes namespace {state.ns}, which config.namespaces no "
-                             "longer has: reset the source's sync state to start over")
-    return state
-
-
-def _server_time(wiki: WikiSession) -> datetime:
-    body = wiki.query({"meta": "userinfo", "curtimestamp": "1"})
-    return _parse_ts(body["curtimestamp"])
-
-
-def _parse_ts(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _format_ts(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _without_namespace(title: str, ns: int) -> str:
     """``Staff:Page`` → ``Page`` (allpages' ``apfrom`` takes titles without their namespace)."""
     return title if ns == 0 else title.partition(":")[2] or title
 
 
-def _positions_upto(rows: list[_Row], start: dict[str, tuple[str, int]]) -> list[dict[str, tuple[str, int]]]:
-    """For each row, each feed's furthest position among the rows up to it (never behind ``start``)."""
-    current = dict(start)
-    out = []
-    for position, feed, _ in rows:
-        if position > current[feed]:
-            current = {**current, feed: position}
-        out.append(current)
-    return out
-
-
 def _external_id(change: Change) -> str:
     if isinstance(change, Upsert):
         return change.document.external_id
-    return change.external_id  # type: ignore[union-attr]
+    return change.external_id
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
