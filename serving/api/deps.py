@@ -47,7 +47,7 @@ def _principal(request: Request) -> Authenticated:
 
 def _admin(who: Annotated[Authenticated, Depends(_principal)]) -> Authenticated:
     if not who.is_admin:
-        raise HTTPException(403, "this endpoint needs an admin key (`citeline keys create --user U --admin`)")
+        raise HTTPException(403, "this endpoint needs an admin key (`citeline keys create USER --admin`)")
     return who
 
 

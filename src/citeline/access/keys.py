@@ -84,7 +84,7 @@ class KeyDirectory:
         """The principal behind a presented key; :class:`AuthError` if missing, malformed, unknown or revoked."""
         if not presented:
             raise AuthError("missing API key: send 'Authorization: Bearer cl_...' (create one with "
-                            "`citeline keys create --user USER`)")
+                            "`citeline keys create USER`)")
         m = _KEY.match(presented.strip())
         if m is None:
             raise AuthError("malformed API key: keys look like cl_<12 chars>_<43 chars>")
