@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat as st
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
 from pydantic import Field
 
 from citeline.connectors._common import (
@@ -58,6 +56,7 @@ from citeline.connectors._common import (
     resume_position,
     with_checkpoints,
 )
+from citeline.connectors._front_matter import first_heading, meta_value, split_front_matter
 from citeline.connectors._html import parse_html
 from citeline.contracts.connector import Change, ConnectorConfig, Failure, Upsert
 from citeline.domain import Access, ContentType, Document
@@ -68,7 +67,6 @@ __all__ = ["DEFAULT_INCLUDE", "FolderConnector"]
 DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.html", "*.htm", "*.txt")
 _MARKDOWN_SUFFIXES = {".md", ".markdown"}
 _HTML_SUFFIXES = {".html", ".htm"}
-_H1 = re.compile(r"^#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
 
 
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -281,7 +279,7 @@ class FolderConnector:
         )
 
     def _from_text(self, text: str) -> tuple[str | None, str, Access, dict[str, str]]:
-        front, body = _split_front_matter(text)
+        front, body = split_front_matter(text)
         title = front.get("title")
         if title is not None and not isinstance(title, str | int | float):
             raise ItemError("front matter title must be a string: write title: Some Title")
@@ -290,10 +288,10 @@ class FolderConnector:
             access = access_from_mapping(front["access"], self.default_access, "front matter access")
         meta: dict[str, str] = {}
         for key, value in front.items():
-            if key not in ("title", "access") and (rendered := _meta_value(value)) is not None:
+            if key not in ("title", "access") and (rendered := meta_value(value)) is not None:
                 meta[str(key)] = rendered
         title_text = str(title).strip() if title is not None else ""
-        return title_text or _first_heading(body), body.lstrip("\n"), access, meta
+        return title_text or first_heading(body), body.lstrip("\n"), access, meta
 
     def _from_html(self, text: str) -> tuple[str | None, str, Access, dict[str, str]]:
         try:
@@ -340,77 +338,3 @@ def _decode(raw: bytes) -> str:
         raise ItemError(
             f"is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}): re-save the file as UTF-8"
         ) from None
-
-
-def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
-    """``(front matter, body)``; a file without a leading ``---`` line has none."""
-    lines = text.split("\n")
-    if lines[0].rstrip() != "---":
-        return {}, text
-    for i in range(1, len(lines)):
-        if lines[i].rstrip() in ("---", "..."):
-            block, body = "\n".join(lines[1:i]), "\n".join(lines[i + 1 :])
-            break
-    else:
-        raise ItemError("front matter opens with --- on line 1 but never closes: add a closing --- line")
-    try:
-        data = yaml.load(block, Loader=_FrontMatterLoader)  # noqa: S506 (a SafeLoader: see below)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" on line {mark.line + 2}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ItemError(
-            f"front matter is not valid YAML ({problem}{where}): fix the YAML between the --- lines"
-        ) from None
-    if data is None:
-        return {}, body
-    if not isinstance(data, dict):
-        raise ItemError(
-            f"front matter is a YAML {type(data).__name__}, not a mapping: write key: value lines such as title: ..."
-        )
-    return data, body
-
-
-class _FrontMatterLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error.
-
-    PyYAML silently keeps the last value, so ``access:`` written twice (a reviewer sees the first, the
-    index applies the second) would decide who can read the page. The page fails closed instead: it is a
-    per-document failure naming the key (a previous version, if any, stays as it was).
-    """
-
-
-def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 2  # +1 for 1-based, +1 for the opening --- line
-        if not isinstance(key, str | int | float | bool):
-            continue  # an unhashable key is refused by construct_mapping itself
-        if key in seen:
-            raise ItemError(f"front matter sets {key!r} twice (lines {seen[key]} and {line}); YAML would silently "
-                            "keep only the last, so the page is not indexed: remove one of them")
-        seen[key] = line
-    return loader.construct_mapping(node, deep=True)
-
-
-_FrontMatterLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _refuse_duplicate_keys)
-
-
-def _meta_value(value: object) -> str | None:
-    if isinstance(value, list | tuple) and all(not isinstance(v, dict | list) for v in value):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, dict | list | tuple) or value is None:
-        return None
-    return str(value)
-
-
-def _first_heading(text: str) -> str | None:
-    """The first ATX level-1 heading outside fenced code blocks."""
-    fenced = False
-    for line in text.split("\n"):
-        if line.lstrip().startswith(("```", "~~~")):
-            fenced = not fenced
-        elif not fenced and (match := _H1.match(line)):
-            return match.group(1).strip()
-    return None
