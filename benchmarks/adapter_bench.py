@@ -77,7 +77,7 @@ def main() -> None:
     manifest = AdapterManifest.read(out)
     assert manifest is not None
     rules = load_rules(EXAMPLE / "rules.toml")
-    backend = EmbeddedBackend(GenerationSettings(model=str(base)), HOME)
+    backend = EmbeddedBackend(EmbeddedBackend.Config(model=str(base)), home=HOME, generation=GenerationSettings())
     backend.load_adapter("support", out)
     examples = heldout_examples(out)[: args.limit]
     t1 = time.monotonic()

@@ -66,8 +66,9 @@ def worker(engine: str, penalty: float) -> dict:
     from citeline.contracts.generator import GenerationRequest
     from citeline.settings import GenerationSettings
 
-    settings = GenerationSettings(engine=engine, repetition_penalty=penalty, max_tokens=MAX_TOKENS)
-    backend = EmbeddedBackend(settings, HOME)
+    settings = GenerationSettings(max_tokens=MAX_TOKENS)
+    config = EmbeddedBackend.Config(engine=engine, repetition_penalty=penalty)
+    backend = EmbeddedBackend(config, home=HOME, generation=settings)
     loaded = time.monotonic() - _T0
     runs = []
     for n, (question, files) in enumerate(QUESTIONS):

@@ -113,7 +113,8 @@ def test_router_uses_the_team_adapter_falls_back_and_refuses_other_teams(registr
 def test_in_process_promotion_reconcile_and_answers(db, embedder, chunker, registry, adapters, smollm2_dir,
                                                     tmp_path):
     """The embedded backend is an AdapterHost: promote/reconcile work on it exactly as on a vLLM replica."""
-    backend = EmbeddedBackend(GenerationSettings(max_tokens=8), smollm2_dir.parent.parent)
+    backend = EmbeddedBackend(EmbeddedBackend.Config(), home=smollm2_dir.parent.parent,
+                              generation=GenerationSettings(max_tokens=8))
     try:
         PrincipalStore(db).put(ALICE)
         SyncRunner(db, embedder, chunker).run("wiki", "list", ListConnector([doc(

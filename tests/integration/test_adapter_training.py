@@ -224,7 +224,8 @@ def test_a_cpu_trained_lora_moves_held_out_answers_toward_the_team_format(smollm
     out, result, trained_s = support_adapter
     assert result.completed and result.heldout_loss < result.base_heldout_loss
     rules = load_rules(SUPPORT / "rules.toml")
-    backend = EmbeddedBackend(GenerationSettings(model=str(smollm2_dir)), smollm2_dir.parent)
+    backend = EmbeddedBackend(EmbeddedBackend.Config(model=str(smollm2_dir)), home=smollm2_dir.parent,
+                              generation=GenerationSettings())
     backend.load_adapter("support", out)
     examples = heldout_examples(out)
     report = evaluate_adapter(out, rules, backend, adapter_name="support", examples=examples, max_tokens=96)
@@ -256,7 +257,8 @@ def test_grounding_with_and_without_the_adapter_through_the_assistant(smollm2_di
     shutil.copytree(REPO / "examples" / "acme", root, ignore=shutil.ignore_patterns(".citeline"))
     settings = Settings.load(root / "citeline.toml", database_url=pg_url,
                              database={"namespace": f"t_{uuid.uuid4().hex[:12]}"})
-    backend = EmbeddedBackend(GenerationSettings(model=str(smollm2_dir)), smollm2_dir.parent)
+    backend = EmbeddedBackend(EmbeddedBackend.Config(model=str(smollm2_dir)), home=smollm2_dir.parent,
+                              generation=GenerationSettings())
     backend.load_adapter("support", support_adapter[0])
     questions = ["How long is the warranty?", "How do I start a return?", "How do I reset the Dock?",
                  "what is the capital of Mongolia?"]

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from citeline import plugins
-from citeline.errors import ConfigError, GenerationError
-from citeline.generation.local import BASE_MODEL_NAME, EmbeddedBackend, _until_stop, ensure_base_model, packaged_gguf
 from citeline.contracts.generator import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
+from citeline.errors import ConfigError, GenerationError
+from citeline.generation.local import BASE_MODEL_NAME, EmbeddedBackend, ensure_base_model, packaged_gguf
+from citeline.generation.local.decoding import until_stop
 from citeline.settings import GenerationSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,6 +35,11 @@ def _cache_home() -> Path:
     return Path(os.environ.get("CITELINE_TEST_MODELS", Path.home() / ".cache" / "citeline-test-models"))
 
 
+def embedded(**options: object) -> EmbeddedBackend:
+    """The backend as the facade builds it: its own options, the shared model cache, the core generation settings."""
+    return EmbeddedBackend(EmbeddedBackend.Config(**options), home=_cache_home(), generation=GenerationSettings())
+
+
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
     return ensure_base_model(_cache_home())
@@ -41,7 +47,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def backend(model_dir: Path) -> Iterator[EmbeddedBackend]:
-    b = EmbeddedBackend(GenerationSettings(), _cache_home())
+    b = embedded()
     yield b
     b.close()
 
@@ -49,7 +55,7 @@ def backend(model_dir: Path) -> Iterator[EmbeddedBackend]:
 @pytest.fixture(scope="module")
 def hf_backend(model_dir: Path) -> Iterator[EmbeddedBackend]:
     """The same model on the transformers engine (what adapter requests and non-GGUF models use)."""
-    b = EmbeddedBackend(GenerationSettings(engine="transformers"), _cache_home())
+    b = embedded(engine="transformers")
     yield b
     b.close()
 
@@ -124,7 +130,7 @@ def test_conversion_makes_a_standard_folder_that_loads_fast_and_generates(model_
     assert ensure_base_model(_cache_home()) == model_dir  # reused, not converted again
 
     started = time.monotonic()
-    fresh = EmbeddedBackend(GenerationSettings(model=str(model_dir)), _cache_home())
+    fresh = embedded(model=str(model_dir))
     try:
         assert time.monotonic() - started < 30  # the GGUF path takes ~25 s before dequantizing anything
         assert fresh.engine == "transformers"  # auto: a Hugging Face folder is not a GGUF file
@@ -251,42 +257,74 @@ def _concurrent_requests_keep_their_models(backend: EmbeddedBackend, expected: d
 
 
 def test_broken_adapters_are_refused_and_loaded_ones_keep_working(
-    backend: EmbeddedBackend, adapter_dir: Path, tmp_path: Path
+    backend: EmbeddedBackend, adapter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from peft import PeftModel
+
     assert backend.adapters() == {}
     base = backend.generate(short()).text
-    # a failure inside peft (weights for modules the config names are missing) on the very first adapter:
-    # the model must come back unwrapped
-    extra_targets = broken_copy(adapter_dir, tmp_path / "extra", target_modules=["q_proj", "v_proj", "k_proj"])
-    with pytest.raises(GenerationError, match="'extra'.*lacks weights"):
-        backend.load_adapter("extra", extra_targets)
+
+    def fail_inside_peft(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("peft failed")
+
+    # a failure inside peft on the very first adapter: the model must come back unwrapped
+    with monkeypatch.context() as patched:
+        patched.setattr(PeftModel, "load_adapter", fail_inside_peft)
+        with pytest.raises(GenerationError, match=r"'first'.*could not be loaded.*peft failed"):
+            backend.load_adapter("first", adapter_dir)
     assert backend.models() == [BASE_MODEL_NAME]
+    assert not isinstance(backend._hf.model, PeftModel)
     assert backend.generate(short()).text == base
 
     backend.load_adapter("good", adapter_dir)
     try:
         tuned = backend.generate(short("good")).text
-        no_weights = broken_copy(adapter_dir, tmp_path / "no-weights")
-        (no_weights / "adapter_model.safetensors").unlink()
-        not_an_adapter = tmp_path / "plain-folder"
-        not_an_adapter.mkdir()
-        cases = {
-            "wrong-rank": (broken_copy(adapter_dir, tmp_path / "wrong-rank", r=16), "does not fit"),
-            "no-weights": (no_weights, "adapter_model.safetensors"),
-            "missing": (tmp_path / "gone", "does not exist"),  # the model server answers 404 for this one
-            "a-file": (adapter_dir / "adapter_config.json", "not a folder"),
-            "plain": (not_an_adapter, "not a PEFT adapter"),
-            "extra": (extra_targets, "lacks weights"),  # rolled back inside peft this time
-        }
+        cases = _broken_adapters(adapter_dir, tmp_path)
         for name, (path, why) in cases.items():
             with pytest.raises(GenerationError, match=why) as caught:
                 backend.load_adapter(name, path)
             assert repr(name) in str(caught.value)
             assert backend.models() == [BASE_MODEL_NAME, "good"]
+        with monkeypatch.context() as patched:  # rolled back inside peft this time, "good" untouched
+            patched.setattr(PeftModel, "load_adapter", fail_inside_peft)
+            with pytest.raises(GenerationError, match=r"'second'.*could not be loaded"):
+                backend.load_adapter("second", adapter_dir)
+        assert backend.models() == [BASE_MODEL_NAME, "good"]
         assert backend.generate(short("good")).text == tuned
         assert backend.generate(short()).text == base
     finally:
         backend.unload_adapter("good")
+
+
+def _broken_adapters(adapter_dir: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Adapters the shape check (citeline.lora.manifest's, the one registration runs) or the folder checks refuse."""
+    from safetensors.torch import load_file, save_file
+
+    no_weights = broken_copy(adapter_dir, tmp_path / "no-weights")
+    (no_weights / "adapter_model.safetensors").unlink()
+    not_an_adapter = tmp_path / "plain-folder"
+    not_an_adapter.mkdir()
+    stray = broken_copy(adapter_dir, tmp_path / "stray")  # a whole layer beside the LoRA matrices
+    tensors = load_file(stray / "adapter_model.safetensors")
+    tensors["base_model.model.lm_head.weight"] = tensors[next(iter(tensors))].clone()
+    save_file(tensors, stray / "adapter_model.safetensors")
+    truncated = broken_copy(adapter_dir, tmp_path / "truncated")
+    data = (truncated / "adapter_model.safetensors").read_bytes()
+    (truncated / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    return {
+        "wrong-rank": (broken_copy(adapter_dir, tmp_path / "wrong-rank", r=16), "does not fit"),
+        # weights of r=8 where rank_pattern says 4: refused since the two shape checks became one
+        "pattern": (broken_copy(adapter_dir, tmp_path / "pattern", rank_pattern={"q_proj": 4}),
+                    r"needs \[(4, 576|576, 4)\] \(r=4\)"),
+        "stray": (stray, "unexpected tensor"),
+        "truncated": (truncated, "cannot read"),
+        "no-weights": (no_weights, "adapter_model.safetensors"),
+        "missing": (tmp_path / "gone", "does not exist"),  # the model server answers 404 for this one
+        "a-file": (adapter_dir / "adapter_config.json", "not a folder"),
+        "plain": (not_an_adapter, "not a PEFT adapter"),
+        "extra": (broken_copy(adapter_dir, tmp_path / "extra", target_modules=["q_proj", "v_proj", "k_proj"]),
+                  "lacks weights for target modules"),
+    }
 
 
 # -- engines, stop sequences, finish reasons ------------------------------------------------------------
@@ -294,8 +332,8 @@ def test_broken_adapters_are_refused_and_loaded_ones_keep_working(
 
 def test_engine_setting_is_checked(model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="llamacpp runs GGUF files.*engine = \"transformers\""):
-        EmbeddedBackend(GenerationSettings(engine="llamacpp", model=str(model_dir)), _cache_home())
-    gguf = EmbeddedBackend(GenerationSettings(model=str(packaged_gguf())), _cache_home())  # a .gguf file: auto
+        embedded(engine="llamacpp", model=str(model_dir))
+    gguf = embedded(model=str(packaged_gguf()))  # a .gguf file: auto
     try:
         assert gguf.engine == "llamacpp"
         assert gguf.base_model == packaged_gguf().stem
@@ -332,7 +370,7 @@ def test_stop_sequences_and_finish_reasons(either: EmbeddedBackend) -> None:
 def test_until_stop_holds_back_what_may_begin_a_stop_string() -> None:
     def run(pieces: list[str], stops: tuple[str, ...]) -> tuple[list[str], str]:
         stats = type("S", (), {"finish_reason": "length"})()
-        out = list(_until_stop(iter(pieces), stops, stats))  # type: ignore[arg-type]
+        out = list(until_stop(iter(pieces), stops, stats))  # type: ignore[arg-type]
         return out, stats.finish_reason
 
     assert run(["Hel", "lo Wo", "rld"], ("o W",)) == (["Hel", "l"], "stop")
@@ -343,13 +381,13 @@ def test_until_stop_holds_back_what_may_begin_a_stop_string() -> None:
 
 
 def test_adapters_load_transformers_lazily_and_the_base_stays_on_llamacpp(model_dir: Path, adapter_dir: Path) -> None:
-    fresh = EmbeddedBackend(GenerationSettings(), _cache_home())
+    fresh = embedded()
     try:
         assert fresh.engine == "llamacpp"
-        assert fresh._model is None  # no torch weights until an adapter is used
+        assert fresh._hf is None  # no torch weights until an adapter is used
         base = fresh.generate(short())
         fresh.load_adapter("team-a", adapter_dir)
-        assert fresh._model is not None
+        assert fresh._hf is not None
         tuned = fresh.generate(short("team-a"))
         assert tuned.model == "team-a" and tuned.text and tuned.text != base.text
         assert drain(fresh.stream(short("team-a"))) == (tuned.text, tuned.finish_reason)

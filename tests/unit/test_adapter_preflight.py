@@ -14,8 +14,11 @@ from citeline.lora.manifest import (
     AdapterManifest,
     Problem,
     base_model_fingerprint,
+    llama_linear_shapes,
+    lora_shape_problems,
     preflight,
 )
+from citeline.lora.safetensors_header import safetensors_shapes
 
 pytestmark = pytest.mark.unit
 
@@ -137,3 +140,87 @@ def test_the_manifest_decides_the_base_when_present(adapter_dir: Path, base_dir:
     (renamed / "citeline_adapter.json").write_text('{"base_model": "x"}')
     assert kinds(renamed, base_dir) == {Problem.BAD_MANIFEST}
     assert AdapterManifest.read(adapter_dir) is None
+
+
+# -- the one shape check: registration's preflight and the embedded backend used to disagree --------------
+
+
+def _linear_of_loaded(base_dir: Path) -> dict[str, tuple[int, int]]:
+    """What the embedded backend checks against: the loaded model's own linear layers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    return {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def _weights(adapter: Path) -> dict[str, list[int]]:
+    with (adapter / ADAPTER_WEIGHTS).open("rb") as f:
+        return safetensors_shapes(f)
+
+
+def test_config_json_and_the_loaded_model_give_the_same_layers(base_dir: Path) -> None:
+    loaded = _linear_of_loaded(base_dir)
+    assert llama_linear_shapes(json.loads((base_dir / "config.json").read_text())) == \
+        {n: dims for n, dims in loaded.items() if n != "lm_head"}
+
+
+def test_what_the_embedded_backend_let_through_is_refused_by_both(adapter_dir: Path, base_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """The backend's old check skipped tensors that were not LoRA matrices and took any rank when the config had
+    a rank_pattern; the one check refuses both, whichever side gives the base model's shapes."""
+    from safetensors.torch import load_file, save_file
+
+    stray = copy(adapter_dir, tmp_path / "stray")
+    tensors = load_file(stray / ADAPTER_WEIGHTS)
+    tensors["base_model.model.lm_head.weight"] = next(iter(tensors.values())).clone()
+    save_file(tensors, stray / ADAPTER_WEIGHTS)
+    patterned = copy(adapter_dir, tmp_path / "pattern", rank_pattern={"q_proj": 4})  # its weights are r=8
+    base = json.loads((base_dir / "config.json").read_text())
+    for adapter, needle in ((stray, "unexpected tensor"), (patterned, "(r=4)")):
+        config = json.loads((adapter / ADAPTER_CONFIG).read_text())
+        for linear in (llama_linear_shapes(base), _linear_of_loaded(base_dir)):
+            problems = lora_shape_problems(_weights(adapter), config, linear)
+            assert {p.kind for p in problems} == {Problem.WEIGHTS_MISMATCH}, adapter.name
+            assert needle in problems[0].message
+        assert Problem.WEIGHTS_MISMATCH in kinds(adapter, base_dir)
+
+
+def test_a_header_safetensors_refuses_is_refused_by_preflight_too(adapter_dir: Path, base_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """Preflight used to read the header by hand and accept what ``safe_open`` (the backend's reader) refused."""
+    from safetensors import safe_open
+
+    data = (adapter_dir / ADAPTER_WEIGHTS).read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["shape"] = list(reversed(header[name]["shape"]))  # same bytes, so only a transposed shape...
+    header[name]["shape"][0] *= 2  # ...and then one that does not fit its bytes
+    body = json.dumps(header).encode()
+    lying = copy(adapter_dir, tmp_path / "lying")
+    (lying / ADAPTER_WEIGHTS).write_bytes(len(body).to_bytes(8, "little") + body + data[8 + length:])
+    padded = copy(adapter_dir, tmp_path / "padded")
+    (padded / ADAPTER_WEIGHTS).write_bytes(data + b"\0" * 64)
+    for adapter in (lying, padded):
+        with pytest.raises(Exception, match="header"), safe_open(str(adapter / ADAPTER_WEIGHTS), framework="pt"):
+            pass
+        with pytest.raises(ValueError):
+            _weights(adapter)
+        assert kinds(adapter, base_dir) == {Problem.WEIGHTS_MISSING}, adapter.name
+
+
+def test_rank_pattern_keys_match_as_in_peft(base_dir: Path, tmp_path: Path) -> None:
+    """A rank_pattern naming one layer's module by path: peft gives that module its rank, and so does the check
+    (registration used to expect ``r`` for every q_proj and refused this adapter)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    tuned = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj"], task_type="CAUSAL_LM",
+                                             rank_pattern={"model.layers.0.self_attn.q_proj": 4}))
+    tuned.save_pretrained(tmp_path / "by-layer")
+    shapes = _weights(tmp_path / "by-layer")
+    assert shapes["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] == [4, 64]
+    assert shapes["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"] == [8, 64]
+    assert preflight(tmp_path / "by-layer", base_model_dir=base_dir, max_rank=8) == []

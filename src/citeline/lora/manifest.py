@@ -281,7 +281,8 @@ def lora_shape_problems(shapes: Mapping[str, Sequence[int]], config: Mapping[str
     matrix of a module the base model has and the config targets, of shape ``[r, in]`` / ``[out, r]`` with
     ``r`` from ``rank_pattern`` (matched as peft matches it) or ``r``; every listed target needs weights.
     """
-    r, pattern = config.get("r"), config.get("rank_pattern") or {}
+    r: Any = config.get("r")
+    pattern = config.get("rank_pattern") or {}
     if not is_int(r) or not isinstance(pattern, dict) or not all(is_int(v) for v in pattern.values()):
         return [AdapterProblem(Problem.BAD_CONFIG, f"{ADAPTER_CONFIG}: r and rank_pattern must be integers of at "
                                f"least 1 (r is {r!r}): {_SAVE_AGAIN}")]

@@ -55,7 +55,7 @@ def _check_layout(header: dict[str, Any]) -> int:
         begin, end = _offsets(name, info)
         if begin != start or end < begin:
             raise ValueError(f"tensor {name!r} has invalid data offsets [{begin}, {end}]")
-        shape, bits = info.get("shape"), _DTYPE_BITS.get(info.get("dtype"))  # type: ignore[arg-type]
+        shape, bits = info.get("shape"), _DTYPE_BITS.get(info.get("dtype"))
         if bits is None:
             raise ValueError(f"tensor {name!r} has an unknown dtype {info.get('dtype')!r}")
         if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
