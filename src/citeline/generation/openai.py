@@ -46,8 +46,8 @@ class OpenAIBackend:
                                       "(default: ask the server's /tokenize)")
         retries: int = Field(2, ge=0, le=10)
 
-    def __init__(self, config: Config, *, home: Path | None = None, generation: GenerationSettings | None = None,
-                 ) -> None:
+    def __init__(self, config: Config, *, home: Path | None = None,
+                 generation: GenerationSettings | None = None) -> None:
         """``generation`` (the core section) gives ``timeout_s``; ``home`` is unused."""
         if not config.base_url:
             raise ConfigError("generation.options.base_url is required for the openai backend "
