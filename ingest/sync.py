@@ -41,14 +41,15 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from citeline.db import index as store
+from citeline.contracts.chunker import Chunker
 from citeline.contracts.connector import Checkpoint, Connector, Delete, Failure, Upsert
+from citeline.contracts.embedder import Embedder
 from citeline.db import Database
+from citeline.db import index as store
 from citeline.domain import Document
 from citeline.errors import CitelineError, ConnectorError, SyncLockedError
-from citeline.contracts.chunker import Chunker
-from citeline.ingest.cleaning import clean_change, printable, storable
-from citeline.contracts.embedder import Embedder
+from citeline.ingest.cleaning import clean_change, storable
+from citeline.ingest.writing import write_documents
 
 __all__ = ["SyncReport", "SyncRunner", "content_hash"]
 
@@ -318,40 +319,8 @@ class SyncRunner:
 
     def _write_documents(self, conn: psycopg.Connection, source_id: int,
                          prepared: _Prepared) -> tuple[int, dict[str, Failure]]:
-        """Write the batch's documents in the open transaction; returns (chunks written, refused: id → Failure).
-
-        Each group is written under a savepoint. A group the database refuses (a value it cannot store,
-        an id too long for its index) is rolled back and split in two until the refused document is found:
-        that document becomes a per-document Failure (its previous version stays) and the rest of the
-        batch commits with its checkpoint as usual.
-        """
-        units: list[store.PreparedDocument | tuple[int, Document]] = [*prepared.ready, *prepared.access_only]
-        refused: dict[str, Failure] = {}
-        written = 0
-
-        def attempt(group: list[store.PreparedDocument | tuple[int, Document]]) -> None:
-            nonlocal written
-            try:
-                with conn.transaction():
-                    ready = [u for u in group if isinstance(u, store.PreparedDocument)]
-                    n = store.replace_documents(conn, source_id, ready, self.db.ts_config)
-                    for unit in group:
-                        if not isinstance(unit, store.PreparedDocument):
-                            store.update_document_access(conn, *unit)
-            except _REFUSED as exc:
-                if len(group) > 1:
-                    attempt(group[:len(group) // 2])
-                    attempt(group[len(group) // 2:])
-                    return
-                doc = group[0].document if isinstance(group[0], store.PreparedDocument) else group[0][1]
-                log.warning("document %s refused by the database: %s", printable(doc.external_id), _first_line(exc))
-                refused[doc.external_id] = Failure(printable(doc.external_id), _refusal(exc))
-                return
-            written += n
-
-        if units:
-            attempt(units)
-        return written, refused
+        """Write the batch's documents in the open transaction (see :func:`write_documents`)."""
+        return write_documents(conn, source_id, [*prepared.ready, *prepared.access_only], self.db.ts_config)
 
     def _prune(self, source_id: int, connector: Connector, report: SyncReport) -> None:
         try:
@@ -378,21 +347,6 @@ class SyncRunner:
             conn.execute("UPDATE sync_runs SET failed = failed + 1 WHERE id = %s", (report.run_id,))
         report.failed += 1
         report.failures.append((external_id, reason))
-
-
-# what the database says about one document's values (not about the connection or the server): the
-# document is refused and the rest of its batch is written
-_REFUSED = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _refusal(exc: psycopg.Error) -> str:
-    code = f"SQLSTATE {exc.sqlstate}: " if exc.sqlstate else ""
-    return (f"the database refused this document ({code}{_first_line(exc)}); the rest of the sync went on and "
-            "its previous version, if any, stays indexed: fix the item in the source")
 
 
 def _describe(exc: BaseException) -> str:
