@@ -24,7 +24,8 @@ from citeline.errors import ConfigError
 from citeline.answers.prompt import REFUSAL
 from citeline.contracts.generator import ChatMessage, Evidence, Generation, GenerationRequest
 from citeline.settings import Settings
-from citeline.answers.verification import LexicalVerifier, contract_checks
+from citeline.answers.lexical_verifier import LexicalVerifier
+from citeline.answers.verification import contract_checks
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,9 @@ import pytest
 from citeline.answers.extractive import extractive_answer, select_sentences
 from citeline.answers.sentences import content_stems, entities, numbers, split_sentences
 from citeline.contracts.generator import Evidence
-from citeline.answers.verification import (FLAG, REFUSAL, LexicalVerifier, SentenceGate, contract_checks, stream_through,
-                                   verify_text)
+from citeline.answers.lexical_verifier import LexicalVerifier
+from citeline.answers.sentence_gate import SentenceGate, stream_through
+from citeline.answers.verification import FLAG, REFUSAL, contract_checks, verify_text
 
 pytestmark = pytest.mark.unit
 

@@ -42,8 +42,9 @@ from citeline.retrieval.search import Retriever
 from citeline.answers.routing import ModelChoice, ModelRouter
 from citeline.contracts.generator import AdapterHost, ChatMessage, Generation, GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings, GenerationSettings
-from citeline.answers.verification import (LexicalVerifier, SentenceGate, SentenceVectors, Unsupported, Verification, Verifier,
-                                   stream_through, verify_text)
+from citeline.answers.lexical_verifier import LexicalVerifier, SentenceVectors
+from citeline.answers.sentence_gate import SentenceGate, stream_through
+from citeline.answers.verification import Unsupported, Verification, Verifier, verify_text
 
 __all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "GenerationSlots", "best_similarity"]
 
@@ -304,7 +305,7 @@ class Assistant:
         else:
             extra: dict[str, Any] = {}
             if history:
-                from citeline.answers.conversation import prompt_history
+                from citeline.answers.history import prompt_history
 
                 extra["history"] = prompt_history(history, self.backend.count_tokens, self.settings.history_tokens)
             prompt = build_prompt(question, result.hits, self.backend.count_tokens,

@@ -38,24 +38,19 @@ The rules (they must be good on their own: small models rewrite unreliably):
 The result is at most :data:`MAX_QUESTION_CHARS` characters; only the context is ever shortened, never the
 question itself.
 
-History hygiene (:func:`clean_history`, used by both functions): system turns are dropped (a client's
-system message never reaches the prompt as a system message), citation markers ``[n]`` and the
-"Sources:" block are removed from earlier assistant answers (their numbers named other evidence), chat
-template control tokens (``<|im_start|>``, ``[INST]``, ``</s>``, ...) are neutralised so a turn cannot
-open a new role, each turn is clipped to :data:`MAX_TURN_CHARS`, and consecutive turns of one role are
-merged (templates that require alternation accept the result).
-
-:func:`prompt_history` keeps the most recent cleaned turns that fit a token budget (contiguous: it stops at
-the first turn that does not fit) and never starts with an assistant turn.
+Earlier turns are cleaned first (:func:`citeline.answers.history.clean_history`: no system turns, no
+citation markers or source lists, chat template control tokens neutralised, turns clipped and merged);
+:func:`citeline.answers.history.prompt_history` keeps the most recent cleaned turns that fit the prompt.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from citeline.answers.history import MAX_TURN_CHARS, clean_history, clip, prompt_history
 from citeline.contracts.generator import ChatMessage, GenerationBackend, GenerationRequest
 
 __all__ = [
@@ -72,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_TURN_CHARS = 4000  # one earlier turn, before its tokens are counted
 MAX_QUESTION_CHARS = 1000  # a rewritten question (the follow-up itself is never cut)
 TOPIC_TURNS = 8  # earlier user turns read to resolve the topic
 MODEL_TURNS = 6  # earlier turns shown to the model in the rewrite prompt
@@ -85,9 +79,6 @@ Do not answer the question. Reply with the rewritten question only, on one line.
 
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 _TOKEN = re.compile(r"\S+")
-_CITE = re.compile(r"[ \t]*\[\d{1,3}(?:\s*,\s*\d{1,3})*\]")
-_SOURCES = re.compile(r"(?:^|\n)[ \t]*\**Sources:?\**[ \t]*\n(?:.*\n?)*\Z", re.IGNORECASE)
-_CONTROL = re.compile(r"<\|[^|<>\n]{0,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<(?:start|end)_of_turn>", re.IGNORECASE)
 
 _STOP = frozenset("""a about after all also am an and any are as at be been before being both but by can could did
 do does doing during each either else for from had has have having he her here hers him his how i if in into is it
@@ -122,57 +113,6 @@ _LABEL = re.compile(r"^\s*(?:standalone|rewritten)?\s*(?:question|query)\s*:\s*"
 class Rewrite:
     question: str  # standalone question used for retrieval
     method: str  # "none" (used as asked), "model" (rewritten by the model), "rules" (deterministic)
-
-
-# -- history hygiene ---------------------------------------------------------------------------------
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _clean_text(role: str, text: str) -> str:
-    text = _CONTROL.sub(lambda m: m.group().replace("<", "‹").replace(">", "›").replace("[", "(")
-                        .replace("]", ")"), text.replace("\r\n", "\n"))
-    if role == "assistant":
-        text = _SOURCES.sub("", text)
-        text = _CITE.sub("", text)
-        text = re.sub(r"[ \t]+([.,;:!?])", r"\1", text)
-    return text.strip()
-
-
-def clean_history(history: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
-    """User and assistant turns only, cleaned (see the module docstring), consecutive same-role turns merged."""
-    out: list[ChatMessage] = []
-    for m in history:
-        if m.role not in ("user", "assistant"):
-            continue
-        text = _clean_text(m.role, _clip(m.content or "", MAX_TURN_CHARS * 2))
-        if not text:
-            continue
-        text = _clip(text, MAX_TURN_CHARS)
-        if out and out[-1].role == m.role:
-            out[-1] = ChatMessage(m.role, _clip(out[-1].content + "\n\n" + text, MAX_TURN_CHARS))
-        else:
-            out.append(ChatMessage(m.role, text))
-    return tuple(out)
-
-
-def prompt_history(history: Sequence[ChatMessage], count_tokens: Callable[[str], int],
-                   budget_tokens: int) -> tuple[ChatMessage, ...]:
-    """The most recent cleaned turns whose tokens (``count_tokens``) fit ``budget_tokens``, oldest first."""
-    if budget_tokens <= 0:
-        return ()
-    kept: list[ChatMessage] = []
-    used = 0
-    for m in reversed(clean_history(history)):
-        cost = count_tokens(m.content)
-        if used + cost > budget_tokens:
-            break
-        kept.append(m)
-        used += cost
-    kept.reverse()
-    while kept and kept[0].role != "user":
-        kept.pop(0)  # a conversation shown to the model starts with the user
-    return tuple(kept)
 
 
 # -- the rules ---------------------------------------------------------------------------------------
@@ -313,7 +253,7 @@ def _combine_fragment(topic: str, frag: str) -> str:
         done = rule(t, f)
         if done is not None:
             return _join(done)
-    return _join(t + ["for"] + f)
+    return _join([*t, "for", *f])
 
 
 def _combine_question(topic: str, question: str) -> str:
@@ -334,7 +274,7 @@ def _combine(topic: str, question: str) -> str:
     combined = re.sub(r"\s+", " ", combined).strip()
     # only the context is ever cut: a rewrite that grew too long keeps the question and the topic's start
     if len(combined) > MAX_QUESTION_CHARS + len(rest):
-        combined = _clip(combined, MAX_QUESTION_CHARS + len(rest))
+        combined = clip(combined, MAX_QUESTION_CHARS + len(rest))
     return combined + "?" if question.strip().endswith("?") or topic.strip().endswith("?") else combined
 
 
@@ -346,7 +286,7 @@ def _topic(history: Sequence[ChatMessage]) -> str | None:
         if not _content(turn):
             continue  # "thanks", "ok": the topic stays
         if topic is None or not is_follow_up(turn):
-            topic = _clip(turn, MAX_QUESTION_CHARS)
+            topic = clip(turn, MAX_QUESTION_CHARS)
         else:
             topic = _combine(topic, turn)
     return topic
@@ -366,8 +306,8 @@ def _model_messages(question: str, history: Sequence[ChatMessage]) -> tuple[Chat
     lines = []
     for m in clean_history(history)[-MODEL_TURNS:]:
         label = "User" if m.role == "user" else "Assistant"
-        lines.append(f"{label}: {_clip(' '.join(m.content.split()), MODEL_TURN_CHARS)}")
-    q = _clip(" ".join(question.split()), MAX_TURN_CHARS)
+        lines.append(f"{label}: {clip(' '.join(m.content.split()), MODEL_TURN_CHARS)}")
+    q = clip(" ".join(question.split()), MAX_TURN_CHARS)
     user = "Conversation:\n" + "\n".join(lines) + f"\n\nLast question: {q}\n\nRewritten question:"
     return ChatMessage("system", REWRITE_PROMPT), ChatMessage("user", user)
 
@@ -419,7 +359,7 @@ def standalone_question(question: str, history: Sequence[ChatMessage], backend: 
     try:
         gen = backend.generate(GenerationRequest(_model_messages(question, history), max_tokens=MODEL_MAX_TOKENS,
                                                  temperature=0.0, stop=("\n",)))
-    except Exception as exc:  # noqa: BLE001 - the rules always answer; a failing model must not fail the question
+    except Exception as exc:  # the rules always answer; a failing model must not fail the question
         log.warning("question rewrite by the %s backend failed (%s); using the rules", getattr(backend, "name", "?"),
                     exc)
         return rules
