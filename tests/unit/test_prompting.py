@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from citeline.answers.assistant import _CitationFilter
+from citeline.answers.streaming import CitationFilter
 from citeline.domain import SearchHit
 from citeline.answers.prompt import SYSTEM_PROMPT, build_prompt, check_citations
 from citeline.generation.extractive import ExtractiveBackend
@@ -67,7 +67,7 @@ def test_check_citations_keeps_valid_removes_and_counts_invalid():
 
 
 def test_stream_filter_removes_invalid_markers_split_across_pieces():
-    f = _CitationFilter(2)
+    f = CitationFilter(2)
     pieces = ["Hold it [", "1", "] and call [", "9", "]. See [2", "]."]
     out = "".join(f.feed(p) for p in pieces) + f.flush()
     assert "[9]" not in out and "[1]" in out and "[2]" in out and f.invalid == 1

@@ -17,203 +17,45 @@ flagged, or the answer is replaced by the extractive answer from the same eviden
 sentence only once it is verified. A streamed answer writes a second audit row when it ends
 (``answer.end``: the delivered text and its verification), referring to the first.
 
+The parts: :mod:`citeline.answers.answer` (the :class:`Answer` returned), :mod:`citeline.answers.streaming`
+(:class:`AnswerStream`), :mod:`citeline.answers.slots` (:class:`GenerationSlots`: how many generate at once).
+
 Conversations: earlier turns (``history``) make a follow-up question standalone for retrieval
 (:mod:`citeline.answers.conversation`) and go into the prompt; the audit row records the question retrieval used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from citeline.access.audit import AuditLog
+from citeline.answers.answer import Answer, Citation, Prepared, best_similarity, citation, is_refusal
 from citeline.answers.extractive import answers_question, extractive_answer
-from citeline.domain import Principal, SearchHit, SearchMode
-from citeline.errors import GenerationError, ModelNotFoundError, OverloadedError
-from citeline.answers.prompt import REFUSAL, GroundedPrompt, build_prompt, check_citations, replace_citations
-from citeline.retrieval.search import Retriever
-from citeline.answers.routing import ModelChoice, ModelRouter
-from citeline.contracts.generator import AdapterHost, ChatMessage, Generation, GenerationBackend, GenerationRequest
-from citeline.settings import AnswerSettings, GenerationSettings
 from citeline.answers.lexical_verifier import LexicalVerifier, SentenceVectors
-from citeline.answers.sentence_gate import SentenceGate, stream_through
-from citeline.answers.verification import Unsupported, Verification, Verifier, verify_text
+from citeline.answers.prompt import REFUSAL, build_prompt, check_citations
+from citeline.answers.routing import ModelChoice, ModelRouter
+from citeline.answers.sentence_gate import SentenceGate
+from citeline.answers.slots import GenerationSlots
+from citeline.answers.streaming import AnswerStream
+from citeline.answers.verification import Verification, Verifier, verify_text
+from citeline.contracts.generator import AdapterHost, ChatMessage, Generation, GenerationBackend, GenerationRequest
+from citeline.domain import Principal, SearchMode
+from citeline.errors import GenerationError, ModelNotFoundError, OverloadedError
+from citeline.retrieval.search import Retriever
+from citeline.settings import AnswerSettings, GenerationSettings
 
-__all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "GenerationSlots", "best_similarity"]
+# Answer, AnswerStream and Citation are what ask() and stream() return: importable from here as well
+__all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "best_similarity"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Citation:
-    n: int
-    chunk_id: int
-    document_id: int
-    source: str
-    external_id: str
-    title: str
-    url: str | None
-    snippet: str
-    score: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True)
-class Answer:
-    question: str
-    text: str
-    refused: bool
-    citations: tuple[Citation, ...]  # the evidence the answer cites, in order of first use
-    sources: tuple[Citation, ...]  # every piece of evidence shown (the prompt's, or the closest on refusal)
-    invalid_citations: int
-    model: str
-    best_score: float | None
-    latency_ms: dict[str, float]
-    audit_id: int
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    model_note: str | None = None  # why the team's adapter was not used (the base model answered)
-    # verification (citeline.answers.verification): every delivered sentence supported by the evidence it cites?
-    verified: bool = False
-    unsupported: tuple[Unsupported, ...] = ()  # sentences of the model's answer judged unsupported, and why
-    verify_policy: str = "off"  # the policy applied: fallback | drop | flag | off
-    fallback: bool = False  # the delivered text is the extractive answer from the same evidence
-    finish_reason: str = "stop"  # "stop" or "length" (max_tokens reached)
-    retrieval_question: str = ""  # the standalone question retrieval used (a follow-up rewritten with its history)
-    stopped_early: bool = False  # generation stopped by answer.early_fallback (the fallback answered)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"question": self.question, "answer": self.text, "refused": self.refused,
-                "citations": [c.as_dict() for c in self.citations], "sources": [c.as_dict() for c in self.sources],
-                "invalid_citations": self.invalid_citations, "model": self.model, "model_note": self.model_note,
-                "best_score": self.best_score,
-                "verified": self.verified, "verify_policy": self.verify_policy, "fallback": self.fallback,
-                "unsupported": [u.as_dict() for u in self.unsupported],
-                "finish_reason": self.finish_reason, "retrieval_question": self.retrieval_question or self.question,
-                "stopped_early": self.stopped_early,
-                "latency_ms": self.latency_ms, "audit_id": self.audit_id,
-                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}}
-
-
-@dataclass
-class _Prepared:
-    question: str
-    principal: Principal
-    model: str
-    hits: tuple[SearchHit, ...]
-    best: float | None
-    refused: bool
-    prompt: GroundedPrompt | None
-    sources: tuple[Citation, ...]
-    latency: dict[str, float] = field(default_factory=dict)
-    note: str | None = None
-    retrieval_question: str = ""
-    rewrite: str = "none"
-    history: tuple[ChatMessage, ...] = ()
-    max_tokens: int | None = None
-    temperature: float | None = None
-    stop: tuple[str, ...] = ()
-    stopped_early: bool = False  # generation stopped by answer.early_fallback
-    busy: bool = False  # no generation slot within generation.queue_timeout_s: answered extractively
-
-
-def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | None:
-    """The refusal score: the best cosine similarity between the question and a visible retrieved chunk."""
-    sims = [1.0 - h.dense_distance for h in hits if h.dense_distance is not None]
-    return max(sims) if sims else None
-
-
 def _cited(text: str) -> list[int]:
     return [int(n) for m in re.finditer(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]", text) for n in m.group(1).split(",")]
-
-
-def _is_refusal(text: str) -> bool:
-    return text.strip().rstrip(".").lower() == REFUSAL.rstrip(".").lower()
-
-
-def _snippet(text: str, limit: int = 280) -> str:
-    text = " ".join(re.sub(r"(?m)^\s{0,3}#{1,6}\s+", "", text).split())  # no Markdown heading marks
-    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
-
-
-def _citation(n: int, hit: SearchHit) -> Citation:
-    return Citation(n, hit.chunk_id, hit.document_id, hit.source, hit.external_id, hit.title, hit.url,
-                    _snippet(hit.text), round(hit.score, 6))
-
-
-class GenerationSlots:
-    """At most ``limit`` generations at once (``generation.max_concurrent``), apart from the database pool.
-
-    A caller that waits longer than ``timeout_s`` for a slot gets :class:`OverloadedError` (the server
-    answers 503 with ``Retry-After``, or the extractive answer: ``generation.when_busy``) instead of queueing
-    in front of a busy model without bound; so does a caller that finds ``max_waiting`` callers already
-    waiting (at once: a queue longer than that would only time out later, holding a request slot meanwhile).
-    """
-
-    def __init__(self, limit: int, timeout_s: float, max_waiting: int | None = None) -> None:
-        self.limit = limit
-        self.timeout_s = timeout_s
-        self.max_waiting = limit if max_waiting is None else max_waiting
-        self._free = threading.BoundedSemaphore(limit)
-        self._busy = 0
-        self._waiting = 0
-        self._lock = threading.Lock()
-
-    @property
-    def busy(self) -> int:
-        return self._busy
-
-    def acquire(self) -> Callable[[], None]:
-        """Take a slot; returns its release (idempotent: a second call does nothing)."""
-        got = self._free.acquire(blocking=False)
-        if not got:
-            with self._lock:
-                full = self._waiting >= self.max_waiting
-                if not full:
-                    self._waiting += 1
-            if full:
-                raise OverloadedError(f"the model is busy: {self.limit} generations are running and "
-                                      f"{self.max_waiting} questions are waiting for one (generation.max_concurrent, "
-                                      "generation.max_waiting); retry later")
-            try:
-                got = self._free.acquire(timeout=self.timeout_s)
-            finally:
-                with self._lock:
-                    self._waiting -= 1
-        if not got:
-            raise OverloadedError(f"the model is busy: {self.limit} generations are running and none finished "
-                                  f"within {self.timeout_s:g} s (generation.max_concurrent, "
-                                  "generation.queue_timeout_s); retry later")
-        with self._lock:
-            self._busy += 1
-        released = threading.Event()
-
-        def release() -> None:
-            with self._lock:
-                if released.is_set():
-                    return
-                released.set()
-                self._busy -= 1
-            self._free.release()
-
-        return release
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        release = self.acquire()
-        try:
-            yield
-        finally:
-            release()
 
 
 class Assistant:
@@ -287,7 +129,7 @@ class Assistant:
 
     def _prepare(self, question: str, principal: Principal, model: str | None, *,
                  history: Sequence[ChatMessage] = (), max_tokens: int | None = None,
-                 temperature: float | None = None, stop: Sequence[str] = ()) -> _Prepared:
+                 temperature: float | None = None, stop: Sequence[str] = ()) -> Prepared:
         choice = self.resolve_model(principal, model)
         history = tuple(m for m in history if m.role in ("user", "assistant"))
         t0 = time.perf_counter()
@@ -300,7 +142,7 @@ class Assistant:
         t1 = time.perf_counter()
         if refused:
             ranked = sorted(result.hits, key=lambda h: h.dense_distance if h.dense_distance is not None else 9)
-            sources = tuple(_citation(i, h) for i, h in enumerate(ranked[: self.settings.refusal_sources], 1))
+            sources = tuple(citation(i, h) for i, h in enumerate(ranked[: self.settings.refusal_sources], 1))
             prompt = None
         else:
             extra: dict[str, Any] = {}
@@ -311,15 +153,15 @@ class Assistant:
             prompt = build_prompt(question, result.hits, self.backend.count_tokens,
                                   evidence_tokens=self.generation.evidence_tokens, **extra)
             by_chunk = {h.chunk_id: h for h in result.hits}
-            sources = tuple(_citation(e.n, by_chunk[e.chunk_id]) for e in prompt.evidence)
+            sources = tuple(citation(e.n, by_chunk[e.chunk_id]) for e in prompt.evidence)
         latency = {"embed_ms": result.embed_ms, "retrieve_ms": result.db_ms,
                    "prompt_ms": (time.perf_counter() - t1) * 1000}
         if history:
             latency["rewrite_ms"] = rewrite_ms
-        return _Prepared(question, principal, choice.model, result.hits, best, refused, prompt, sources, latency,
+        return Prepared(question, principal, choice.model, result.hits, best, refused, prompt, sources, latency,
                          choice.note, standalone, method, history, max_tokens, temperature, tuple(stop))
 
-    def _slot(self, p: _Prepared) -> Callable[[], None] | None:
+    def _slot(self, p: Prepared) -> Callable[[], None] | None:
         """A generation slot's release, or None when none freed in time and ``generation.when_busy`` is
         ``extractive``: the answer is then the extractive answer from the same evidence (verified by
         construction: whole evidence sentences with their own citations), not a 503."""
@@ -334,14 +176,14 @@ class Assistant:
             p.note = f"{p.note}; {busy}" if p.note else busy
             return None
 
-    def _busy_answer(self, p: _Prepared) -> Verification:
+    def busy_answer(self, p: Prepared) -> Verification:
         t = time.perf_counter()
         text = self._extractive(p)()
         check = check_citations(text, len(p.sources))
         return Verification(check.text, self.settings.verify, verified=True, fallback=True, cited=check.cited,
                             ms=(time.perf_counter() - t) * 1000)
 
-    def _request(self, p: _Prepared) -> GenerationRequest:
+    def generation_request(self, p: Prepared) -> GenerationRequest:
         assert p.prompt is not None
         limit = self.generation.max_tokens if p.max_tokens is None else min(p.max_tokens, self.generation.max_tokens)
         return GenerationRequest(p.prompt.messages, model=None if p.model == self.backend.base_model else p.model,
@@ -350,15 +192,15 @@ class Assistant:
                                  stop=p.stop, question=p.retrieval_question or p.question, evidence=p.prompt.evidence,
                                  user_question=p.question)
 
-    def _generate(self, p: _Prepared) -> Generation:
+    def _generate(self, p: Prepared) -> Generation:
         """The model's whole answer; under ``fallback`` a base-model answer is streamed and judged sentence by
         sentence, and generation stops once ``answer.early_fallback`` sentences are unsupported and none is
         supported (the extractive answer will replace it anyway: seconds saved on a CPU)."""
-        request = self._request(p)
+        request = self.generation_request(p)
         early = self.settings.early_fallback
         if self.settings.verify != "fallback" or not early or p.model != self.backend.base_model:
             return self.backend.generate(request)
-        gate = self._gate(p)
+        gate = self.sentence_gate(p)
         parts: list[str] = []
         finish = "stop"
         deltas = self.backend.stream(request)
@@ -383,7 +225,7 @@ class Assistant:
         return Generation(text, p.model, p.prompt.prompt_tokens if p.prompt else 0, self.backend.count_tokens(text),
                           finish)
 
-    def _extractive(self, p: _Prepared) -> Callable[[], str]:
+    def _extractive(self, p: Prepared) -> Callable[[], str]:
         """The extractive answer from the evidence shown (the verified fallback), computed on demand."""
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
@@ -392,7 +234,7 @@ class Assistant:
                                          min_coverage=self.settings.answerable_coverage,
                                          min_similarity=self.settings.answerable_similarity, focus=focus)
 
-    def _verify(self, p: _Prepared, text: str) -> Verification:
+    def _verify(self, p: Prepared, text: str) -> Verification:
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
         fallback = self._extractive(p)
@@ -401,7 +243,7 @@ class Assistant:
                            repair=self.settings.repair_citations, fallback=fallback,
                            relevant=self._relevant(p))
 
-    def _relevant(self, p: _Prepared) -> Callable[[Sequence[str]], bool]:
+    def _relevant(self, p: Prepared) -> Callable[[Sequence[str]], bool]:
         """Whether verified sentences (with their ``[n]``) address the question: the extractive answer's
         answerability measure, with the cited documents' titles and section headings ("Price: £1200" under
         "Vacuum gripper") counting as what the sentences are about."""
@@ -420,14 +262,14 @@ class Assistant:
 
         return check
 
-    def _gate(self, p: _Prepared) -> SentenceGate:
+    def sentence_gate(self, p: Prepared) -> SentenceGate:
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
         return SentenceGate(question, evidence, self.verifier, self.settings.verify,
                             repair=self.settings.repair_citations,
                             fallback=self._extractive(p), relevant=self._relevant(p))
 
-    def _audit(self, p: _Prepared, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float],
+    def _audit(self, p: Prepared, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float],
                verification: Verification | None = None) -> int:
         payload: dict[str, Any] = {
             "question": p.question, "model": p.model, "model_note": p.note, "refused": p.refused,
@@ -474,10 +316,10 @@ class Assistant:
             release = self._slot(p)
             p.latency["queue_ms"] = (time.perf_counter() - t1) * 1000
             if release is None:
-                v = self._busy_answer(p)
+                v = self.busy_answer(p)
                 p.latency["verify_ms"] = v.ms
                 text, cited, invalid = v.text, v.cited, 0
-                p.refused = _is_refusal(text)
+                p.refused = is_refusal(text)
             else:
                 try:
                     gen = self._generate(p)
@@ -492,7 +334,7 @@ class Assistant:
                 v = self._verify(p, check.text)
                 p.latency["verify_ms"] = v.ms
                 text, cited = v.text, v.cited
-                p.refused = _is_refusal(text)  # the model itself may decline from the evidence
+                p.refused = is_refusal(text)  # the model itself may decline from the evidence
                 gen_tokens = (gen.prompt_tokens, gen.completion_tokens)
                 finish = gen.finish_reason
         t2 = time.perf_counter()
@@ -525,124 +367,3 @@ class Assistant:
                 release()
             raise
         return AnswerStream(self, p, audit_id, t0, release)
-
-
-class AnswerStream:
-    """Deltas of one answer (iterate it), then :attr:`answer` with citations and latency."""
-
-    def __init__(self, assistant: Assistant, prepared: _Prepared, audit_id: int, t0: float,
-                 release: Callable[[], None] | None = None) -> None:
-        self._a = assistant
-        # the generation slot taken for this stream: given back when the stream ends, is closed, or is
-        # dropped unread (a client gone before the first byte)
-        self._release = release or (lambda: None)
-        weakref.finalize(self, self._release)
-        self._p = prepared
-        self.audit_id = audit_id
-        self._t0 = t0
-        self.sources = prepared.sources
-        self.refused = prepared.refused
-        self.model = prepared.model
-        self.model_note = prepared.note
-        self.answer: Answer | None = None
-
-    def close(self) -> None:
-        """Give the generation slot back (also done when the stream ends or is dropped)."""
-        self._release()
-
-    def __iter__(self) -> Iterator[str]:
-        try:
-            yield from self._deltas()
-        finally:
-            self._release()
-
-    def _deltas(self) -> Iterator[str]:
-        p = self._p
-        a = self._a
-        finish = "stop"
-        busy = a._busy_answer(p) if p.busy else None
-        if p.refused:
-            deltas: Iterator[str] = iter([REFUSAL])
-        elif busy is not None:  # no generation slot: the extractive answer, verified by construction
-            deltas = iter([busy.text])
-        else:
-            request = a._request(p)
-            deltas = a.backend.stream(request)
-        t1 = time.perf_counter()
-        filt = _CitationFilter(len(p.sources))
-        gate = a._gate(p) if not p.refused and busy is None else None
-
-        def raw() -> Iterator[str]:
-            nonlocal finish
-            result = yield from deltas  # a backend's stream may return its finish reason
-            if isinstance(result, str) and result:
-                finish = result
-
-        def filtered() -> Iterator[str]:
-            for delta in raw():
-                out = filt.feed(delta)
-                if out:
-                    yield out
-            tail = filt.flush()
-            if tail:
-                yield tail
-
-        parts: list[str] = []
-        source = stream_through(gate, filtered()) if gate is not None else filtered()
-        for out in source:
-            parts.append(out)
-            yield out
-        self._release()  # generation is over: the slot is free before the closing audit row is written
-        p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
-        p.latency["total_ms"] = (time.perf_counter() - self._t0) * 1000
-        v = gate.result if gate is not None else busy
-        if v is not None:
-            p.latency["verify_ms"] = v.ms
-        text = "".join(parts).strip()
-        check = check_citations(text, len(p.sources))
-        by_n = {c.n: c for c in p.sources}
-        refused = p.refused or _is_refusal(text)
-        self.answer = Answer(p.question, text, refused,
-                             tuple(by_n[n] for n in check.cited), p.sources, filt.invalid, p.model, p.best,
-                             {k: round(x, 2) for k, x in p.latency.items()}, self.audit_id, model_note=p.note,
-                             verified=v.verified if v else refused and a.settings.verify != "off",
-                             unsupported=v.unsupported if v else (), verify_policy=a.settings.verify,
-                             fallback=v.fallback if v else False, finish_reason=finish or "stop",
-                             retrieval_question=p.retrieval_question)
-        if not p.refused:  # the first row had no text: record what was delivered and how it was verified
-            try:
-                a.audit.append("ask", "answer.end", principal=p.principal.user, team=p.principal.team,
-                               payload={"answer_audit_id": self.audit_id, "answer": text,
-                                        "invalid_citations": filt.invalid, "finish_reason": finish or "stop",
-                                        "verification": v.as_dict() if v else None,
-                                        "latency_ms": {k: round(x, 2) for k, x in p.latency.items()}})
-            except Exception:  # the answer is already delivered; the first row stands
-                log.exception("could not audit the end of streamed answer %s", self.audit_id)
-
-
-class _CitationFilter:
-    """Drops ``[n]`` markers naming no evidence from a stream of text pieces, holding back only a marker."""
-
-    _PARTIAL = re.compile(r"\[[\d,\s]{0,12}$")
-
-    def __init__(self, n_evidence: int) -> None:
-        self.n = n_evidence
-        self.buf = ""
-        self.invalid = 0
-
-    def feed(self, piece: str) -> str:
-        self.buf += piece
-        m = self._PARTIAL.search(self.buf)
-        ready, self.buf = (self.buf[: m.start()], self.buf[m.start():]) if m else (self.buf, "")
-        return self._clean(ready)
-
-    def flush(self) -> str:
-        ready, self.buf = self.buf, ""
-        return self._clean(ready)
-
-    def _clean(self, text: str) -> str:
-        if "[" not in text:
-            return text
-        replaced = replace_citations(text, self.n)
-        self.invalid += replaced.invalid
-        return replaced.text

@@ -1,0 +1,160 @@
+"""A streamed answer: :class:`AnswerStream` yields the deltas of one answer (citations naming no evidence
+removed as they arrive, each sentence released once verified), then holds the :class:`Answer` and writes
+the closing ``answer.end`` audit row.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from citeline.access.audit import AuditLog
+from citeline.answers.answer import Answer, Prepared, is_refusal
+from citeline.answers.prompt import REFUSAL, check_citations, replace_citations
+from citeline.answers.sentence_gate import SentenceGate, stream_through
+from citeline.answers.verification import Verification
+from citeline.contracts.generator import GenerationBackend, GenerationRequest
+from citeline.settings import AnswerSettings
+
+__all__ = ["AnswerStream", "Answering", "CitationFilter"]
+
+log = logging.getLogger("citeline.answers.assistant")  # the assistant's logger: a stream is one of its answers
+
+
+class Answering(Protocol):
+    """What a stream needs of the assistant that prepared it (:class:`citeline.answers.assistant.Assistant`)."""
+
+    backend: GenerationBackend
+    audit: AuditLog
+    settings: AnswerSettings
+
+    def busy_answer(self, p: Prepared) -> Verification: ...
+
+    def generation_request(self, p: Prepared) -> GenerationRequest: ...
+
+    def sentence_gate(self, p: Prepared) -> SentenceGate: ...
+
+
+class AnswerStream:
+    """Deltas of one answer (iterate it), then :attr:`answer` with citations and latency."""
+
+    def __init__(self, assistant: Answering, prepared: Prepared, audit_id: int, t0: float,
+                 release: Callable[[], None] | None = None) -> None:
+        self._a = assistant
+        # the generation slot taken for this stream: given back when the stream ends, is closed, or is
+        # dropped unread (a client gone before the first byte)
+        self._release = release or (lambda: None)
+        weakref.finalize(self, self._release)
+        self._p = prepared
+        self.audit_id = audit_id
+        self._t0 = t0
+        self.sources = prepared.sources
+        self.refused = prepared.refused
+        self.model = prepared.model
+        self.model_note = prepared.note
+        self.answer: Answer | None = None
+
+    def close(self) -> None:
+        """Give the generation slot back (also done when the stream ends or is dropped)."""
+        self._release()
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._deltas()
+        finally:
+            self._release()
+
+    def _deltas(self) -> Iterator[str]:
+        p = self._p
+        a = self._a
+        finish = "stop"
+        busy = a.busy_answer(p) if p.busy else None
+        if p.refused:
+            deltas: Iterator[str] = iter([REFUSAL])
+        elif busy is not None:  # no generation slot: the extractive answer, verified by construction
+            deltas = iter([busy.text])
+        else:
+            request = a.generation_request(p)
+            deltas = a.backend.stream(request)
+        t1 = time.perf_counter()
+        filt = CitationFilter(len(p.sources))
+        gate = a.sentence_gate(p) if not p.refused and busy is None else None
+
+        def raw() -> Iterator[str]:
+            nonlocal finish
+            result = yield from deltas  # a backend's stream may return its finish reason
+            if isinstance(result, str) and result:
+                finish = result
+
+        def filtered() -> Iterator[str]:
+            for delta in raw():
+                out = filt.feed(delta)
+                if out:
+                    yield out
+            tail = filt.flush()
+            if tail:
+                yield tail
+
+        parts: list[str] = []
+        source = stream_through(gate, filtered()) if gate is not None else filtered()
+        for out in source:
+            parts.append(out)
+            yield out
+        self._release()  # generation is over: the slot is free before the closing audit row is written
+        p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
+        p.latency["total_ms"] = (time.perf_counter() - self._t0) * 1000
+        v = gate.result if gate is not None else busy
+        if v is not None:
+            p.latency["verify_ms"] = v.ms
+        text = "".join(parts).strip()
+        check = check_citations(text, len(p.sources))
+        by_n = {c.n: c for c in p.sources}
+        refused = p.refused or is_refusal(text)
+        self.answer = Answer(p.question, text, refused,
+                             tuple(by_n[n] for n in check.cited), p.sources, filt.invalid, p.model, p.best,
+                             {k: round(x, 2) for k, x in p.latency.items()}, self.audit_id, model_note=p.note,
+                             verified=v.verified if v else refused and a.settings.verify != "off",
+                             unsupported=v.unsupported if v else (), verify_policy=a.settings.verify,
+                             fallback=v.fallback if v else False, finish_reason=finish or "stop",
+                             retrieval_question=p.retrieval_question)
+        if not p.refused:  # the first row had no text: record what was delivered and how it was verified
+            try:
+                a.audit.append("ask", "answer.end", principal=p.principal.user, team=p.principal.team,
+                               payload={"answer_audit_id": self.audit_id, "answer": text,
+                                        "invalid_citations": filt.invalid, "finish_reason": finish or "stop",
+                                        "verification": v.as_dict() if v else None,
+                                        "latency_ms": {k: round(x, 2) for k, x in p.latency.items()}})
+            except Exception:  # the answer is already delivered; the first row stands
+                log.exception("could not audit the end of streamed answer %s", self.audit_id)
+
+
+class CitationFilter:
+    """Drops ``[n]`` markers naming no evidence from a stream of text pieces, holding back only a marker."""
+
+    _PARTIAL = re.compile(r"\[[\d,\s]{0,12}$")
+
+    def __init__(self, n_evidence: int) -> None:
+        self.n = n_evidence
+        self.buf = ""
+        self.invalid = 0
+
+    def feed(self, piece: str) -> str:
+        self.buf += piece
+        m = self._PARTIAL.search(self.buf)
+        ready, self.buf = (self.buf[: m.start()], self.buf[m.start():]) if m else (self.buf, "")
+        return self._clean(ready)
+
+    def flush(self) -> str:
+        ready, self.buf = self.buf, ""
+        return self._clean(ready)
+
+    def _clean(self, text: str) -> str:
+        if "[" not in text:
+            return text
+        replaced = replace_citations(text, self.n)
+        self.invalid += replaced.invalid
+        return replaced.text
