@@ -309,34 +309,13 @@ class Assistant:
         gen_tokens = (0, 0)
         finish = "stop"
         v: Verification | None = None
+        cited: tuple[int, ...] = ()
         if p.refused:
-            text, cited, invalid = REFUSAL, (), 0
+            text, invalid = REFUSAL, 0
         else:
-            t1 = time.perf_counter()
-            release = self._slot(p)
-            p.latency["queue_ms"] = (time.perf_counter() - t1) * 1000
-            if release is None:
-                v = self.busy_answer(p)
-                p.latency["verify_ms"] = v.ms
-                text, cited, invalid = v.text, v.cited, 0
-                p.refused = is_refusal(text)
-            else:
-                try:
-                    gen = self._generate(p)
-                finally:
-                    release()
-                p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000 - p.latency["queue_ms"]
-                if gen.model != p.model:  # every answer comes from exactly the model it was routed to
-                    raise GenerationError(f"the {self.backend.name} backend answered with model {gen.model!r} for "
-                                          f"a request routed to {p.model!r}; check the model server's served names")
-                check = check_citations(gen.text, len(p.sources))
-                invalid = check.invalid
-                v = self._verify(p, check.text)
-                p.latency["verify_ms"] = v.ms
-                text, cited = v.text, v.cited
-                p.refused = is_refusal(text)  # the model itself may decline from the evidence
-                gen_tokens = (gen.prompt_tokens, gen.completion_tokens)
-                finish = gen.finish_reason
+            v, invalid, gen_tokens, finish = self._answer(p)
+            text, cited = v.text, v.cited
+            p.refused = is_refusal(text)  # the model itself may decline from the evidence
         t2 = time.perf_counter()
         audit_id = self._audit(p, text=text, invalid=invalid, streamed=False,
                                extra={"total_ms": (t2 - t0) * 1000}, verification=v)
@@ -349,6 +328,29 @@ class Assistant:
                       unsupported=v.unsupported if v else (), verify_policy=self.settings.verify,
                       fallback=v.fallback if v else False, finish_reason=finish,
                       retrieval_question=p.retrieval_question, stopped_early=p.stopped_early)
+
+    def _answer(self, p: Prepared) -> tuple[Verification, int, tuple[int, int], str]:
+        """Generate and verify (or, with no generation slot free, the extractive answer): the verification,
+        the invalid citations removed, the (prompt, completion) tokens and the finish reason."""
+        t1 = time.perf_counter()
+        release = self._slot(p)
+        p.latency["queue_ms"] = (time.perf_counter() - t1) * 1000
+        if release is None:
+            v = self.busy_answer(p)
+            p.latency["verify_ms"] = v.ms
+            return v, 0, (0, 0), "stop"
+        try:
+            gen = self._generate(p)
+        finally:
+            release()
+        p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000 - p.latency["queue_ms"]
+        if gen.model != p.model:  # every answer comes from exactly the model it was routed to
+            raise GenerationError(f"the {self.backend.name} backend answered with model {gen.model!r} for "
+                                  f"a request routed to {p.model!r}; check the model server's served names")
+        check = check_citations(gen.text, len(p.sources))
+        v = self._verify(p, check.text)
+        p.latency["verify_ms"] = v.ms
+        return v, check.invalid, (gen.prompt_tokens, gen.completion_tokens), gen.finish_reason
 
     def stream(self, question: str, principal: Principal, *, model: str | None = None,
                history: Sequence[ChatMessage] = (), max_tokens: int | None = None, temperature: float | None = None,

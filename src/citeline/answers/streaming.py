@@ -110,22 +110,26 @@ class AnswerStream:
         v = gate.result if gate is not None else busy
         if v is not None:
             p.latency["verify_ms"] = v.ms
-        text = "".join(parts).strip()
+        self._finish("".join(parts).strip(), v, filt.invalid, finish or "stop")
+
+    def _finish(self, text: str, v: Verification | None, invalid: int, finish: str) -> None:
+        """:attr:`answer` from what was delivered, and (unless refused up front) the closing audit row."""
+        p, a = self._p, self._a
         check = check_citations(text, len(p.sources))
         by_n = {c.n: c for c in p.sources}
         refused = p.refused or is_refusal(text)
         self.answer = Answer(p.question, text, refused,
-                             tuple(by_n[n] for n in check.cited), p.sources, filt.invalid, p.model, p.best,
+                             tuple(by_n[n] for n in check.cited), p.sources, invalid, p.model, p.best,
                              {k: round(x, 2) for k, x in p.latency.items()}, self.audit_id, model_note=p.note,
                              verified=v.verified if v else refused and a.settings.verify != "off",
                              unsupported=v.unsupported if v else (), verify_policy=a.settings.verify,
-                             fallback=v.fallback if v else False, finish_reason=finish or "stop",
+                             fallback=v.fallback if v else False, finish_reason=finish,
                              retrieval_question=p.retrieval_question)
         if not p.refused:  # the first row had no text: record what was delivered and how it was verified
             try:
                 a.audit.append("ask", "answer.end", principal=p.principal.user, team=p.principal.team,
                                payload={"answer_audit_id": self.audit_id, "answer": text,
-                                        "invalid_citations": filt.invalid, "finish_reason": finish or "stop",
+                                        "invalid_citations": invalid, "finish_reason": finish,
                                         "verification": v.as_dict() if v else None,
                                         "latency_ms": {k: round(x, 2) for k, x in p.latency.items()}})
             except Exception:  # the answer is already delivered; the first row stands
