@@ -24,11 +24,17 @@ from pathlib import Path
 
 from _common import HOME, REPO, database_url, git_revision, machine
 
-from citeline.lora.evaluation import (decide_promotion, evaluate_adapter, grounding_check, heldout_examples,
-                                   load_rules, question_of)
-from citeline.lora.training import TrainingConfig, train_adapter
-from citeline.lora.manifest import AdapterManifest
 from citeline.generation.local import EmbeddedBackend, ensure_base_model
+from citeline.lora.evaluation import (
+    decide_promotion,
+    evaluate_adapter,
+    grounding_check,
+    heldout_examples,
+    load_rules,
+    question_of,
+)
+from citeline.lora.manifest import AdapterManifest
+from citeline.lora.training import TrainingConfig, train_adapter
 from citeline.settings import GenerationSettings, Settings
 
 EXAMPLE = REPO / "examples" / "adapters" / "support"

@@ -61,12 +61,11 @@ from typing import Any
 
 from _common import REPO, git_revision, machine, use_this_tree
 
-
 _REPLACED = use_this_tree()
 
+from citeline.db.local import start_embedded
 from citeline.evaluation import answers as answer_eval
 from citeline.facade import Citeline
-from citeline.db.local import start_embedded
 from citeline.settings import Settings
 
 ACME = REPO / "examples" / "acme"

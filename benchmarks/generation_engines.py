@@ -62,8 +62,8 @@ def worker(engine: str, penalty: float) -> dict:
     """One engine in this (fresh) process: the cold first answer, then every prompt timed."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from citeline.answers.prompt import build_prompt
-    from citeline.generation.local import EmbeddedBackend
     from citeline.contracts.generator import GenerationRequest
+    from citeline.generation.local import EmbeddedBackend
     from citeline.settings import GenerationSettings
 
     settings = GenerationSettings(max_tokens=MAX_TOKENS)
@@ -87,7 +87,7 @@ def worker(engine: str, penalty: float) -> dict:
             cold = ended - _T0
         text = "".join(pieces)
         tokens = backend.count_tokens(text)
-        runs.append({"question": question, "prompt_tokens": len(backend._llama.chat_ids(  # noqa: SLF001
+        runs.append({"question": question, "prompt_tokens": len(backend._llama.chat_ids(
             [{"role": m.role, "content": m.content} for m in prompt.messages])) if backend._llama else None,
             "ttft_s": (first or ended) - started, "decode_tps": (tokens - 1) / max(ended - (first or ended), 1e-9),
             "total_s": ended - started, "tokens": tokens, "text": text})

@@ -154,8 +154,8 @@ class Mix:
         if kind == 3:  # a lone surrogate, as JSON text (Python's json would escape it the same way)
             return "invalid:surrogate", user, {
                 "method": "POST", "url": "/v1/chat/completions", "headers": h,
-                "content": ('{"model": "citeline", "messages": [{"role": "user", "content": '
-                            '"why \\ud800 this"}]}').encode()}
+                "content": (b'{"model": "citeline", "messages": [{"role": "user", "content": '
+                            b'"why \\ud800 this"}]}')}
         if kind == 4:
             return "invalid:bad-json", user, {"method": "POST", "url": "/v1/ask", "headers": h,
                                               "content": b'{"question": "unterminated'}

@@ -30,7 +30,9 @@ import time
 
 from _common import HOME, SCIFACT, database_url, git_revision, machine
 
+from citeline.access.principals import PrincipalStore
 from citeline.db import Database
+from citeline.db.index import refresh_lexicon
 from citeline.domain import Access, ContentType, Document, Principal, SearchMode
 from citeline.evaluation.retrieval import load_qrels, load_queries, metrics_for
 from citeline.ingest.chunking import StructuredChunker
@@ -38,8 +40,6 @@ from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
 from citeline.settings import RetrievalSettings
-from citeline.access.principals import PrincipalStore
-from citeline.db.index import refresh_lexicon
 
 LAYOUTS = {  # name: (groups, the principal's groups)
     "public": (0, 0),

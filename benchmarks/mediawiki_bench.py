@@ -32,10 +32,10 @@ from _common import REPO, database_url, git_revision, machine
 
 sys.path.insert(0, str(REPO))
 
-from citeline.contracts.connector import Upsert  # noqa: E402
-from citeline.connectors.mediawiki import MediaWikiConnector  # noqa: E402
-from citeline.domain import Access  # noqa: E402
-from tests.support.mediawiki import BOT_SECRET, MediaWiki, start_mediawiki  # noqa: E402
+from citeline.connectors.mediawiki import MediaWikiConnector
+from citeline.contracts.connector import Upsert
+from citeline.domain import Access
+from tests.support.mediawiki import BOT_SECRET, MediaWiki, start_mediawiki
 
 WORDS = ("warehouse robot calibration invoice payable ledger shipment torque sensor firmware audit policy "
          "holiday parking canteen onboarding laptop vpn printer backup release incident escalation review "

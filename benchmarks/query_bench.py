@@ -33,17 +33,17 @@ import uuid
 
 import numpy as np
 import psycopg
-from psycopg import sql
 from _common import SCIFACT, database_url, git_revision, machine
+from psycopg import sql
 
+from citeline.access.principals import PrincipalStore
 from citeline.db import Database
+from citeline.db.index import refresh_lexicon
 from citeline.domain import Principal, SearchMode
 from citeline.evaluation.retrieval import load_queries
 from citeline.ingest.embedding import SentenceTransformerEmbedder
 from citeline.retrieval.search import Retriever
 from citeline.settings import RetrievalSettings
-from citeline.access.principals import PrincipalStore
-from citeline.db.index import refresh_lexicon
 
 DENSE = "SELECT c.id FROM chunks c ORDER BY c.embedding <=> %s LIMIT %s"
 

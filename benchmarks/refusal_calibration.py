@@ -24,8 +24,8 @@ from _common import REPO, database_url, git_revision, machine
 from psycopg import sql
 
 from citeline.answers.assistant import best_similarity
-from citeline.facade import Citeline
 from citeline.domain import SearchMode
+from citeline.facade import Citeline
 from citeline.settings import Settings
 
 ANSWERABLE = [

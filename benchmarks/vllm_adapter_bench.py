@@ -26,8 +26,8 @@ from _common import REPO, git_revision, machine
 
 sys.path.insert(0, str(REPO))
 
-from citeline.generation.local import ensure_base_model  # noqa: E402
-from citeline.serving.vllm_server import default_venv, start_vllm  # noqa: E402
+from citeline.generation.local import ensure_base_model
+from citeline.serving.vllm_server import default_venv, start_vllm
 
 PROMPTS = ["Explain how to roll back a bad deploy.", "Summarise our return policy for a customer.",
            "What should a new starter do on day one?", "Why might a robot stop in the middle of a mission?",

@@ -18,7 +18,8 @@ _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 _REF = re.compile(r"<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>", re.S | re.I)
 _CODE = re.compile(r"<(pre|syntaxhighlight|source)\b[^>]*>(.*?)</\1\s*>", re.S | re.I)
 _NOWIKI = re.compile(r"<nowiki\s*/>|<nowiki>(.*?)</nowiki\s*>", re.S | re.I)
-_DROPPED_TAGS = re.compile(r"<(gallery|references|templatedata|timeline|graph|score)\b[^>]*>.*?</\1\s*>|<references\s*/>",
+_DROPPED_TAGS = re.compile(
+    r"<(gallery|references|templatedata|timeline|graph|score)\b[^>]*>.*?</\1\s*>|<references\s*/>",
                            re.S | re.I)
 _BR = re.compile(r"<br\s*/?>", re.I)
 _TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*\b[^>]*>")

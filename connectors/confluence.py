@@ -131,7 +131,7 @@ class ConfluenceConnector:
             nodes = self._sweep(api)
             emitted: set[str] = set()
             count = 0
-            for position, stamped in changed_items(lambda lo, tok: self._changed_page(api, lo, tok), position,
+            for position, stamped in changed_items(lambda lo, tok: self._changed_page(api, lo, tok), position,  # noqa: B020 (starts from the saved one)
                                                    self._overlap):
                 yield self._page_change(stamped.item, nodes, restricted)
                 emitted.add(stamped.id)

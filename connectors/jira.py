@@ -170,7 +170,7 @@ class JiraConnector:
         seen: set[str] = set()
         count = 0
         with self._client() as api:
-            for position, stamped in changed_items(lambda lo, tok: self._changed_page(api, lo, tok), position,
+            for position, stamped in changed_items(lambda lo, tok: self._changed_page(api, lo, tok), position,  # noqa: B020 (starts from the saved one)
                                                    self._overlap):
                 yield self._tracked(self._issue_change(api, stamped.item), retry)
                 seen.add(stamped.id)

@@ -263,7 +263,7 @@ class Scheduler:
                     break
                 now = self.clock()
                 wait = min(self.tick, max(timedelta(0), min(self.plan(now).values()) - now))
-            except Exception:  # noqa: BLE001 - the scheduler outlives a bad pass; the next one retries
+            except Exception:
                 log.exception("scheduler pass failed; trying again in %s", self.tick)
             self._stop.wait(max(wait.total_seconds(), 0.05))
         log.info("scheduler: stopped")
@@ -280,7 +280,7 @@ class Scheduler:
             self._hold[source.name] = started + self.tick
             log.info("source %s: skipped, another process is syncing it", source.name)
             return RunResult(source.name, Outcome.LOCKED, started, next_run=self._hold[source.name])
-        except Exception as exc:  # noqa: BLE001 - one failing source must not stop the others
+        except Exception as exc:
             return self._failed(source, last, started, exc)
         self._hold.pop(source.name, None)
         self._unrecorded.pop(source.name, None)
@@ -296,9 +296,9 @@ class Scheduler:
         error = str(exc) or type(exc).__name__
         try:
             after = self._last(source.name)
-        except Exception:  # noqa: BLE001 - e.g. the database is down: count the failure here instead
+        except Exception:
             after = before
-        if after is None or before is not None and after.run_id == before.run_id:
+        if after is None or (before is not None and after.run_id == before.run_id):
             count = self._unrecorded.get(source.name, 0) + 1  # the failure left no run row
             self._unrecorded[source.name] = count
             self._hold[source.name] = started + self.retry.delay(count)
@@ -309,7 +309,7 @@ class Scheduler:
     def _next_after(self, source: SourceSettings) -> datetime | None:
         try:
             return self._when(source, self._last(source.name), self.clock())
-        except Exception:  # noqa: BLE001 - only for the log line
+        except Exception:
             return self._hold.get(source.name)
 
 

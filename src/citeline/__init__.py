@@ -3,7 +3,6 @@
 The public API is what this module exports; everything else may change between releases.
 """
 
-from citeline.facade import Citeline, SourceStatus, build_connector
 from citeline.domain import Access, Chunk, ContentType, Document, Principal, SearchHit, SearchMode
 from citeline.errors import (
     CitelineError,
@@ -15,6 +14,7 @@ from citeline.errors import (
     SchemaMismatchError,
     SyncLockedError,
 )
+from citeline.facade import Citeline, SourceStatus, build_connector
 from citeline.retrieval.search import Retriever, SearchResult
 from citeline.settings import Settings
 

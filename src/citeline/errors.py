@@ -25,13 +25,13 @@ Exceptions are for operations that fail as a whole; each message names the thing
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
+    "AuditError",
+    "AuthError",
     "CitelineError",
     "ConfigError",
     "ConnectorError",
     "DatabaseError",
-    "AdapterError",
-    "AuditError",
-    "AuthError",
     "EvaluationError",
     "ForbiddenError",
     "GenerationError",

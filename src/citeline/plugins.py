@@ -60,7 +60,7 @@ def load(group: str, name: str) -> Any:
 
 def configure(cls: Any, options: Mapping[str, Any], *, section: str,
               resolve_path: Callable[[Path], Path] | None = None) -> BaseModel:
-    """``options`` validated by ``cls.Config``; Path fields resolved with ``resolve_path`` (relative to the config file).
+    """``options`` validated by ``cls.Config``; Path fields resolved by ``resolve_path`` (relative to the config).
 
     ``section`` names where the options came from (``embedding.options``), so the error names what to fix.
     """

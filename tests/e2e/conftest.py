@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.facade import Citeline
 from citeline.domain import Principal
+from citeline.facade import Citeline
 from citeline.serving.vllm_server import default_venv
 from citeline.settings import Settings
 from tests.conftest import REPO

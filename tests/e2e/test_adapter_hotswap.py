@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from citeline.facade import Citeline
 from citeline.errors import AdapterError
+from citeline.facade import Citeline
 from citeline.serving.vllm_server import VllmProcess, start_vllm
 from citeline.settings import Settings
 from tests.e2e.conftest import Server, free_port, run_server

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from citeline.errors import GenerationError
 from citeline.contracts.generator import ChatMessage, GenerationRequest
+from citeline.errors import GenerationError
 from citeline.generation.openai import OpenAIBackend
 from citeline.settings import GenerationSettings
 from tests.e2e.conftest import free_port, run_server, wait_ready

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from citeline.lora.manifest import Problem, preflight
-from citeline.errors import ConfigError, GenerationError
 from citeline.contracts.generator import ChatMessage, GenerationRequest
+from citeline.errors import ConfigError, GenerationError
 from citeline.generation.openai import OpenAIBackend
+from citeline.lora.manifest import Problem, preflight
 from citeline.serving.vllm_server import VllmProcess, default_venv, start_vllm
 from tests.e2e.conftest import free_port
 from tests.support.adapters import make_adapter

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from citeline.access.principals import PrincipalStore
 from citeline.domain import Access, Principal, SearchMode
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
-from citeline.access.principals import PrincipalStore
 from tests.support.connectors import ListConnector, doc
 
 pytestmark = pytest.mark.integration

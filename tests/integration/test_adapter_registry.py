@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from citeline.answers.assistant import Assistant
 from citeline.access.audit import AuditLog
+from citeline.access.principals import PrincipalStore
+from citeline.answers.assistant import Assistant
 from citeline.domain import Access, Principal
 from citeline.errors import AdapterError, ForbiddenError
+from citeline.generation.local import EmbeddedBackend
 from citeline.ingest.sync import SyncRunner
 from citeline.lora.promotion import promotion_problems
 from citeline.lora.registry import AdapterRegistry, adapter_version
+from citeline.lora.rollout import promote, reconcile
 from citeline.lora.routing import AdapterRouter
 from citeline.retrieval.search import Retriever
-from citeline.generation.local import EmbeddedBackend
-from citeline.lora.rollout import promote, reconcile
 from citeline.settings import AnswerSettings, GenerationSettings
-from citeline.access.principals import PrincipalStore
 from tests.support.adapters import make_adapter, with_metrics
 from tests.support.connectors import ListConnector, doc
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from citeline.lora.data import check_data
-from citeline.lora.batches import encode
-from citeline.lora.training import TRAINING_FILE, TrainingConfig, qlora_missing, train_adapter
-from citeline.lora.manifest import ADAPTER_CONFIG, LLAMA_MODULES, AdapterManifest, base_model_fingerprint, preflight
 from citeline.errors import TrainingError
+from citeline.lora.batches import encode
+from citeline.lora.data import check_data
+from citeline.lora.manifest import ADAPTER_CONFIG, LLAMA_MODULES, AdapterManifest, base_model_fingerprint, preflight
+from citeline.lora.training import TRAINING_FILE, TrainingConfig, qlora_missing, train_adapter
 from tests.conftest import REPO
 from tests.unit.test_adapter_data import chat, write
 
@@ -175,8 +175,8 @@ def test_cli_check_data_reports_problems_and_exit_code(smollm2_dir: Path, tmp_pa
 
 
 def test_cli_train_then_eval(tiny_base: Path, data: Path, tmp_path: Path):
-    from citeline.lora.evaluation import EVAL_FILE
     from citeline.cli import app
+    from citeline.lora.evaluation import EVAL_FILE
 
     runner = CliRunner()
     out = tmp_path / "support"
@@ -217,8 +217,8 @@ def support_adapter(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.mark.slow
 def test_a_cpu_trained_lora_moves_held_out_answers_toward_the_team_format(smollm2_dir: Path, support_adapter):
-    from citeline.lora.evaluation import evaluate_adapter, heldout_examples, load_rules
     from citeline.generation.local import EmbeddedBackend
+    from citeline.lora.evaluation import evaluate_adapter, heldout_examples, load_rules
     from citeline.settings import GenerationSettings
 
     out, result, trained_s = support_adapter
@@ -247,10 +247,10 @@ def test_grounding_with_and_without_the_adapter_through_the_assistant(smollm2_di
     """The real Assistant over the Acme example (embedded PostgreSQL, real retrieval, audit), as alice."""
     import uuid
 
-    from citeline.lora.evaluation import grounding_check
     from citeline.answers.assistant import Assistant
     from citeline.facade import Citeline
     from citeline.generation.local import EmbeddedBackend
+    from citeline.lora.evaluation import grounding_check
     from citeline.settings import GenerationSettings, Settings
 
     root = tmp_path / "acme"

@@ -9,16 +9,27 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
-from citeline.evaluation.answers import (AnswerEvalReport, EvalResponse, QAError, QAItem, adhoc_user, load_keys, load_qa,
-                                  parse_qa, run_in_process, score, sentences, summarize)
 from citeline.answers.assistant import Answer, Citation
+from citeline.evaluation.answers import (
+    AnswerEvalReport,
+    EvalResponse,
+    QAError,
+    QAItem,
+    adhoc_user,
+    load_keys,
+    load_qa,
+    parse_qa,
+    run_in_process,
+    score,
+    sentences,
+    summarize,
+)
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

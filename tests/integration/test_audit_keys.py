@@ -10,10 +10,10 @@ import pytest
 from psycopg import sql
 
 from citeline.access.audit import GENESIS, AuditLog
-from citeline.domain import Principal
-from citeline.errors import AuditError, AuthError, PrincipalError
 from citeline.access.keys import KeyStore
 from citeline.access.principals import PrincipalStore
+from citeline.domain import Principal
+from citeline.errors import AuditError, AuthError, PrincipalError
 
 pytestmark = pytest.mark.integration
 

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 from citeline.connectors._http import BudgetExhausted, CredentialsRejected, SourceUnavailable
-from citeline.contracts.connector import Checkpoint, Delete, Failure, Upsert
 from citeline.connectors.mediawiki import MediaWikiConnector, Rendering
-from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
+from citeline.contracts.connector import Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access, Principal
 from citeline.ingest.sync import SyncRunner
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from tests.support.deadline import syncs_until_gone
 from tests.support.mediawiki import STAFF_NS, MediaWiki, MediaWikiProxy, start_mediawiki
-from tests.support.replay import Reply, ReplayServer, Request
+from tests.support.replay import ReplayServer, Reply, Request
 
 pytestmark = pytest.mark.integration
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from citeline.access.principals import PrincipalStore
+from citeline.db.index import lexicon_is_stale, refresh_lexicon
 from citeline.domain import Access, Principal, SearchMode
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
 from citeline.settings import RetrievalSettings
-from citeline.access.principals import PrincipalStore
-from citeline.db.index import lexicon_is_stale, refresh_lexicon
 from tests.support.connectors import ListConnector, doc
 
 pytestmark = pytest.mark.integration
@@ -111,7 +111,7 @@ def test_lexical_search_never_returns_rows_outside_the_principals_access(db, emb
     for settings in (RetrievalSettings(), RetrievalSettings(lexical_row_budget=1)):
         retriever = Retriever(db, embedder, settings)
         for mode in (SearchMode.LEXICAL, SearchMode.HYBRID):
-            def ids(user: str | None) -> set[str]:
+            def ids(user: str | None, retriever: Retriever = retriever, mode: SearchMode = mode) -> set[str]:
                 return {h.external_id for h in retriever.search("zebra protocol", user=user, k=50, mode=mode).hits}
 
             assert {"secret", "mine"} & ids(None) == set()

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
+from citeline.access.principals import PrincipalStore
 from citeline.domain import Access, Principal, SearchMode
 from citeline.errors import SyncLockedError
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
-from citeline.access.principals import PrincipalStore
 from tests.support.connectors import ListConnector, doc
 
 pytestmark = pytest.mark.integration
@@ -170,7 +170,7 @@ def test_one_sync_per_source_at_a_time(db, embedder, chunker):
 def _capture(errors: list, fn, *args) -> None:
     try:
         fn(*args)
-    except BaseException as exc:  # noqa: BLE001 - reported by the test
+    except BaseException as exc:
         errors.append(exc)
 
 
@@ -191,7 +191,7 @@ def test_killed_sync_resumes_from_its_checkpoint(db, embedder, chunker, pg_url):
             try:
                 if _count(db, "SELECT coalesce(max(added), 0) FROM sync_runs") >= 12:
                     break
-            except Exception:  # noqa: BLE001 - the worker may still be creating its tables
+            except Exception:
                 pass
             time.sleep(0.05)
         else:

@@ -29,9 +29,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.facade import Citeline
 from citeline.domain import Principal
 from citeline.errors import AuditError, AuthError, CitelineError
+from citeline.facade import Citeline
 from citeline.settings import Settings
 from tests.security.conftest import Server
 

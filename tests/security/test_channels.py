@@ -204,9 +204,9 @@ def test_an_unknown_model_404_lists_only_the_callers_adapters(model_server, smol
 @pytest.mark.integration
 def test_an_access_change_alone_refreshes_the_per_class_statistics(db, embedder, chunker):
     """Revoking a page (same text, new ACL) moves its chunks to another class: the next sync recomputes."""
+    from citeline.access.principals import PrincipalStore
     from citeline.domain import Access, Principal
     from citeline.ingest.sync import SyncRunner
-    from citeline.access.principals import PrincipalStore
     from tests.support.connectors import ListConnector, doc
 
     def pages(vault_access: Access) -> list:

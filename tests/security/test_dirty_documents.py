@@ -28,15 +28,15 @@ from citeline.connectors.catalog import CatalogConnector
 from citeline.connectors.confluence import ConfluenceConnector
 from citeline.connectors.folder import FolderConnector
 from citeline.connectors.github import GitHubIssuesConnector
-from citeline.contracts.connector import Connector, Failure
 from citeline.connectors.jira import JiraConnector
 from citeline.connectors.mediawiki import MediaWikiConnector
-from citeline.testing.connectors import run_sync
 from citeline.connectors.tickets import TicketsConnector
 from citeline.connectors.zendesk import ZendeskConnector
+from citeline.contracts.connector import Connector, Failure
 from citeline.domain import Access, ContentType, Document
 from citeline.ingest.chunking import StructuredChunker
 from citeline.ingest.sync import SyncRunner
+from citeline.testing.connectors import run_sync
 from tests.support.apis.confluence import FakeConfluence
 from tests.support.apis.github import TOKEN as GITHUB_TOKEN
 from tests.support.apis.github import GitHubApi
@@ -44,7 +44,7 @@ from tests.support.apis.jira import FakeJira
 from tests.support.apis.zendesk import EMAIL, TOKEN, ZendeskApi
 from tests.support.connectors import ListConnector, doc
 from tests.support.mediawiki import MediaWiki, MediaWikiProxy, start_mediawiki
-from tests.support.replay import Reply, ReplayServer, Request
+from tests.support.replay import ReplayServer, Reply, Request
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 

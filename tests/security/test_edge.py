@@ -155,7 +155,7 @@ def test_the_query_batch_isolates_a_failing_item_with_the_real_encoder(embedder)
     def call(i: int) -> None:
         try:
             out[i] = batcher(texts[i])
-        except Exception as exc:  # noqa: BLE001 - recorded and asserted below
+        except Exception as exc:
             out[i] = exc
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]

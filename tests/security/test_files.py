@@ -21,14 +21,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from citeline.facade import Citeline, build_connector
 from citeline.connectors.folder import FolderConnector, _Entry
 from citeline.contracts.connector import Failure, Upsert
-from citeline.testing.connectors import run_sync
 from citeline.domain import Access, Principal
 from citeline.errors import ConfigError
+from citeline.facade import Citeline, build_connector
 from citeline.ingest.sync import SyncRunner
 from citeline.settings import Settings
+from citeline.testing.connectors import run_sync
 
 pytestmark = [pytest.mark.security]
 

@@ -293,8 +293,8 @@ def test_llamacpp_prompt_cache_does_not_grow_the_process_without_bound() -> None
     """llama.cpp keeps earlier prompts' states in host memory, 8 GiB by default: under the 50-client load
     the server grew ~17 MiB per distinct answer. With generation.options.prompt_cache_mib bounding it, twelve
     distinct prompts leave the process's memory where the cache's bound puts it."""
-    from citeline.generation.local import packaged_gguf
     from citeline.generation.llamacpp import LlamaCppEngine, LlamaStats
+    from citeline.generation.local import packaged_gguf
 
     def rss_mib() -> float:
         with open("/proc/self/status") as f:

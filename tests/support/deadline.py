@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from citeline.access.principals import PrincipalStore
 from citeline.domain import Principal, SearchMode
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
-from citeline.access.principals import PrincipalStore
 
 __all__ = ["syncs_until_gone"]
 

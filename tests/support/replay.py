@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeApi", "Fault", "Reply", "ReplayServer", "Request"]
+__all__ = ["FakeApi", "Fault", "ReplayServer", "Reply", "Request"]
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class ReplayServer:
             disable_nagle_algorithm = True  # headers and body go out as two writes: without this, keep-alive
             # requests wait ~40 ms for the client's delayed ACK
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output clean
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def _serve(self) -> None:

@@ -13,8 +13,8 @@ import os
 import time
 from collections.abc import Generator
 
-from citeline.generation.extractive import ExtractiveBackend
 from citeline.contracts.generator import Generation, GenerationRequest
+from citeline.generation.extractive import ExtractiveBackend
 
 __all__ = ["SlowBackend"]
 

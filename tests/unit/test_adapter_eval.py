@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from citeline.lora.evaluation import (EvalReport, Grounding, decide_promotion, format_failures, load_rules,
-                                   question_of, rouge_l, score_outputs)
 from citeline.errors import ConfigError
+from citeline.lora.evaluation import (
+    EvalReport,
+    Grounding,
+    decide_promotion,
+    format_failures,
+    load_rules,
+    question_of,
+    rouge_l,
+    score_outputs,
+)
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit

@@ -7,9 +7,9 @@ import pytest
 
 from citeline.connectors.catalog import CatalogConnector, CatalogFormat
 from citeline.contracts.connector import Checkpoint, Failure, Upsert
-from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.domain import Access, ContentType
 from citeline.errors import ConnectorError
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 
 pytestmark = pytest.mark.unit
 

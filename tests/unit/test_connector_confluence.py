@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from citeline.connectors._http import ApiError
 from citeline.connectors.confluence import ConfluenceConnector
 from citeline.contracts.connector import Delete, Failure
-from citeline.testing.connectors import ConnectorContract, documents, final_cursor, item_ids, run_sync
 from citeline.domain import Access, ContentType
 from citeline.errors import ConnectorError
+from citeline.testing.connectors import ConnectorContract, documents, final_cursor, item_ids, run_sync
 from tests.support.apis.confluence import FakeConfluence
 from tests.support.atlassian import AtlassianHttpPolicy
 from tests.support.replay import ReplayServer

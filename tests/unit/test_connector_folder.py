@@ -8,9 +8,9 @@ import pytest
 
 from citeline.connectors.folder import FolderConnector
 from citeline.contracts.connector import Checkpoint, Failure, Upsert
-from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.domain import Access, ContentType
 from citeline.errors import ConfigError, ConnectorError
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 
 pytestmark = pytest.mark.unit
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from citeline.connectors._http import CredentialsRejected, SourceUnavailable
 from citeline.connectors.github import GitHubIssuesConnector
 from citeline.contracts.connector import Checkpoint, Delete, Failure, Upsert
-from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.domain import Access
 from citeline.errors import ConnectorError
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from tests.support.apis.github import TOKEN, GitHubApi
 from tests.support.replay import ReplayServer
 

@@ -9,11 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from citeline.connectors._http import ApiError
-from citeline.contracts.connector import Delete, Failure
 from citeline.connectors.jira import JiraApi, JiraConnector, detect_api
-from citeline.testing.connectors import ConnectorContract, documents, final_cursor, item_ids, run_sync
+from citeline.contracts.connector import Delete, Failure
 from citeline.domain import Access, ContentType
 from citeline.errors import ConnectorError
+from citeline.testing.connectors import ConnectorContract, documents, final_cursor, item_ids, run_sync
 from tests.support.apis.jira import FakeJira
 from tests.support.atlassian import AtlassianHttpPolicy
 from tests.support.replay import ReplayServer, Reply

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from citeline.contracts.connector import Checkpoint, Failure, Upsert
-from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.connectors.tickets import TicketsConnector
+from citeline.contracts.connector import Checkpoint, Failure, Upsert
 from citeline.domain import Access, ContentType
 from citeline.errors import ConnectorError
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 
 pytestmark = pytest.mark.unit
 

@@ -8,11 +8,11 @@ import pytest
 from pydantic import ValidationError
 
 from citeline.connectors._http import BudgetExhausted, CredentialsRejected, SourceUnavailable
-from citeline.contracts.connector import Checkpoint, Delete, Failure, Upsert
-from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from citeline.connectors.zendesk import ZendeskConnector
+from citeline.contracts.connector import Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access
 from citeline.errors import ConnectorError
+from citeline.testing.connectors import ConnectorContract, item_ids, run_sync
 from tests.support.apis.zendesk import EMAIL, OAUTH_TOKEN, TOKEN, ZendeskApi
 from tests.support.replay import ReplayServer
 

@@ -15,8 +15,8 @@ from citeline.answers.conversation import (
     prompt_history,
     standalone_question,
 )
-from citeline.errors import GenerationError
 from citeline.contracts.generator import ChatMessage, Generation, GenerationRequest
+from citeline.errors import GenerationError
 
 pytestmark = pytest.mark.unit
 

@@ -19,7 +19,7 @@ from citeline.connectors._http import (
     retry_after_seconds,
 )
 from citeline.contracts.connector import ConnectorConfig
-from tests.support.replay import FakeApi, Reply, ReplayServer, Request
+from tests.support.replay import FakeApi, ReplayServer, Reply, Request
 
 
 class Items(FakeApi):

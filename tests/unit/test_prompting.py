@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from citeline.answers.streaming import CitationFilter
-from citeline.domain import SearchHit
 from citeline.answers.prompt import SYSTEM_PROMPT, build_prompt, check_citations
-from citeline.generation.extractive import ExtractiveBackend
+from citeline.answers.streaming import CitationFilter
 from citeline.contracts.generator import ChatMessage, GenerationRequest
+from citeline.domain import SearchHit
+from citeline.generation.extractive import ExtractiveBackend
 
 pytestmark = pytest.mark.unit
 

@@ -21,8 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from citeline.answers.sentences import (asked_part, content_stems, content_words, split_sentences, stem, strip_citations,
-                                without_instructions)
+from citeline.answers.sentences import (
+    asked_part,
+    content_stems,
+    content_words,
+    split_sentences,
+    stem,
+    strip_citations,
+    without_instructions,
+)
 
 __all__ = ["REFUSAL", "answers_question", "extractive_answer", "score_candidates", "select_sentences"]
 
@@ -71,7 +78,8 @@ def _candidates(evidence: Sequence[Any]) -> list[_Candidate]:
         heading: frozenset[str] = frozenset(content_stems(e.title))
         record = _record(without_instructions(e.text))
         if record is not None:  # a record answers as a whole: its price is no sentence of its own
-            out.append(_Candidate(e.n, 0, record, _doc(e), int(getattr(e, "chunk_id", e.n)), frozenset(content_stems(record)), heading))
+            out.append(_Candidate(e.n, 0, record, _doc(e), int(getattr(e, "chunk_id", e.n)),
+                                  frozenset(content_stems(record)), heading))
             continue
         under_title = False
         first = True
@@ -87,9 +95,10 @@ def _candidates(evidence: Sequence[Any]) -> list[_Candidate]:
                 continue
             body = " ".join(_LIST_MARK.sub("", line).split())  # a wrapped line reads as one sentence
             words = frozenset(content_stems(body))
-            if len(words) < 3 or body.endswith(":") and len(words) < 6:
+            if len(words) < 3 or (body.endswith(":") and len(words) < 6):
                 continue  # fragments and lead-ins are not answers
-            out.append(_Candidate(e.n, pos, body, _doc(e), int(getattr(e, "chunk_id", e.n)), words, heading, step=_LIST_MARK.match(line) is not None,
+            out.append(_Candidate(e.n, pos, body, _doc(e), int(getattr(e, "chunk_id", e.n)), words, heading,
+                                  step=_LIST_MARK.match(line) is not None,
                                   lede=under_title and first))
             first = False
     return out
@@ -109,9 +118,10 @@ _POINTER = re.compile(r"\bsee\s+(?:the\s+)?[\w\s-]{0,40}\b(?:page|section|doc|do
                       r"\brefer\s+to\b", re.IGNORECASE)
 _PROCEDURAL = re.compile(r"\bhow\s+(?:do|can|should|would|to|does)\b(?!\s+(?:it|they|you)\s+(?:cost|take|last))|"
                          r"\bhow\s+do\s+we\s+fix\b|\bwhat\s+(?:command|steps)\b", re.IGNORECASE)
-_IMPERATIVE = frozenset("""run type open hold press choose select click go use call email contact send post check restart
-switch install add set update write book ask log sign enter reset unplug plug turn wait confirm declare follow create
-make remove delete pull push drop keep put take tell raise file submit replace""".split())
+_IMPERATIVE = frozenset("""run type open hold press choose select click go use call email contact send post check
+restart switch install add set update write book ask log sign enter reset unplug plug
+turn wait confirm declare follow create make remove delete pull push drop keep put take
+tell raise file submit replace""".split())
 
 
 def _has_number(text: str, question: str) -> bool:
@@ -190,7 +200,9 @@ def answers_question(question: str, sentences: Sequence[str], evidence: Sequence
         answered = max(answered, len(own & have) / len(own))
     if answered >= min_coverage:
         return True
-    return similarity is not None and max(similarity(question, [strip_citations(t) for t in sentences])) >= min_similarity
+    if similarity is None:
+        return False
+    return max(similarity(question, [strip_citations(t) for t in sentences])) >= min_similarity
 
 
 def score_candidates(question: str, evidence: Sequence[Any], *, similarity: Similarity | None = None,

@@ -16,10 +16,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from citeline.domain import SearchHit
 from citeline.contracts.generator import ChatMessage, Evidence
+from citeline.domain import SearchHit
 
-__all__ = ["REFUSAL", "SYSTEM_PROMPT", "CitationCheck", "GroundedPrompt", "build_prompt", "check_citations", "replace_citations"]
+__all__ = ["REFUSAL", "SYSTEM_PROMPT", "CitationCheck", "GroundedPrompt", "build_prompt", "check_citations",
+           "replace_citations"]
 
 REFUSAL = "I don't know from the available documents."
 

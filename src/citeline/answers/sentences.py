@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["CITATION", "Segment", "asked_part", "content_stems", "content_words", "entities", "numbers", "split_sentences",
-           "stem", "strip_citations", "without_instructions"]
+__all__ = ["CITATION", "Segment", "asked_part", "content_stems", "content_words", "entities", "numbers",
+           "split_sentences", "stem", "strip_citations", "without_instructions"]
 
 CITATION = re.compile(r"\s*\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:['’][A-Za-z]+)?|\d+[A-Za-z]+[A-Za-z0-9]*")
@@ -88,7 +88,8 @@ def split_sentences(text: str) -> list[Segment]:
         last = 0
         for m in _END.finditer(chunk):
             head = chunk[last:m.end()]
-            if _ABBREV.search(head.rstrip("\"')]").rstrip()) or not head.strip() or re.fullmatch(r"\s*\d{1,3}[.)]", head):
+            if (_ABBREV.search(head.rstrip("\"')]").rstrip()) or not head.strip()
+                    or re.fullmatch(r"\s*\d{1,3}[.)]", head)):
                 continue
             # keep the whitespace after the cut with the sentence before it
             ws = len(chunk[m.end():]) - len(chunk[m.end():].lstrip(" \t"))
@@ -153,9 +154,9 @@ def entities(text: str) -> set[str]:
         bare = tok.strip(".'")
         if len(bare) < 2 or bare.lower() in STOP:
             continue
-        inner_caps = any(c.isupper() for c in bare[1:]) and not bare.isupper() or (bare.isupper() and len(bare) > 1)
-        marked = any(c.isdigit() for c in bare) and any(c.isalpha() for c in bare) or bare[0] in "#@" \
-            or ("_" in bare or "/" in bare) and any(c.isalpha() for c in bare)
+        inner_caps = (any(c.isupper() for c in bare[1:]) and not bare.isupper()) or (bare.isupper() and len(bare) > 1)
+        marked = (any(c.isdigit() for c in bare) and any(c.isalpha() for c in bare)) or bare[0] in "#@" \
+            or (("_" in bare or "/" in bare) and any(c.isalpha() for c in bare))
         capital = bare[0].isupper() and i > 0
         if inner_caps or marked or capital:
             found.add(bare.lower())

@@ -1,1 +1,2 @@
-"""Built-in generation backends (registered as citeline.generators entry points): local llama.cpp/transformers, OpenAI-compatible HTTP, extractive."""
+"""Built-in generation backends, registered as ``citeline.generators`` entry points: ``embedded`` (local
+llama.cpp / transformers with LoRA adapters), ``openai`` (any OpenAI-compatible server), ``extractive``."""

@@ -39,11 +39,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citeline.lora.data import Example, data_hash, read_examples
-from citeline.lora.training import TRAINING_FILE
-from citeline.lora.manifest import AdapterManifest
-from citeline.errors import ConfigError, TrainingError
 from citeline.contracts.generator import ChatMessage, GenerationBackend, GenerationRequest
+from citeline.errors import ConfigError, TrainingError
+from citeline.lora.data import Example, data_hash, read_examples
+from citeline.lora.manifest import AdapterManifest
+from citeline.lora.training import TRAINING_FILE
 
 if TYPE_CHECKING:
     from citeline.answers.assistant import Assistant

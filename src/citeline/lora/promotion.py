@@ -68,8 +68,7 @@ def promotion_problems(adapter: Candidate) -> list[str]:
     if float(m["format_compliance"]) <= float(m["baseline_format_compliance"]):
         problems.append(f"format compliance {float(m['format_compliance']):.3f} does not beat the prompting "
                         f"baseline's {float(m['baseline_format_compliance']):.3f}")
-    if isinstance(m.get("grounding"), int | float) and isinstance(m.get("baseline_grounding"), int | float):
-        if float(m["grounding"]) < float(m["baseline_grounding"]):
-            problems.append(f"grounding {float(m['grounding']):.3f} is worse than the base model's "
-                            f"{float(m['baseline_grounding']):.3f}")
+    grounding, baseline = m.get("grounding"), m.get("baseline_grounding")
+    if isinstance(grounding, int | float) and isinstance(baseline, int | float) and float(grounding) < float(baseline):
+        problems.append(f"grounding {float(grounding):.3f} is worse than the base model's {float(baseline):.3f}")
     return problems

@@ -18,6 +18,7 @@ Which adapter a request uses is :mod:`citeline.lora.routing`; when an adapter ma
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -114,7 +115,7 @@ def adapter_version(adapter_dir: Path) -> str:
         except ValueError as exc:
             raise AdapterError(str(exc)) from None
         with f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+            for block in iter(functools.partial(f.read, 1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import httpx
 
-from citeline.lora.manifest import preflight
+from citeline.contracts.generator import AdapterHost
 from citeline.errors import AdapterError, GenerationError
+from citeline.lora.manifest import preflight
 from citeline.lora.promotion import promotion_problems
 from citeline.lora.registry import AdapterRegistry, AdapterVersion
-from citeline.contracts.generator import AdapterHost
 
 __all__ = ["HostReport", "Promotion", "ReplicaClient", "promote", "reconcile"]
 
