@@ -337,12 +337,12 @@ def _valid_name(name: object) -> bool:
 def _effective(page_id: str, nodes: Mapping[str, _Node]) -> frozenset[str] | None:
     """Tokens admitted by every restricted level (the page and its ancestors); ``None``: no restriction."""
     node = nodes[page_id]
-    levels = []
+    levels: list[frozenset[str]] = []
     for level in (*node.ancestors, page_id):
         if level not in nodes:  # an ancestor we cannot see: its restrictions are unknown, fail closed
             levels.append(frozenset())
-        elif nodes[level].own is not None:
-            levels.append(nodes[level].own)
+        elif (own := nodes[level].own) is not None:
+            levels.append(own)
     if not levels:
         return None
     return frozenset.intersection(*levels)

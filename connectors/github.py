@@ -218,7 +218,8 @@ class GitHubIssuesConnector:
                 url, params = _next_link(response.headers.get("Link")), None
         updated = issue.get("updated_at")
         labels = [str(label.get("name")) for label in issue.get("labels") or [] if isinstance(label, Mapping)]
-        user = issue.get("user") if isinstance(issue.get("user"), Mapping) else {}
+        author = issue.get("user")
+        user = author if isinstance(author, Mapping) else {}
         metadata = {"repository": name, "state": issue.get("state"), "labels": ", ".join(labels),
                     "author": user.get("login"), "kind": "pull request" if _is_pull_request(issue) else "issue"}
         return Document(
@@ -346,7 +347,8 @@ def _render(title: str, issue: Mapping[str, Any], labels: list[str], comments: l
         body = str(comment.get("body") or "").strip()
         if not body:
             continue
-        user = comment.get("user") if isinstance(comment.get("user"), Mapping) else {}
+        author = comment.get("user")
+        user = author if isinstance(author, Mapping) else {}
         when = f" ({comment['created_at']})" if comment.get("created_at") else ""
         parts.append(f"## Comment by {user.get('login') or 'unknown'}{when}\n\n{body}")
     return "\n\n".join(parts) + "\n"

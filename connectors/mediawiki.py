@@ -360,6 +360,8 @@ def _without_namespace(title: str, ns: int) -> str:
 def _external_id(change: Change) -> str:
     if isinstance(change, Upsert):
         return change.document.external_id
+    if isinstance(change, Checkpoint):  # not produced by a page read
+        raise TypeError("a checkpoint has no external id")
     return change.external_id
 
 

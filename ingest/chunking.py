@@ -77,9 +77,9 @@ class StructuredChunker:
         if not text.strip():
             return []
         if document.content_type is ContentType.RECORD:
-            start = len(text) - len(text.lstrip())
+            offset = len(text) - len(text.lstrip())
             return [Chunk(n, piece, at, at + len(piece))
-                    for n, (piece, at) in enumerate(_bounded(text.strip(), start, self.max_chars))]
+                    for n, (piece, at) in enumerate(_bounded(text.strip(), offset, self.max_chars))]
         if document.content_type is ContentType.MARKDOWN:
             sections = self._sections(text)
         else:
@@ -97,8 +97,10 @@ class StructuredChunker:
                     chunks.append(Chunk(len(chunks), piece, start, end, heading))
                     continue
                 for part, at in _bounded(piece, start or 0, self.max_chars):
-                    span = (at, at + len(part)) if start is not None else (None, None)
-                    chunks.append(Chunk(len(chunks), part, *span, heading))
+                    if start is None:  # the splitter rewrote the piece: no span in the source text
+                        chunks.append(Chunk(len(chunks), part, None, None, heading))
+                    else:
+                        chunks.append(Chunk(len(chunks), part, at, at + len(part), heading))
         return chunks
 
     def _sections(self, text: str) -> list[tuple[str, str]]:

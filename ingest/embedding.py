@@ -13,9 +13,9 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,7 +92,8 @@ class SentenceTransformerEmbedder:
         self.query_encoder = build_query_encoder(self._model, path, engine=settings.query_encoder,
                                                  device=settings.device, cache_dir=settings.cache,
                                                  threads=settings.query_threads)
-        self._queries: Batcher[str, np.ndarray] = Batcher(self.query_encoder)
+        self._queries: Batcher[str, np.ndarray] = Batcher(cast("Callable[[list[str]], Sequence[np.ndarray]]",
+                                                                self.query_encoder))  # rows of one array
         self._cache_size = settings.query_cache
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -125,7 +125,8 @@ def create_model_app(backend: GenerationBackend, *, max_tokens: int = 256, conte
 
         def pieces() -> Iterator[str]:
             nonlocal finish
-            reason = yield from backend.stream(req)  # a backend's stream returns its finish reason
+            stream = cast("Generator[str, None, str | None]", backend.stream(req))
+            reason = yield from stream  # a backend's stream may return its finish reason
             if isinstance(reason, str) and reason:
                 finish = reason
 

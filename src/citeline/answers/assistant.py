@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from citeline.access.audit import AuditLog
 from citeline.answers.answer import Answer, Citation, Prepared, best_similarity, citation, is_refusal
@@ -80,7 +80,7 @@ class Assistant:
         self.slots = GenerationSlots(limit, self.generation.queue_timeout_s, self.generation.max_waiting)
         self._unservable: set[str] = set()  # adapters routed to a backend that serves none (logged once)
         if getattr(backend, "extractive", False):  # a backend that answers extractively uses the same rules
-            backend.configure(similarity=self.similarity, min_coverage=self.settings.answerable_coverage,
+            cast(Any, backend).configure(similarity=self.similarity, min_coverage=self.settings.answerable_coverage,
                               min_similarity=self.settings.answerable_similarity)
 
     # -- stages ------------------------------------------------------------------------------------

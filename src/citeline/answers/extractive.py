@@ -172,6 +172,9 @@ def _compounds(question: str) -> Callable[[frozenset[str]], frozenset[str]]:
     return lambda stems: stems | {w for k, pair in pairs.items() if k in stems for w in pair}
 
 
+_Coverage = Callable[[set[str] | frozenset[str]], float]  # a question-word coverage function
+
+
 def _weigher(wanted: set[str], cands: Sequence[_Candidate]) -> Callable[[set[str] | frozenset[str]], float]:
     """Coverage of the question's words, each weighted by its rarity among the evidence's sentences (a word
     in no evidence weighs most)."""
@@ -206,7 +209,7 @@ def answers_question(question: str, sentences: Sequence[str], evidence: Sequence
 
 
 def score_candidates(question: str, evidence: Sequence[Any], *, similarity: Similarity | None = None,
-                     asked: list[_Candidate] | None = None) -> tuple[list[_Candidate], Callable[[set[str]], float]]:
+                     asked: list[_Candidate] | None = None) -> tuple[list[_Candidate], _Coverage]:
     """Every candidate sentence with its score, best first, and the question-coverage function.
 
     ``asked`` (when given) receives the sentences set aside as restatements of the question.
@@ -254,7 +257,7 @@ def score_candidates(question: str, evidence: Sequence[Any], *, similarity: Simi
     if echoes and len(echoes) < len(scored):
         asked_in = {(c.doc, c.n, c.pos) for c in echoes}
         scored = [c for c in scored if (c.doc, c.n, c.pos) not in asked_in]
-        first_ask = {}
+        first_ask: dict[int, tuple[int, int]] = {}
         for c in echoes:
             first_ask[c.doc] = min(first_ask.get(c.doc, (c.chunk, c.pos)), (c.chunk, c.pos))
         scored = [replace(c, score=c.score + 0.3) if c.doc in first_ask and (c.chunk, c.pos) > first_ask[c.doc]

@@ -121,7 +121,7 @@ class LexicalVerifier:
         first = [self._lexical(c) for c in claims]
         band = [i for i, (j, _) in enumerate(first) if j is None]
         vecs: dict[int, np.ndarray] = {}
-        if band and self.embedder is not None:
+        if band and self.vectors is not None:  # (an embedder is set)
             matrix = self.vectors.vectors([claims[i].sentence for i in band])
             vecs = {i: matrix[k] for k, i in enumerate(band)}
         out: list[Judgement] = []

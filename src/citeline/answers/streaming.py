@@ -9,8 +9,8 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Generator, Iterator
+from typing import Protocol, cast
 
 from citeline.access.audit import AuditLog
 from citeline.answers.answer import Answer, Prepared, is_refusal
@@ -86,7 +86,7 @@ class AnswerStream:
 
         def raw() -> Iterator[str]:
             nonlocal finish
-            result = yield from deltas  # a backend's stream may return its finish reason
+            result = yield from cast("Generator[str, None, str | None]", deltas)  # may return its finish reason
             if isinstance(result, str) and result:
                 finish = result
 

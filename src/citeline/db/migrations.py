@@ -90,7 +90,7 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
                 .replace("__SCHEMA__", ident.as_string(conn))
             )
             try:
-                conn.execute(text)  # type: ignore[arg-type]  # trusted file shipped with the package
+                conn.execute(text)  # a trusted file shipped with the package
             except psycopg.Error as exc:
                 raise DatabaseError(f"migration {mig.version:04d}_{mig.name} failed: {exc}") from exc
             conn.execute(

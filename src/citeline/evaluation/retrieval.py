@@ -16,9 +16,9 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from citeline.contracts.connector import Change, Checkpoint, ConnectorConfig, Upsert
+from citeline.contracts.connector import Change, Checkpoint, Connector, ConnectorConfig, Upsert
 from citeline.domain import Access, ContentType, Document, SearchMode
 from citeline.errors import EvaluationError
 
@@ -151,7 +151,8 @@ def evaluate_retrieval(citeline_factory: Callable[[str], Any], corpus: Path, que
     try:
         t0 = time.perf_counter()
         runner = SyncRunner(cl.db, cl.embedder, cl.chunker, batch_size=256)
-        report = runner.run("beir", "beir", BeirCorpus(BeirCorpus.Config(path=corpus)))
+        corpus_connector = cast(Connector, BeirCorpus(BeirCorpus.Config(path=corpus)))  # (Config is a nested class)
+        report = runner.run("beir", "beir", corpus_connector)
         with cl.db.writer() as conn:  # the sync refreshes them too; this covers a namespace synced before
             store.refresh_lexicon(conn, if_stale=True)
         ingest_s = time.perf_counter() - t0

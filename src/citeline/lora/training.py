@@ -278,7 +278,7 @@ def _load_model(config: TrainingConfig) -> tuple[Any, torch.device]:
     if config.qlora:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     else:
-        base.to(device)
+        base.to(device)  # type: ignore[arg-type]  # transformers types .to() for its own wrapper
     torch.manual_seed(config.seed)  # LoRA A's initialisation
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM", bias="none")

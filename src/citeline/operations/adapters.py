@@ -7,6 +7,7 @@ registry flip's transaction, see :func:`citeline.lora.rollout.promote`).
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,7 @@ class Adapters:
         from citeline.generation.local import ensure_base_model  # the local backend's stack loads on demand
         return ensure_base_model(self.settings.home)
 
-    def hosts(self) -> list[Any]:
+    def hosts(self) -> builtins.list[Any]:
         """Where adapters are loaded: each configured replica, else the openai backend's server, else in process."""
         gen = self.settings.generation  # a server backend's options (openai's) say where it is and its key
         options = plugins.configure(plugins.load(plugins.GENERATORS, gen.backend), gen.options,
@@ -130,7 +131,7 @@ class Adapters:
         self.router.invalidate()
         return adapter
 
-    def sync(self, *, actor: str) -> list[HostReport]:
+    def sync(self, *, actor: str) -> builtins.list[HostReport]:
         """Make every model server serve exactly the active adapters (after a restart, a retire, ...)."""
         reports = reconcile(self._registry, self.hosts(), base_model_dir=self.base_model_dir(),
                             max_rank=self.settings.adapters.max_rank)
