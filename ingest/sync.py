@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from citeline.contracts.chunker import Chunker
@@ -57,6 +58,25 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[["SyncReport"], None]
 STOPPED = "stopped on request after a batch; the next run resumes from its checkpoint"
+
+# The sync's own SQL (the index's writes are in citeline.db.index); parameterized, rows read by name.
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s) AS locked"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
+_MARK_DEAD_RUNS = ("UPDATE sync_runs SET status = 'interrupted', finished_at = now(),"
+                   " error = coalesce(error, 'process ended before the sync finished')"
+                   " WHERE source_id = %s AND status = 'running'")
+_START_RUN = ("INSERT INTO sync_runs (source_id, status, resumed_from, pid) VALUES (%s, 'running', %s, %s)"
+              " RETURNING id")
+_FINISH_RUN = "UPDATE sync_runs SET status = %s, finished_at = now(), error = %s WHERE id = %s"
+_MARK_SUCCESS = ("UPDATE sources SET last_success_at = now() WHERE id = (SELECT source_id FROM sync_runs"
+                 " WHERE id = %s)")
+_ADD_FAILURE = "INSERT INTO sync_failures (run_id, external_id, reason) VALUES (%s, %s, %s)"
+_COUNT_BATCH = ("UPDATE sync_runs SET added = added + %s, updated = updated + %s, unchanged = unchanged + %s,"
+                " deleted = deleted + %s, failed = failed + %s, chunks = chunks + %s, cursor = coalesce(%s, cursor)"
+                " WHERE id = %s")
+_STORE_CHECKPOINT = "UPDATE sources SET cursor = %s WHERE id = %s"
+_COUNT_DELETED = "UPDATE sync_runs SET deleted = deleted + %s WHERE id = %s"
+_COUNT_FAILED = "UPDATE sync_runs SET failed = failed + 1 WHERE id = %s"
 
 
 class _Stopped(Exception):
@@ -158,13 +178,13 @@ class SyncRunner:
                 report.seconds = time.perf_counter() - started
                 self._finish_run(report, error=STOPPED if report.status == "interrupted" else None)
             finally:
-                lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self._lock_space, source_id))
+                lock_conn.execute(_UNLOCK, (self._lock_space, source_id))
         return report
 
     # -- lock and run bookkeeping -------------------------------------------------------------------
     def _acquire(self, conn: psycopg.Connection, source: str, source_id: int) -> None:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._lock_space, source_id)).fetchone()
-        if not row or not row[0]:
+        row = conn.cursor(row_factory=dict_row).execute(_TRY_LOCK, (self._lock_space, source_id)).fetchone()
+        if not row or not row["locked"]:
             raise SyncLockedError(
                 f"source {source!r} is being synced by another process; wait for it to finish "
                 "(citeline sources status shows running syncs)"
@@ -173,31 +193,17 @@ class SyncRunner:
     def _start_run(self, source_id: int, cursor: Mapping[str, Any] | None) -> int:
         with self.db.writer() as conn:
             # we hold the lock, so any run still marked running died without finishing
-            conn.execute(
-                "UPDATE sync_runs SET status = 'interrupted', finished_at = now(),"
-                " error = coalesce(error, 'process ended before the sync finished')"
-                " WHERE source_id = %s AND status = 'running'",
-                (source_id,),
-            )
-            row = conn.execute(
-                "INSERT INTO sync_runs (source_id, status, resumed_from, pid) VALUES (%s, 'running', %s, %s)"
-                " RETURNING id",
-                (source_id, Jsonb(cursor) if cursor else None, os.getpid()),
-            ).fetchone()
+            conn.execute(_MARK_DEAD_RUNS, (source_id,))
+            row = conn.cursor(row_factory=dict_row).execute(
+                _START_RUN, (source_id, Jsonb(cursor) if cursor else None, os.getpid())).fetchone()
         assert row is not None
-        return int(row[0])
+        return int(row["id"])
 
     def _finish_run(self, report: SyncReport, error: str | None = None) -> None:
         with self.db.writer() as conn:
-            conn.execute(
-                "UPDATE sync_runs SET status = %s, finished_at = now(), error = %s WHERE id = %s",
-                (report.status, error, report.run_id),
-            )
+            conn.execute(_FINISH_RUN, (report.status, error, report.run_id))
             if report.status == "succeeded":
-                conn.execute(
-                    "UPDATE sources SET last_success_at = now() WHERE id = (SELECT source_id FROM sync_runs"
-                    " WHERE id = %s)", (report.run_id,),
-                )
+                conn.execute(_MARK_SUCCESS, (report.run_id,))
 
     def _refresh_lexicon(self, report: SyncReport) -> None:
         """Recompute BM25's corpus statistics if the chunks changed since they were last computed."""
@@ -293,20 +299,15 @@ class SyncRunner:
             deleted = store.delete_documents(conn, source_id, batch.deletes)
             failures = [*batch.failures, *refused.values()]
             for failure in failures:
-                conn.execute("INSERT INTO sync_failures (run_id, external_id, reason) VALUES (%s, %s, %s)",
-                             (report.run_id, failure.external_id, failure.reason))
+                conn.execute(_ADD_FAILURE, (report.run_id, failure.external_id, failure.reason))
             written = [p.document.external_id for p in prepared.ready if p.document.external_id not in refused]
             added = sum(1 for ext in written if ext in prepared.new)
             updated = len(written) - added + sum(1 for _, d in prepared.access_only if d.external_id not in refused)
             counts = (added, updated, prepared.unchanged, deleted, len(failures), chunks)
-            conn.execute(
-                "UPDATE sync_runs SET added = added + %s, updated = updated + %s, unchanged = unchanged + %s,"
-                " deleted = deleted + %s, failed = failed + %s, chunks = chunks + %s, cursor = coalesce(%s, cursor)"
-                " WHERE id = %s",
-                (*counts, Jsonb(batch.checkpoint) if batch.checkpoint is not None else None, report.run_id),
-            )
+            conn.execute(_COUNT_BATCH,
+                         (*counts, Jsonb(batch.checkpoint) if batch.checkpoint is not None else None, report.run_id))
             if batch.checkpoint is not None:
-                conn.execute("UPDATE sources SET cursor = %s WHERE id = %s", (Jsonb(batch.checkpoint), source_id))
+                conn.execute(_STORE_CHECKPOINT, (Jsonb(batch.checkpoint), source_id))
         report.added += counts[0]
         report.updated += counts[1]
         report.unchanged += counts[2]
@@ -335,16 +336,15 @@ class SyncRunner:
         keep = [ext for ext in keep if storable(ext)]  # an id that cannot be stored is held by no document
         with self.db.writer() as conn:
             deleted = store.prune_documents(conn, source_id, keep)
-            conn.execute("UPDATE sync_runs SET deleted = deleted + %s WHERE id = %s", (deleted, report.run_id))
+            conn.execute(_COUNT_DELETED, (deleted, report.run_id))
         report.deleted += deleted
         if self.on_progress:
             self.on_progress(report)
 
     def _record_failure(self, report: SyncReport, external_id: str, reason: str) -> None:
         with self.db.writer() as conn:
-            conn.execute("INSERT INTO sync_failures (run_id, external_id, reason) VALUES (%s, %s, %s)",
-                         (report.run_id, external_id, reason))
-            conn.execute("UPDATE sync_runs SET failed = failed + 1 WHERE id = %s", (report.run_id,))
+            conn.execute(_ADD_FAILURE, (report.run_id, external_id, reason))
+            conn.execute(_COUNT_FAILED, (report.run_id,))
         report.failed += 1
         report.failures.append((external_id, reason))
 
