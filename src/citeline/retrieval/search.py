@@ -44,8 +44,10 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from psycopg.rows import dict_row
 
 from citeline import plugins
 from citeline.contracts.embedder import Embedder
@@ -200,7 +202,7 @@ class Retriever:
         }
         sql = _statement(mode, self.settings.lexical_statistics)
         with self.db.reader(user) as conn:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
         t2 = time.perf_counter()
         hits = tuple(_hit(row, mode) for row in rows)
         if self.reranker is not None:
@@ -232,18 +234,19 @@ def _zero(dim: int) -> np.ndarray:
     return v
 
 
-def _hit(row: tuple, mode: SearchMode) -> SearchHit:
-    (chunk_id, doc_id, source, external_id, title, url, text, start, end,
-     dense_rank, lexical_rank, dist, lex_score, rrf) = row
+def _hit(row: dict[str, Any], mode: SearchMode) -> SearchHit:
+    """One row of :data:`_SELECT`, read by column name."""
+    dist, lex_score = row["dist"], row["score"]
     if mode is SearchMode.DENSE:
         score = 1.0 - float(dist)
     elif mode is SearchMode.LEXICAL:
         score = float(lex_score)
     else:
-        score = float(rrf)
+        score = float(row["rrf"])
     return SearchHit(
-        chunk_id=chunk_id, document_id=doc_id, source=source, external_id=external_id, title=title, url=url,
-        text=text, span_start=start, span_end=end, score=score, dense_rank=dense_rank, lexical_rank=lexical_rank,
+        chunk_id=row["id"], document_id=row["document_id"], source=row["name"], external_id=row["external_id"],
+        title=row["title"], url=row["url"], text=row["text"], span_start=row["span_start"],
+        span_end=row["span_end"], score=score, dense_rank=row["dense_rank"], lexical_rank=row["lexical_rank"],
         dense_distance=None if dist is None else float(dist),
         lexical_score=None if lex_score is None else float(lex_score),
     )
