@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from psycopg.rows import dict_row
+
 from citeline.domain import Principal
 from citeline.errors import CitelineError
 from citeline.evaluation.qa import QAError, QAItem, Turn, adhoc_user, kinds, load_keys, load_qa, parse_qa
@@ -59,6 +61,9 @@ __all__ = [
 
 Progress = Callable[[int, int, "QuestionResult"], None]
 
+# which of the given documents the reading user may see (run as that user, under row-level security)
+_VISIBLE_DOCUMENTS = "SELECT id FROM documents WHERE id = ANY(%s)"
+
 
 def _chat_message_type() -> Any:
     for module in ("citeline.contracts.generator", "citeline.answers.assistant", "citeline.domain"):
@@ -81,8 +86,8 @@ def _invisible(cl: Citeline, user: str, d: dict[str, Any]) -> tuple[str, ...]:
     if not shown:
         return ()
     with cl.db.reader(user) as conn:
-        rows = conn.execute("SELECT id FROM documents WHERE id = ANY(%s)", (list(shown),)).fetchall()
-    visible = {r[0] for r in rows}
+        rows = conn.cursor(row_factory=dict_row).execute(_VISIBLE_DOCUMENTS, (list(shown),)).fetchall()
+    visible = {r["id"] for r in rows}
     return tuple(sorted(name for i, name in shown.items() if i not in visible))
 
 
