@@ -12,6 +12,7 @@ from importlib import resources
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from citeline.errors import DatabaseError, SchemaMismatchError
 
@@ -24,6 +25,23 @@ _MIGRATION_LOCK = 0x63697465  # "cite"
 # auditor: reads the audit log (the reader may not). All three are NOLOGIN and granted to the login that
 # runs the migrations (the application's); an operator may grant citeline_auditor to an audit login.
 ROLES = ("citeline_reader", "citeline_writer", "citeline_auditor")
+
+# The migration runner's own SQL (the schema itself is in migrations/*.sql); values are bound parameters,
+# identifiers (role, schema) are composed with psycopg.sql.
+_ROLE_EXISTS = "SELECT 1 FROM pg_roles WHERE rolname = %s"
+_CREATE_ROLE = sql.SQL("CREATE ROLE {} NOLOGIN NOBYPASSRLS")
+_IS_MEMBER = "SELECT pg_has_role(current_user, %s, 'SET') AS member"
+_GRANT_ROLE = sql.SQL("GRANT {} TO CURRENT_USER")
+_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+_CREATE_VECTOR = "CREATE EXTENSION IF NOT EXISTS vector"
+_CREATE_SCHEMA = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}")
+_GRANT_SCHEMA = sql.SQL("GRANT USAGE ON SCHEMA {} TO citeline_reader, citeline_writer, citeline_auditor")
+_SEARCH_PATH = sql.SQL("SET LOCAL search_path TO {}, public")
+_CREATE_VERSIONS = ("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+_VERSIONS = "SELECT version FROM schema_migrations"
+_RECORD_VERSION = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"
+_STORED_DIM = "SELECT value FROM index_meta WHERE key = 'embedding_dim'"
 
 
 @dataclass(frozen=True)
@@ -44,14 +62,12 @@ def available_migrations() -> list[Migration]:
 
 def _ensure_roles(conn: psycopg.Connection) -> None:
     for role in ROLES:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        exists = conn.execute(_ROLE_EXISTS, (role,)).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOBYPASSRLS").format(sql.Identifier(role)))
-        member = conn.execute(
-            "SELECT pg_has_role(current_user, %s, 'SET')", (role,)
-        ).fetchone()
-        if not member or not member[0]:
-            conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
+            conn.execute(_CREATE_ROLE.format(sql.Identifier(role)))
+        member = conn.cursor(row_factory=dict_row).execute(_IS_MEMBER, (role,)).fetchone()
+        if not member or not member["member"]:
+            conn.execute(_GRANT_ROLE.format(sql.Identifier(role)))
 
 
 def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, ts_config: str) -> list[int]:
@@ -63,24 +79,20 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
     ident = sql.Identifier(schema)
     applied: list[int] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(_LOCK, (_MIGRATION_LOCK,))
         try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute(_CREATE_VECTOR)
         except psycopg.Error as exc:
             raise DatabaseError(
                 f"the pgvector extension is not available on this server ({exc.diag.message_primary}); "
                 "install pgvector >= 0.7 or unset CITELINE_DATABASE_URL to use the embedded server"
             ) from exc
         _ensure_roles(conn)
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO citeline_reader, citeline_writer, citeline_auditor")
-                     .format(ident))
-        conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(ident))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        conn.execute(_CREATE_SCHEMA.format(ident))
+        conn.execute(_GRANT_SCHEMA.format(ident))
+        conn.execute(_SEARCH_PATH.format(ident))
+        conn.execute(_CREATE_VERSIONS)
+        done = {row["version"] for row in conn.cursor(row_factory=dict_row).execute(_VERSIONS)}
         for mig in available_migrations():
             if mig.version in done:
                 continue
@@ -93,14 +105,12 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
                 conn.execute(text)  # a trusted file shipped with the package
             except psycopg.Error as exc:
                 raise DatabaseError(f"migration {mig.version:04d}_{mig.name} failed: {exc}") from exc
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (mig.version, mig.name)
-            )
+            conn.execute(_RECORD_VERSION, (mig.version, mig.name))
             applied.append(mig.version)
-        stored = conn.execute("SELECT value FROM index_meta WHERE key = 'embedding_dim'").fetchone()
-        if stored and int(stored[0]) != embedding_dim:
+        stored = conn.cursor(row_factory=dict_row).execute(_STORED_DIM).fetchone()
+        if stored and int(stored["value"]) != embedding_dim:
             raise SchemaMismatchError(
-                f"namespace {schema!r} was indexed with {stored[0]}-dimensional embeddings but the configured "
+                f"namespace {schema!r} was indexed with {stored['value']}-dimensional embeddings but the configured "
                 f"embedder produces {embedding_dim}; use another database.namespace or drop the namespace "
                 f"(citeline db drop-namespace {schema}) and sync again"
             )
