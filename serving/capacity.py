@@ -42,6 +42,7 @@ __all__ = ["PROBES", "Admission", "ReadinessProbe", "RequestSlots", "in_one_thre
 log = logging.getLogger(__name__)
 
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+_READY_QUERY = "SELECT 1"  # the readiness probe's query: the database answers, nothing more
 
 
 class RequestSlots:
@@ -127,7 +128,7 @@ class ReadinessProbe:
                         self._conn = await psycopg.AsyncConnection.connect(
                             self.url, autocommit=True, connect_timeout=max(1, int(self.timeout_s)),
                             application_name="citeline-readyz")
-                    await self._conn.execute("SELECT 1")
+                    await self._conn.execute(_READY_QUERY)
             return None
         except TimeoutError:
             reason = f"the database did not answer SELECT 1 within {self.timeout_s:g} s (server.probe_timeout_s)"
