@@ -37,6 +37,20 @@ __all__ = ["Database"]
 
 log = logging.getLogger(__name__)
 
+# Each connection's and transaction's opening statements (see reader() and writer()); values are bound
+# parameters, the namespace is an identifier composed with psycopg.sql.
+_SET_SEARCH_PATH = sql.SQL("SET search_path TO {}, public")
+_SET_LIMITS = "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+_AS_READER = ("SELECT set_config('role', 'citeline_writer', true),"
+              " citeline_login(%s),"
+              " set_config('role', 'citeline_reader', true),"
+              " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+              " set_config('hnsw.ef_search', %s, true)")
+_AS_WRITER = "SELECT set_config('role', 'citeline_writer', true)"
+_SET_ROLE_WRITER = "SET ROLE citeline_writer"
+_RESET_ROLE = "RESET ROLE"
+_DROP_NAMESPACE = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
+
 
 class Database:
     """A pool of connections to one namespace (Postgres schema) of the citeline index."""
@@ -58,8 +72,7 @@ class Database:
                 f"cannot connect to PostgreSQL ({_redact(url)}): {exc}; check CITELINE_DATABASE_URL "
                 "or unset it to use the embedded server"
             ) from exc
-        search_path = sql.SQL("{}, public").format(sql.Identifier(namespace))
-        self._search_path = search_path.as_string(None)
+        self._set_search_path = _SET_SEARCH_PATH.format(sql.Identifier(namespace)).as_string(None)
         self.pool = ConnectionPool(
             url,
             min_size=min_size,
@@ -98,7 +111,7 @@ class Database:
         self._limits = (f"{int(lock_timeout_s * 1000)}ms", f"{int(statement_timeout_s * 1000)}ms")
 
     def _configure(self, conn: psycopg.Connection) -> None:
-        conn.execute(f"SET search_path TO {self._search_path}")  # identifier quoted by psycopg.sql above
+        conn.execute(self._set_search_path)
         register_vector(conn)
         conn.commit()
 
@@ -108,8 +121,7 @@ class Database:
             with self.pool.connection() as conn, (conn.pipeline() if pipeline else contextlib.nullcontext()), \
                     conn.transaction():
                 if self._limits is not None:
-                    conn.execute("SELECT set_config('lock_timeout', %s, true),"
-                                 " set_config('statement_timeout', %s, true)", self._limits)
+                    conn.execute(_SET_LIMITS, self._limits)
                 yield conn
         except PoolTimeout as exc:
             raise DatabaseError(
@@ -128,14 +140,7 @@ class Database:
             # the identity is set as the writer, through citeline_login() (migration 0006): a login that
             # holds only citeline_reader cannot call it, and the policies ignore a citeline.user set by hand.
             # The target list runs left to right: login as the writer, then become the reader.
-            conn.execute(
-                "SELECT set_config('role', 'citeline_writer', true),"
-                " citeline_login(%s),"
-                " set_config('role', 'citeline_reader', true),"
-                " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-                " set_config('hnsw.ef_search', %s, true)",
-                (user or "", str(self.ef_search)),
-            )
+            conn.execute(_AS_READER, (user or "", str(self.ef_search)))
             yield conn
 
     @contextlib.contextmanager
@@ -146,7 +151,7 @@ class Database:
         fewer round trips for short hot-path transactions (API-key lookup, audit appends); no ``COPY``.
         """
         with self._transaction(pipeline) as conn:
-            conn.execute("SELECT set_config('role', 'citeline_writer', true)")
+            conn.execute(_AS_WRITER)
             yield conn
 
     @contextlib.contextmanager
@@ -155,17 +160,17 @@ class Database:
         with self.pool.connection() as conn:
             conn.autocommit = True
             try:
-                conn.execute("SET ROLE citeline_writer")
+                conn.execute(_SET_ROLE_WRITER)
                 yield conn
             finally:
                 with contextlib.suppress(psycopg.Error):
-                    conn.execute("RESET ROLE")
+                    conn.execute(_RESET_ROLE)
                 conn.autocommit = False
 
     def drop_namespace(self) -> None:
         """Drop this namespace's schema and everything in it (used by evaluation clean-up and tests)."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.namespace)))
+            conn.execute(_DROP_NAMESPACE.format(sql.Identifier(self.namespace)))
 
     def close(self) -> None:
         self.pool.close()
