@@ -3,6 +3,8 @@
 The public API is what this module exports; everything else may change between releases.
 """
 
+from importlib import metadata as _metadata
+
 from citeline.domain import Access, Chunk, ContentType, Document, Principal, SearchHit, SearchMode
 from citeline.errors import (
     CitelineError,
@@ -18,7 +20,10 @@ from citeline.facade import Citeline, SourceStatus, build_connector
 from citeline.retrieval.search import Retriever, SearchResult
 from citeline.settings import Settings
 
-__version__ = "0.1.0"
+try:  # one source: pyproject.toml's version, as installed
+    __version__ = _metadata.version("citeline")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Access",

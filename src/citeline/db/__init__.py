@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -27,7 +27,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from citeline.db.local import start_embedded
-from citeline.db.migrations import apply_migrations
+from citeline.db.migrations import apply_migrations, stored_dimension
 from citeline.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -52,21 +52,30 @@ _RESET_ROLE = "RESET ROLE"
 _DROP_NAMESPACE = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
 
 
+def _dimension(conn: psycopg.Connection, namespace: str, embedding_dim: int | Callable[[], int]) -> int:
+    """An int is the configured embedder's; a callable (that loads the embedding model) is called only where the
+    namespace is new: an existing one's recorded dimension is used (admin commands need no model)."""
+    if isinstance(embedding_dim, int):
+        return embedding_dim
+    stored = stored_dimension(conn, namespace)
+    return stored if stored is not None else embedding_dim()
+
+
 class Database:
     """A pool of connections to one namespace (Postgres schema) of the citeline index."""
 
-    def __init__(self, url: str, *, namespace: str, embedding_dim: int, ts_config: str = "english",
-                 min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
+    def __init__(self, url: str, *, namespace: str, embedding_dim: int | Callable[[], int],
+                 ts_config: str = "english", min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
                  ef_search: int = 200, pool_timeout_s: float | None = None) -> None:
         self.url = url
         self._limits: tuple[str, str] | None = None  # (lock_timeout, statement_timeout) of request transactions
         self.namespace = namespace
-        self.embedding_dim = embedding_dim
         self.ts_config = ts_config
         self.ef_search = ef_search
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout_s)) as conn:
-                self.applied_migrations = apply_migrations(conn, namespace, embedding_dim, ts_config)
+                self.embedding_dim = _dimension(conn, namespace, embedding_dim)
+                self.applied_migrations = apply_migrations(conn, namespace, self.embedding_dim, ts_config)
         except psycopg.OperationalError as exc:
             raise DatabaseError(
                 f"cannot connect to PostgreSQL ({_redact(url)}): {exc}; check CITELINE_DATABASE_URL "
@@ -85,7 +94,8 @@ class Database:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, embedding_dim: int, namespace: str | None = None) -> Database:
+    def from_settings(cls, settings: Settings, embedding_dim: int | Callable[[], int],
+                      namespace: str | None = None) -> Database:
         url = settings.effective_database_url() or start_embedded(settings.home)
         return cls(
             url,
