@@ -7,7 +7,8 @@ Exceptions are for operations that fail as a whole; each message names the thing
     CitelineError
     ├── ConfigError              bad citeline.toml / environment, unknown source or plugin
     ├── DatabaseError            cannot start or reach PostgreSQL, pgvector missing, schema mismatch
-    │   └── SchemaMismatchError  the index was built with another embedding dimension
+    │   ├── SchemaMismatchError  the index was built with another embedding dimension
+    │   └── MigrationChecksumError  an applied migration's file was edited since it ran
     ├── ConnectorError           a source cannot be read at all (missing folder, broken credentials)
     ├── SyncLockedError          another process is syncing the same source
     ├── PrincipalError           unknown or malformed principal
@@ -35,6 +36,7 @@ __all__ = [
     "EvaluationError",
     "ForbiddenError",
     "GenerationError",
+    "MigrationChecksumError",
     "ModelNotFoundError",
     "OverloadedError",
     "PrincipalError",
@@ -58,6 +60,10 @@ class DatabaseError(CitelineError):
 
 class SchemaMismatchError(DatabaseError):
     """The stored index does not fit the configured embedder (e.g. another dimension)."""
+
+
+class MigrationChecksumError(DatabaseError):
+    """An applied migration's file was edited since it ran (migrations are append-only)."""
 
 
 class ConnectorError(CitelineError):

@@ -2,7 +2,8 @@
 
 Serving and the CLI reach the core through this object: the query path is a method here, and each other
 concern is an object it hands out (:mod:`citeline.operations`): ``cl.admin`` (principals and keys, every
-change audited), ``cl.adapters`` (the team adapters' lifecycle), ``cl.sources`` (status, scheduler)::
+change audited), ``cl.adapters`` (the team adapters' lifecycle), ``cl.sources`` (status, scheduler),
+``cl.database`` (migrations, dropping a namespace)::
 
     from citeline import Citeline
     with Citeline.open("examples/acme/citeline.toml") as cl:
@@ -32,13 +33,13 @@ from citeline.contracts.embedder import Embedder
 from citeline.contracts.generator import ChatMessage, GenerationBackend
 from citeline.contracts.verifier import Verifier
 from citeline.db import Database
-from citeline.db.migrations import dimension_mismatch
 from citeline.domain import SearchMode
 from citeline.errors import ConfigError
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
 from citeline.lora.routing import AdapterRouter
 from citeline.operations.adapters import Adapters
 from citeline.operations.admin import Admin
+from citeline.operations.database import DatabaseLifecycle
 from citeline.operations.sources import Sources, SourceStatus, build_connector
 from citeline.retrieval.search import Retriever, SearchResult
 from citeline.settings import Settings
@@ -67,11 +68,8 @@ class Citeline:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             e = self.settings.embedding  # Path options: relative to the config file
-            embedder: Embedder = plugins.create(plugins.EMBEDDERS, e.provider, e.options, section="embedding.options",
-                                                resolve_path=self.settings.resolve_path, home=self.settings.home)
-            if self._db is not None and self._db.embedding_dim != embedder.dimension:  # opened without the model
-                raise dimension_mismatch(self.namespace, self._db.embedding_dim, embedder.dimension)
-            self._embedder = embedder
+            self._embedder = plugins.create(plugins.EMBEDDERS, e.provider, e.options, section="embedding.options",
+                                            resolve_path=self.settings.resolve_path, home=self.settings.home)
         return self._embedder
 
     @functools.cached_property
@@ -83,9 +81,7 @@ class Citeline:
     @property
     def db(self) -> Database:
         if self._db is None:
-            # an existing namespace opens with its recorded dimension: admin commands never load the model
-            dimension = self._embedder.dimension if self._embedder is not None else lambda: self.embedder.dimension
-            self._db = Database.from_settings(self.settings, dimension, namespace=self.namespace)
+            self._db = Database.from_settings(self.settings, self.embedder.dimension, namespace=self.namespace)
         return self._db
 
     @functools.cached_property
@@ -139,6 +135,11 @@ class Citeline:
     def adapters(self) -> Adapters:
         """Team adapters: the registry's listings and the audited lifecycle (register, promote, retire, sync)."""
         return Adapters(self.settings, self.db, audit=lambda: self.audit, backend=lambda: self.backend)
+
+    @functools.cached_property
+    def database(self) -> DatabaseLifecycle:
+        """The index's database: migrations' status, migrate, drop a namespace (``citeline db``)."""
+        return DatabaseLifecycle(self.settings, self.namespace, lambda: self.db)
 
     @functools.cached_property
     def sources(self) -> Sources:

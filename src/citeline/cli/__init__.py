@@ -8,9 +8,7 @@ Naming a user: ``--as USER`` is the principal a command acts as (``search``, ``a
 
 from __future__ import annotations
 
-import importlib.metadata
 import sys
-from typing import Annotated
 
 import typer
 
@@ -19,6 +17,7 @@ from citeline.cli import (
     adapter_registry,
     ask,
     audit,
+    db,
     evaluate,
     keys,
     principals,
@@ -43,20 +42,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"citeline {importlib.metadata.version('citeline')}")  # pyproject's, as citeline.__version__
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                help="print citeline's version and exit")] = False) -> None:
-    """Permission-aware retrieval over your company's documents."""
-
-
 app.command("sync")(sync.sync)
 app.command("search")(search.search)
 app.command("ask")(ask.ask)
@@ -68,6 +53,7 @@ app.add_typer(sources.app, name="sources", help="Configured sources and their sy
 app.add_typer(evaluate.app, name="eval", help="Measure retrieval (BEIR files) and answer quality (QA files).")
 app.add_typer(keys.app, name="keys", help="API keys for the server.")
 app.add_typer(audit.app, name="audit", help="Verify and export the audit log.")
+app.add_typer(db.app, name="db", help="The index's database: migrations' status, migrate, drop a namespace.")
 # one `adapter` group: training commands (citeline.cli.adapter) and the registry and hot-swap commands
 adapter_registry.attach(adapter.app)
 app.add_typer(adapter.app, name="adapter", help="Team LoRA adapters: check data, train, evaluate, register, "

@@ -1,22 +1,26 @@
 """Versioned schema migrations: ``migrations/NNNN_name.sql`` applied in order, once, per namespace.
 
 Each namespace (a Postgres schema) has its own ``schema_migrations`` table. Migrations run under an
-advisory lock so that several processes starting at once apply each file exactly once.
+advisory lock so that several processes starting at once apply each file exactly once. Each applied
+version records its file's sha256: an applied file edited since is refused (:class:`MigrationChecksumError`);
+versions applied before checksums were recorded adopt the current file's on the next run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.abc import Traversable
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from citeline.errors import DatabaseError, SchemaMismatchError
+from citeline.errors import DatabaseError, MigrationChecksumError, SchemaMismatchError
 
-__all__ = ["Migration", "apply_migrations", "available_migrations", "dimension_mismatch", "stored_dimension"]
+__all__ = ["Migration", "apply_migrations", "available_migrations", "verify_checksums"]
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _MIGRATION_LOCK = 0x63697465  # "cite"
@@ -39,11 +43,11 @@ _GRANT_SCHEMA = sql.SQL("GRANT USAGE ON SCHEMA {} TO citeline_reader, citeline_w
 _SEARCH_PATH = sql.SQL("SET LOCAL search_path TO {}, public")
 _CREATE_VERSIONS = ("CREATE TABLE IF NOT EXISTS schema_migrations ("
                     " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-_VERSIONS = "SELECT version FROM schema_migrations"
-_RECORD_VERSION = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"
+_ADD_CHECKSUM = "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text"  # sha256 of the file
+_VERSIONS = "SELECT version, checksum FROM schema_migrations"
+_RECORD_VERSION = "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
+_ADOPT_CHECKSUM = "UPDATE schema_migrations SET checksum = %s WHERE version = %s AND checksum IS NULL"
 _STORED_DIM = "SELECT value FROM index_meta WHERE key = 'embedding_dim'"
-_HAS_META = "SELECT to_regclass(%s) IS NOT NULL AS present"
-_STORED_DIM_OF = sql.SQL("SELECT value FROM {}.index_meta WHERE key = 'embedding_dim'")
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,36 @@ class Migration:
     name: str
     sql: str
 
+    @property
+    def filename(self) -> str:
+        return f"{self.version:04d}_{self.name}.sql"
 
-def available_migrations() -> list[Migration]:
+    @property
+    def checksum(self) -> str:
+        """sha256 of the file's text as shipped (before the placeholders are filled in)."""
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def available_migrations(folder: Traversable | None = None) -> list[Migration]:
+    """The migration files in ``folder`` (default: the package's ``migrations/``), in version order."""
     found = []
-    for entry in resources.files("citeline.db").joinpath("migrations").iterdir():
+    for entry in (folder or resources.files("citeline.db").joinpath("migrations")).iterdir():
         m = _FILE.match(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
     return sorted(found, key=lambda m: m.version)
+
+
+def verify_checksums(recorded: dict[int, str | None], migrations: list[Migration], schema: str) -> None:
+    """Refuse applied versions whose file changed since (``recorded``: version → checksum, None if unrecorded)."""
+    for mig in migrations:
+        stored = recorded.get(mig.version)
+        if stored is not None and stored != mig.checksum:
+            raise MigrationChecksumError(
+                f"migration {mig.filename} was applied to namespace {schema!r} but the file has changed since "
+                f"(sha256 {stored[:12]}… recorded, {mig.checksum[:12]}… now); migrations are append-only: "
+                f"restore {mig.filename} as it was and put the change in a new migration file"
+            )
 
 
 def _ensure_roles(conn: psycopg.Connection) -> None:
@@ -72,8 +98,11 @@ def _ensure_roles(conn: psycopg.Connection) -> None:
             conn.execute(_GRANT_ROLE.format(sql.Identifier(role)))
 
 
-def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, ts_config: str) -> list[int]:
-    """Create the namespace if needed and apply pending migrations; return the versions applied."""
+def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, ts_config: str,
+                     folder: Traversable | None = None) -> list[int]:
+    """Create the namespace if needed and apply pending migrations; return the versions applied.
+
+    ``folder``: where the migration files are (default: the package's; tests point it elsewhere)."""
     if not isinstance(embedding_dim, int) or not 1 <= embedding_dim <= 16000:
         raise DatabaseError(f"embedding dimension {embedding_dim!r} is out of range 1..16000")
     if not re.fullmatch(r"[a-z_]+", ts_config):
@@ -94,9 +123,14 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
         conn.execute(_GRANT_SCHEMA.format(ident))
         conn.execute(_SEARCH_PATH.format(ident))
         conn.execute(_CREATE_VERSIONS)
-        done = {row["version"] for row in conn.cursor(row_factory=dict_row).execute(_VERSIONS)}
-        for mig in available_migrations():
+        conn.execute(_ADD_CHECKSUM)
+        done = {row["version"]: row["checksum"] for row in conn.cursor(row_factory=dict_row).execute(_VERSIONS)}
+        migrations = available_migrations(folder)
+        verify_checksums(done, migrations, schema)
+        for mig in migrations:
             if mig.version in done:
+                if done[mig.version] is None:  # applied before checksums were recorded: adopt the file's
+                    conn.execute(_ADOPT_CHECKSUM, (mig.checksum, mig.version))
                 continue
             text = (
                 mig.sql.replace("__EMBEDDING_DIM__", str(embedding_dim))
@@ -107,30 +141,13 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
                 conn.execute(text)  # a trusted file shipped with the package
             except psycopg.Error as exc:
                 raise DatabaseError(f"migration {mig.version:04d}_{mig.name} failed: {exc}") from exc
-            conn.execute(_RECORD_VERSION, (mig.version, mig.name))
+            conn.execute(_RECORD_VERSION, (mig.version, mig.name, mig.checksum))
             applied.append(mig.version)
         stored = conn.cursor(row_factory=dict_row).execute(_STORED_DIM).fetchone()
         if stored and int(stored["value"]) != embedding_dim:
-            raise dimension_mismatch(schema, int(stored["value"]), embedding_dim)
+            raise SchemaMismatchError(
+                f"namespace {schema!r} was indexed with {stored['value']}-dimensional embeddings but the configured "
+                f"embedder produces {embedding_dim}; use another database.namespace or drop the namespace "
+                f"(citeline db drop-namespace {schema} --yes) and sync again"
+            )
     return applied
-
-
-def stored_dimension(conn: psycopg.Connection, schema: str) -> int | None:
-    """The embedding dimension namespace ``schema`` was created with; None where it does not exist yet.
-
-    Read before the migrations, so that opening an existing index needs no embedding model (admin commands).
-    """
-    ident = sql.Identifier(schema)
-    found = conn.cursor(row_factory=dict_row).execute(_HAS_META, (f"{ident.as_string(conn)}.index_meta",)).fetchone()
-    if not found or not found["present"]:
-        return None
-    stored = conn.cursor(row_factory=dict_row).execute(_STORED_DIM_OF.format(ident)).fetchone()
-    return int(stored["value"]) if stored else None
-
-
-def dimension_mismatch(schema: str, stored: int, configured: int) -> SchemaMismatchError:
-    return SchemaMismatchError(
-        f"namespace {schema!r} was indexed with {stored}-dimensional embeddings but the configured "
-        f"embedder produces {configured}; use another database.namespace or drop the namespace "
-        f"(citeline db drop-namespace {schema}) and sync again"
-    )

@@ -7,6 +7,8 @@
   (register, promote, retire, sync to the model servers; each audited) and the registry's listings.
 * :class:`~citeline.operations.sources.Sources` (``cl.sources``): building connectors, each source's status,
   the scheduler.
+* :class:`~citeline.operations.database.DatabaseLifecycle` (``cl.database``): the migrations' status, migrating,
+  dropping a namespace (``citeline db``).
 
 Layer: above evaluation and below the facade (they may import the core; nothing in the core imports them).
 """
