@@ -7,6 +7,8 @@ adapter hot-swap code and tests talk to either without knowing which:
 ``GET  /v1/models``                the base model, then loaded adapters with ``parent`` = the base
 ``POST /v1/chat/completions``      ``model`` = base or adapter name; ``stream`` gives SSE chunks
 ``POST /tokenize``                 ``{"prompt": ...}`` → ``{"count", "tokens": [], "max_model_len"}``
+``POST /v1/embeddings``            the local embedder (``embedding.*``; loaded on the first request) as
+                                   OpenAI's embeddings; ``model`` = its model folder's name
 ``POST /v1/load_lora_adapter``     ``{"lora_name", "lora_path"}`` (backends that host adapters)
 ``POST /v1/unload_lora_adapter``   ``{"lora_name"}``
 =================================  =====================================================================
@@ -16,17 +18,22 @@ It has no authentication: bind it to loopback (as vLLM is usually run behind the
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
+from openai.types import CreateEmbeddingResponse, Embedding
+from openai.types.create_embedding_response import Usage
 from pydantic import BaseModel, Field
 
+from citeline.contracts.embedder import Embedder
 from citeline.contracts.generator import AdapterHost, ChatMessage, GenerationBackend, GenerationRequest
 from citeline.errors import GenerationError
 
@@ -53,6 +60,14 @@ class _Tokenize(BaseModel):
     add_special_tokens: bool = False
 
 
+class _Embed(BaseModel):
+    model: str
+    input: str | list[str] = Field(min_length=1, max_length=2048)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
 class _Load(BaseModel):
     lora_name: str = Field(min_length=1, max_length=200)
     lora_path: str
@@ -67,8 +82,12 @@ def _err(status: int, message: str, kind: str = "BadRequestError") -> JSONRespon
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
-def create_model_app(backend: GenerationBackend, *, max_tokens: int = 256, context_tokens: int = 2048) -> FastAPI:
+def create_model_app(backend: GenerationBackend, *, max_tokens: int = 256, context_tokens: int = 2048,
+                     embedder: Callable[[], Embedder] | None = None) -> FastAPI:
+    """``embedder`` builds the embedder ``/v1/embeddings`` serves (called once, on the first request)."""
     app = FastAPI(title=f"citeline model server ({backend.name})")
+    if embedder is not None:
+        _embeddings_route(app, embedder)
 
     def request_for(body: _Chat) -> GenerationRequest | JSONResponse:
         if body.model not in backend.models():
@@ -164,3 +183,32 @@ def create_model_app(backend: GenerationBackend, *, max_tokens: int = 256, conte
         return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
 
     return app
+
+
+def _embeddings_route(app: FastAPI, build: Callable[[], Embedder]) -> None:
+    lock, built = threading.Lock(), cast("list[Embedder]", [])
+
+    def embedder() -> Embedder:
+        with lock:  # one model load, however many first requests arrive together
+            if not built:
+                built.append(build())
+            return built[0]
+
+    @app.post("/v1/embeddings", response_model=None)
+    def embeddings(body: _Embed) -> Any:
+        model = embedder()
+        served = model.name.split(":", 1)[-1]  # "sentence-transformers:all-MiniLM-L6-v2" serves "all-MiniLM-L6-v2"
+        if body.model != served:
+            return _err(404, f"The model `{body.model}` does not exist (this server embeds with `{served}`).",
+                        "NotFoundError")
+        if body.dimensions is not None and body.dimensions != model.dimension:
+            return _err(400, f"this model's embeddings have {model.dimension} dimensions, not {body.dimensions}")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        vectors = model.embed_documents(texts)
+        tokens = sum(len(model.tokenize(t)) for t in texts)
+        rows: list[Any] = ([base64.b64encode(row.astype("<f4").tobytes()).decode() for row in vectors]
+                           if body.encoding_format == "base64" else vectors.tolist())  # base64: openai's default
+        data = [Embedding.model_construct(index=i, object="embedding", embedding=row) for i, row in enumerate(rows)]
+        return CreateEmbeddingResponse.model_construct(
+            object="list", model=body.model, data=data, usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        ).model_dump(mode="json")

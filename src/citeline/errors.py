@@ -14,6 +14,7 @@ Exceptions are for operations that fail as a whole; each message names the thing
     ├── PrincipalError           unknown or malformed principal
     ├── EvaluationError          malformed BEIR files
     ├── TrainingError            an adapter cannot be trained (bad data, no GPU for QLoRA, refused result)
+    ├── EmbeddingError           the remote embedding server cannot embed (down, 401, bad reply)
     ├── GenerationError          the model backend cannot answer (down, timeout)
     │   └── ModelNotFoundError   the requested model or adapter is not served
     ├── OverloadedError          no generation slot (or request slot) free in time: retry later (503)
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "ConnectorError",
     "DatabaseError",
+    "EmbeddingError",
     "EvaluationError",
     "ForbiddenError",
     "GenerationError",
@@ -80,6 +82,10 @@ class PrincipalError(CitelineError):
 
 class EvaluationError(CitelineError):
     """Evaluation input files are malformed."""
+
+
+class EmbeddingError(CitelineError):
+    """The embedding server cannot embed; the message names the server (never the key) and the fix."""
 
 
 class GenerationError(CitelineError):

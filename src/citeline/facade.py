@@ -33,6 +33,7 @@ from citeline.contracts.embedder import Embedder
 from citeline.contracts.generator import ChatMessage, GenerationBackend
 from citeline.contracts.verifier import Verifier
 from citeline.db import Database
+from citeline.db.embedder_record import check_embedder
 from citeline.domain import SearchMode
 from citeline.errors import ConfigError
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
@@ -90,7 +91,15 @@ class Citeline:
         return PrincipalDirectory(self.db)
 
     @functools.cached_property
+    def _embedder_checked(self) -> bool:
+        """The index's recorded embedder is the configured one (recorded here on first use): checked once,
+        before anything searches or writes vectors."""
+        check_embedder(self.db, self.embedder.name)
+        return True
+
+    @functools.cached_property
     def retriever(self) -> Retriever:
+        self._embedder_checked  # noqa: B018 - refuse an index built by another embedder
         return Retriever(self.db, self.embedder, self.settings.retrieval)
 
     @property
@@ -170,6 +179,7 @@ class Citeline:
         if not chosen:
             raise ConfigError("no sources configured: add [[sources]] tables to citeline.toml")
         connectors = [(s, build_connector(s, self.settings)) for s in chosen]  # config errors before any work
+        self._embedder_checked  # noqa: B018 - refuse an index built by another embedder
         reports = []
         for src, connector in connectors:
             if stop is not None and stop.is_set():

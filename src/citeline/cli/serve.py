@@ -38,7 +38,8 @@ def model_server(
     config: ConfigOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
-    """Serve the configured generation backend (default: embedded) with vLLM's OpenAI-compatible API."""
+    """Serve the configured generation backend (default: embedded) with vLLM's OpenAI-compatible API, and the
+    configured embedder as /v1/embeddings."""
     import uvicorn
 
     from citeline.serving.model_server import create_model_app
@@ -46,7 +47,8 @@ def model_server(
     with opened(config) as cl:
         backend = cl.backend
         gen = cl.settings.generation
-        app = create_model_app(backend, max_tokens=gen.max_tokens, context_tokens=gen.context_tokens)
+        app = create_model_app(backend, max_tokens=gen.max_tokens, context_tokens=gen.context_tokens,
+                               embedder=lambda: cl.embedder)  # /v1/embeddings: the configured embedder
         err_console.print(f"model server ({backend.name}, base {backend.base_model}) on http://{host}:{port}/v1",
                           markup=False)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
