@@ -34,6 +34,7 @@ from citeline.contracts.generator import ChatMessage, GenerationBackend
 from citeline.contracts.verifier import Verifier
 from citeline.db import Database
 from citeline.db.embedder_record import check_embedder
+from citeline.db.migrations import dimension_mismatch
 from citeline.domain import SearchMode
 from citeline.errors import ConfigError
 from citeline.ingest.sync import ProgressCallback, SyncReport, SyncRunner
@@ -69,8 +70,11 @@ class Citeline:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             e = self.settings.embedding  # Path options: relative to the config file
-            self._embedder = plugins.create(plugins.EMBEDDERS, e.provider, e.options, section="embedding.options",
-                                            resolve_path=self.settings.resolve_path, home=self.settings.home)
+            embedder: Embedder = plugins.create(plugins.EMBEDDERS, e.provider, e.options, section="embedding.options",
+                                                resolve_path=self.settings.resolve_path, home=self.settings.home)
+            if self._db is not None and self._db.embedding_dim != embedder.dimension:  # opened without the model
+                raise dimension_mismatch(self.namespace, self._db.embedding_dim, embedder.dimension)
+            self._embedder = embedder
         return self._embedder
 
     @functools.cached_property
@@ -82,7 +86,9 @@ class Citeline:
     @property
     def db(self) -> Database:
         if self._db is None:
-            self._db = Database.from_settings(self.settings, self.embedder.dimension, namespace=self.namespace)
+            # an existing namespace opens with its recorded dimension: admin commands never load the model
+            dimension = self._embedder.dimension if self._embedder is not None else lambda: self.embedder.dimension
+            self._db = Database.from_settings(self.settings, dimension, namespace=self.namespace)
         return self._db
 
     @functools.cached_property

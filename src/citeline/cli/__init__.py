@@ -8,7 +8,9 @@ Naming a user: ``--as USER`` is the principal a command acts as (``search``, ``a
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
+from typing import Annotated
 
 import typer
 
@@ -42,6 +44,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"citeline {importlib.metadata.version('citeline')}")  # pyproject's, as citeline.__version__
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="print citeline's version and exit")] = False) -> None:
+    """Permission-aware retrieval over your company's documents."""
+
+
 app.command("sync")(sync.sync)
 app.command("search")(search.search)
 app.command("ask")(ask.ask)

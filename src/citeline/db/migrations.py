@@ -20,7 +20,8 @@ from psycopg.rows import dict_row
 
 from citeline.errors import DatabaseError, MigrationChecksumError, SchemaMismatchError
 
-__all__ = ["Migration", "apply_migrations", "available_migrations", "verify_checksums"]
+__all__ = ["Migration", "apply_migrations", "available_migrations", "dimension_mismatch", "stored_dimension",
+           "verify_checksums"]
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _MIGRATION_LOCK = 0x63697465  # "cite"
@@ -48,6 +49,8 @@ _VERSIONS = "SELECT version, checksum FROM schema_migrations"
 _RECORD_VERSION = "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
 _ADOPT_CHECKSUM = "UPDATE schema_migrations SET checksum = %s WHERE version = %s AND checksum IS NULL"
 _STORED_DIM = "SELECT value FROM index_meta WHERE key = 'embedding_dim'"
+_HAS_META = "SELECT to_regclass(%s) IS NOT NULL AS present"
+_STORED_DIM_OF = sql.SQL("SELECT value FROM {}.index_meta WHERE key = 'embedding_dim'")
 
 
 @dataclass(frozen=True)
@@ -145,9 +148,26 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
             applied.append(mig.version)
         stored = conn.cursor(row_factory=dict_row).execute(_STORED_DIM).fetchone()
         if stored and int(stored["value"]) != embedding_dim:
-            raise SchemaMismatchError(
-                f"namespace {schema!r} was indexed with {stored['value']}-dimensional embeddings but the configured "
-                f"embedder produces {embedding_dim}; use another database.namespace or drop the namespace "
-                f"(citeline db drop-namespace {schema} --yes) and sync again"
-            )
+            raise dimension_mismatch(schema, int(stored["value"]), embedding_dim)
     return applied
+
+
+def stored_dimension(conn: psycopg.Connection, schema: str) -> int | None:
+    """The embedding dimension namespace ``schema`` was created with; None where it does not exist yet.
+
+    Read before the migrations, so that opening an existing index needs no embedding model (admin commands).
+    """
+    ident = sql.Identifier(schema)
+    found = conn.cursor(row_factory=dict_row).execute(_HAS_META, (f"{ident.as_string(conn)}.index_meta",)).fetchone()
+    if not found or not found["present"]:
+        return None
+    stored = conn.cursor(row_factory=dict_row).execute(_STORED_DIM_OF.format(ident)).fetchone()
+    return int(stored["value"]) if stored else None
+
+
+def dimension_mismatch(schema: str, stored: int, configured: int) -> SchemaMismatchError:
+    return SchemaMismatchError(
+        f"namespace {schema!r} was indexed with {stored}-dimensional embeddings but the configured "
+        f"embedder produces {configured}; use another database.namespace or drop the namespace "
+        f"(citeline db drop-namespace {schema} --yes) and sync again"
+    )
