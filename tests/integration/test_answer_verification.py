@@ -21,11 +21,11 @@ from psycopg import sql
 
 from citeline.answers.lexical_verifier import LexicalVerifier
 from citeline.answers.prompt import REFUSAL
-from citeline.answers.verification import contract_checks
 from citeline.contracts.generator import ChatMessage, Evidence, Generation, GenerationRequest
 from citeline.errors import ConfigError
 from citeline.facade import Citeline
 from citeline.settings import Settings
+from citeline.testing.verifiers import contract_checks
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

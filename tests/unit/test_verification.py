@@ -14,8 +14,9 @@ from citeline.answers.extractive import extractive_answer, select_sentences
 from citeline.answers.lexical_verifier import LexicalVerifier
 from citeline.answers.sentence_gate import SentenceGate, stream_through
 from citeline.answers.sentences import content_stems, entities, numbers, split_sentences
-from citeline.answers.verification import FLAG, REFUSAL, contract_checks, verify_text
+from citeline.answers.verification import FLAG, REFUSAL, verify_text
 from citeline.contracts.generator import Evidence
+from citeline.testing.verifiers import contract_checks
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,8 @@ The contract (extension point ``citeline.verifiers``)
 
     A :class:`Claim` is one sentence of an answer (citation markers removed), the evidence it cites, every
     piece of evidence shown, and the question. The verifier answers with a :class:`Judgement`: supported or
-    not, a score and, when not, a reason a person can read. ``citeline.testing``-style checks for any
-    verifier live in :func:`contract_checks` (built-ins and plugins run the same ones).
+    not, a score and, when not, a reason a person can read. The checks every verifier passes are
+    :mod:`citeline.testing.verifiers` (built-ins and plugins run the same ones).
 
 Rules applied around any verifier (:func:`verify_text`)
     * A sentence *states something* when it has a content word beyond the question's, a number or a name;
@@ -67,7 +67,7 @@ from citeline.contracts.verifier import Claim, EvidenceLike, Judgement, Verifier
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]\s+|\d{1,3}[.)]\s+)")
 
 __all__ = ["FLAG", "REFUSAL", "Claim", "Judgement", "Policy", "Unsupported", "Verification", "Verifier",
-           "contract_checks", "states_something", "verify_text"]
+           "states_something", "verify_text"]
 
 Policy = Literal["fallback", "drop", "flag", "off"]
 FLAG = " [unverified]"
@@ -303,34 +303,3 @@ def verify_text(text: str, *, question: str, evidence: Sequence[Any], verifier: 
     verified = policy != "flag" or not bad
     return Verification(out, policy, verified, tuple(bad), stating, supported, repaired, used_fallback,
                         cited_numbers(out, len(evidence)), (time.perf_counter() - t0) * 1000, off_topic)
-
-
-# --------------------------------------------------------------------------------------------------
-# The contract checks every verifier passes
-# --------------------------------------------------------------------------------------------------
-
-
-def contract_checks(verifier: Verifier, make_evidence: Callable[[int, str], Any]) -> None:
-    """Assertions any verifier must satisfy (built-ins and plugins run them in their tests).
-
-    ``make_evidence(n, text)`` builds one piece of evidence. Raises AssertionError naming the failed check.
-    """
-    e1 = make_evidence(1, "Run `acme-deploy rollback fleet` to redeploy the previous release in under two "
-                          "minutes. Deploys happen Monday to Thursday.")
-    e2 = make_evidence(2, "Opened items can be returned within 30 days for a refund.")
-    q = "how do I roll back a bad deploy"
-    claims = [
-        Claim("Run acme-deploy rollback fleet to redeploy the previous release.", (e1,), (e1, e2), q),
-        Claim("Run acme-deploy rollback fleet to redeploy the previous release.", (e2,), (e1, e2), q),
-        Claim("Opened items can be returned within 30 days.", (e2,), (e1, e2), "return policy"),
-        Claim("The moon is made of cheese and orbits Jupiter weekly.", (e1,), (e1, e2), q),
-    ]
-    out = verifier.judge(claims)
-    assert isinstance(out, list) and len(out) == len(claims), "judge() returns one Judgement per claim"
-    assert all(isinstance(j, Judgement) for j in out), "judge() returns Judgement objects"
-    assert out[0].supported, "a sentence taken from its cited evidence is supported"
-    assert not out[1].supported and out[1].reason, \
-        "a sentence citing the wrong evidence is not supported, with a reason"
-    assert out[2].supported, "a second supported claim"
-    assert not out[3].supported and out[3].reason, "an unrelated sentence is not supported, with a reason"
-    assert verifier.judge([]) == [], "no claims, no judgements"

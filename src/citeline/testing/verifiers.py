@@ -17,12 +17,13 @@ checks the promises of :mod:`citeline.contracts.verifier`. Nothing here imports 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from citeline.contracts.generator import Evidence
 from citeline.contracts.verifier import Claim, Judgement, Verifier
 
-__all__ = ["VerifierContract", "sample_claims"]
+__all__ = ["VerifierContract", "contract_checks", "sample_claims"]
 
 QUESTION = "how do I roll back a bad deploy"
 _DEPLOY = ("Run `acme-deploy rollback fleet` to redeploy the previous release in under two minutes. "
@@ -79,3 +80,16 @@ class VerifierContract:
         assert [j.supported for j in alone] == [j.supported for j in batch], \
             "a claim's judgement does not depend on the other claims in the batch"
         assert verifier.judge(list(reversed(claims))) == list(reversed(batch)), "judgements follow the claims' order"
+
+
+def contract_checks(verifier: Verifier, make_evidence: Callable[[int, str], Any] | None = None) -> None:
+    """Every check of :class:`VerifierContract` on one verifier, from a plain test function.
+
+    ``make_evidence(n, text)`` builds one piece of evidence (default: :meth:`VerifierContract.make_evidence`).
+    Raises AssertionError naming the failed check.
+    """
+    suite = VerifierContract()
+    if make_evidence is not None:
+        suite.make_evidence = make_evidence  # type: ignore[assignment]  # an instance override
+    for name in sorted(n for n in dir(VerifierContract) if n.startswith("test_")):
+        getattr(suite, name)(verifier)
