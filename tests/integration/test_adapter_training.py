@@ -22,6 +22,7 @@ from citeline.lora.data import check_data
 from citeline.lora.manifest import ADAPTER_CONFIG, LLAMA_MODULES, AdapterManifest, base_model_fingerprint, preflight
 from citeline.lora.training import TRAINING_FILE, TrainingConfig, qlora_missing, train_adapter
 from tests.conftest import REPO
+from tests.support.tiny_models import build_tiny_llama
 from tests.unit.test_adapter_data import chat, write
 
 pytestmark = pytest.mark.integration
@@ -32,20 +33,7 @@ SUPPORT = REPO / "examples" / "adapters" / "support"
 @pytest.fixture(scope="module")
 def tiny_base(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama with random weights and SmolLM2's tokenizer: trains in seconds."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny") / "tiny-smollm2"
-    config = AutoConfig.from_pretrained(smollm2_dir)
-    for key, value in {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "num_key_value_heads": 1, "head_dim": 16}.items():
-        setattr(config, key, value)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    for file in smollm2_dir.iterdir():
-        if file.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
-            shutil.copy(file, folder / file.name)
-    return folder
+    return build_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("tiny") / "tiny-smollm2")
 
 
 @pytest.fixture
