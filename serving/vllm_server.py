@@ -48,6 +48,7 @@ class VllmProcess:
     model: str  # the served base model's name
     log_path: Path
     startup_s: float = 0.0
+    model_path: str = ""  # vLLM's --model: what its LoRA resolver compares base_model_name_or_path with
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -85,8 +86,12 @@ class VllmProcess:
 
 def start_vllm(model_dir: Path, *, port: int, max_loras: int = 4, max_lora_rank: int = 16,
                venv: Path | None = None, log_path: Path | None = None, timeout_s: float = 300.0,
-               max_model_len: int = 2048, extra_args: tuple[str, ...] = ()) -> VllmProcess:
+               max_model_len: int = 2048, extra_args: tuple[str, ...] = (),
+               lora_resolver_dir: Path | None = None) -> VllmProcess:
     """Start vLLM on ``model_dir`` at ``127.0.0.1:port`` and wait until ``/health`` answers.
+
+    ``lora_resolver_dir``: an adapter store (``<dir>/<served name>/``) that vLLM's filesystem resolver
+    loads adapters from on their first request (see the module docstring).
 
     Raises :class:`ConfigError` when the environment or the model folder is missing and
     :class:`GenerationError` (with the end of the log) when the server exits or is not ready in time.
@@ -99,6 +104,7 @@ def start_vllm(model_dir: Path, *, port: int, max_loras: int = 4, max_lora_rank:
                           "(or set CITELINE_VLLM_VENV)")
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    resolver_env = _resolver_env(lora_resolver_dir)
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="citeline-vllm-", suffix=".log")[1])
     name = model_dir.name
@@ -108,7 +114,7 @@ def start_vllm(model_dir: Path, *, port: int, max_loras: int = 4, max_lora_rank:
            *extra_args]
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-           "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false", **resolver_env}
     env.pop("VIRTUAL_ENV", None)
     started = time.monotonic()
     with log_path.open("wb") as out:
@@ -116,7 +122,7 @@ def start_vllm(model_dir: Path, *, port: int, max_loras: int = 4, max_lora_rank:
         out.flush()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    server = VllmProcess(proc, f"http://127.0.0.1:{port}", name, log_path)
+    server = VllmProcess(proc, f"http://127.0.0.1:{port}", name, log_path, model_path=str(model_dir))
     try:
         _wait_ready(server, timeout_s)
     except BaseException:
@@ -124,6 +130,18 @@ def start_vllm(model_dir: Path, *, port: int, max_loras: int = 4, max_lora_rank:
         raise
     server.startup_s = time.monotonic() - started
     return server
+
+
+def _resolver_env(store: Path | None) -> dict[str, str]:
+    """The environment that turns on vLLM's filesystem LoRA resolver over ``store`` (none without one)."""
+    if store is None:
+        return {}
+    store = Path(store).resolve()
+    if not store.is_dir():
+        raise ConfigError(f"lora_resolver_dir {store} is not a folder: create the adapter store first "
+                          "(`citeline adapter register` makes it)")
+    return {"VLLM_PLUGINS": "lora_filesystem_resolver", "VLLM_LORA_RESOLVER_CACHE_DIR": str(store),
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 
 
 def _wait_ready(server: VllmProcess, timeout_s: float) -> None:

@@ -6,6 +6,15 @@ in ``adapters`` (migration 0004) and a *served name* ``<name>-<version>`` where 
 hex digits of the sha256 of the adapter's config and weights. A re-trained adapter therefore never reuses an
 old one's name, and registering the same files twice is a no-op.
 
+The store is also what vLLM's filesystem LoRA resolver reads (``VLLM_LORA_RESOLVER_CACHE_DIR``): a request
+naming ``<served name>`` loads ``<store>/<served name>/`` on a server that has not loaded it yet (a new or
+restarted replica), but only if the folder's ``base_model_name_or_path`` equals the base model vLLM was
+started with (``vllm serve MODEL``). Adapters are often trained elsewhere (another path, a hub id), so the
+stored copy records the base as vLLM names it (``served_base``; default the base model folder, which is
+``adapters.base_model_path``: the deploy files start vLLM on that same path) in its
+``adapter_config.json``. The version stays the hash of the files as given; the copy is checked by preflight
+after that edit and never changes once it has its final name.
+
 Statuses: ``registered`` (checked, not serving), ``active`` (the team's current adapter, at most one per
 team: a partial unique index), ``retired`` (replaced or withdrawn, kept for the audit trail). Every
 registration runs :func:`citeline.lora.manifest.preflight` against the base model the servers run; an adapter
@@ -18,6 +27,7 @@ Which adapter a request uses is :mod:`citeline.lora.routing`; when an adapter ma
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import functools
 import hashlib
 import json
@@ -138,10 +148,13 @@ class AdapterRegistry:
                 yield conn
 
     def register(self, source: Path, *, team: str, name: str | None, base_model_dir: Path, max_rank: int,
-                 actor: str, conn: psycopg.Connection | None = None) -> tuple[AdapterVersion, bool]:
+                 actor: str, conn: psycopg.Connection | None = None,
+                 served_base: str | None = None) -> tuple[AdapterVersion, bool]:
         """Check, copy and record an adapter folder; returns (the version, whether it is new).
 
         ``conn``: the caller's transaction (the row then commits with whatever else it writes there).
+        ``served_base``: the base model as vLLM was started with it (``vllm serve MODEL``), written into the
+        stored copy's ``base_model_name_or_path`` for vLLM's filesystem resolver; default ``str(base_model_dir)``.
         """
         source = Path(source).resolve()
         name = name or team
@@ -167,7 +180,8 @@ class AdapterRegistry:
             config = read_json(source / ADAPTER_CONFIG)  # preflight checked it; a swap since is refused here
         except (OSError, ValueError) as exc:
             raise AdapterError(f"adapter {source} cannot be registered: {exc}") from None
-        dest = self._copy(source, served)
+        dest = self._copy(source, served, served_base=served_base or str(base_model_dir),
+                          base_model_dir=base_model_dir, max_rank=max_rank)
         try:
             with self._tx(conn) as c:
                 row = c.cursor(row_factory=_ROWS).execute(_INSERT, {
@@ -185,16 +199,16 @@ class AdapterRegistry:
         assert row is not None
         return row, True
 
-    def _copy(self, source: Path, served: str) -> Path:
+    def _copy(self, source: Path, served: str, *, served_base: str, base_model_dir: Path, max_rank: int) -> Path:
         """Copy the folder into the store atomically (a half-copied folder never has the final name).
 
         Files are read without following symlinks, and the copy must hash to ``served``'s version: a file
         swapped since the preflight (for a link, or for other bytes) fails the registration and nothing is kept.
+        The copy then records ``served_base`` and must still pass preflight; a folder already in place with the
+        same files is kept as it is (a server may be reading it).
         """
         dest = self.store / served
         version = served.rsplit("-", 1)[1]
-        if (dest / ADAPTER_WEIGHTS).is_file() and adapter_version(dest)[:12] == version:
-            return dest
         self.store.mkdir(parents=True, exist_ok=True)
         tmp = self.store / f".{served}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -207,11 +221,15 @@ class AdapterRegistry:
                     continue
             if adapter_version(tmp)[:12] != version:
                 raise AdapterError(f"adapter {source} changed while it was being registered: register it again")
+            _record_served_base(tmp, served_base, base_model_dir=base_model_dir, max_rank=max_rank)
         except (OSError, ValueError, AdapterError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, AdapterError):
                 raise
             raise AdapterError(f"adapter {source} cannot be copied into the store: {exc}") from None
+        if _same_files(tmp, dest):
+            shutil.rmtree(tmp)
+            return dest
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -264,3 +282,25 @@ class AdapterRegistry:
         if row is None:
             raise AdapterError(f"no adapter {served_name!r} is registered: see `citeline adapter list`")
         return row
+
+
+def _record_served_base(copy: Path, served_base: str, *, base_model_dir: Path, max_rank: int) -> None:
+    """Write ``served_base`` into the copy's base_model_name_or_path; the copy must then pass preflight."""
+    config = read_json(copy / ADAPTER_CONFIG)
+    if config.get("base_model_name_or_path") != served_base:
+        config["base_model_name_or_path"] = served_base
+        (copy / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if problems := preflight(copy, base_model_dir=base_model_dir, max_rank=max_rank):
+        listed = "; ".join(f"{p.kind.value}: {p.message}" for p in problems)
+        raise AdapterError(f"the stored copy, recording the base as {served_base!r} for vLLM's LoRA resolver, "
+                           f"fails preflight ({listed}): serve the base from a path or hub id ending in "
+                           f"{base_model_dir.name!r} (the deploy files run `vllm serve` on adapters.base_model_path)")
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether folder ``b`` holds exactly ``a``'s adapter files with the same bytes."""
+    if not b.is_dir():
+        return False
+    names = [n for n in ADAPTER_FILES if (a / n).exists() or (b / n).exists()]
+    return all((a / n).is_file() and (b / n).is_file() and filecmp.cmp(a / n, b / n, shallow=False)
+               for n in names)
