@@ -154,7 +154,7 @@ class Citeline:
     @functools.cached_property
     def database(self) -> DatabaseLifecycle:
         """The index's database: migrations' status, migrate, drop a namespace (``citeline db``)."""
-        return DatabaseLifecycle(self.settings, self.namespace, lambda: self.db)
+        return DatabaseLifecycle(self.settings, self.namespace, lambda: self.embedder.dimension)
 
     @functools.cached_property
     def sources(self) -> Sources:

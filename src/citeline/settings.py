@@ -47,7 +47,6 @@ class _Section(BaseModel):
 
 class DatabaseSettings(_Section):
     """PostgreSQL. Without ``url`` citeline runs an embedded server in ``<home>/pgdata``."""
-
     url: SecretStr | None = None
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(8, ge=1)
@@ -60,6 +59,7 @@ class DatabaseSettings(_Section):
     statement_timeout_s: float = Field(30.0, ge=0, description="citeline serve: longest a request's SQL statement "
                                        "may run (503 with Retry-After after that); 0 = no limit")
     namespace: str = Field("citeline", description="Postgres schema holding this index")
+    auto_migrate: bool = Field(True, description="apply pending migrations on opening; false: fail until `db migrate`")
 
     @field_validator("namespace")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -15,38 +16,65 @@ NamespaceOption = Annotated[str | None, typer.Option("--namespace", metavar="NAM
                                                      help="another namespace than database.namespace")]
 
 
+RUNTIME_PASSWORD_ENV = "CITELINE_RUNTIME_DB_PASSWORD"
+
+
 @app.command("status")
 def status(namespace: NamespaceOption = None, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Each migration of the namespace: ok, changed (edited since it ran), pending or unknown (applied by a newer
-    citeline). Changes nothing; exit status 1 if any is not ok."""
+    citeline), and the login this runs as (may it migrate?). Changes nothing; exit status 1 if any is not ok."""
     with opened(config) as cl:
         name = namespace or cl.namespace
         rows = cl.database.status(name)
+        login = cl.database.login(name)
     if as_json:
-        print_json({"namespace": name, "migrations": [
-            {"version": r.version, "name": r.name, "applied_at": r.applied_at, "state": r.state.value} for r in rows]})
+        print_json({"namespace": name, "login": {"name": login.login, "superuser": login.superuser,
+                                                 "may_migrate": login.may_migrate},
+                    "migrations": [{"version": r.version, "name": r.name, "applied_at": r.applied_at,
+                                    "state": r.state.value} for r in rows]})
     else:
         table = PlainTable("version", "name", "applied at", "state", title=f"namespace {name}")
         for r in rows:
             table.add_row(f"{r.version:04d}", r.name, _when(r.applied_at), r.state.value)
         console.print(table)
+        console.print(f"login {login.login}: {'may' if login.may_migrate else 'may not'} migrate namespace {name}"
+                      f"{' (superuser)' if login.superuser else ''}", markup=False)
     if any(r.state.value != "ok" for r in rows):
         raise typer.Exit(1)
 
 
 @app.command("migrate")
-def migrate(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Apply the configured namespace's pending migrations (creating it if needed); print those applied."""
+def migrate(
+    runtime_login: Annotated[str | None, typer.Option(
+        "--runtime-login", metavar="NAME", show_default=False,
+        help=f"then create login NAME if missing (password from ${RUNTIME_PASSWORD_ENV}; set on an existing "
+             "login, it is changed) and grant it citeline_reader and citeline_writer only: the login servers and "
+             "the scheduler use")] = None,
+    config: ConfigOption = None, as_json: JsonOption = False,
+) -> None:
+    """Apply the configured namespace's pending migrations (creating it if needed) as this login (the admin), even
+    with database.auto_migrate false; print those applied."""
+    password = os.environ.get(RUNTIME_PASSWORD_ENV)  # never printed nor logged
     with opened(config) as cl:
-        applied = cl.database.migrate()
+        done = cl.database.migrate(runtime_login, password if runtime_login else None)
         name = cl.namespace
+    login = done.runtime_login
     if as_json:
-        print_json({"namespace": name, "applied": [{"version": r.version, "name": r.name} for r in applied]})
+        report: dict[str, object] = {"namespace": name,
+                                     "applied": [{"version": r.version, "name": r.name} for r in done.applied]}
+        if login is not None:
+            report["runtime_login"] = {"name": login.name, "created": login.created,
+                                       "password_set": login.password_set, "roles": list(login.roles),
+                                       "granted": list(login.granted)}
+        print_json(report)
         return
-    if not applied:
+    if not done.applied:
         console.print(f"namespace {name}: up to date, nothing applied", markup=False)
-    for r in applied:
+    for r in done.applied:
         console.print(f"applied {r.version:04d}_{r.name} to namespace {name}", markup=False)
+    if login is not None:
+        what = "created" if login.created else ("password changed" if login.password_set else "exists")
+        console.print(f"runtime login {login.name}: {what}; holds {', '.join(login.roles)}", markup=False)
 
 
 @app.command("drop-namespace")

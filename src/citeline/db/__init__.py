@@ -10,8 +10,12 @@ Every query runs in a transaction that has taken one of two roles:
   ``citeline_reader`` cannot name another principal by setting ``citeline.user`` itself.
 * :meth:`Database.writer` — ``citeline_writer`` for ingest and admin work (sees and writes everything).
 
-The connection's own login (the embedded superuser, or the ``CITELINE_DATABASE_URL`` user) owns the
-schema and runs migrations; it must be allowed to create the two roles once.
+The connection's own login owns nothing: it only needs the two roles. The schema's owner (the admin login:
+``citeline db migrate`` with its ``CITELINE_DATABASE_URL``, or the embedded server's superuser, kept as
+``admin_url``) runs the migrations. Opening a Database first reads the namespace's state (which migrations are
+applied, with their checksums): an up-to-date namespace is opened without a lock or any DDL. Pending
+migrations are applied when ``database.auto_migrate`` is true (and the login may), else opening fails
+naming them and ``citeline db migrate`` (:mod:`citeline.db.roles` has the least-privilege logins).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from citeline.db.local import start_embedded
-from citeline.db.migrations import apply_migrations, stored_dimension
+from citeline.db.migrations import (Migration, apply_migrations, may_not_migrate, migrations_needed,
+                                    stored_dimension)
 from citeline.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -62,25 +67,24 @@ def _dimension(conn: psycopg.Connection, namespace: str, embedding_dim: int | Ca
 
 
 class Database:
-    """A pool of connections to one namespace (Postgres schema) of the citeline index."""
+    """A pool of connections to one namespace (Postgres schema) of the citeline index.
+
+    ``admin_url``: a login that owns the schema, for the owner's work (migrations, :meth:`drop_namespace`)
+    where ``url``'s login may not do it (the embedded server's application login); None: ``url``'s own.
+    ``auto_migrate``: apply pending migrations on opening (else opening a namespace that has some fails).
+    """
 
     def __init__(self, url: str, *, namespace: str, embedding_dim: int | Callable[[], int],
                  ts_config: str = "english", min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
-                 ef_search: int = 200, pool_timeout_s: float | None = None) -> None:
+                 ef_search: int = 200, pool_timeout_s: float | None = None, admin_url: str | None = None,
+                 auto_migrate: bool = True) -> None:
         self.url = url
+        self.admin_url = admin_url
         self._limits: tuple[str, str] | None = None  # (lock_timeout, statement_timeout) of request transactions
         self.namespace = namespace
         self.ts_config = ts_config
         self.ef_search = ef_search
-        try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout_s)) as conn:
-                self.embedding_dim = _dimension(conn, namespace, embedding_dim)
-                self.applied_migrations = apply_migrations(conn, namespace, self.embedding_dim, ts_config)
-        except psycopg.OperationalError as exc:
-            raise DatabaseError(
-                f"cannot connect to PostgreSQL ({_redact(url)}): {exc}; check CITELINE_DATABASE_URL "
-                "or unset it to use the embedded server"
-            ) from exc
+        self.embedding_dim, self.applied_migrations = self._prepare(embedding_dim, auto_migrate, connect_timeout_s)
         self._set_search_path = _SET_SEARCH_PATH.format(sql.Identifier(namespace)).as_string(None)
         self.pool = ConnectionPool(
             url,
@@ -92,6 +96,30 @@ class Database:
             open=True,
             name=f"citeline-{namespace}",
         )
+
+    def _prepare(self, embedding_dim: int | Callable[[], int], auto_migrate: bool,
+                 connect_timeout_s: float) -> tuple[int, list[int]]:
+        """The namespace's dimension and the migrations applied now: none (no lock, no DDL) where it is up to date."""
+        url = self.admin_url or self.url
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout_s)) as conn:
+                try:
+                    dimension = _dimension(conn, self.namespace, embedding_dim)
+                    needed = migrations_needed(conn, self.namespace)
+                except psycopg.errors.InsufficientPrivilege as exc:  # no SELECT on schema_migrations (before 0008)
+                    raise may_not_migrate(conn, self.namespace, exc) from exc
+                if not needed:
+                    return dimension, []
+                if not auto_migrate:
+                    raise DatabaseError(
+                        f"namespace {self.namespace!r} has pending migrations ({_names(needed)}) and "
+                        "database.auto_migrate is false: run `citeline db migrate` with the admin login")
+                return dimension, apply_migrations(conn, self.namespace, dimension, self.ts_config)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL ({_redact(url)}): {exc}; check CITELINE_DATABASE_URL "
+                "or unset it to use the embedded server"
+            ) from exc
 
     @classmethod
     def from_settings(cls, settings: Settings, embedding_dim: int | Callable[[], int],
@@ -107,6 +135,7 @@ class Database:
             connect_timeout_s=settings.database.connect_timeout_s,
             ef_search=settings.retrieval.ef_search,
             pool_timeout_s=settings.database.pool_timeout_s,
+            auto_migrate=settings.database.auto_migrate,
         )
 
     def limit_requests(self, *, lock_timeout_s: float, statement_timeout_s: float) -> None:
@@ -179,7 +208,7 @@ class Database:
 
     def drop_namespace(self) -> None:
         """Drop this namespace's schema and everything in it (used by evaluation clean-up and tests)."""
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with psycopg.connect(self.admin_url or self.url, autocommit=True) as conn:
             conn.execute(_DROP_NAMESPACE.format(sql.Identifier(self.namespace)))
 
     def close(self) -> None:
@@ -190,6 +219,10 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _names(migrations: list[Migration]) -> str:
+    return ", ".join(m.filename for m in migrations)
 
 
 def _redact(url: str) -> str:

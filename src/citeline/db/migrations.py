@@ -20,8 +20,8 @@ from psycopg.rows import dict_row
 
 from citeline.errors import DatabaseError, MigrationChecksumError, SchemaMismatchError
 
-__all__ = ["Migration", "apply_migrations", "available_migrations", "dimension_mismatch", "stored_dimension",
-           "verify_checksums"]
+__all__ = ["ROLES", "Migration", "apply_migrations", "available_migrations", "dimension_mismatch", "ensure_roles",
+           "may_not_migrate", "migrations_needed", "stored_dimension", "verify_checksums"]
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _MIGRATION_LOCK = 0x63697465  # "cite"
@@ -51,6 +51,7 @@ _ADOPT_CHECKSUM = "UPDATE schema_migrations SET checksum = %s WHERE version = %s
 _STORED_DIM = "SELECT value FROM index_meta WHERE key = 'embedding_dim'"
 _HAS_META = "SELECT to_regclass(%s) IS NOT NULL AS present"
 _STORED_DIM_OF = sql.SQL("SELECT value FROM {}.index_meta WHERE key = 'embedding_dim'")
+_VERSIONS_OF = sql.SQL("SELECT * FROM {}.schema_migrations")  # * : checksum is absent before 0.2
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def verify_checksums(recorded: dict[int, str | None], migrations: list[Migration
             )
 
 
-def _ensure_roles(conn: psycopg.Connection) -> None:
+def ensure_roles(conn: psycopg.Connection) -> None:
+    """Create the NOLOGIN roles where missing and make the current login a member of each (the migrating login)."""
     for role in ROLES:
         exists = conn.execute(_ROLE_EXISTS, (role,)).fetchone()
         if not exists:
@@ -101,11 +103,31 @@ def _ensure_roles(conn: psycopg.Connection) -> None:
             conn.execute(_GRANT_ROLE.format(sql.Identifier(role)))
 
 
+def may_not_migrate(conn: psycopg.Connection, schema: str, exc: psycopg.Error) -> DatabaseError:
+    """The error for a login that lacks a privilege the migrations (or reading their state) need."""
+    return DatabaseError(
+        f"login {conn.info.user!r} may not migrate namespace {schema!r} ({exc.diag.message_primary}): "
+        "run `citeline db migrate` with the admin login (its CITELINE_DATABASE_URL), then start again")
+
+
 def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, ts_config: str,
                      folder: Traversable | None = None) -> list[int]:
     """Create the namespace if needed and apply pending migrations; return the versions applied.
 
-    ``folder``: where the migration files are (default: the package's; tests point it elsewhere)."""
+    ``folder``: where the migration files are (default: the package's; tests point it elsewhere).
+    A login without the privileges (not the schema's owner) gets a :class:`DatabaseError` that says so."""
+    try:
+        return _apply(conn, schema, embedding_dim, ts_config, folder)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise may_not_migrate(conn, schema, exc) from exc
+    except DatabaseError as exc:  # a migration file that failed: for want of a privilege, or another reason
+        if isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+            raise may_not_migrate(conn, schema, exc.__cause__) from exc
+        raise
+
+
+def _apply(conn: psycopg.Connection, schema: str, embedding_dim: int, ts_config: str,
+           folder: Traversable | None) -> list[int]:
     if not isinstance(embedding_dim, int) or not 1 <= embedding_dim <= 16000:
         raise DatabaseError(f"embedding dimension {embedding_dim!r} is out of range 1..16000")
     if not re.fullmatch(r"[a-z_]+", ts_config):
@@ -121,7 +143,7 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
                 f"the pgvector extension is not available on this server ({exc.diag.message_primary}); "
                 "install pgvector >= 0.7 or unset CITELINE_DATABASE_URL to use the embedded server"
             ) from exc
-        _ensure_roles(conn)
+        ensure_roles(conn)
         conn.execute(_CREATE_SCHEMA.format(ident))
         conn.execute(_GRANT_SCHEMA.format(ident))
         conn.execute(_SEARCH_PATH.format(ident))
@@ -150,6 +172,25 @@ def apply_migrations(conn: psycopg.Connection, schema: str, embedding_dim: int, 
         if stored and int(stored["value"]) != embedding_dim:
             raise dimension_mismatch(schema, int(stored["value"]), embedding_dim)
     return applied
+
+
+def migrations_needed(conn: psycopg.Connection, schema: str, folder: Traversable | None = None) -> list[Migration]:
+    """What opening namespace ``schema`` would have to run; reads only (no lock, no DDL).
+
+    The pending files, and applied ones whose checksum is not recorded yet (the runner adopts it); an empty
+    list means the namespace is up to date. An applied file edited since raises :class:`MigrationChecksumError`.
+    Needs SELECT on ``schema_migrations`` (granted to the application's roles by migration 0008).
+    """
+    migrations = available_migrations(folder)
+    ident = sql.Identifier(schema)
+    found = conn.cursor(row_factory=dict_row).execute(
+        _HAS_META, (f"{ident.as_string(conn)}.schema_migrations",)).fetchone()
+    if not found or not found["present"]:
+        return migrations
+    done = {row["version"]: row.get("checksum")
+            for row in conn.cursor(row_factory=dict_row).execute(_VERSIONS_OF.format(ident))}
+    verify_checksums(done, migrations, schema)
+    return [mig for mig in migrations if mig.version not in done or done[mig.version] is None]
 
 
 def stored_dimension(conn: psycopg.Connection, schema: str) -> int | None:
