@@ -6,6 +6,9 @@
 * systemd/*: `systemd-analyze verify` where it is installed (any warning fails), and always a parse
   that checks the keys each unit needs;
 * every CITELINE_* variable they set is a real setting (src/citeline/settings.py).
+
+That the files agree with each other (max rank, base model, adapter store, mounts, migrate first, secrets)
+is tests/unit/test_deploy_agreement.py.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 SYSTEMD = DEPLOY / "systemd"
 INSTALLED_CITELINE = "/opt/citeline/venv/bin/citeline"  # the systemd units' install prefix
-ENV_NOT_SETTINGS = {"CITELINE_CONFIG", "CITELINE_LOG_LEVEL"}  # read by Settings.load / the CLI
+# read by Settings.load / the CLI (`citeline db migrate --runtime-login` reads the runtime login's password)
+ENV_NOT_SETTINGS = {"CITELINE_CONFIG", "CITELINE_LOG_LEVEL", "CITELINE_RUNTIME_DB_PASSWORD"}
 # a plugin's own options table: its keys are the Config fields of the plugins of that group
 PLUGIN_OPTIONS = {"embedding": plugins.EMBEDDERS, "chunking": plugins.CHUNKERS, "generation": plugins.GENERATORS}
 
@@ -149,26 +153,33 @@ def test_compose_validation_fails_on_a_broken_file():
 
 def test_compose_services():
     services = load_compose()["services"]
-    assert set(services) == {"postgres", "vllm", "api", "scheduler"}
+    assert set(services) == {"postgres", "migrate", "embedder", "vllm", "vllm-cpu", "api", "scheduler"}
     assert services["postgres"]["image"] == "pgvector/pgvector:pg17"
-    vllm = services["vllm"]
-    assert vllm["image"].startswith("vllm/vllm-openai:")
-    flags = " ".join(vllm["command"])
-    assert "--enable-lora" in flags and "--max-loras=" in flags and "--max-lora-rank=" in flags
-    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    vllm, cpu = services["vllm"], services["vllm-cpu"]
+    assert vllm["image"].startswith("vllm/vllm-openai:") and vllm["profiles"] == ["gpu"]
+    assert "vllm-cpu" in cpu["image"] and cpu["profiles"] == ["cpu"]
+    assert cpu["networks"]["default"]["aliases"] == ["vllm"]  # the api reaches either as http://vllm:8000
+    for svc in (vllm, cpu):
+        flags = " ".join(svc["command"])
+        assert "--enable-lora" in flags and "--max-loras=" in flags and "--max-lora-rank=" in flags
     [device] = vllm["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["count"] == 1
-    assert any(v.startswith("adapters:/adapters") for v in vllm["volumes"])
+    assert "deploy" not in cpu
     api, scheduler = services["api"], services["scheduler"]
     assert api["command"][0] == "serve" and "/readyz" in " ".join(api["healthcheck"]["test"])
     assert scheduler["command"] == ["scheduler"] and scheduler["stop_signal"] == "SIGTERM"
+    for svc in (api, scheduler, services["migrate"]):
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile" and svc["build"]["args"]["CITELINE_EXTRAS"] == "server"
     for svc in (api, scheduler):
-        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert svc["environment"]["CITELINE_GENERATION__BACKEND"] == "openai"
         assert svc["environment"]["CITELINE_GENERATION__OPTIONS__BASE_URL"] == "http://vllm:8000/v1"
         assert [f["path"] for f in svc["env_file"]] == ["./citeline.env"]  # secrets from an env file
-        assert any(v.startswith("adapters:/adapters") for v in svc["volumes"])
-    for env_file in ("citeline.env", "postgres.env", "vllm.env"):
+        assert svc["depends_on"]["embedder"]["condition"] == "service_healthy"
+        assert all(not svc["depends_on"][v].get("required", True) for v in ("vllm", "vllm-cpu"))  # by profile
+    embedder = services["embedder"]
+    assert embedder["command"][:1] == ["model-server"] and "local" in embedder["build"]["args"]["CITELINE_EXTRAS"]
+    assert embedder["environment"]["CITELINE_GENERATION__BACKEND"] == "extractive"  # no generation model
+    for env_file in ("citeline.env", "postgres.env", "migrate.env", "vllm.env"):
         assert (DEPLOY / f"{env_file}.example").is_file()
 
 
@@ -261,7 +272,7 @@ def test_vllm_has_a_gpu_runtime_lora_and_the_adapter_volume():
     assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in container["env"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["adapters"]["persistentVolumeClaim"]["claimName"] in by_kind("PersistentVolumeClaim")
-    assert {"name": "adapters", "mountPath": "/adapters"} in container["volumeMounts"]
+    assert {"name": "adapters", "mountPath": "/adapters", "readOnly": True} in container["volumeMounts"]
 
 
 def test_scheduler_cronjob_secrets_and_config():
@@ -286,7 +297,7 @@ def units() -> dict[str, str]:
 def test_systemd_units_are_all_there_and_complete():
     found = units()
     assert set(found) == {"citeline-serve.service", "citeline-scheduler.service", "citeline-sync@.service",
-                          "citeline-sync@.timer"}
+                          "citeline-sync@.timer", "citeline-migrate.service", "citeline-embedder.service"}
     assert [p for name, text in found.items() for p in unit_problems(name, text)] == []
     scheduler = parse_unit(found["citeline-scheduler.service"])["Service"]
     assert scheduler["ExecStart"][0].startswith(f"{INSTALLED_CITELINE} scheduler ")
@@ -317,7 +328,8 @@ def test_environment_variables_are_real_settings():
         names |= set(re.findall(r"\bCITELINE_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
     assert {"CITELINE_DATABASE_URL", "CITELINE_GENERATION__BACKEND", "CITELINE_GENERATION__OPTIONS__BASE_URL",
             "CITELINE_GENERATION__OPTIONS__MODEL", "CITELINE_CONFIG"} <= names
-    names -= {"CITELINE_BASE_MODEL", "CITELINE_PORT", "CITELINE_SOURCES_DIR"}  # compose's own ${...} variables
+    # compose's own ${...} variables, and the Dockerfile's build argument
+    names -= {"CITELINE_BASE_MODEL", "CITELINE_PORT", "CITELINE_SOURCES_DIR", "CITELINE_MODELS_DIR", "CITELINE_EXTRAS"}
     assert env_problems(names) == []
     assert env_problems({"CITELINE_GENERATION__BASEURL", "CITELINE_DATABASE__URL"}) == ["CITELINE_GENERATION__BASEURL"]
     assert env_problems({"CITELINE_GENERATION__OPTIONS__BASEURL", "CITELINE_GENERATION__BASE_URL",
