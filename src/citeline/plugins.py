@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from citeline.errors import ConfigError
 
 __all__ = ["CHUNKERS", "CONNECTORS", "EMBEDDERS", "GENERATORS", "RERANKERS", "VERIFIERS", "available", "configure",
-           "create", "load", "missing_module_error"]
+           "create", "extra_for", "load", "missing_module_error"]
 
 CONNECTORS = "citeline.connectors"
 CHUNKERS = "citeline.chunkers"
@@ -102,10 +102,15 @@ def create(group: str, name: str, options: Mapping[str, Any], *, section: str,
         raise missing_module_error(f"plugin {name!r} in {group}", exc) from exc
 
 
+def extra_for(exc: ModuleNotFoundError) -> str | None:
+    """The citeline extra that installs ``exc``'s missing module, or None when no extra does."""
+    return _EXTRAS.get((exc.name or "").partition(".")[0])
+
+
 def missing_module_error(what: str, exc: ModuleNotFoundError) -> ConfigError:
     """``what`` cannot run because ``exc``'s module is not installed: a ConfigError naming the extra to install."""
     module = (exc.name or "").partition(".")[0] or "?"
-    extra = _EXTRAS.get(module)
+    extra = extra_for(exc)
     fix = (f"pip install 'citeline[{extra}]'" if extra
            else "install the package that provides it (pip install ...)")
     return ConfigError(f"{what} needs the module {module!r}, which is not installed: {fix}")

@@ -85,3 +85,33 @@ def test_serving_without_the_server_extra_names_it(monkeypatch, command):
     assert isinstance(result.exception, ConfigError), result.output
     assert f"citeline {command} needs the module 'uvicorn'" in str(result.exception)
     assert "pip install 'citeline[server]'" in str(result.exception)
+
+
+def test_a_command_that_needs_a_missing_extra_says_which_not_a_traceback(monkeypatch, tmp_path, capsys):
+    """`citeline adapter train` in a [server] install: transformers is missing when the training starts."""
+    from citeline.cli import main
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    data = Path(__file__).parents[2] / "examples" / "adapters" / "support" / "train.jsonl"
+    _uninstalled(monkeypatch, "transformers", "torch", "peft")
+    monkeypatch.setenv("CITELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["citeline", "adapter", "train", "--team", "support", "--data", str(data),
+                                      "--base", str(tmp_path / "base"), "--output", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code != 0
+    message = " ".join(capsys.readouterr().err.split())
+    assert "this command needs the module" in message and "pip install 'citeline[local]'" in message
+
+
+def test_a_missing_module_no_extra_brings_is_not_dressed_up(monkeypatch):
+    from citeline import cli
+
+    def broken() -> None:
+        raise ModuleNotFoundError("No module named 'citeline_typo'", name="citeline_typo")
+
+    monkeypatch.setattr(cli, "app", broken)
+    with pytest.raises(ModuleNotFoundError):  # a bug, not a missing extra: the traceback stays
+        cli.main()

@@ -31,6 +31,7 @@ from citeline.cli import (
 )
 from citeline.cli._common import LiteralHelpGroup, fail
 from citeline.errors import CitelineError
+from citeline.plugins import extra_for, missing_module_error
 
 __all__ = ["app", "main"]
 
@@ -81,5 +82,9 @@ def main() -> None:
         app()
     except CitelineError as exc:
         fail(str(exc))
+    except ModuleNotFoundError as exc:  # a command that needs an extra this install lacks (torch in a [server] one)
+        if extra_for(exc) is None:
+            raise
+        fail(str(missing_module_error("this command", exc)))
     except KeyboardInterrupt:
         sys.exit(130)
