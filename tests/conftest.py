@@ -47,10 +47,13 @@ def chunker(embedder):
 
 @pytest.fixture
 def db(pg_url: str, embedder) -> Iterator:
-    """A fresh namespace (Postgres schema) for one test, dropped afterwards."""
+    """A fresh namespace (Postgres schema) for one test, dropped afterwards. Its pool logs in as the embedded
+    server's application login (not a superuser: the runtime roles only); ``pg_url`` (``db.admin_url``) owns it."""
     from citeline.db import Database
+    from citeline.db.roles import embedded_login_url
 
-    database = Database(pg_url, namespace=f"t_{uuid.uuid4().hex[:12]}", embedding_dim=embedder.dimension)
+    database = Database(embedded_login_url(pg_url), admin_url=pg_url, namespace=f"t_{uuid.uuid4().hex[:12]}",
+                        embedding_dim=embedder.dimension)
     try:
         yield database
     finally:

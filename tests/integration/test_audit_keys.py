@@ -21,7 +21,7 @@ KEY = b"test-audit-key-0123456789abcdef0123"  # the chain's HMAC key (outside th
 
 
 def owner(db, query: str, *args: object) -> None:
-    with psycopg.connect(db.url, autocommit=True) as conn:
+    with psycopg.connect(db.admin_url or db.url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(db.namespace)))
         conn.execute(query, args or None)  # type: ignore[arg-type]
 

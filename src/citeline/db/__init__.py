@@ -33,6 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from citeline.db.local import start_embedded
 from citeline.db.migrations import (Migration, apply_migrations, may_not_migrate, migrations_needed,
                                     stored_dimension)
+from citeline.db.roles import embedded_login_url
 from citeline.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -124,9 +125,15 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings, embedding_dim: int | Callable[[], int],
                       namespace: str | None = None) -> Database:
-        url = settings.effective_database_url() or start_embedded(settings.home)
+        """The configured server's pool logs in as its URL's login; the embedded server's as the application login
+        ``citeline_app`` (not a superuser), with the superuser kept as ``admin_url`` for the owner's work."""
+        url, admin_url = settings.effective_database_url(), None
+        if url is None:
+            admin_url = start_embedded(settings.home)
+            url = embedded_login_url(admin_url)
         return cls(
             url,
+            admin_url=admin_url,
             namespace=namespace or settings.database.namespace,
             embedding_dim=embedding_dim,
             ts_config=settings.retrieval.text_search_config,
