@@ -139,6 +139,8 @@ def k8s_problems(settings: Settings, k8s: list[dict]) -> list[str]:
             problems.append(f"k8s {name}: the audit key must come from a Secret; the admin login is the Job's")
         if kind == "CronJob":
             continue
+        if env.get("CITELINE_GENERATION__OPTIONS__MODEL") != flag(vllm["args"], "--served-model-name"):
+            problems.append(f"k8s {name}: asks for a model vLLM does not serve the base as")
         mounts = claim_mounts(pod, main)
         if mounts.get(store) != (vmounts[store][0], False):
             problems.append(f"k8s {name}: does not mount vLLM's adapter claim read-write at {store}")
