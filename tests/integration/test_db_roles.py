@@ -1,7 +1,9 @@
 """Least-privilege logins, adversarially: `citeline db migrate --runtime-login`, auto_migrate, the embedded app login.
 
 The runtime-login tests run against a separately started PostgreSQL with scram-sha-256 authentication
-(tests/support/postgres_server.py, the embedded server's binaries), so that passwords are really checked.
+(tests/support/postgres_server.py, the embedded server's binaries), so that passwords are really checked, and
+the admin login that migrates is not a superuser (as on a managed PostgreSQL): it has CREATEROLE and CREATE on
+the database, and a superuser created the extension ``vector`` beforehand.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from tests.support.postgres_server import PostgresServer, start_postgres
 pytestmark = pytest.mark.integration
 
 PASSWORD_ENV = "CITELINE_RUNTIME_DB_PASSWORD"
+OWNER = "citeline_owner"  # the admin login: migrates, owns the namespaces; not a superuser
+OWNER_PASSWORD = secrets.token_urlsafe(16)
 
 
 def _free_port() -> int:
@@ -50,6 +54,11 @@ def server() -> Iterator[PostgresServer]:
     with psycopg.connect(srv.url(), autocommit=True) as conn:  # every statement in the log: passwords must not be
         conn.execute("ALTER SYSTEM SET log_statement = 'all'")
         conn.execute("SELECT pg_reload_conf()")
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
+            sql.Identifier(OWNER), sql.Literal(OWNER_PASSWORD)))
+        conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+            sql.Identifier(srv.database), sql.Identifier(OWNER)))
+        conn.execute("CREATE EXTENSION vector")
     try:
         yield srv
     finally:
@@ -63,7 +72,7 @@ def env(tmp_path, server, monkeypatch) -> str:
     root = tmp_path / "acme"
     shutil.copytree(REPO / "examples" / "acme", root, ignore=shutil.ignore_patterns(".citeline"))
     name = f"roles_{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("CITELINE_DATABASE_URL", server.url())
+    monkeypatch.setenv("CITELINE_DATABASE_URL", admin_url(server))
     monkeypatch.setenv("CITELINE_DATABASE__NAMESPACE", name)
     monkeypatch.setenv("CITELINE_CONFIG", str(root / "citeline.toml"))
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
@@ -85,6 +94,10 @@ def can_connect(server: PostgresServer, user: str, password: str) -> bool:
             return True
     except psycopg.OperationalError:
         return False
+
+
+def admin_url(server: PostgresServer) -> str:
+    return server.url(OWNER, OWNER_PASSWORD)
 
 
 def admin_sql(server: PostgresServer, query: str, *args: object) -> list[tuple]:
@@ -122,6 +135,8 @@ def test_migrate_creates_rotates_and_never_shows_the_password(env, server, monke
         "name": name, "created": False, "password_set": True, "roles": None, "granted": []}
     assert json.loads(out)["applied"] == []
     assert can_connect(server, name, second) and not can_connect(server, name, first)
+    code, out = run("db", "status", "--json")
+    assert code == 0 and json.loads(out)["login"] == {"name": OWNER, "superuser": False, "may_migrate": True}
     code, out = migrate_login(monkeypatch, name, None)  # no password: the login's is kept
     assert code == 0 and json.loads(out)["runtime_login"]["password_set"] is False
     assert can_connect(server, name, second)
@@ -201,15 +216,15 @@ def test_pending_migrations_are_refused_clearly(env, server, monkeypatch):
 
 def test_an_up_to_date_namespace_opens_without_the_migration_lock(env, server, monkeypatch):
     assert run("db", "migrate")[0] == 0
-    with psycopg.connect(server.url(), autocommit=True) as holder:
+    with psycopg.connect(admin_url(server), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (0x63697465,))  # the migrations' lock, held elsewhere
         started = time.monotonic()
-        Database(server.url(), namespace=env, embedding_dim=384, connect_timeout_s=5).close()
+        Database(admin_url(server), namespace=env, embedding_dim=384, connect_timeout_s=5).close()
         assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("hostile", ["x; DROP TABLE chunks", "postgres", '"quoted"', "Upper", "pg_evil",
-                                     "citeline_writer", "citeline_lexicon", "a b", "x'--", "citeline"])
+                                     "citeline_writer", "citeline_lexicon", "a b", "x'--", "citeline", OWNER])
 def test_hostile_or_privileged_login_names_are_refused(env, server, monkeypatch, hostile):
     roles = admin_sql(server, "SELECT count(*) FROM pg_roles")
     code, out = migrate_login(monkeypatch, hostile, "pw-" + secrets.token_urlsafe(8))
