@@ -150,6 +150,7 @@ def test_the_lean_install_syncs_and_answers_with_citations_through_the_model_ser
         resp = client.chat.completions.create(model="citeline", messages=[{"role": "user", "content": DEPLOY}])
         extra = resp.model_extra or {}
         assert resp.choices[0].message.content.strip() and extra["refused"] is False
+        assert resp.usage is not None and resp.usage.completion_tokens > 0  # the model server wrote it, not extractive
         assert any(c["external_id"] == "engineering/deploy-process.md" for c in extra["citations"])
         assert {c["n"] for c in extra["citations"]} <= {s["n"] for s in extra["sources"]}
     finally:
