@@ -262,3 +262,15 @@ def test_settings_without_a_url_use_the_embedded_application_login(tmp_path):
         with psycopg.connect(db.admin_url or "") as conn:
             assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (True,)
         db.drop_namespace()
+
+
+def test_a_login_without_admin_option_on_the_roles_is_told_and_creates_nothing(env, server):
+    from citeline.db.roles import ensure_runtime_login
+
+    weak, weak_password, name = login("w"), secrets.token_urlsafe(16), login("x")
+    admin_sql(server, sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
+        sql.Identifier(weak), sql.Literal(weak_password)).as_string(None))
+    with psycopg.connect(server.url(weak, weak_password), autocommit=True) as conn:
+        with pytest.raises(DatabaseError, match=rf"login '{weak}' may not create or change login '{name}'.*ADMIN"):
+            ensure_runtime_login(conn, name, "pw-" + secrets.token_urlsafe(8), env)
+    assert not admin_sql(server, "SELECT 1 FROM pg_roles WHERE rolname = %s", name)  # rolled back as one

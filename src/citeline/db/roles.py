@@ -149,6 +149,16 @@ def ensure_runtime_login(conn: psycopg.Connection, name: str, password: str | No
     validate_login_name(name)
     if password is not None and not password:
         raise DatabaseError("CITELINE_RUNTIME_DB_PASSWORD is empty; set a password or unset it")
+    try:
+        return _ensure_login(conn, name, password, namespace)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            f"login {conn.info.user!r} may not create or change login {name!r} ({exc.diag.message_primary}): run "
+            "this as the admin login, which needs CREATEROLE and ADMIN OPTION on citeline_reader and "
+            "citeline_writer (it has both where it created them)") from exc
+
+
+def _ensure_login(conn: psycopg.Connection, name: str, password: str | None, namespace: str) -> RuntimeLogin:
     ident = sql.Identifier(name)
     with conn.transaction():
         conn.execute(_LOCK, (_ROLES_LOCK,))
