@@ -209,6 +209,11 @@ def test_pending_migrations_are_refused_clearly(env, server, monkeypatch):
         Database(runtime, namespace=env, embedding_dim=384, auto_migrate=False)
     with pytest.raises(DatabaseError, match=rf"login '{name}' may not migrate.*admin login"):
         Database(runtime, namespace=env, embedding_dim=384)
+    with monkeypatch.context() as m:  # as the deploy files run the servers: the setting from the environment
+        m.setenv("CITELINE_DATABASE_URL", runtime)
+        m.setenv("CITELINE_DATABASE__AUTO_MIGRATE", "false")
+        code, out = run("principals", "list")
+        assert code == 1 and last.filename in out and "citeline db migrate" in " ".join(out.split()), out
     code, out = run("db", "migrate", "--json")  # the admin applies it
     assert code == 0 and json.loads(out)["applied"] == [{"version": last.version, "name": last.name}], out
     Database(runtime, namespace=env, embedding_dim=384, auto_migrate=False).close()
