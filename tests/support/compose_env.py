@@ -67,7 +67,8 @@ class ComposeFile:
 
     def service(self, name: str, *, secrets: Mapping[str, Mapping[str, str]] | None = None) -> Service:
         """Service ``name``; ``secrets`` maps an env file's name (``citeline.env``) to what it would carry. A
-        required env file with no entry there is an error (the test would run without what production has)."""
+        required env file with no entry there is an error (the test would run without what production has);
+        without ``secrets`` the env files are left out (to read a command or a flag)."""
         if name not in self.services:
             raise KeyError(f"{self.path} has no service {name!r} (services: {sorted(self.services)})")
         spec = self.services[name]
@@ -79,7 +80,7 @@ class ComposeFile:
             files.append(file)
             if secrets is not None and file in secrets:
                 env.update(secrets[file])
-            elif required:
+            elif required and secrets is not None:
                 raise KeyError(f"service {name!r} needs the env file {file}: pass its variables in secrets")
         env.update({k: self.interpolate(str(v)) for k, v in _as_mapping(spec.get("environment")).items()})
         depends = spec.get("depends_on") or []
