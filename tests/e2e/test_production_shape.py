@@ -22,10 +22,10 @@ name, and CITELINE_LOG_LEVEL=INFO for the logs printed on failure.
 Sync happens only on schedule (no ``citeline sync``). A background loop asks through both replicas (alice and
 bob, the official ``openai`` client, no client retries) from before the first sync until after the adapter's
 promotion: every non-200 and every transport error counts as a failed request, and none may fail. During the
-vLLM restart the loop is stopped first: the generation backend is down then by design (the replicas answer
-502/503 with a clear error), so those requests are not made rather than counted or excused; after the restart
-the test asks again and every request must succeed, served by the adapter through vLLM's resolver (no
-``adapter sync``). On any failure the tails of every process's log are printed.
+vLLM restart the loop is stopped first: the only generation backend is down then by design (a question that
+reaches the model cannot be answered by it), so no requests are made in that window rather than made and
+excused; after the restart the test asks again and every request must succeed, served by the adapter through
+vLLM's resolver (no ``adapter sync``). On any failure the tails of every process's log are printed.
 """
 
 from __future__ import annotations
