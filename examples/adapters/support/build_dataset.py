@@ -19,8 +19,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from citeline.domain import SearchHit
 from citeline.answers.prompt import build_prompt
+from citeline.domain import SearchHit
 
 HERE = Path(__file__).resolve().parent
 WIKI = "https://wiki.acme.example"

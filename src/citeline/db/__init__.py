@@ -31,8 +31,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from citeline.db.local import start_embedded
-from citeline.db.migrations import (Migration, apply_migrations, may_not_migrate, migrations_needed,
-                                    stored_dimension)
+from citeline.db.migrations import Migration, apply_migrations, may_not_migrate, migrations_needed, stored_dimension
 from citeline.db.roles import embedded_login_url
 from citeline.errors import DatabaseError
 

@@ -165,8 +165,8 @@ def _ensure_login(conn: psycopg.Connection, name: str, password: str | None, nam
         existing = _refuse(conn, name, namespace)
         if existing is None:
             if password is None:
-                raise DatabaseError(f"login {name!r} does not exist and CITELINE_RUNTIME_DB_PASSWORD is not set: set it "
-                                    "to the password the servers will use, and run `citeline db migrate` again")
+                raise DatabaseError(f"login {name!r} does not exist and CITELINE_RUNTIME_DB_PASSWORD is not set: "
+                                    "set it to the password the servers will use, and run `citeline db migrate` again")
             conn.execute(_CREATE_LOGIN.format(ident) + _WITH_PASSWORD.format(sql.Literal(scram_verifier(password))))
         elif password is not None:
             conn.execute(_SET_PASSWORD.format(ident, sql.Literal(scram_verifier(password))))
