@@ -29,6 +29,9 @@ class Metrics:
                                     ["outcome", "policy"], registry=self.registry)
         self.unsupported = Counter("citeline_unsupported_sentences", "sentences of model answers judged unsupported "
                                    "(dropped, replaced or flagged by the policy)", ["policy"], registry=self.registry)
+        self.answer_cache = Counter("citeline_answer_cache", "answer cache lookups by result: hit (generation "
+                                    "skipped: the same prompt and evidence were answered before) or miss",
+                                    ["result"], registry=self.registry)
         self.auth_failures = Counter("citeline_auth_failures", "requests refused for a missing or bad key",
                                      registry=self.registry)
         self.rejected = Counter("citeline_rejected_requests", "requests refused at the edge before any work, by "
@@ -48,10 +51,12 @@ class Metrics:
 
     def observe_answer(self, latency_ms: dict[str, float], *, refused: bool, shown: int, invalid: int,
                        policy: str = "off", verified: bool = False, fallback: bool = False,
-                       unsupported: int = 0) -> None:
+                       unsupported: int = 0, cache: str = "off") -> None:
         outcome = ("fallback" if fallback else "flagged" if policy == "flag" and unsupported
                    else "verified" if verified else "unchecked")
         self.verification.labels(outcome, policy).inc()
+        if cache in ("hit", "miss"):  # off: not looked up (refused before generation, sampled, cache disabled)
+            self.answer_cache.labels(cache).inc()
         if unsupported:
             self.unsupported.labels(policy).inc(unsupported)
         for stage, ms in latency_ms.items():

@@ -20,7 +20,7 @@ def observe(metrics: Metrics, answer: Answer, auth_ms: float) -> None:
     metrics.observe_answer(answer.latency_ms, refused=answer.refused, shown=len(answer.sources),
                            invalid=answer.invalid_citations, policy=answer.verify_policy,
                            verified=answer.verified, fallback=answer.fallback,
-                           unsupported=len(answer.unsupported))
+                           unsupported=len(answer.unsupported), cache=answer.cache)
 
 
 def sse(data: Any, event: str | None = None) -> str:

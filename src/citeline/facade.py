@@ -28,6 +28,7 @@ from citeline.access.audit import AuditLog, load_key
 from citeline.access.keys import Authenticated, KeyDirectory
 from citeline.access.principals import PrincipalDirectory
 from citeline.answers.assistant import Answer, AnswerStream, Assistant
+from citeline.answers.cache import AnswerCache
 from citeline.contracts.chunker import Chunker
 from citeline.contracts.embedder import Embedder
 from citeline.contracts.generator import ChatMessage, GenerationBackend
@@ -149,7 +150,20 @@ class Citeline:
     @functools.cached_property
     def adapters(self) -> Adapters:
         """Team adapters: the registry's listings and the audited lifecycle (register, promote, retire, sync)."""
-        return Adapters(self.settings, self.db, audit=lambda: self.audit, backend=lambda: self.backend)
+        return Adapters(self.settings, self.db, audit=lambda: self.audit, backend=lambda: self.backend,
+                        on_promote=self._promoted)
+
+    def _promoted(self, previous: str | None) -> None:
+        """An adapter was promoted here: drop the old version's cached answers (its successor's served name
+        is in the key, so it misses anyway; other replicas miss by the key alone)."""
+        cache = self.__dict__.get("answer_cache")  # only if this process made one
+        if cache is not None and previous is not None:
+            cache.clear(previous)
+
+    @functools.cached_property
+    def answer_cache(self) -> AnswerCache | None:
+        """Generated answers by what decided them (``answer.cache``; None when disabled)."""
+        return AnswerCache.from_settings(self.settings.answer.cache)
 
     @functools.cached_property
     def database(self) -> DatabaseLifecycle:
@@ -172,7 +186,8 @@ class Citeline:
     def assistant(self) -> Assistant:
         return Assistant(self.retriever, self.backend, self.audit, answer=self.settings.answer,
                          generation=self.settings.generation, router=self.router,
-                         verifier=self.verifier if self.settings.answer.verify != "off" else None)
+                         verifier=self.verifier if self.settings.answer.verify != "off" else None,
+                         cache=self.answer_cache)
 
     # -- operations ---------------------------------------------------------------------------------
     def sync(self, source: str | None = None, *, full: bool = False,

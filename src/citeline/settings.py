@@ -21,14 +21,16 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from citeline.answer_settings import AnswerCacheSettings, AnswerSettings
+from citeline.answer_settings import Section as _Section
 from citeline.errors import ConfigError
 
-__all__ = ["AdapterSettings", "AnswerSettings", "AuditSettings", "ChunkingSettings", "DatabaseSettings",
-           "EmbeddingSettings", "GenerationSettings", "RetrievalSettings", "SchedulerSettings", "ServerSettings",
-           "Settings", "SourcePolicySettings", "SourceSettings"]
+__all__ = ["AdapterSettings", "AnswerCacheSettings", "AnswerSettings", "AuditSettings", "ChunkingSettings",
+           "DatabaseSettings", "EmbeddingSettings", "GenerationSettings", "RetrievalSettings", "SchedulerSettings",
+           "ServerSettings", "Settings", "SourcePolicySettings", "SourceSettings"]
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _toml_path_var: contextvars.ContextVar[Path | None] = contextvars.ContextVar("citeline_toml", default=None)
@@ -39,10 +41,6 @@ def _problems(exc: ValueError) -> str:
     """A validation error as ``where: what`` lines, without the values given (they may be secrets)."""
     errors = exc.errors(include_url=False, include_input=False) if isinstance(exc, ValidationError) else None
     return str(exc) if errors is None else "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DatabaseSettings(_Section):
@@ -156,41 +154,6 @@ class GenerationSettings(_PluginSection):
         "extractive", description="no generation slot within queue_timeout_s: extractive = answer with the "
         "extractive answer from the same evidence (whole evidence sentences with their citations, the answer "
         "verification falls back to; the audit row says the model was busy); reject = 503 with Retry-After")
-
-
-class AnswerSettings(_Section):
-    """Grounded answers: when to refuse, how much evidence to show."""
-
-    min_score: float = Field(0.45, ge=-1.0, le=1.0, description="refuse without calling the model when the best "
-                             "visible chunk's cosine similarity to the question is below this (calibrated on the "
-                             "example corpus: see docs/benchmarks.md)")
-    evidence_k: int = Field(6, ge=1, le=50, description="retrieved chunks offered to the prompt builder")
-    refusal_sources: int = Field(3, ge=0, le=20, description="closest sources listed with a refusal")
-    verify: Literal["fallback", "drop", "flag", "off"] = Field(
-        "fallback", description="check every sentence against the evidence it cites (citeline.answers.verification): "
-        "fallback = drop unsupported sentences and answer extractively from the same evidence when fewer than "
-        "min_supported survive; drop = drop them; flag = keep them marked [unverified]; off = no check")
-    verifier: str = Field("lexical", description="entry point in group citeline.verifiers")
-    verifier_options: dict[str, Any] = Field(default_factory=dict, description="the verifier's own typed options "
-                                             "(its Config model), e.g. {min_coverage = 0.8}")
-    min_supported: float = Field(0.5, ge=0.0, le=1.0, description="fallback: the share of the model's stating "
-                                 "sentences that must be supported to keep its answer")
-    answerable_coverage: float = Field(0.35, ge=0.0, le=1.0, description="the extractive answer (and so the "
-                                       "fallback) refuses unless its sentences cover this share of the question's "
-                                       "content words, weighted by rarity ...")
-    answerable_similarity: float = Field(0.7, ge=-1.0, le=2.0, description="... or its best sentence is this "
-                                         "similar to the question (embedding cosine)")
-    early_fallback: int = Field(2, ge=0, le=100, description="fallback: stop generating once this many sentences "
-                                "are unsupported and none is supported (the answer will be the extractive one "
-                                "anyway); base-model answers only; 0 = always generate the whole answer")
-    repair_citations: bool = Field(True, description="a stating sentence without [n] gets the citation of the one "
-                                   "piece of evidence that supports it (else it is unsupported)")
-    rewrite: Literal["auto", "model", "rules"] = Field(
-        "auto", description="follow-up questions in a conversation become standalone questions for retrieval: "
-        "model = ask the generation model (checked; rules if its rewrite is unusable), rules = deterministic, "
-        "auto = model for the openai backend, rules otherwise")
-    history_tokens: int = Field(400, ge=0, le=8192, description="earlier turns of a conversation kept in the prompt "
-                                "(the most recent that fit)")
 
 
 class AdapterSettings(_Section):

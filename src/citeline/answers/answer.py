@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from citeline.answers.cache import CachedAnswer
 from citeline.answers.prompt import REFUSAL, GroundedPrompt
 from citeline.answers.verification import Unsupported
 from citeline.contracts.generator import ChatMessage
@@ -56,6 +57,12 @@ class Answer:
     finish_reason: str = "stop"  # "stop" or "length" (max_tokens reached)
     retrieval_question: str = ""  # the standalone question retrieval used (a follow-up rewritten with its history)
     stopped_early: bool = False  # generation stopped by answer.early_fallback (the fallback answered)
+    cache: str = "off"  # the answer cache: hit (generation skipped), miss (looked up, generated) or off
+
+    @property
+    def cached(self) -> bool:
+        """Whether the text came from the answer cache (generated earlier from exactly this evidence)."""
+        return self.cache == "hit"
 
     def as_dict(self) -> dict[str, Any]:
         return {"question": self.question, "answer": self.text, "refused": self.refused,
@@ -65,7 +72,7 @@ class Answer:
                 "verified": self.verified, "verify_policy": self.verify_policy, "fallback": self.fallback,
                 "unsupported": [u.as_dict() for u in self.unsupported],
                 "finish_reason": self.finish_reason, "retrieval_question": self.retrieval_question or self.question,
-                "stopped_early": self.stopped_early,
+                "stopped_early": self.stopped_early, "cached": self.cached,
                 "latency_ms": self.latency_ms, "audit_id": self.audit_id,
                 "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}}
 
@@ -92,6 +99,12 @@ class Prepared:
     stop: tuple[str, ...] = ()
     stopped_early: bool = False  # generation stopped by answer.early_fallback
     busy: bool = False  # no generation slot within generation.queue_timeout_s: answered extractively
+    cache_key: str | None = None  # the answer cache's key (None: not cached: refused, sampled, cache off)
+    hit: CachedAnswer | None = None  # the cached answer for cache_key
+
+    @property
+    def cache_state(self) -> str:
+        return "hit" if self.hit is not None else "miss" if self.cache_key is not None else "off"
 
 
 def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | None:

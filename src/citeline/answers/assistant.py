@@ -22,6 +22,9 @@ The parts: :mod:`citeline.answers.answer` (the :class:`Answer` returned), :mod:`
 
 Conversations: earlier turns (``history``) make a follow-up question standalone for retrieval
 (:mod:`citeline.answers.conversation`) and go into the prompt; the audit row records the question retrieval used.
+
+Cache (:mod:`citeline.answers.cache`): retrieval always runs; a greedy answer generated from exactly the same
+prompt and evidence is reused (``cached`` in the answer and its audit row).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, cast
 
 from citeline.access.audit import AuditLog
 from citeline.answers.answer import Answer, Citation, Prepared, best_similarity, citation, is_refusal
+from citeline.answers.cache import AnswerCache, CachedAnswer, request_key
 from citeline.answers.extractive import answers_question, extractive_answer
 from citeline.answers.lexical_verifier import LexicalVerifier, SentenceVectors
 from citeline.answers.prompt import REFUSAL, build_prompt, check_citations
@@ -63,8 +67,10 @@ class Assistant:
 
     def __init__(self, retriever: Retriever, backend: GenerationBackend, audit: AuditLog, *,
                  answer: AnswerSettings | None = None, generation: GenerationSettings | None = None,
-                 router: ModelRouter | None = None, verifier: Verifier | None = None) -> None:
+                 router: ModelRouter | None = None, verifier: Verifier | None = None,
+                 cache: AnswerCache | None = None) -> None:
         self.retriever = retriever
+        self.cache = cache  # generated answers by what decided them (citeline.answers.cache); None: off
         self.router = router
         self.backend = backend
         self.audit = audit
@@ -192,6 +198,21 @@ class Assistant:
                                  stop=p.stop, question=p.retrieval_question or p.question, evidence=p.prompt.evidence,
                                  user_question=p.question)
 
+    def _lookup(self, p: Prepared) -> None:
+        """The answer cache's key for a prompted, greedy answer (sampled ones are not cached), and its entry."""
+        if self.cache is None or p.prompt is None or p.busy:
+            return
+        request = self.generation_request(p)
+        if request.temperature == 0:
+            p.cache_key = request_key(request, backend=self.backend.name, model=p.model, settings=self.settings,
+                                      verifier=self.verifier)
+            p.hit = self.cache.get(p.cache_key)
+
+    def remember(self, p: Prepared, v: Verification, invalid: int, tokens: tuple[int, int], finish: str) -> None:
+        """Keep a generated, verified answer under its key (not the extractive answer of a busy model)."""
+        if self.cache is not None and p.cache_key is not None and p.hit is None and not p.busy:
+            self.cache.put(p.cache_key, CachedAnswer(v, invalid, *tokens, finish, p.stopped_early), model=p.model)
+
     def _generate(self, p: Prepared) -> Generation:
         """The model's whole answer; under ``fallback`` a base-model answer is streamed and judged sentence by
         sentence, and generation stops once ``answer.early_fallback`` sentences are unsupported and none is
@@ -277,7 +298,7 @@ class Assistant:
             "best_score": None if p.best is None else round(p.best, 4),
             "shown": [{"n": c.n, "chunk_id": c.chunk_id, "document_id": c.document_id, "source": c.source,
                        "external_id": c.external_id} for c in p.sources],
-            "groups": list(p.principal.groups), "invalid_citations": invalid,
+            "groups": list(p.principal.groups), "invalid_citations": invalid, "cached": p.hit is not None,
             "latency_ms": {k: round(v, 2) for k, v in {**p.latency, **extra}.items()},
         }
         if p.busy:
@@ -327,11 +348,15 @@ class Assistant:
                       verified=v.verified if v else p.refused and self.settings.verify != "off",
                       unsupported=v.unsupported if v else (), verify_policy=self.settings.verify,
                       fallback=v.fallback if v else False, finish_reason=finish,
-                      retrieval_question=p.retrieval_question, stopped_early=p.stopped_early)
+                      retrieval_question=p.retrieval_question, stopped_early=p.stopped_early, cache=p.cache_state)
 
     def _answer(self, p: Prepared) -> tuple[Verification, int, tuple[int, int], str]:
         """Generate and verify (or, with no generation slot free, the extractive answer): the verification,
-        the invalid citations removed, the (prompt, completion) tokens and the finish reason."""
+        the invalid citations removed, the (prompt, completion) tokens and the finish reason (or the cache's)."""
+        self._lookup(p)
+        if (h := p.hit) is not None:
+            p.stopped_early = h.stopped_early
+            return h.verification, h.invalid, (h.prompt_tokens, h.completion_tokens), h.finish_reason
         t1 = time.perf_counter()
         release = self._slot(p)
         p.latency["queue_ms"] = (time.perf_counter() - t1) * 1000
@@ -350,6 +375,7 @@ class Assistant:
         check = check_citations(gen.text, len(p.sources))
         v = self._verify(p, check.text)
         p.latency["verify_ms"] = v.ms
+        self.remember(p, v, check.invalid, (gen.prompt_tokens, gen.completion_tokens), gen.finish_reason)
         return v, check.invalid, (gen.prompt_tokens, gen.completion_tokens), gen.finish_reason
 
     def stream(self, question: str, principal: Principal, *, model: str | None = None,
@@ -360,7 +386,8 @@ class Assistant:
         t0 = time.perf_counter()
         p = self._prepare(question, principal, model, history=history, max_tokens=max_tokens,
                           temperature=temperature, stop=stop)
-        release = None if p.refused else self._slot(p)  # OverloadedError (when_busy = reject) before any byte
+        self._lookup(p)  # a cached answer needs no generation slot
+        release = None if p.refused or p.hit else self._slot(p)  # OverloadedError (when_busy = reject) first
         try:
             audit_id = self._audit(p, text=REFUSAL if p.refused else None, invalid=0, streamed=True,
                                    extra={"before_stream_ms": (time.perf_counter() - t0) * 1000})

@@ -10,6 +10,7 @@ import re
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from typing import Protocol, cast
 
 from citeline.access.audit import AuditLog
@@ -37,6 +38,8 @@ class Answering(Protocol):
     def generation_request(self, p: Prepared) -> GenerationRequest: ...
 
     def sentence_gate(self, p: Prepared) -> SentenceGate: ...
+
+    def remember(self, p: Prepared, v: Verification, invalid: int, tokens: tuple[int, int], finish: str) -> None: ...
 
 
 class AnswerStream:
@@ -73,8 +76,11 @@ class AnswerStream:
         a = self._a
         finish = "stop"
         busy = a.busy_answer(p) if p.busy else None
+        hit = p.hit
         if p.refused:
             deltas: Iterator[str] = iter([REFUSAL])
+        elif hit is not None:  # the answer cache's: generated and verified earlier from exactly this evidence
+            deltas, finish = iter([hit.verification.text]), hit.finish_reason
         elif busy is not None:  # no generation slot: the extractive answer, verified by construction
             deltas = iter([busy.text])
         else:
@@ -82,7 +88,7 @@ class AnswerStream:
             deltas = a.backend.stream(request)
         t1 = time.perf_counter()
         filt = CitationFilter(len(p.sources))
-        gate = a.sentence_gate(p) if not p.refused and busy is None else None
+        gate = a.sentence_gate(p) if not p.refused and busy is None and hit is None else None
 
         def raw() -> Iterator[str]:
             nonlocal finish
@@ -107,10 +113,15 @@ class AnswerStream:
         self._release()  # generation is over: the slot is free before the closing audit row is written
         p.latency["generate_ms"] = (time.perf_counter() - t1) * 1000
         p.latency["total_ms"] = (time.perf_counter() - self._t0) * 1000
-        v = gate.result if gate is not None else busy
-        if v is not None:
+        v = gate.result if gate is not None else busy if hit is None else hit.verification
+        text = "".join(parts).strip()
+        if gate is not None and v is not None:  # completed normally: the cache may keep it (a.remember decides)
             p.latency["verify_ms"] = v.ms
-        self._finish("".join(parts).strip(), v, filt.invalid, finish or "stop")
+            a.remember(p, replace(v, text=text), filt.invalid, (p.prompt.prompt_tokens if p.prompt else 0,
+                                                                 a.backend.count_tokens(text)), finish or "stop")
+        elif v is not None and hit is None:
+            p.latency["verify_ms"] = v.ms
+        self._finish(text, v, filt.invalid if hit is None else hit.invalid, finish or "stop")
 
     def _finish(self, text: str, v: Verification | None, invalid: int, finish: str) -> None:
         """:attr:`answer` from what was delivered, and (unless refused up front) the closing audit row."""
@@ -124,7 +135,7 @@ class AnswerStream:
                              verified=v.verified if v else refused and a.settings.verify != "off",
                              unsupported=v.unsupported if v else (), verify_policy=a.settings.verify,
                              fallback=v.fallback if v else False, finish_reason=finish,
-                             retrieval_question=p.retrieval_question)
+                             retrieval_question=p.retrieval_question, cache=p.cache_state)
         if not p.refused:  # the first row had no text: record what was delivered and how it was verified
             try:
                 a.audit.append("ask", "answer.end", principal=p.principal.user, team=p.principal.team,

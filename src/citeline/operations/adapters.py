@@ -33,7 +33,8 @@ class Adapters:
     """Versioned team adapters (``adapters`` table; files under ``adapters.store``) and their rollout."""
 
     def __init__(self, settings: Settings, db: Database, *, audit: Callable[[], AuditLog],
-                 backend: Callable[[], GenerationBackend]) -> None:
+                 backend: Callable[[], GenerationBackend],
+                 on_promote: Callable[[str | None], None] | None = None) -> None:
         self.settings = settings
         store = settings.adapters.store
         self._registry = AdapterRegistry(db, settings.resolve_path(store) if store else settings.home / "adapters")
@@ -41,6 +42,7 @@ class Adapters:
         self._db = db
         self._audit = audit
         self._backend = backend
+        self._on_promote = on_promote  # told the previous version's served name after a promotion (answer cache)
 
     # -- reading the registry ----------------------------------------------------------------------------
     def list(self, *, team: str | None = None, status: str | None = None) -> list[AdapterVersion]:
@@ -114,6 +116,8 @@ class Adapters:
             audit.append("admin", "adapter.promote", principal=actor,
                          payload={"adapter": served_name, "forced": force, "refused": str(exc)})
             raise
+        if self._on_promote is not None:
+            self._on_promote(result.previous.served_name if result.previous else None)
         try:  # the promotion is recorded already; this row adds where the old version was unloaded
             audit.append("admin", "adapter.promote.done", principal=actor, team=result.adapter.team,
                          payload={**result.as_dict(), "forced": force})

@@ -1,0 +1,185 @@
+"""The answer cache in the assistant: real embedded PostgreSQL (row-level access), the real embedder, the real
+extractive backend (counted: a hit must not generate), the real verifier and audit log.
+
+The property: a principal never receives a cached answer built from evidence it was not shown itself, and an
+entry is shared exactly when the evidence shown was identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from citeline.access.audit import AuditLog
+from citeline.access.principals import PrincipalStore
+from citeline.answers.assistant import Assistant
+from citeline.answers.cache import AnswerCache
+from citeline.answers.prompt import REFUSAL
+from citeline.contracts.generator import Generation, GenerationRequest
+from citeline.domain import Access, Document, Principal
+from citeline.generation.extractive import ExtractiveBackend
+from citeline.ingest.sync import SyncRunner
+from citeline.retrieval.search import Retriever
+from citeline.settings import AnswerSettings, GenerationSettings
+from tests.support.connectors import ListConnector, doc
+
+pytestmark = pytest.mark.integration
+
+GROUPS = ["eng", "hr", "sales"]
+PRODUCTS = ["robot arm", "vacuum gripper", "conveyor", "laser cutter", "battery pack", "forklift"]
+QUESTION = "How long is the warranty?"
+
+
+class Counted(ExtractiveBackend):
+    """The extractive backend, counting the answers it generates (a cache hit must generate none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        self.calls += 1
+        return super().generate(request)
+
+    def stream(self, request: GenerationRequest) -> Generator[str, None, str]:
+        self.calls += 1
+        return (yield from super().stream(request))
+
+
+def assistant(db, embedder, backend: Counted, cache: AnswerCache) -> Assistant:
+    return Assistant(Retriever(db, embedder), backend, AuditLog(db, b"k" * 32),
+                     answer=AnswerSettings(min_score=-1.0, evidence_k=4), generation=GenerationSettings(),
+                     cache=cache)
+
+
+def sync(db, embedder, chunker, docs) -> None:
+    SyncRunner(db, embedder, chunker).run("wiki", "list", ListConnector(docs))
+
+
+def warranty(i: int, years: int, access: Access) -> Document:
+    return doc(f"w{i}", f"# {PRODUCTS[i].title()} warranty\n\nThe warranty of the {PRODUCTS[i]} lasts {years} "
+                        f"years from delivery.", access=access)
+
+
+def shown(answer) -> tuple[tuple[int, str], ...]:
+    return tuple((c.chunk_id, c.snippet) for c in answer.sources)
+
+
+access_st = st.builds(Access, groups=st.lists(st.sampled_from(GROUPS), max_size=2).map(tuple),
+                      public=st.sampled_from([False, False, True]))
+groups_st = st.lists(st.sampled_from(GROUPS), max_size=3, unique=True).map(tuple)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(accesses=st.lists(access_st, min_size=2, max_size=len(PRODUCTS)), first=groups_st, second=groups_st)
+def test_two_principals_share_an_entry_only_when_shown_the_same_evidence(db, embedder, chunker, accesses, first,
+                                                                          second):
+    docs = [warranty(i, i + 2, a) for i, a in enumerate(accesses)]
+    sync(db, embedder, chunker, docs)
+    store = PrincipalStore(db)
+    ann, ben = Principal("ann", first), Principal("ben", second)
+    store.put(ann)
+    store.put(ben)
+    visible = {p.user: {d.external_id for d in docs if d.access.public or set(d.access.groups) & set(p.groups)}
+               for p in (ann, ben)}
+    backend = Counted()
+    a = assistant(db, embedder, backend, AnswerCache())
+    one = a.ask(QUESTION, ann)
+    two = a.ask(QUESTION, ben)
+    assert not one.cached
+    for p, answer in ((ann, one), (ben, two)):
+        assert {c.external_id for c in answer.sources} <= visible[p.user]
+        assert {c.external_id for c in answer.citations} <= {c.external_id for c in answer.sources}
+    same = shown(one) == shown(two) and bool(one.sources)  # nothing visible: refused before any prompt
+    event(f"shared: {same}; refused: {one.refused}, {two.refused}")
+    assert two.cached == same  # shared exactly when the evidence shown was identical
+    assert backend.calls == int(bool(one.sources)) + int(bool(two.sources) and not same)
+    if same:
+        assert (two.text, two.refused) == (one.text, one.refused)
+        assert two.audit_id != one.audit_id  # the asker's own audit row, its own sources
+        assert two.sources == one.sources
+    assert a.ask(QUESTION, ben).cached == bool(two.sources)  # ben again: same evidence as before
+
+
+def test_an_edited_or_deleted_document_misses(db, embedder, chunker):
+    docs = [warranty(0, 2, Access.everyone()), warranty(1, 3, Access.everyone())]
+    sync(db, embedder, chunker, docs)
+    ann = Principal("ann", ())
+    PrincipalStore(db).put(ann)
+    backend = Counted()
+    a = assistant(db, embedder, backend, AnswerCache())
+    first = a.ask(QUESTION, ann)
+    assert not first.cached and a.ask(QUESTION, ann).cached and backend.calls == 1
+    sync(db, embedder, chunker, [warranty(0, 7, Access.everyone()), docs[1]])  # w0 edited: 7 years
+    edited = a.ask(QUESTION, ann)
+    assert not edited.cached and backend.calls == 2
+    assert any("7 years" in c.snippet for c in edited.sources)
+    sync(db, embedder, chunker, [docs[1]])  # w0 deleted
+    deleted = a.ask(QUESTION, ann)
+    assert not deleted.cached and backend.calls == 3
+    assert {c.external_id for c in deleted.sources} == {"w1"}
+    audit = {r.id: r.payload for r in AuditLog(db, b"k" * 32).records(kind="ask")}
+    assert [audit[x.audit_id]["cached"] for x in (first, edited, deleted)] == [False, False, False]
+
+
+def test_a_refusal_is_cached_only_as_a_refusal_for_the_same_evidence(db, embedder, chunker):
+    sync(db, embedder, chunker, [
+        doc("cafe", "# Cafeteria\n\nThe cafeteria opens at noon on weekdays.", access=Access.everyone()),
+        warranty(0, 2, Access(groups=("eng",))),
+    ])
+    outsider, engineer, other = Principal("ann", ()), Principal("ben", ("eng",)), Principal("cid", ("hr",))
+    for p in (outsider, engineer, other):
+        PrincipalStore(db).put(p)
+    backend = Counted()
+    cache = AnswerCache()
+    a = assistant(db, embedder, backend, cache)
+    refused = a.ask(QUESTION, outsider)
+    assert refused.refused and refused.text == REFUSAL and not refused.cached
+    answered = a.ask(QUESTION, engineer)  # sees the warranty too: other evidence, not the cached refusal
+    assert not answered.cached and not answered.refused and "2 years" in answered.text
+    again = a.ask(QUESTION, other)  # sees only the cafeteria, like ann: her refusal, from the cache
+    assert again.cached and again.refused and again.text == REFUSAL and shown(again) == shown(refused)
+    assert backend.calls == 2 and (cache.hits, cache.misses) == (1, 2)
+    audit = {r.id: r.payload for r in AuditLog(db, b"k" * 32).records(kind="ask")}
+    assert audit[again.audit_id]["cached"] is True and audit[answered.audit_id]["cached"] is False
+
+
+def test_streams_fill_the_cache_only_when_complete_and_a_hit_streams_the_cached_text(db, embedder, chunker):
+    sync(db, embedder, chunker, [warranty(0, 2, Access.everyone())])
+    ann = Principal("ann", ())
+    PrincipalStore(db).put(ann)
+    backend = Counted()
+    cache = AnswerCache()
+    a = assistant(db, embedder, backend, cache)
+    abandoned = a.stream(QUESTION, ann)
+    pieces = iter(abandoned)
+    next(pieces)
+    pieces.close()  # the client went away: nothing is kept
+    assert len(cache) == 0
+    full = a.stream(QUESTION, ann)
+    text = "".join(full).strip()
+    assert full.answer is not None and not full.answer.cached and len(cache) == 1
+    hit = a.stream(QUESTION, ann)
+    assert "".join(hit).strip() == text and hit.answer is not None and hit.answer.cached
+    assert hit.answer.citations == full.answer.citations and a.ask(QUESTION, ann).cached
+    assert backend.calls == 2  # the abandoned stream and the full one; the hits generated nothing
+
+
+def test_sampled_answers_are_not_cached_and_the_key_holds_the_model(db, embedder, chunker):
+    sync(db, embedder, chunker, [warranty(0, 2, Access.everyone())])
+    ann = Principal("ann", ())
+    PrincipalStore(db).put(ann)
+    backend = Counted()
+    cache = AnswerCache()
+    a = assistant(db, embedder, backend, cache)
+    assert a.ask(QUESTION, ann, temperature=0.7).cache == "off" and len(cache) == 0
+    a.ask(QUESTION, ann)
+    key = next(iter(cache._entries))
+    assert cache._entries[key].model == "extractive"
+    # a promoted adapter is another served name: another key (tests/unit/test_answer_cache.py), and the
+    # promoting process drops the old version's entries
+    assert cache.clear("support-0123456789ab") == 0 and cache.clear("extractive") == 1
+    assert not a.ask(QUESTION, ann).cached
