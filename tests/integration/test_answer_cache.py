@@ -7,11 +7,15 @@ entry is shared exactly when the evidence shown was identical.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Generator
+from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from citeline.access.audit import AuditLog
 from citeline.access.principals import PrincipalStore
@@ -20,10 +24,12 @@ from citeline.answers.cache import AnswerCache
 from citeline.answers.prompt import REFUSAL
 from citeline.contracts.generator import Generation, GenerationRequest
 from citeline.domain import Access, Document, Principal
+from citeline.facade import Citeline
 from citeline.generation.extractive import ExtractiveBackend
 from citeline.ingest.sync import SyncRunner
 from citeline.retrieval.search import Retriever
-from citeline.settings import AnswerSettings, GenerationSettings
+from citeline.settings import AnswerSettings, GenerationSettings, Settings
+from tests.support.adapters import make_adapter
 from tests.support.connectors import ListConnector, doc
 
 pytestmark = pytest.mark.integration
@@ -179,7 +185,38 @@ def test_sampled_answers_are_not_cached_and_the_key_holds_the_model(db, embedder
     a.ask(QUESTION, ann)
     key = next(iter(cache._entries))
     assert cache._entries[key].model == "extractive"
-    # a promoted adapter is another served name: another key (tests/unit/test_answer_cache.py), and the
-    # promoting process drops the old version's entries
+    # clear(model) drops only that served name's entries (what a promotion does for the old version: below)
     assert cache.clear("support-0123456789ab") == 0 and cache.clear("extractive") == 1
     assert not a.ask(QUESTION, ann).cached
+
+
+@pytest.mark.slow
+def test_a_promoted_adapter_misses_and_the_promoting_process_drops_the_old_versions_entries(
+        pg_url, embedder, chunker, smollm2_dir: Path, tmp_path: Path):
+    """The facade's wiring, on the embedded backend (adapters in process): register, promote, ask twice (a hit),
+    promote a new version (its served name is another key; the old version's entries are dropped), ask."""
+    config = tmp_path / "citeline.toml"
+    config.write_text(f'home = "{tmp_path / "home"}"\n')
+    namespace = f"c_{uuid.uuid4().hex[:10]}"
+    settings = Settings.load(config, database_url=pg_url, database={"namespace": namespace},
+                             generation={"backend": "embedded", "max_tokens": 8}, answer={"min_score": -1.0},
+                             adapters={"base_model_path": str(smollm2_dir), "cache_s": 0.0, "drain_s": 0.0})
+    try:
+        with Citeline(settings, embedder=embedder) as cl:
+            SyncRunner(cl.db, embedder, chunker).run("wiki", "list", ListConnector([warranty(0, 2, Access.everyone())]))
+            cl.admin.add_principal(Principal("ann", ("staff",), team="support"), actor="test")
+            v1 = cl.adapters.register(make_adapter(smollm2_dir, tmp_path / "v1", seed=1), team="support", actor="test")
+            cl.adapters.promote(v1.served_name, actor="test", force=True, drain_s=0)
+            first = cl.ask(QUESTION, user="ann")
+            assert first.model == v1.served_name and not first.cached
+            assert cl.ask(QUESTION, user="ann").cached
+            cache = cl.answer_cache
+            assert cache is not None and len(cache) == 1
+            v2 = cl.adapters.register(make_adapter(smollm2_dir, tmp_path / "v2", seed=2), team="support", actor="test")
+            cl.adapters.promote(v2.served_name, actor="test", force=True, drain_s=0)
+            assert len(cache) == 0  # v1's entry dropped on promotion, in this process
+            after = cl.ask(QUESTION, user="ann")
+            assert after.model == v2.served_name and not after.cached
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
