@@ -148,6 +148,7 @@ def test_a_refusal_is_cached_only_as_a_refusal_for_the_same_evidence(db, embedde
     assert not answered.cached and not answered.refused and "2 years" in answered.text
     again = a.ask(QUESTION, other)  # sees only the cafeteria, like ann: her refusal, from the cache
     assert again.cached and again.refused and again.text == REFUSAL and shown(again) == shown(refused)
+    assert again.as_dict()["cached"] is True and answered.as_dict()["cached"] is False  # the /v1/ask body
     assert backend.calls == 2 and (cache.hits, cache.misses) == (1, 2)
     audit = {r.id: r.payload for r in AuditLog(db, b"k" * 32).records(kind="ask")}
     assert audit[again.audit_id]["cached"] is True and audit[answered.audit_id]["cached"] is False

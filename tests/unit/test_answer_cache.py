@@ -164,3 +164,16 @@ def test_settings_default_on_bounded_and_disabled_means_no_cache():
     assert AnswerCache.from_settings(AnswerCacheSettings(enabled=False)) is None
     with pytest.raises(ValueError, match="max_entries"):
         AnswerCache(0, 1024, 1)
+
+
+def test_metrics_count_hits_and_misses_and_nothing_for_answers_not_looked_up():
+    from citeline.serving.metrics import Metrics
+
+    m = Metrics()
+    for cache in ("hit", "miss", "miss", "off"):
+        m.observe_answer({"total_ms": 1.0}, refused=False, shown=1, invalid=0, cache=cache)
+
+    def value(result: str) -> float | None:
+        return m.registry.get_sample_value("citeline_answer_cache_total", {"result": result})
+
+    assert (value("hit"), value("miss"), value("off")) == (1.0, 2.0, None)
