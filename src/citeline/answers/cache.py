@@ -15,6 +15,9 @@ fields (audit id, latency, sources): the assistant rebuilds those for each asker
 retrieval.
 
 Only greedy generations (temperature 0) are cached: a sampled answer is not what the model would say again.
+A whole answer and a completed stream of the same key share the entry (both are the verified answer to the
+same prompt; a stream's is what it delivered). Two identical questions at the same moment may both generate
+(no single flight): the second to finish replaces the first's entry.
 A promoted adapter misses by construction (its served name is in the key) in every replica; the process
 that promotes also drops the old version's entries (:meth:`AnswerCache.clear`).
 """

@@ -117,8 +117,9 @@ class AnswerStream:
         text = "".join(parts).strip()
         if gate is not None and v is not None:  # completed normally: the cache may keep it (a.remember decides)
             p.latency["verify_ms"] = v.ms
-            a.remember(p, replace(v, text=text), filt.invalid, (p.prompt.prompt_tokens if p.prompt else 0,
-                                                                 a.backend.count_tokens(text)), finish or "stop")
+            kept = replace(v, text=text, cited=check_citations(text, len(p.sources)).cited)  # what was delivered
+            a.remember(p, kept, filt.invalid, (p.prompt.prompt_tokens if p.prompt else 0, a.backend.count_tokens(text)),
+                       finish or "stop")
         elif v is not None and hit is None:
             p.latency["verify_ms"] = v.ms
         self._finish(text, v, filt.invalid if hit is None else hit.invalid, finish or "stop")
