@@ -101,8 +101,9 @@ def made(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
                                   format_compliance=0.9, baseline_format_compliance=0.5)}
 
 
-def ask(srv: Server, user: str, model: str | None = None, *, stream: bool = False) -> httpx.Response:
-    body: dict[str, object] = {"question": QUESTION, "stream": stream}
+def ask(srv: Server, user: str, model: str | None = None, *, stream: bool = False,
+        question: str = QUESTION) -> httpx.Response:
+    body: dict[str, object] = {"question": question, "stream": stream}
     if model:
         body["model"] = model
     return httpx.post(f"{srv.url}/v1/ask", json=body, headers={"Authorization": f"Bearer {srv.keys[user]}"},
@@ -207,7 +208,13 @@ def test_unload_retired_and_reconcile_after_a_vllm_restart(stack, vllm) -> None:
     vllm.stop()
     vllm.start()  # a fresh vLLM knows no adapters
     assert vllm.adapters() == set()
-    missing = ask(srv, "alice")
+    # a question asked before is answered from the answer cache (the same evidence, the same adapter version):
+    # what that adapter said, without the model server
+    again = ask(srv, "alice")
+    assert again.status_code == 200 and again.json()["cached"] is True
+    assert again.json()["model"] == eng.served_name
+    fresh = "What are the steps to roll back a bad deploy?"  # a new key: it must reach the model server
+    missing = ask(srv, "alice", question=fresh)
     assert missing.status_code == 404 and eng.served_name in missing.json()["error"]["message"]
 
     done = subprocess.run([sys.executable, "-c", "from citeline.cli import main; main()", "adapter", "sync",
@@ -216,7 +223,8 @@ def test_unload_retired_and_reconcile_after_a_vllm_restart(stack, vllm) -> None:
     (synced,) = json.loads(done.stdout)
     assert synced["loaded"] == [eng.served_name] and synced["errors"] == []
     assert vllm.adapters() == {eng.served_name}
-    assert ask(srv, "alice").json()["model"] == eng.served_name
+    served = ask(srv, "alice", question=fresh).json()
+    assert served["model"] == eng.served_name and served["cached"] is False
     actions = [a for (a,) in srv.owner_sql("SELECT action FROM audit_log WHERE kind = 'admin' AND action LIKE "
                                            "'adapter.%' ORDER BY id")]
     assert actions.count("adapter.promote") >= 3 and actions[-2:] == ["adapter.sync", "adapter.sync"]

@@ -69,6 +69,7 @@ ROLLBACK = "How do I roll back a bad deploy?"  # the engineering runbook: alice 
 NEW_PAGE = ("shape-check.md", "---\ntitle: Badge readers\n---\n# Badge readers\n\nThe badge reader on floor 7 "
             "resets when you hold the red button for ten seconds.\n")
 NEW_QUESTION = "How do I reset the badge reader on floor 7?"
+AFTER_RESTART = "What are the steps to roll back a bad deploy?"  # asked only after vLLM's restart
 
 
 @dataclass
@@ -390,8 +391,8 @@ def test_register_promote_ask_as_the_team_then_restart_vllm(shape: Shape, load: 
         vllm = shape.start_vllm()  # same port, same resolver folder; no `citeline adapter sync`
         loaded = {m["id"] for m in httpx.get(f"{vllm.url}/v1/models", timeout=10).json()["data"] if m.get("parent")}
         assert served not in loaded  # a fresh vLLM: only the resolver can bring the adapter back
-        for replica in shape.replicas:
-            got = ask(shape, replica, "alice", ROLLBACK)
+        for replica in shape.replicas:  # a question not asked before: the answer cache cannot answer it
+            got = ask(shape, replica, "alice", AFTER_RESTART)
             assert got["served_model"] == served and got["model_note"] is None and not got["refused"], got
         loaded = {m["id"] for m in httpx.get(f"{vllm.url}/v1/models", timeout=10).json()["data"] if m.get("parent")}
         assert served in loaded  # the resolver loaded it from the store on the first request
