@@ -213,3 +213,27 @@ def test_agreement_fails_on_broken_copies():
     unset["settings"] = files["settings"].model_copy(update={"adapters": files["settings"].adapters.model_copy(
         update={"store": None})})
     assert "adapters.store and adapters.base_model_path must be set" in "\n".join(agreement_problems(unset))
+
+
+HUB_DOWNLOADS = re.compile(r"snapshot_download|hf_hub_download|huggingface-cli\s+download|\bhf\s+download|"
+                           r"from_pretrained\(\s*['\"][\w.-]+/[\w.-]+['\"]")
+
+
+def hub_downloads(files: list[Path]) -> list[str]:
+    """Lines outside comments that would fetch a model from a hub when a container or unit runs."""
+    found = []
+    for path in files:
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.lstrip().startswith("#") and HUB_DOWNLOADS.search(line):
+                found.append(f"{path.name}:{i}: {line.strip()}")
+    return found
+
+
+def test_nothing_in_the_deploy_files_downloads_from_a_model_hub(tmp_path: Path) -> None:
+    files = [DEPLOY / "compose.yaml", DEPLOY / "Dockerfile", *sorted((DEPLOY / "k8s").glob("*.yaml")),
+             *sorted((DEPLOY / "systemd").glob("*"))]
+    assert hub_downloads(files) == []
+    planted = tmp_path / "vllm.yaml"  # the check finds what it is for
+    planted.write_text("# hf download in a comment is documentation\ncommand: [\"python3\", \"-c\", "
+                       "\"import huggingface_hub; huggingface_hub.snapshot_download('org/model')\"]\n")
+    assert hub_downloads([planted]) == [f"vllm.yaml:2: {planted.read_text().splitlines()[1].strip()}"]
