@@ -61,6 +61,22 @@ def test_versions_are_content_hashes_and_registration_is_idempotent(registry, ad
     assert v2.version != v1.version and v2.served_name != v1.served_name  # re-trained: a new served name
 
 
+def test_a_stale_copy_in_the_store_is_swapped_whole(registry, adapters, smollm2_dir):
+    """A folder left under the served name without a row (a registration whose row failed, another base): the
+    new copy replaces it by renames, and nothing temporary or old is left in the store."""
+    served = f"support-{adapter_version(adapters['v1'])[:12]}"
+    stale = registry.store / served
+    shutil.copytree(adapters["v1"], stale)
+    config = json.loads((stale / "adapter_config.json").read_text())
+    (stale / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/old/base"}))
+    got, new = registry.register(adapters["v1"], team="support", name="support", base_model_dir=smollm2_dir,
+                                 max_rank=MAX_RANK, actor="test", served_base=f"/new/{smollm2_dir.name}")
+    assert new and got.path == stale
+    assert json.loads((stale / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        f"/new/{smollm2_dir.name}"
+    assert sorted(p.name for p in registry.store.iterdir()) == [served]
+
+
 def test_preflight_refuses_before_anything_is_stored(registry, adapters, smollm2_dir, tmp_path):
     with pytest.raises(AdapterError, match="rank_too_high"):
         register(registry, adapters["wide"], "support", smollm2_dir)

@@ -230,9 +230,13 @@ class AdapterRegistry:
         if _same_files(tmp, dest):
             shutil.rmtree(tmp)
             return dest
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        if dest.exists():  # the same files, recorded for another base: swapped by renames, never half-written
+            old = self.store / f".{served}.old.{uuid.uuid4().hex[:8]}"
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
         return dest
 
     def get(self, served_name: str) -> AdapterVersion | None:
