@@ -16,15 +16,20 @@ the bound. Spans still point at the exact text.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from citeline.contracts.chunker import Chunker, Tokenize
 from citeline.domain import Chunk, ContentType, Document
 
+if TYPE_CHECKING:
+    from llama_index.core.node_parser import SentenceSplitter
+
 __all__ = ["Chunker", "StructuredChunker"]
 
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*)$")
+_MARK = re.compile("\x00([0-9]+)\x01")  # a split's number in the merge (see _pieces)
 
 
 class StructuredChunker:
@@ -58,7 +63,9 @@ class StructuredChunker:
         settings = config or self.Config()
         from llama_index.core.node_parser import MarkdownNodeParser, SentenceSplitter
 
-        self._markdown = MarkdownNodeParser(include_metadata=False, include_prev_next_rel=False)
+        # header_path: the parent headings, joined by a newline (a heading never holds one; it may hold "/")
+        self._markdown = MarkdownNodeParser(include_metadata=True, include_prev_next_rel=False,
+                                            header_path_separator="\n")
         self._splitter = SentenceSplitter(
             chunk_size=settings.chunk_tokens,
             chunk_overlap=settings.overlap_tokens,
@@ -80,40 +87,82 @@ class StructuredChunker:
             offset = len(text) - len(text.lstrip())
             return [Chunk(n, piece, at, at + len(piece))
                     for n, (piece, at) in enumerate(_bounded(text.strip(), offset, self.max_chars))]
-        if document.content_type is ContentType.MARKDOWN:
-            sections = self._sections(text)
-        else:
-            sections = [("", text)]
+        sections = self._sections(text) if document.content_type is ContentType.MARKDOWN else [("", text, 0)]
         chunks: list[Chunk] = []
-        cursor = 0
-        for heading, section in sections:
-            for piece in self._splitter.split_text(section):
-                if not piece.strip():
-                    continue
-                start, end = _span(text, piece, cursor)
+        cursor = 0  # only for a section the parser rewrote: its pieces are looked up as before
+        for heading, section, origin in sections:
+            for piece, at in _pieces(self._splitter, section):
+                if origin is not None and at is not None:
+                    start: int | None = origin + at
+                else:
+                    start = _find(text, piece, cursor)
                 if start is not None:
                     cursor = start + 1
-                if len(piece) <= self.max_chars:
-                    chunks.append(Chunk(len(chunks), piece, start, end, heading))
-                    continue
-                for part, at in _bounded(piece, start or 0, self.max_chars):
-                    if start is None:  # the splitter rewrote the piece: no span in the source text
-                        chunks.append(Chunk(len(chunks), part, None, None, heading))
-                    else:
-                        chunks.append(Chunk(len(chunks), part, at, at + len(part), heading))
+                parts = [(piece, start or 0)] if len(piece) <= self.max_chars else \
+                    _bounded(piece, start or 0, self.max_chars)
+                for part, where in parts:  # no span when the splitter rewrote the piece
+                    known = start is not None
+                    chunks.append(Chunk(len(chunks), part, where if known else None,
+                                        where + len(part) if known else None, heading))
         return chunks
 
-    def _sections(self, text: str) -> list[tuple[str, str]]:
+    def _sections(self, text: str) -> list[tuple[str, str, int | None]]:
+        """Markdown sections: (heading path, text, where the text starts in ``text``; None if rewritten).
+
+        The parser's ``header_path`` names the parent headings; its ``start_char_idx`` is checked (the
+        library finds it with ``str.find``) and a section is otherwise looked up after the one before it.
+        """
         from llama_index.core import Document as LlamaDocument
 
-        nodes = self._markdown.get_nodes_from_documents([LlamaDocument(text=text)])
-        out = []
-        for node in nodes:
+        out: list[tuple[str, str, int | None]] = []
+        after = 0
+        for node in self._markdown.get_nodes_from_documents([LlamaDocument(text=text)]):
             body = node.get_content()
+            at = getattr(node, "start_char_idx", None)
+            if at is None or at < after or text[at:at + len(body)] != body:
+                at = _find(text, body, after)
+            if at is not None:
+                after = at + len(body)
             first = body.lstrip().splitlines()[0] if body.strip() else ""
             match = _HEADING.match(first)
-            out.append((match.group(1).strip() if match else "", body))
-        return out or [("", text)]
+            path = [h for h in str(node.metadata.get("header_path", "")).split("\n") if h]
+            out.append((" / ".join([*path, match.group(1).strip()] if match else path), body, at))
+        return out or [("", text, 0)]
+
+
+def _pieces(splitter: SentenceSplitter, text: str) -> list[tuple[str, int | None]]:
+    """``splitter.split_text(text)`` (the same texts), each with where it starts in ``text``.
+
+    The splitter joins consecutive splits of the text into chunks (with overlap) and strips them; its
+    output carries no positions, and ``str.find`` picks the wrong copy of a repeated passage. So the
+    splitter's own merge runs over numbered markers in place of the splits (same token sizes): each
+    chunk comes back as the list of splits it joined, whose places in ``text`` are known. A chunk whose
+    splits are not contiguous in ``text`` (the splitter dropped characters between them) gets None.
+    """
+    from llama_index.core.node_parser.text.sentence import _Split
+
+    if not text:
+        return []
+    splits = splitter._split(text, splitter.chunk_size)
+    places: list[int | None] = []
+    at = 0
+    for split in splits:  # in order, never overlapping: each is found after the one before
+        found = text.find(split.text, at)
+        places.append(found if found >= 0 else None)
+        at = found + len(split.text) if found >= 0 else at
+    marked = [_Split(f"\x00{n}\x01", is_sentence=s.is_sentence, token_size=s.token_size) for n, s in enumerate(splits)]
+    out: list[tuple[str, int | None]] = []
+    for merged in splitter._merge(marked, splitter.chunk_size):
+        ids = [int(n) for n in _MARK.findall(merged)]
+        raw = "".join(splits[n].text for n in ids)
+        if not raw.strip():
+            continue
+        start = places[ids[0]]
+        joined = all(places[a] is not None and places[b] == places[a] + len(splits[a].text)  # type: ignore[operator]
+                     for a, b in zip(ids, ids[1:]))
+        lead = len(raw) - len(raw.lstrip())
+        out.append((raw.strip(), start + lead if start is not None and joined else None))
+    return out
 
 
 def _bounded(piece: str, offset: int, limit: int) -> list[tuple[str, int]]:
@@ -136,11 +185,9 @@ def _bounded(piece: str, offset: int, limit: int) -> list[tuple[str, int]]:
     return parts
 
 
-def _span(text: str, piece: str, cursor: int) -> tuple[int | None, int | None]:
-    """Where ``piece`` starts in ``text`` at or after ``cursor`` (None if the splitter rewrote it)."""
+def _find(text: str, piece: str, cursor: int) -> int | None:
+    """Where ``piece`` starts in ``text`` at or after ``cursor`` (else anywhere; None if it is not there)."""
     at = text.find(piece, cursor)
     if at < 0:
         at = text.find(piece)
-    if at < 0:
-        return None, None
-    return at, at + len(piece)
+    return at if at >= 0 else None
