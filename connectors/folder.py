@@ -1,4 +1,4 @@
-"""Folder connector: a directory of Markdown, HTML and plain-text files (a wiki export).
+"""Folder connector: a directory of Markdown, HTML and plain-text files (a wiki export), and PDF, DOCX, PPTX, XLSX.
 
 * **Ids** are file paths relative to the folder, POSIX style (``guides/deploy.md``).
 * **Walk**: sorted by id; hidden files and folders are skipped. The folder may be written by people who
@@ -27,8 +27,14 @@
   or a key repeated in one.
 * **HTML** is converted to Markdown-ish text; ``<meta name="citeline-access" content='{"groups": ["hr"]}'>``
   sets its access the same way.
+* **Documents** (``.pdf``, ``.docx``, ``.pptx``, ``.xlsx``; the ``[documents]`` extra) are converted to
+  Markdown by :mod:`citeline.connectors._documents` in a worker process with a time budget
+  (``convert_timeout_s``) and a memory limit (``convert_memory_mb``): a PDF gets one ``## Page N`` heading per
+  page, a slide ``## Slide N: title``, so a chunk and its citation name the page. They take the source's
+  default access. A file that cannot be converted (damaged, encrypted, truncated, a zip bomb, not what its
+  name says, or the extra missing) is a per-document :class:`Failure` naming the reason; the sync goes on.
 * **Title**: front matter ``title``, else the first ``# heading``, else ``<title>`` / first ``<h1>``, else the
-  file name without its suffix.
+  file name without its suffix (a DOCX: its first heading).
 * **Cursor**: ``{"after": "<id>"}`` resumes with the files sorted after that id; the final checkpoint is
   ``{}`` (the next sync reads every file again; ingest skips unchanged ones by content hash).
 """
@@ -56,6 +62,7 @@ from citeline.connectors._common import (
     resume_position,
     with_checkpoints,
 )
+from citeline.connectors._documents import DOCUMENT_SUFFIXES, ConversionError, Converter
 from citeline.connectors._front_matter import first_heading, meta_value, split_front_matter
 from citeline.connectors._html import parse_html
 from citeline.contracts.connector import Change, ConnectorConfig, Failure, Upsert
@@ -64,7 +71,7 @@ from citeline.errors import ConnectorError
 
 __all__ = ["DEFAULT_INCLUDE", "FolderConnector"]
 
-DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.html", "*.htm", "*.txt")
+DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.html", "*.htm", "*.txt", "*.pdf", "*.docx", "*.pptx", "*.xlsx")
 _MARKDOWN_SUFFIXES = {".md", ".markdown"}
 _HTML_SUFFIXES = {".html", ".htm"}
 
@@ -91,7 +98,7 @@ class _Entry:
 
 
 class FolderConnector:
-    """Reads a folder of ``.md``, ``.html`` and ``.txt`` files; see the module docstring."""
+    """Reads a folder of ``.md``, ``.html``, ``.txt`` files and office documents; see the module docstring."""
 
     class Config(ConnectorConfig):
         path: Path = Field(description="the folder to read")
@@ -102,11 +109,14 @@ class FolderConnector:
         )
         max_bytes: int = Field(5_000_000, ge=1, description="larger files are reported as failures")
         checkpoint_every: int = checkpoint_every_field()
+        convert_timeout_s: float = Field(60.0, gt=0, le=3600, description="time budget to convert one document")
+        convert_memory_mb: int = Field(2048, ge=256, description="address space limit of the converter process")
 
     def __init__(self, config: Config | Mapping[str, Any], default_access: Access | None = None) -> None:
         self.config = coerce_config(self.Config, config)
         self.default_access = default_access or Access.private()
         self._root = Path(self.config.path)
+        self._converter: Converter | None = None
 
     def validate(self) -> None:
         root = self._root
@@ -125,7 +135,12 @@ class FolderConnector:
         self.validate()
         entries = [e for e in self._walk() if after is None or e.rel > after]
         items = (({"after": e.rel}, self._change(e)) for e in entries)
-        yield from with_checkpoints(items, self.config.checkpoint_every)
+        try:
+            yield from with_checkpoints(items, self.config.checkpoint_every)
+        finally:
+            if self._converter is not None:
+                self._converter.close()
+                self._converter = None
 
     def list_ids(self) -> list[str]:
         self.validate()
@@ -258,15 +273,16 @@ class FolderConnector:
 
     def _document(self, rel: str, target: str) -> Document:
         raw, stat = self._read(target)
-        text = _decode(raw).replace("\r\n", "\n")
         suffix = PurePosixPath(rel).suffix.lower()
-        if suffix in _HTML_SUFFIXES:
-            title, body, access, meta = self._from_html(text)
+        if suffix in DOCUMENT_SUFFIXES:
+            title, body, access, meta = self._from_document(DOCUMENT_SUFFIXES[suffix], raw)
+        elif suffix in _HTML_SUFFIXES:
+            title, body, access, meta = self._from_html(_decode(raw).replace("\r\n", "\n"))
         else:
-            title, body, access, meta = self._from_text(text)
+            title, body, access, meta = self._from_text(_decode(raw).replace("\r\n", "\n"))
         if not body.strip():
             raise ItemError("has no text: add content, or exclude the file with config.include")
-        plain = suffix not in _MARKDOWN_SUFFIXES | _HTML_SUFFIXES
+        plain = suffix not in _MARKDOWN_SUFFIXES | _HTML_SUFFIXES | DOCUMENT_SUFFIXES.keys()
         return Document(
             external_id=rel,
             title=title or PurePosixPath(rel).stem,
@@ -292,6 +308,17 @@ class FolderConnector:
                 meta[str(key)] = rendered
         title_text = str(title).strip() if title is not None else ""
         return title_text or first_heading(body), body.lstrip("\n"), access, meta
+
+    def _from_document(self, kind: str, raw: bytes) -> tuple[str | None, str, Access, dict[str, str]]:
+        if self._converter is None:
+            self._converter = Converter(timeout_s=self.config.convert_timeout_s,
+                                        memory_mb=self.config.convert_memory_mb,
+                                        max_unpacked=20 * self.config.max_bytes)
+        try:
+            converted = self._converter.convert(kind, raw)
+        except ConversionError as exc:
+            raise ItemError(str(exc)) from None
+        return converted.title, converted.text, self.default_access, {"format": kind}
 
     def _from_html(self, text: str) -> tuple[str | None, str, Access, dict[str, str]]:
         try:

@@ -1,0 +1,67 @@
+"""A PDF and a DOCX from examples/acme/documents answered with a citation that names the page / section: the real
+converter, the real embedded PostgreSQL and embedder, the extractive backend (no model)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from citeline.facade import Citeline
+from citeline.settings import Settings
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+[[sources]]
+name = "documents"
+connector = "folder"
+config = { path = "documents", base_url = "https://files.acme.example" }
+access = { groups = ["staff"] }
+
+[generation]
+backend = "extractive"
+"""
+
+
+@pytest.fixture(scope="module")
+def acme(tmp_path_factory, pg_url, embedder) -> Iterator[Settings]:
+    root = tmp_path_factory.mktemp("documents")
+    shutil.copytree(REPO / "examples" / "acme" / "documents", root / "documents")
+    (root / "documents" / "bad.pdf").write_bytes(b"%PDF-1.4 cut off")
+    (root / "citeline.toml").write_text(CONFIG)
+    namespace = f"d_{uuid.uuid4().hex[:10]}"
+    settings = Settings.load(root / "citeline.toml", database_url=pg_url, database={"namespace": namespace})
+    try:
+        yield settings
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
+
+
+def test_pdf_and_docx_answers_cite_the_page_and_the_section(acme: Settings, embedder) -> None:
+    with Citeline(acme, embedder=embedder) as cl:
+        (report,) = cl.sync()
+        assert (report.added, report.failed) == (2, 1)
+        assert report.failures[0][0] == "bad.pdf" and "truncated PDF" in report.failures[0][1]
+        cl.admin.import_principals(REPO / "examples" / "acme" / "principals.toml", actor="test")
+
+        hotel = cl.ask("What is the hotel limit per night in Europe?", user="bob")
+        assert not hotel.refused and "160 EUR" in hotel.text, hotel.text
+        cited = [c for c in hotel.citations if c.external_id == "travel-expenses.pdf"]
+        assert cited and cited[0].snippet.startswith("Page 2 "), [c.snippet for c in hotel.citations]
+        assert cited[0].url == "https://files.acme.example/travel-expenses"
+
+        merge = cl.ask("How many approvals are needed to merge into fleet-backend?", user="bob")
+        assert not merge.refused and "Two approvals" in merge.text, merge.text
+        cited = [c for c in merge.citations if c.external_id == "code-review-guide.docx"]
+        assert cited and cited[0].snippet.startswith("Merging "), [c.snippet for c in merge.citations]
+        assert cited[0].title == "Code review guide"
+
+        (again,) = cl.sync()  # unchanged files are skipped; the failing one is still reported, nothing is lost
+        assert (again.added, again.unchanged, again.failed) == (0, 2, 1)
