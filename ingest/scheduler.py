@@ -203,6 +203,9 @@ class Scheduler:
         for s in self.sources:
             check_schedule(s.name, s.schedule or "")
         self._stop = threading.Event()
+        self.last_pass: datetime | None = None  # when the last pass ended (the health endpoint reads these)
+        self.last_pass_ok = True
+        self.syncing: str | None = None  # the source being synced now
         self._hold: dict[str, datetime] = {}  # not before: after a skip, or a failure that left no run row
         self._unrecorded: dict[str, int] = {}  # consecutive failures that left no run row
 
@@ -263,7 +266,9 @@ class Scheduler:
                     break
                 now = self.clock()
                 wait = min(self.tick, max(timedelta(0), min(self.plan(now).values()) - now))
+                self.last_pass, self.last_pass_ok = now, True
             except Exception:
+                self.last_pass, self.last_pass_ok = self.clock(), False
                 log.exception("scheduler pass failed; trying again in %s", self.tick)
             self._stop.wait(max(wait.total_seconds(), 0.05))
         log.info("scheduler: stopped")
@@ -274,6 +279,7 @@ class Scheduler:
         if self._when(source, last, started) > started:
             return None
         log.info("source %s: sync starting", source.name)
+        self.syncing = source.name
         try:
             report = self.host.sync(source.name, stop=self._stop)[0]
         except SyncLockedError:
@@ -282,6 +288,8 @@ class Scheduler:
             return RunResult(source.name, Outcome.LOCKED, started, next_run=self._hold[source.name])
         except Exception as exc:
             return self._failed(source, last, started, exc)
+        finally:
+            self.syncing = None
         self._hold.pop(source.name, None)
         self._unrecorded.pop(source.name, None)
         outcome = Outcome.SUCCEEDED if report.status == "succeeded" else Outcome.INTERRUPTED

@@ -51,6 +51,7 @@ from citeline.domain import Document
 from citeline.errors import CitelineError, ConnectorError, SyncLockedError
 from citeline.ingest.cleaning import clean_change, storable
 from citeline.ingest.writing import write_documents
+from citeline.tracing import capture, now_ns, record_span
 
 __all__ = ["SyncReport", "SyncRunner", "content_hash"]
 
@@ -230,7 +231,7 @@ class SyncRunner:
                 prepared = self._prepare(source_id, batch)
                 if pending is not None:
                     pending.result()  # keep commits in order: one batch in flight at a time
-                pending = writer.submit(self._write, source_id, batch, prepared, report)
+                pending = writer.submit(capture().run, self._write, source_id, batch, prepared, report)  # in the trace
                 if self.stop is not None and self.stop.is_set():
                     pending.result()  # the batch in hand commits with its checkpoint
                     raise _Stopped
@@ -265,6 +266,7 @@ class SyncRunner:
 
     def _prepare(self, source_id: int, batch: _Batch) -> _Prepared:
         """Hash, compare with the index, chunk and embed what changed (no writes)."""
+        started = now_ns()
         latest: dict[str, Document] = {}
         for doc in batch.upserts:  # a later version of the same id in one batch wins
             latest[doc.external_id] = doc
@@ -285,7 +287,10 @@ class SyncRunner:
             to_embed.append((doc, digest, self.chunker.chunk(doc)))
         texts = [f"{doc.title}\n{c.text}" if doc.title and not c.text.startswith(doc.title) else c.text
                  for doc, _, chunks in to_embed for c in chunks]
+        chunked = now_ns()
         vectors = self.embedder.embed_documents(texts)
+        record_span("sync.chunk", started, chunked, documents=len(latest), changed=len(to_embed), chunks=len(texts))
+        record_span("sync.embed", chunked, texts=len(texts))
         ready, at = [], 0
         for doc, digest, chunks in to_embed:
             ready.append(store.PreparedDocument(doc, digest, chunks, vectors[at:at + len(chunks)]))
@@ -294,6 +299,7 @@ class SyncRunner:
         return _Prepared(ready, access_only, unchanged, new)
 
     def _write(self, source_id: int, batch: _Batch, prepared: _Prepared, report: SyncReport) -> None:
+        started = now_ns()
         with self.db.writer() as conn:
             chunks, refused = self._write_documents(conn, source_id, prepared)
             deleted = store.delete_documents(conn, source_id, batch.deletes)
@@ -315,6 +321,8 @@ class SyncRunner:
         report.failed += counts[4]
         report.chunks += counts[5]
         report.failures.extend((f.external_id, f.reason) for f in failures)
+        record_span("sync.write", started, **dict(zip(("added", "updated", "unchanged", "deleted", "failed", "chunks"),
+                                                      counts, strict=True)))
         if self.on_progress:
             self.on_progress(report)
 

@@ -43,6 +43,7 @@ from citeline.errors import AuthError, DatabaseError
 from citeline.facade import Authenticated
 from citeline.serving.metrics import Metrics
 from citeline.settings import ServerSettings
+from citeline.tracing import set_principal, span
 
 __all__ = ["AUTH_STATE", "Limits", "TokenBuckets"]
 
@@ -136,9 +137,7 @@ class Limits:
             return
         t0 = time.perf_counter()
         try:
-            if token is None:
-                self.authenticate(None)  # raises at once, no database: the message says how to send a key
-            who = await anyio.to_thread.run_sync(self.authenticate, token, limiter=self._lookups)
+            who = await self._authenticate(token)
         except AuthError as exc:
             self.failures.take(address)
             self.metrics.auth_failures.inc()
@@ -171,6 +170,16 @@ class Limits:
             return
         scope.setdefault("state", {})[AUTH_STATE] = (who, auth_ms)
         await self.app(scope, _replay(body, receive), send)
+
+    async def _authenticate(self, token: str | None) -> Authenticated:
+        """The key's principal, looked up in a span ``auth``; names the principal for the request's logs."""
+        with span("auth") as s:
+            if token is None:
+                self.authenticate(None)  # raises at once, no database: the message says how to send a key
+            who = await anyio.to_thread.run_sync(self.authenticate, token, limiter=self._lookups)
+            s.set_attribute("citeline.key_id", who.key_id)
+        set_principal(who.principal.user)
+        return who
 
     def _remember(self, token: str | None) -> None:
         if token is None:

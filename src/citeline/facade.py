@@ -46,6 +46,9 @@ from citeline.operations.database import DatabaseLifecycle
 from citeline.operations.sources import Sources, SourceStatus, build_connector
 from citeline.retrieval.search import Retriever, SearchResult
 from citeline.settings import Settings
+from citeline.tracing import span
+
+_SYNC_COUNTS = ("run_id", "status", "added", "updated", "unchanged", "deleted", "failed", "chunks", "seconds")
 
 # Answer, AnswerStream and Authenticated: for serving, which reaches the core only through this module
 __all__ = ["Answer", "AnswerStream", "Authenticated", "Citeline", "SourceStatus", "build_connector"]
@@ -207,7 +210,10 @@ class Citeline:
                 break
             runner = SyncRunner(self.db, self.embedder, self.chunker, batch_size=src.batch_size,
                                 on_progress=on_progress, stop=stop)
-            reports.append(runner.run(src.name, src.connector, connector, full=full))
+            with span("sync", source=src.name, connector=src.connector, full=full) as s:  # batches: its children
+                report = runner.run(src.name, src.connector, connector, full=full)
+                s.set_attributes({f"citeline.{k}": getattr(report, k) for k in _SYNC_COUNTS})
+            reports.append(report)
         return reports
 
     def search(self, query: str, *, user: str | None, k: int | None = None,

@@ -227,6 +227,9 @@ class SchedulerSettings(_Section):
     retries: int = Field(3, ge=0, le=100, description="retries of a failed run per cron slot")
     backoff_s: float = Field(30.0, gt=0, description="wait before the first retry; doubles per failure")
     max_backoff_s: float = Field(900.0, gt=0, description="longest wait between retries")
+    http_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics and /healthz on this port "
+                                  "(0: any free one); unset: no listener")
+    http_host: str = Field("127.0.0.1", description="address of that listener (0.0.0.0 in a container)")
 
     @model_validator(mode="after")
     def _order(self) -> SchedulerSettings:

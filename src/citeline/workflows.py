@@ -20,6 +20,7 @@ from citeline.evaluation.answers import AnswerEvalReport, QAItem, QuestionResult
 from citeline.evaluation.retrieval import EvalReport as RetrievalReport
 from citeline.facade import Citeline
 from citeline.ingest.scheduler import Outcome, RetryPolicy, RunResult, Scheduler
+from citeline.ingest.scheduler_monitor import SchedulerMonitor
 from citeline.ingest.sync import SyncReport
 from citeline.lora.data import DataReport
 from citeline.lora.evaluation import EvalReport as AdapterEvalReport
@@ -39,6 +40,7 @@ __all__ = [
     "RetryPolicy",
     "RunResult",
     "Scheduler",
+    "SchedulerMonitor",
     "SyncReport",
     "TrainingConfig",
     "TrainingProgress",

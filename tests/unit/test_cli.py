@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 CLI = REPO / "src" / "citeline" / "cli"
 # what the CLI may import of citeline: the facade layer, foundation types, settings, plugins; serving is its peer
 ALLOWED = ("citeline.cli", "citeline.facade", "citeline.workflows", "citeline.settings", "citeline.errors",
-           "citeline.domain", "citeline.contracts", "citeline.plugins", "citeline.serving")
+           "citeline.domain", "citeline.contracts", "citeline.plugins", "citeline.serving", "citeline.tracing")
 
 
 def run(*args: str) -> tuple[int, str]:

@@ -96,7 +96,7 @@ def test_keys_bodies_and_admin_are_checked(client):
 
 def test_serving_reaches_the_core_only_through_the_facade():
     allowed = ("citeline.facade", "citeline.serving", "citeline.domain", "citeline.errors", "citeline.contracts",
-               "citeline.settings")
+               "citeline.settings", "citeline.tracing")
     root = Path(__file__).resolve().parents[2] / "serving"
     for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

@@ -49,6 +49,7 @@ from psycopg.rows import class_row, dict_row
 from citeline.batching import Batcher
 from citeline.db import Database
 from citeline.errors import AuditError, ConfigError
+from citeline.tracing import current_request_id
 
 __all__ = ["AuditLog", "AuditRecord", "VerifyReport", "load_key"]
 
@@ -146,7 +147,11 @@ def _keyed_digest(key: bytes, prev_hash: str, body: str) -> str:
 
 
 def _normalise(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload as it will read back from jsonb (so the stored hash verifies)."""
+    """The payload as it will read back from jsonb (so the stored hash verifies), with the request id of the
+    request or answer that writes it (``request_id``, :mod:`citeline.tracing`), hashed with the rest."""
+    rid = current_request_id()
+    if rid is not None and "request_id" not in payload:
+        payload = {**payload, "request_id": rid}
     return json.loads(json.dumps(payload, sort_keys=True, default=str))
 
 

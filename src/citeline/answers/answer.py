@@ -11,7 +11,7 @@ from typing import Any
 
 from citeline.answers.cache import CachedAnswer
 from citeline.answers.prompt import REFUSAL, GroundedPrompt
-from citeline.answers.verification import Unsupported
+from citeline.answers.verification import Unsupported, Verification
 from citeline.contracts.generator import ChatMessage
 from citeline.domain import Principal, SearchHit
 
@@ -105,6 +105,30 @@ class Prepared:
     @property
     def cache_state(self) -> str:
         return "hit" if self.hit is not None else "miss" if self.cache_key is not None else "off"
+
+    def audit_payload(self, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float],
+                      verification: Verification | None = None) -> dict[str, Any]:
+        """The ``ask``/``answer`` audit row's payload (the audit log adds the request id)."""
+        payload: dict[str, Any] = {
+            "question": self.question, "model": self.model, "model_note": self.note, "refused": self.refused,
+            "streamed": streamed,
+            "best_score": None if self.best is None else round(self.best, 4),
+            "shown": [{"n": c.n, "chunk_id": c.chunk_id, "document_id": c.document_id, "source": c.source,
+                       "external_id": c.external_id} for c in self.sources],
+            "groups": list(self.principal.groups), "invalid_citations": invalid, "cached": self.hit is not None,
+            "latency_ms": {k: round(v, 2) for k, v in {**self.latency, **extra}.items()},
+        }
+        if self.busy:
+            payload["answered_by"] = "extractive (model busy)"
+        if self.history:
+            payload["retrieval_question"] = self.retrieval_question
+            payload["rewrite"] = self.rewrite
+            payload["history_turns"] = len(self.history)
+        if verification is not None:
+            payload["verification"] = {**verification.as_dict(), "generation_stopped_early": self.stopped_early}
+        if text is not None:
+            payload["answer"] = text
+        return payload
 
 
 def best_similarity(hits: tuple[SearchHit, ...] | list[SearchHit]) -> float | None:

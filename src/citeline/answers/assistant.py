@@ -51,6 +51,7 @@ from citeline.domain import Principal, SearchMode
 from citeline.errors import GenerationError, ModelNotFoundError, OverloadedError
 from citeline.retrieval.search import Retriever
 from citeline.settings import AnswerSettings, GenerationSettings
+from citeline.tracing import annotate, span, traced
 
 # Answer, AnswerStream and Citation are what ask() and stream() return: importable from here as well
 __all__ = ["Answer", "AnswerStream", "Assistant", "Citation", "best_similarity"]
@@ -141,8 +142,11 @@ class Assistant:
         t0 = time.perf_counter()
         standalone, method = self._standalone(question, history)
         rewrite_ms = (time.perf_counter() - t0) * 1000
-        result = self.retriever.search(standalone, user=principal.user, k=self.settings.evidence_k,
-                                       mode=SearchMode.HYBRID)
+        with span("retrieve", mode=SearchMode.HYBRID.value, k=self.settings.evidence_k) as s:
+            result = self.retriever.search(standalone, user=principal.user, k=self.settings.evidence_k,
+                                           mode=SearchMode.HYBRID)
+            s.set_attributes({"citeline.hits": len(result.hits), "citeline.embed_ms": result.embed_ms,
+                              "citeline.sql_ms": result.db_ms, "citeline.rewrite": method})
         best = best_similarity(result.hits)
         refused = best is None or best < self.settings.min_score
         t1 = time.perf_counter()
@@ -213,11 +217,13 @@ class Assistant:
         if self.cache is not None and p.cache_key is not None and p.hit is None and not p.busy:
             self.cache.put(p.cache_key, CachedAnswer(v, invalid, *tokens, finish, p.stopped_early), model=p.model)
 
+    @traced("generate")
     def _generate(self, p: Prepared) -> Generation:
         """The model's whole answer; under ``fallback`` a base-model answer is streamed and judged sentence by
         sentence, and generation stops once ``answer.early_fallback`` sentences are unsupported and none is
         supported (the extractive answer will replace it anyway: seconds saved on a CPU)."""
         request = self.generation_request(p)
+        annotate(model=p.model, backend=self.backend.name, max_tokens=request.max_tokens)
         early = self.settings.early_fallback
         if self.settings.verify != "fallback" or not early or p.model != self.backend.base_model:
             return self.backend.generate(request)
@@ -255,6 +261,7 @@ class Assistant:
                                          min_coverage=self.settings.answerable_coverage,
                                          min_similarity=self.settings.answerable_similarity, focus=focus)
 
+    @traced("verify")
     def _verify(self, p: Prepared, text: str) -> Verification:
         evidence = p.prompt.evidence if p.prompt is not None else ()
         question = p.retrieval_question or p.question
@@ -290,31 +297,16 @@ class Assistant:
                             repair=self.settings.repair_citations,
                             fallback=self._extractive(p), relevant=self._relevant(p))
 
+    @traced("audit")
     def _audit(self, p: Prepared, *, text: str | None, invalid: int, streamed: bool, extra: dict[str, float],
                verification: Verification | None = None) -> int:
-        payload: dict[str, Any] = {
-            "question": p.question, "model": p.model, "model_note": p.note, "refused": p.refused,
-            "streamed": streamed,
-            "best_score": None if p.best is None else round(p.best, 4),
-            "shown": [{"n": c.n, "chunk_id": c.chunk_id, "document_id": c.document_id, "source": c.source,
-                       "external_id": c.external_id} for c in p.sources],
-            "groups": list(p.principal.groups), "invalid_citations": invalid, "cached": p.hit is not None,
-            "latency_ms": {k: round(v, 2) for k, v in {**p.latency, **extra}.items()},
-        }
-        if p.busy:
-            payload["answered_by"] = "extractive (model busy)"
-        if p.history:
-            payload["retrieval_question"] = p.retrieval_question
-            payload["rewrite"] = p.rewrite
-            payload["history_turns"] = len(p.history)
-        if verification is not None:
-            payload["verification"] = {**verification.as_dict(), "generation_stopped_early": p.stopped_early}
-        if text is not None:
-            payload["answer"] = text
+        payload = p.audit_payload(text=text, invalid=invalid, streamed=streamed, extra=extra,
+                                  verification=verification)
         return self.audit.append("ask", "answer", principal=p.principal.user, team=p.principal.team,
                                  payload=payload).id
 
     # -- public ------------------------------------------------------------------------------------
+    @traced("answer", request=True)
     def ask(self, question: str, principal: Principal, *, model: str | None = None,
             history: Sequence[ChatMessage] = (), max_tokens: int | None = None, temperature: float | None = None,
             stop: Sequence[str] = ()) -> Answer:
@@ -342,6 +334,7 @@ class Assistant:
                                extra={"total_ms": (t2 - t0) * 1000}, verification=v)
         p.latency["audit_ms"] = (time.perf_counter() - t2) * 1000
         p.latency["total_ms"] = (time.perf_counter() - t0) * 1000
+        annotate(model=p.model, refused=p.refused, cache=p.cache_state, audit_id=audit_id, finish_reason=finish)
         by_n = {c.n: c for c in p.sources}
         return Answer(question, text, p.refused, tuple(by_n[n] for n in cited), p.sources, invalid, p.model,
                       p.best, {k: round(x, 2) for k, x in p.latency.items()}, audit_id, *gen_tokens, p.note,
@@ -378,6 +371,7 @@ class Assistant:
         self.remember(p, v, check.invalid, (gen.prompt_tokens, gen.completion_tokens), gen.finish_reason)
         return v, check.invalid, (gen.prompt_tokens, gen.completion_tokens), gen.finish_reason
 
+    @traced("answer", request=True)
     def stream(self, question: str, principal: Principal, *, model: str | None = None,
                history: Sequence[ChatMessage] = (), max_tokens: int | None = None, temperature: float | None = None,
                stop: Sequence[str] = ()) -> AnswerStream:

@@ -20,6 +20,7 @@ from citeline.answers.sentence_gate import SentenceGate, stream_through
 from citeline.answers.verification import Verification
 from citeline.contracts.generator import GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings
+from citeline.tracing import attach, capture, span, traced
 
 __all__ = ["AnswerStream", "Answering", "CitationFilter"]
 
@@ -53,6 +54,7 @@ class AnswerStream:
         self._release = release or (lambda: None)
         weakref.finalize(self, self._release)
         self._p = prepared
+        self._context = capture()  # the answer's trace and request id, carried to the thread that streams it
         self.audit_id = audit_id
         self._t0 = t0
         self.sources = prepared.sources
@@ -66,8 +68,9 @@ class AnswerStream:
         self._release()
 
     def __iter__(self) -> Iterator[str]:
-        try:
-            yield from self._deltas()
+        try:  # generation and verification interleave (a sentence is released once verified): one span
+            with attach(self._context), span("generate", streamed=True, model=self.model):
+                yield from self._deltas()
         finally:
             self._release()
 
@@ -124,6 +127,7 @@ class AnswerStream:
             p.latency["verify_ms"] = v.ms
         self._finish(text, v, filt.invalid if hit is None else hit.invalid, finish or "stop")
 
+    @traced("audit")
     def _finish(self, text: str, v: Verification | None, invalid: int, finish: str) -> None:
         """:attr:`answer` from what was delivered, and (unless refused up front) the closing audit row."""
         p, a = self._p, self._a

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from citeline import tracing
 from citeline.errors import CitelineError
 from citeline.facade import Citeline
 
@@ -67,9 +67,14 @@ def reported() -> Iterator[None]:
 
 def prepare() -> None:
     """Before a command touches the core: models are read from local files only (no Hugging Face Hub lookups)
-    unless HF_HUB_OFFLINE says otherwise; log lines at CITELINE_LOG_LEVEL (default WARNING) go to stderr."""
+    unless HF_HUB_OFFLINE says otherwise; log lines at CITELINE_LOG_LEVEL (default WARNING) go to stderr, as
+    text or, with CITELINE_LOG_FORMAT=json, one JSON object per line; spans are exported when the OTEL_*
+    variables ask for it (:func:`citeline.tracing.configure_tracing`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=os.environ.get("CITELINE_LOG_LEVEL", "WARNING"), stream=sys.stderr)
+    with reported():
+        tracing.configure_logging(os.environ.get("CITELINE_LOG_LEVEL", "WARNING"),
+                                  os.environ.get("CITELINE_LOG_FORMAT", "text"))
+        tracing.configure_tracing()
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""``citeline scheduler [--once] [--tick SECONDS]``: run each source on its cron schedule."""
+"""``citeline scheduler [--once] [--tick SECONDS] [--http-port PORT]``: run each source on its cron schedule
+(with ``--http-port``, or ``scheduler.http_port``, serving ``/metrics`` and ``/healthz`` while it runs)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def scheduler(
                                                   "doubles per failure (default scheduler.backoff_s)")] = None,
     max_backoff: Annotated[float | None, typer.Option("--max-backoff", min=0.01, help="longest wait between "
                                                       "retries (default scheduler.max_backoff_s)")] = None,
+    http_port: Annotated[int | None, typer.Option("--http-port", min=0, max=65535, help="serve /metrics and "
+                                                  "/healthz on this port while running, 0 = any free port "
+                                                  "(default scheduler.http_port: off)")] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -40,7 +44,12 @@ def scheduler(
             if once:
                 results = sched.run_pending()
             else:
-                sched.serve()
+                port = cl.settings.scheduler.http_port if http_port is None else http_port
+                if port is None:
+                    sched.serve()
+                    return
+                with workflows.SchedulerMonitor(sched, host=cl.settings.scheduler.http_host, port=port) as monitor:
+                    sched.serve(on_result=monitor.observe)
                 return
     if as_json:
         print_json([_as_dict(r) for r in results])
