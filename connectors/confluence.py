@@ -16,7 +16,9 @@ Config (``[[sources]] connector = "confluence"``)::
 plus :class:`~citeline.connectors._http.ApiConfig`'s retry, backoff, ``request_budget`` and ``page_size``.
 
 * **Id**: the page id (stable across renames and moves). **Text**: ``# title`` and the storage format
-  (XHTML) as Markdown-ish text. **URL**: ``base_url`` + the page's ``_links.webui``.
+  (XHTML) as Markdown-ish text: code macros as fenced code with their language, info/note/warning/tip/panel
+  macros as quoted blocks with their label, page links as the linked title with its URL
+  (:func:`citeline.connectors._html.parse_html` with ``storage``). **URL**: ``base_url`` + the page's ``_links.webui``.
 * **Access**: a page's read restrictions (``restrictions.read``: users by ``user_field``, groups by
   name) and those of its ancestors (Confluence inherits view restrictions): every restricted level must
   admit a reader, so the page gets the users and groups common to all of them (possibly nobody but an
@@ -63,7 +65,7 @@ from citeline.connectors._atlassian import (
     require_visible,
 )
 from citeline.connectors._common import ItemError, coerce_config
-from citeline.connectors._html import parse_html
+from citeline.connectors._html import StorageLinks, parse_html
 from citeline.connectors._http import ApiClient, ApiError, CredentialsRejected, NotFound
 from citeline.contracts.connector import Change, Checkpoint, Delete, Failure, Upsert
 from citeline.domain import Access, ContentType, Document
@@ -302,8 +304,8 @@ class ConfluenceConnector:
         body = ((page.get("body") or {}).get("storage") or {}).get("value")
         if not isinstance(body, str):
             raise ItemError("has no body.storage value (expand=body.storage was ignored?)")
-        text = parse_html(body).text.strip()
         space = (page.get("space") or {}).get("key")
+        text = parse_html(body, storage=StorageLinks(self.config.base_url, space)).text.strip()
         version = page.get("version") or {}
         webui = (page.get("_links") or {}).get("webui")
         return Document(

@@ -201,3 +201,39 @@ def test_a_server_ignoring_the_restriction_expansion_fails_closed(fake, server, 
                                                                if k != "restrictions"})
     with pytest.raises(ApiError, match="does not expand restrictions"):
         run_sync(make(server))
+
+
+# body.storage.value as Confluence stores it (storage format: XHTML with ac:/ri: elements, CDATA code bodies)
+STORAGE = """<h2>Rolling back</h2><p>If the canary fails, roll back:</p>\
+<ac:structured-macro ac:name="code" ac:schema-version="1" ac:macro-id="5e1f0c2a-0d1b-4c57-9d0e-6b2f0c1a2b3c">\
+<ac:parameter ac:name="language">bash</ac:parameter><ac:parameter ac:name="title">Undo</ac:parameter>\
+<ac:plain-text-body><![CDATA[kubectl rollout undo deploy/api
+kubectl get pods -l app=api]]></ac:plain-text-body></ac:structured-macro>\
+<ac:structured-macro ac:name="warning" ac:schema-version="1" ac:macro-id="0c7a5b7e-7d0e-4a36-8a4e-2f4d9b1c0e11">\
+<ac:parameter ac:name="title">Database migrations</ac:parameter><ac:rich-text-body>\
+<p>Never roll back past a <strong>schema migration</strong>.</p></ac:rich-text-body></ac:structured-macro>\
+<ac:structured-macro ac:name="info" ac:schema-version="1"><ac:rich-text-body><p>Ask in #deploys first.</p>\
+</ac:rich-text-body></ac:structured-macro>\
+<p>See <ac:link><ri:page ri:space-key="OPS" ri:content-title="Deploy guide" /><ac:plain-text-link-body>\
+<![CDATA[the guide]]></ac:plain-text-link-body></ac:link> and <ac:link><ri:page ri:content-title="Pager runbook" />\
+</ac:link>, the <ac:link><ri:attachment ri:filename="rollback.pdf" /></ac:link> and \
+<ac:link><ri:user ri:account-id="557058:dana" /></ac:link>.</p>\
+<ac:structured-macro ac:name="toc" ac:schema-version="1"><ac:parameter ac:name="maxLevel">2</ac:parameter>\
+</ac:structured-macro><ac:layout><ac:layout-section ac:type="two_equal"><ac:layout-cell><h3>Left</h3>\
+<p>Left column.</p></ac:layout-cell><ac:layout-cell><ac:task-list><ac:task><ac:task-id>1</ac:task-id>\
+<ac:task-status>complete</ac:task-status><ac:task-body>Tag the release</ac:task-body></ac:task></ac:task-list>\
+</ac:layout-cell></ac:layout-section></ac:layout>"""
+
+
+def test_storage_format_keeps_code_panels_and_page_links(fake, server):
+    page = fake.add_page("ENG", "Rollback", STORAGE)
+    text = documents(run_sync(make(server)))[page].text
+    base = f"{server.url}/wiki"
+    assert "Undo\n\n```bash\nkubectl rollout undo deploy/api\nkubectl get pods -l app=api\n```" in text
+    assert "bashkubectl" not in text and "maxLevel" not in text and "5e1f0c2a" not in text
+    assert "> Warning: Database migrations\n>\n> Never roll back past a schema migration." in text
+    assert "> Info:\n>\n> Ask in #deploys first." in text
+    assert f"[the guide (Deploy guide)]({base}/display/OPS/Deploy+guide)" in text
+    assert f"[Pager runbook]({base}/display/ENG/Pager+runbook)" in text  # no space key: the page's own space
+    assert "rollback.pdf" in text and "557058" not in text
+    assert "### Left\n\nLeft column." in text and "- [x] Tag the release" in text
