@@ -18,7 +18,9 @@ Promises (tested in tests/unit/test_scheduler.py and tests/integration/test_sche
 * due sources run one after another; a failing source is recorded and retried later and does not hold
   up the others (errors that leave no run row, such as an unreachable database, back off in memory);
 * :meth:`Scheduler.stop` (the CLI wires SIGTERM and SIGINT to it) lets the batch in progress commit with
-  its checkpoint and then returns; the run is recorded as ``interrupted`` and the next one resumes.
+  its checkpoint and then returns; the run is recorded as ``interrupted`` and the next one resumes;
+* :attr:`Scheduler.last_pass`, :attr:`Scheduler.last_pass_ok` and :attr:`Scheduler.syncing` say whether the
+  loop is alive: :mod:`citeline.ingest.scheduler_monitor` serves them as ``/healthz`` (and ``/metrics``).
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ def test_compose_services():
     assert "deploy" not in cpu
     api, scheduler = services["api"], services["scheduler"]
     assert api["command"][0] == "serve" and "/readyz" in " ".join(api["healthcheck"]["test"])
-    assert scheduler["command"] == ["scheduler"] and scheduler["stop_signal"] == "SIGTERM"
+    assert scheduler["command"][0] == "scheduler" and scheduler["stop_signal"] == "SIGTERM"
+    assert "/healthz" in " ".join(scheduler["healthcheck"]["test"])  # the scheduler's --http-port listener
     for svc in (api, scheduler, services["migrate"]):
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile" and svc["build"]["args"]["CITELINE_EXTRAS"] == "server"
     for svc in (api, scheduler):

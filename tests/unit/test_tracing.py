@@ -209,3 +209,20 @@ def test_an_otlp_collector_receives_the_spans_of_a_process(tmp_path):
     (span,) = resource.scope_spans[0].spans
     assert span.name == "exported"
     assert {a.key: a.value.string_value for a in span.attributes}["citeline.request_id"] == "rid-otlp"
+
+
+def test_the_deploy_files_probe_the_port_the_scheduler_listens_on():
+    import yaml
+
+    from tests.conftest import REPO
+
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["scheduler"]
+    port = compose["command"][compose["command"].index("--http-port") + 1]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(compose["healthcheck"]["test"])
+    [k8s] = [d for d in yaml.safe_load_all((REPO / "deploy" / "k8s" / "scheduler.yaml").read_text())
+             if d and d["kind"] == "Deployment"]
+    [main] = k8s["spec"]["template"]["spec"]["containers"]
+    port_k8s = main["args"][main["args"].index("--http-port") + 1]
+    assert {p["name"]: p["containerPort"] for p in main["ports"]}["metrics"] == int(port_k8s)
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert {e["name"]: e.get("value") for e in main["env"]}["CITELINE_SCHEDULER__HTTP_HOST"] == "0.0.0.0"
