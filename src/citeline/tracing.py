@@ -53,6 +53,7 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("citeli
 _principal: contextvars.ContextVar[str | None] = contextvars.ContextVar("citeline_principal", default=None)
 _configured = threading.Lock()
 _provider: Any = None  # the SDK tracer provider configure_tracing installed (flushed at exit)
+_tracer = trace.get_tracer(TRACER)  # a proxy: it follows the global provider, also one installed later
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -111,7 +112,7 @@ def _attributes(attributes: dict[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def span(name: str, **attributes: Any) -> Iterator[Span]:
     """A span for the block, a child of the current one; an exception is recorded and marks it an error."""
-    with trace.get_tracer(TRACER).start_as_current_span(name, attributes=_attributes(attributes)) as s:
+    with _tracer.start_as_current_span(name, attributes=_attributes(attributes)) as s:
         yield s
 
 
@@ -140,7 +141,7 @@ def now_ns() -> int:
 
 def record_span(name: str, start_ns: int, end_ns: int | None = None, **attributes: Any) -> None:
     """A span measured already: from ``start_ns`` to ``end_ns`` (default now), a child of the current span."""
-    s = trace.get_tracer(TRACER).start_span(name, start_time=start_ns, attributes=_attributes(attributes))
+    s = _tracer.start_span(name, start_time=start_ns, attributes=_attributes(attributes))
     s.end(end_time=end_ns if end_ns is not None else now_ns())
 
 
