@@ -39,7 +39,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from citeline.facade import Citeline
-from citeline.serving.api import admin, ask, chat, errors, page, probes
+from citeline.serving.api import admin, ask, chat, errors, page, probes, search
 from citeline.serving.api.edge import Edge
 from citeline.serving.capacity import Admission, ReadinessProbe, RequestSlots
 from citeline.serving.limits import Limits
@@ -63,7 +63,7 @@ def create_app(cl: Citeline) -> FastAPI:
     app.state.request_slots = RequestSlots(admitted, server.queue_timeout_s, server.retry_after_s)
     app.state.readiness = ReadinessProbe(cl.db.url, server.probe_timeout_s)
     errors.install(app)
-    for part in (page, probes, chat, ask, admin):
+    for part in (page, probes, chat, ask, search, admin):
         app.include_router(part.router)
     app.add_middleware(Admission, slots=app.state.request_slots)  # inside Limits: refused requests take no slot
     app.add_middleware(Limits, settings=server, authenticate=cl.keys.authenticate, metrics=metrics,

@@ -5,6 +5,7 @@
 ``probes``      ``/healthz``, ``/readyz``, ``/metrics`` (async: no request slot, no thread)
 ``chat``        ``/v1/models``, ``/v1/chat/completions`` (OpenAI-compatible)
 ``ask``         ``/v1/ask``
+``search``      ``/v1/search``: the chunks the caller may see (the LlamaIndex and LangChain retrievers' route)
 ``admin``       ``/v1/admin/...``: keys, principals, audit (admin key)
 ``bodies``      request bodies (pydantic; unstorable text refused, 400 ``invalid_text``)
 ``deps``        ``Annotated`` dependencies: the facade, the metrics, the caller, the admin check
