@@ -1,135 +1,148 @@
-"""Wikitext to Markdown-ish plain text for the MediaWiki connector (private).
+"""Wikitext to Markdown-ish plain text for the MediaWiki connector (private), parsed by ``mwparserfromhell``.
 
-A light converter, not a parser: it keeps what a reader sees in the page's own source (headings as
-``#`` lines, list items, table rows as ``a | b``, link labels, preformatted blocks) and drops what only
-renders elsewhere (templates, references, categories, files, comments, behaviour switches). Templates
-are not expanded; ``render = "parsed"`` in the connector's config asks the wiki for the rendered HTML
-instead when that matters.
+It keeps what a reader sees in the page's own source (headings as ``#`` lines, list items, table rows as
+``a | b`` with a caption line, link labels, preformatted and ``syntaxhighlight`` blocks as fenced code with
+their language) and drops what only renders elsewhere (templates, references, categories, files,
+comments, behaviour switches). The parser gives nesting its real shape: a template inside a template, a
+link inside a table cell or a file caption, a reference holding links. Templates are not expanded;
+``render = "parsed"`` in the connector's config asks the wiki for the rendered HTML instead when that matters.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+
+import mwparserfromhell
+from mwparserfromhell.nodes import (
+    Argument,
+    Comment,
+    ExternalLink,
+    Heading,
+    HTMLEntity,
+    Node,
+    Tag,
+    Template,
+    Text,
+    Wikilink,
+)
+from mwparserfromhell.wikicode import Wikicode
 
 __all__ = ["wikitext_to_markdown"]
 
-_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
-_REF = re.compile(r"<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>", re.S | re.I)
-_CODE = re.compile(r"<(pre|syntaxhighlight|source)\b[^>]*>(.*?)</\1\s*>", re.S | re.I)
-_NOWIKI = re.compile(r"<nowiki\s*/>|<nowiki>(.*?)</nowiki\s*>", re.S | re.I)
-_DROPPED_TAGS = re.compile(
-    r"<(gallery|references|templatedata|timeline|graph|score)\b[^>]*>.*?</\1\s*>|<references\s*/>",
-                           re.S | re.I)
-_BR = re.compile(r"<br\s*/?>", re.I)
-_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*\b[^>]*>")
-_TEMPLATE = re.compile(r"\{\{(?:[^{}]|\{(?!\{)|\}(?!\}))*\}\}", re.S)
-_PARAMETER = re.compile(r"\{\{\{[^{}]*\}\}\}")
-_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
-_EXTERNAL = re.compile(r"\[(?:https?:|ftp:|mailto:|//)[^\s\]]*(?:\s+([^\]]*))?\]")
-_QUOTES = re.compile(r"'{2,5}")
-_HEADING = re.compile(r"^(={1,6})\s*(.+?)\s*\1\s*$")
-_LIST = re.compile(r"^([*#:;]+)\s*")
-_SWITCH = re.compile(r"__[A-Z]+__")
+_DROPPED_TAGS = {"ref", "references", "gallery", "templatedata", "timeline", "graph", "score", "math", "categorytree"}
+_CODE_TAGS = {"pre", "syntaxhighlight", "source"}
 _DROPPED_LINKS = ("file:", "image:", "media:", "category:")
+_ITEM = "\x02"  # before a list marker the parser found (a heading's # is not one)
+_LIST = re.compile(r"^((?:\x02[*#:;])+)\s*")
+_SWITCH = re.compile(r"__[A-Z]+__")
+_LANGUAGE = re.compile(r"[\w+#.-]{1,30}")
 _CODE_MARK = "\x00code{}\x00"
 
 
 def wikitext_to_markdown(source: str) -> str:
     """The readable text of a page's wikitext, with Markdown headings, lists and code fences."""
-    text = _COMMENT.sub("", source.replace("\r\n", "\n"))
     blocks: list[str] = []
-
-    def keep_code(match: re.Match[str]) -> str:
-        blocks.append(match.group(2).strip("\n"))
-        return "\n" + _CODE_MARK.format(len(blocks) - 1) + "\n"
-
-    text = _CODE.sub(keep_code, text)
-    text = _NOWIKI.sub(lambda m: m.group(1) or "", text)
-    text = _DROPPED_TAGS.sub("", _REF.sub("", text))
-    text = _BR.sub("\n", text)
-    text = _TAG.sub("", text)
-    text = _PARAMETER.sub("", text)
-    text = _innermost_first(_TEMPLATE, lambda m: "", text)
-    text = _innermost_first(_LINK, _link_label, text)
-    text = _EXTERNAL.sub(lambda m: m.group(1) or "", text)
-    text = _QUOTES.sub("", _SWITCH.sub("", text))
-    lines = _lines(text.split("\n"))
-    out = "\n".join(lines)
+    parsed = mwparserfromhell.parse(source.replace("\r\n", "\n"))
+    try:
+        text = _render(parsed, blocks)
+    except RecursionError:  # nesting deeper than the parser's own limit: the page's text without markup
+        text = parsed.strip_code()
+    out = "\n".join(_lines(_SWITCH.sub("", text).split("\n")))
     for number, block in enumerate(blocks):
-        out = out.replace(_CODE_MARK.format(number), f"```\n{block}\n```")
+        out = out.replace(_CODE_MARK.format(number), block)
     return re.sub(r"\n{3,}", "\n\n", out).strip()
 
 
-def _innermost_first(pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str], text: str) -> str:
-    """Apply ``pattern`` until nothing matches: nested templates and links inside file captions."""
-    for _ in range(20):
-        new = pattern.sub(replace, text)
-        if new == text:
-            break
-        text = new
-    return text
+def _render(code: Wikicode, blocks: list[str]) -> str:
+    return "".join(_node(node, blocks) for node in code.nodes)
 
 
-def _link_label(match: re.Match[str]) -> str:
-    inner = match.group(1)
-    target, _, label = inner.partition("|")
-    target = target.strip()
-    if target.lower().startswith(_DROPPED_LINKS):
+def _node(node: Node, blocks: list[str]) -> str:
+    if isinstance(node, Text):
+        return str(node.value)
+    if isinstance(node, Comment | Template | Argument):
         return ""
-    if label:
-        return label.rsplit("|", 1)[-1].strip()
-    return target.lstrip(":")
+    if isinstance(node, HTMLEntity):
+        return str(node.normalize())
+    if isinstance(node, Wikilink):
+        target = str(node.title).strip()
+        if target.lower().lstrip(":").startswith(_DROPPED_LINKS) and not target.startswith(":"):
+            return ""
+        label = _render(node.text, blocks).strip() if node.text is not None else ""
+        return label or target.lstrip(":")
+    if isinstance(node, ExternalLink):
+        if not node.brackets:
+            return str(node.url)
+        return _render(node.title, blocks).strip() if node.title is not None else ""
+    if isinstance(node, Heading):
+        return f"\n\n{'#' * node.level} {_render(node.title, blocks).strip()}\n\n"
+    if isinstance(node, Tag):
+        return _tag(node, blocks)
+    return ""
+
+
+def _tag(tag: Tag, blocks: list[str]) -> str:
+    name = str(tag.tag).strip().lower()
+    markup = tag.wiki_markup
+    if name in _DROPPED_TAGS:
+        return ""
+    if name in _CODE_TAGS:
+        language = str(tag.get("lang").value).strip() if tag.has("lang") else ""
+        fence = "```" + (language if _LANGUAGE.fullmatch(language) else "")
+        blocks.append(f"{fence}\n{str(tag.contents or '').strip(chr(10))}\n```")
+        return "\n" + _CODE_MARK.format(len(blocks) - 1) + "\n"
+    if name == "nowiki":
+        return str(tag.contents or "")
+    if name == "br":
+        return "\n"
+    if name == "table":
+        return _table(tag, blocks)
+    if markup in ("*", "#", ":", ";"):
+        return _ITEM + str(markup)  # the list marker; the item's text follows it on the line
+    if markup == "----" or name == "hr":
+        return ""
+    return _render(tag.contents, blocks) if tag.contents is not None else ""
+
+
+def _table(table: Tag, blocks: list[str]) -> str:
+    """Rows as ``a | b`` lines (cells' attributes dropped), the caption as a line of its own."""
+    lines: list[str] = []
+    row: list[str] = []
+    for node in table.contents.nodes if table.contents is not None else []:
+        if not isinstance(node, Tag):
+            continue
+        if str(node).startswith("|+"):  # the caption (the parser reads it as a cell whose text starts with +)
+            lines.append(_cell(node, blocks).removeprefix("+").strip())
+        elif str(node.tag).lower() == "tr":
+            if row:
+                lines.append(" | ".join(row))
+            row = [text for cell in node.contents.nodes if isinstance(cell, Tag) and (text := _cell(cell, blocks))]
+            if row:
+                lines.append(" | ".join(row))
+            row = []
+        elif text := _cell(node, blocks):  # cells before the first |- form the first row
+            row.append(text)
+    if row:
+        lines.append(" | ".join(row))
+    return "\n".join(lines)
+
+
+def _cell(cell: Tag, blocks: list[str]) -> str:
+    return " ".join(_render(cell.contents, blocks).split()) if cell.contents is not None else ""
 
 
 def _lines(raw: list[str]) -> list[str]:
-    """Headings, list items and table rows line by line; other lines as they are."""
+    """List items line by line (``*``/``#``/``;`` items as ``- ``, ``:`` indents as text); rules dropped."""
     out: list[str] = []
-    row: list[str] = []
     for line in raw:
         stripped = line.strip()
-        if stripped.startswith("{|"):
-            row = []
-            continue
-        if stripped.startswith(("|}", "|-")):
-            if row:
-                out.append(" | ".join(row))
-            row = []
-            continue
-        if stripped.startswith("|+"):
-            out.append(stripped[2:].strip())
-            continue
-        if stripped.startswith(("|", "!")) and not stripped.startswith("||"):
-            row.extend(_cells(stripped))
-            continue
-        if row:  # a cell's text on the next lines
-            row[-1] = f"{row[-1]} {stripped}".strip() if stripped else row[-1]
-            continue
-        heading = _HEADING.match(stripped)
-        if heading:
-            out.extend(["", "#" * len(heading.group(1)) + " " + heading.group(2), ""])
-            continue
-        if stripped == "----" or re.fullmatch(r"-{4,}", stripped):
+        if re.fullmatch(r"-{4,}", stripped):
             continue
         listed = _LIST.match(stripped)
         if listed:
-            body = stripped[listed.end():].strip()
+            body = re.sub(r"\s*\x02:\s*", ": ", stripped[listed.end():]).replace(_ITEM, "").strip()
             if body:
-                out.append(("- " if listed.group(1)[-1] in "*#;" else "") + body.replace(" : ", ": "))
+                out.append(("- " if listed.group(1)[-1] in "*#;" else "") + body)
             continue
-        out.append(line.rstrip())
-    if row:
-        out.append(" | ".join(row))
-    return out
-
-
-def _cells(line: str) -> list[str]:
-    """``| a || b`` or ``! a !! b``: the cells' text, attributes (``style="..." |``) dropped."""
-    cells = re.split(r"\|\||!!", line[1:])
-    out = []
-    for cell in cells:
-        parts = cell.split("|")
-        text = parts[-1] if len(parts) > 1 and "=" in parts[0] else cell
-        if text.strip():
-            out.append(text.strip())
+        out.append(line.replace(_ITEM, "").rstrip())
     return out

@@ -75,3 +75,39 @@ def test_wikitext_becomes_markdown():
         "### Deeper\n\n"
         "Text\nmore."
     )
+
+
+def test_wikitext_nesting_is_parsed_not_guessed():
+    """Templates in templates, links in table cells and in references, a caption, code with its language."""
+    source = (
+        "{{Infobox team|name={{lang|en|Payables}}|lead=[[User:Sam|Sam]]}}\n"
+        "The '''payables''' team<ref name=\"a\">See [[Finance handbook|the handbook]] and {{cite web|url=https://x}}"
+        "</ref> pays invoices.\n"
+        "{| class=\"wikitable\"\n|+ Approval limits\n! Role !! Limit\n|-\n"
+        "| [[Team lead|Lead]] || {{currency|5000|EUR}} 5,000 EUR\n|-\n"
+        "| style=\"background:#eee\" | [[Director]] || [https://finance.example/limits no limit]\n|}\n"
+        "* Level one\n** Level two with [[Page|a link]]\n; Term : Definition\n"
+        "<syntaxhighlight lang=\"python\">\nprint({\"a\": 1})  # {{not a template}}\n</syntaxhighlight>\n"
+        "<nowiki>[[not a link]]</nowiki> &amp; more\n"
+        "[[File:Chart.png|thumb|A chart of [[Payables|payables]]]][[Category:Finance]]"
+        "[[:Category:Finance|the finance category]] {{{param|default}}}\n"
+    )
+    assert wikitext_to_markdown(source) == (
+        "The payables team pays invoices.\n"
+        "Approval limits\n"
+        "Role | Limit\n"
+        "Lead | 5,000 EUR\n"
+        "Director | no limit\n"
+        "- Level one\n"
+        "- Level two with a link\n"
+        "- Term: Definition\n\n"
+        "```python\nprint({\"a\": 1})  # {{not a template}}\n```\n\n"
+        "[[not a link]] & more\n"
+        "the finance category"
+    )
+
+
+def test_wikitext_nested_beyond_any_real_page_still_converts():
+    deep = "{{a|" * 300 + "x" + "}}" * 300 + " after [[link|label]]"
+    assert wikitext_to_markdown(deep).endswith("after label")
+    assert wikitext_to_markdown("[[" * 5000 + "tail").endswith("tail")
