@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -30,7 +31,7 @@ backend = "extractive"
 
 
 @pytest.fixture(scope="module")
-def acme(tmp_path_factory, pg_url, embedder) -> Iterator[Settings]:
+def acme(tmp_path_factory, pg_url, embedder) -> Iterator[tuple[Settings, Path]]:
     root = tmp_path_factory.mktemp("documents")
     shutil.copytree(REPO / "examples" / "acme" / "documents", root / "documents")
     (root / "documents" / "bad.pdf").write_bytes(b"%PDF-1.4 cut off")
@@ -38,14 +39,15 @@ def acme(tmp_path_factory, pg_url, embedder) -> Iterator[Settings]:
     namespace = f"d_{uuid.uuid4().hex[:10]}"
     settings = Settings.load(root / "citeline.toml", database_url=pg_url, database={"namespace": namespace})
     try:
-        yield settings
+        yield settings, root / "documents"
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
 
 
-def test_pdf_and_docx_answers_cite_the_page_and_the_section(acme: Settings, embedder) -> None:
-    with Citeline(acme, embedder=embedder) as cl:
+def test_pdf_and_docx_answers_cite_the_page_and_the_section(acme: tuple[Settings, Path], embedder) -> None:
+    settings, folder = acme
+    with Citeline(settings, embedder=embedder) as cl:
         (report,) = cl.sync()
         assert (report.added, report.failed) == (2, 1)
         assert report.failures[0][0] == "bad.pdf" and "truncated PDF" in report.failures[0][1]
@@ -63,5 +65,15 @@ def test_pdf_and_docx_answers_cite_the_page_and_the_section(acme: Settings, embe
         assert cited and cited[0].snippet.startswith("Merging "), [c.snippet for c in merge.citations]
         assert cited[0].title == "Code review guide"
 
-        (again,) = cl.sync()  # unchanged files are skipped; the failing one is still reported, nothing is lost
+        (again,) = cl.sync()  # unchanged files are skipped; the failing one is still reported
         assert (again.added, again.unchanged, again.failed) == (0, 2, 1)
+
+        # the indexed PDF is replaced by a damaged copy: a failure, and what was indexed for it stays answerable
+        pdf = folder / "travel-expenses.pdf"
+        pdf.write_bytes(pdf.read_bytes()[:600])
+        (damaged,) = cl.sync()
+        assert damaged.failed == 2 and damaged.deleted == 0
+        assert ("travel-expenses.pdf", "travel-expenses.pdf: is a truncated PDF (no %%EOF trailer at its end): "
+                "copy the whole file again") in damaged.failures
+        kept = cl.ask("What is the hotel limit per night in Europe?", user="bob")
+        assert "160 EUR" in kept.text and kept.citations[0].external_id == "travel-expenses.pdf"
