@@ -29,8 +29,8 @@ from citeline.errors import CitelineError
 from citeline.facade import Citeline
 
 __all__ = ["AS_USER_HELP", "AsUserOption", "ConfigOption", "JsonOption", "LiteralHelpGroup", "OldUserOption",
-           "PlainTable", "administered", "cli_actor", "console", "err_console", "escape", "fail", "opened", "prepare",
-           "print_json", "reported"]
+           "PlainTable", "administered", "cli_actor", "console", "err_console", "escape", "fail", "json_logs", "opened",
+           "prepare", "print_json", "reported"]
 
 ConfigOption = Annotated[
     Path | None,
@@ -75,6 +75,11 @@ def prepare() -> None:
         tracing.configure_logging(os.environ.get("CITELINE_LOG_LEVEL", "WARNING"),
                                   os.environ.get("CITELINE_LOG_FORMAT", "text"))
         tracing.configure_tracing()
+
+
+def json_logs() -> bool:
+    """Whether log lines are JSON (CITELINE_LOG_FORMAT=json; checked by :func:`prepare`)."""
+    return os.environ.get("CITELINE_LOG_FORMAT", "text").strip().lower() == "json"
 
 
 @contextlib.contextmanager

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from citeline.cli._common import ConfigOption, err_console, opened
+from citeline.cli._common import ConfigOption, err_console, json_logs, opened
 from citeline.plugins import missing_module_error
 
 
@@ -33,7 +33,7 @@ def serve(
         app = create_app(cl)
         err_console.print(f"citeline serving on http://{host}:{port}  (chat page at /, API at /v1)", markup=False)
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=_log_config(uvicorn))
 
 
 def model_server(
@@ -58,4 +58,10 @@ def model_server(
                                embedder=lambda: cl.embedder)  # /v1/embeddings: the configured embedder
         err_console.print(f"model server ({backend.name}, base {backend.base_model}) on http://{host}:{port}/v1",
                           markup=False)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=_log_config(uvicorn))
+
+
+def _log_config(uvicorn: Any) -> dict[str, Any] | None:
+    """uvicorn's own text logging, or none with CITELINE_LOG_FORMAT=json: its lines then reach citeline's JSON
+    handler like every other record."""
+    return None if json_logs() else uvicorn.config.LOGGING_CONFIG
