@@ -134,17 +134,11 @@ class Converter:
     def _worker(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
-        limit = self.memory_mb * 1024 * 1024
-
-        def _limits() -> None:  # in the child, before it runs anything
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+        # the worker sets its own address space limit before it imports a parser (no preexec_fn: the sync may
+        # run in a threaded process, where code between fork and exec can deadlock)
         self._proc = subprocess.Popen(  # this interpreter running this file
-            [sys.executable, "-I", os.path.abspath(__file__), "--worker"],
+            [sys.executable, "-I", os.path.abspath(__file__), "--worker", str(self.memory_mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            preexec_fn=_limits,  # only setrlimit in the child
         )
         return self._proc
 
@@ -228,7 +222,11 @@ def _convert(kind: str, data: bytes) -> dict[str, Any]:
     return {"ok": True, "text": result.text, "title": result.title}
 
 
-def _serve() -> None:
+def _serve(memory_mb: int) -> None:
+    import resource
+
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     stdin = sys.stdin.buffer
     stdout = os.fdopen(os.dup(1), "wb")  # the replies' channel; what the parsers print goes to stderr
     os.dup2(2, 1)
@@ -240,5 +238,5 @@ def _serve() -> None:
         stdout.flush()
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
-    _serve()
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":
+    _serve(int(sys.argv[2]))
