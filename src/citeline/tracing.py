@@ -35,15 +35,15 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, ParamSpec, TypeVar
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from citeline.errors import ConfigError
 
 __all__ = ["REQUEST_ID_ATTR", "REQUEST_ID_HEADER", "ContextFilter", "JsonFormatter", "accept_request_id", "annotate",
-           "attach", "capture", "configure_logging", "configure_tracing", "current_principal", "current_request_id",
-           "new_request_id", "now_ns", "record_span", "request_context", "set_principal", "span", "traced"]
+           "capture", "configure_logging", "configure_tracing", "current_principal", "current_request_id",
+           "in_context", "new_request_id", "now_ns", "record_span", "request_context", "set_principal", "span",
+           "traced"]
 
 TRACER = "citeline"
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -57,6 +57,7 @@ _tracer = trace.get_tracer(TRACER)  # a proxy: it follows the global provider, a
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 # -- the request id --------------------------------------------------------------------------------
@@ -96,8 +97,9 @@ def request_context(request_id: str | None = None, principal: str | None = None)
     try:
         yield rid
     finally:
-        _principal.reset(tokens[1])
-        _request_id.reset(tokens[0])
+        with contextlib.suppress(ValueError):  # a generator closed in another context (finalised elsewhere)
+            _principal.reset(tokens[1])
+            _request_id.reset(tokens[0])
 
 
 # -- spans -----------------------------------------------------------------------------------------
@@ -146,20 +148,28 @@ def record_span(name: str, start_ns: int, end_ns: int | None = None, **attribute
 
 
 def capture() -> contextvars.Context:
-    """This context (current span, request id, principal), to carry on in another thread with :func:`attach`."""
+    """This context (current span, request id, principal), to go on in later with :func:`in_context`."""
     return contextvars.copy_context()
 
 
-@contextlib.contextmanager
-def attach(ctx: contextvars.Context) -> Iterator[None]:
-    """Run the block under the span, request id and principal that ``ctx`` (from :func:`capture`) held."""
-    rid, who = ctx.get(_request_id), ctx.get(_principal)
-    token = otel_context.attach(ctx.run(otel_context.get_current))
+def in_context(ctx: contextvars.Context, items: Iterator[T]) -> Iterator[T]:
+    """Iterate ``items`` with each step (and its closing) run in ``ctx``, from :func:`capture`.
+
+    A streamed answer is produced later and on another thread than the request that made it: this carries
+    the request's trace, id and principal into each step without setting them in the consuming thread's
+    context, so a stream closed or finalised anywhere leaves no context behind.
+    """
     try:
-        with request_context(rid, who) if rid is not None else contextlib.nullcontext():
-            yield
+        while True:
+            try:
+                item = ctx.run(next, items)
+            except StopIteration:
+                return
+            yield item
     finally:
-        otel_context.detach(token)
+        close = getattr(items, "close", None)
+        if close is not None:
+            ctx.run(close)
 
 
 def configure_tracing(service_name: str = "citeline") -> bool:

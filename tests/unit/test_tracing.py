@@ -77,23 +77,28 @@ def test_traced_with_request_makes_an_id_only_when_none_is_set():
     assert [s.attributes["citeline.request_id"] for s in exporter.get_finished_spans()] == seen
 
 
-def test_capture_and_attach_carry_the_trace_and_id_to_another_thread():
+def test_in_context_carries_the_trace_and_id_to_another_thread_and_leaves_it_clean():
     exporter = span_exporter()
     with tracing.request_context("threaded", "bob"), tracing.span("parent") as parent:
         ctx = tracing.capture()
-    out: dict[str, object] = {}
+
+    def steps() -> Iterator[object]:
+        with tracing.span("child"):
+            yield tracing.current_request_id(), tracing.current_principal()
+            yield "second"
+
+    out: list[object] = []
 
     def other() -> None:
-        with tracing.attach(ctx), tracing.span("child"):
-            out["rid"], out["who"] = tracing.current_request_id(), tracing.current_principal()
-        out["after"] = tracing.current_request_id()
+        out.extend(tracing.in_context(ctx, steps()))
+        out.append(tracing.current_request_id())  # nothing left behind in this thread
 
     thread = threading.Thread(target=other)
     thread.start()
     thread.join()
     child = one(exporter.get_finished_spans(), "child")
     assert child.parent is not None and child.parent.span_id == parent.get_span_context().span_id
-    assert out == {"rid": "threaded", "who": "bob", "after": None}
+    assert out == [("threaded", "bob"), "second", None]
 
 
 @pytest.fixture
@@ -226,3 +231,32 @@ def test_the_deploy_files_probe_the_port_the_scheduler_listens_on():
     assert {p["name"]: p["containerPort"] for p in main["ports"]}["metrics"] == int(port_k8s)
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert {e["name"]: e.get("value") for e in main["env"]}["CITELINE_SCHEDULER__HTTP_HOST"] == "0.0.0.0"
+
+
+def test_a_stream_closed_from_another_thread_does_not_raise(caplog):
+    """A streamed answer read on one thread and closed on another (a client gone, a generator finalised
+    elsewhere): no error, no "Failed to detach context", and no request id left in either thread."""
+    exporter = span_exporter()
+    with tracing.request_context("streamed"):
+        ctx = tracing.capture()
+
+    def deltas() -> Iterator[str | None]:
+        with tracing.span("generate"):
+            yield tracing.current_request_id()
+            yield "never"
+
+    stream = tracing.in_context(ctx, deltas())
+    assert next(stream) == "streamed" and tracing.current_request_id() is None
+    errors: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            stream.close()
+        except BaseException as exc:  # pragma: no cover - the failure this test looks for
+            errors.append(exc)
+
+    thread = threading.Thread(target=close)
+    thread.start()
+    thread.join()
+    assert not errors and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert one(exporter.get_finished_spans(), "generate").attributes["citeline.request_id"] == "streamed"

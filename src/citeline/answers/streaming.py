@@ -20,7 +20,7 @@ from citeline.answers.sentence_gate import SentenceGate, stream_through
 from citeline.answers.verification import Verification
 from citeline.contracts.generator import GenerationBackend, GenerationRequest
 from citeline.settings import AnswerSettings
-from citeline.tracing import attach, capture, span, traced
+from citeline.tracing import capture, in_context, span, traced
 
 __all__ = ["AnswerStream", "Answering", "CitationFilter"]
 
@@ -68,11 +68,14 @@ class AnswerStream:
         self._release()
 
     def __iter__(self) -> Iterator[str]:
-        try:  # generation and verification interleave (a sentence is released once verified): one span
-            with attach(self._context), span("generate", streamed=True, model=self.model):
-                yield from self._deltas()
+        try:  # each step runs in the answer's context (its trace and request id), on whichever thread reads
+            yield from in_context(self._context, self._generate())
         finally:
             self._release()
+
+    def _generate(self) -> Iterator[str]:
+        with span("generate", streamed=True, model=self.model):  # generation and verification interleave
+            yield from self._deltas()
 
     def _deltas(self) -> Iterator[str]:
         p = self._p
