@@ -235,3 +235,16 @@ def test_the_scheduler_serves_metrics_and_health(cl):
             thread.join(timeout=30)
         code, _, body = _get(base + "/healthz")
         assert code == 503 and json.loads(body)["status"] == "stopping"
+
+
+def test_an_admin_change_through_the_api_carries_the_request_id_in_its_audit_row(cl, client_key, json_log):
+    client, _ = client_key
+    cl.admin.add_principal(Principal("ops", ("staff",)), actor="test")
+    admin = cl.admin.create_key("ops", actor="test", admin=True).secret
+    r = client.post("/v1/admin/keys", json={"user": "alice", "label": "ci"},
+                    headers={"Authorization": f"Bearer {admin}", "X-Request-ID": "admin-req-7"})
+    assert r.status_code == 200 and r.headers["X-Request-ID"] == "admin-req-7"
+    row = list(cl.audit.records())[-1]
+    assert row.payload.get("request_id") == "admin-req-7" and row.kind != "ask"
+    assert cl.audit.verify().ok
+    assert r.json()["key"] not in json_log.getvalue() and admin not in json_log.getvalue()  # no secret logged
