@@ -275,6 +275,31 @@ def test_http_raw_json_rpc_with_a_lone_surrogate(acme, http_url):
         assert r.status_code == 200 and "deploy-process.md" in r.text and '"isError":false' in r.text, r.text
 
 
+
+def test_http_a_session_id_grants_nothing(acme, http_url):
+    """bob sending alice's session id still acts as bob: each request's own key decides."""
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "search",
+                                                                          "arguments": {"query": DEPLOY}}}
+    base = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    alice = {**base, "Authorization": f"Bearer {acme.keys['alice']}"}
+    with httpx.Client(timeout=60) as h:
+        r = h.post(http_url, json=init, headers=alice)
+        session = {"mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+        h.post(http_url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**alice, **session})
+        as_bob = h.post(http_url, json=call, headers={**base, **session,
+                                                      "Authorization": f"Bearer {acme.keys['bob']}"})
+        as_alice = h.post(http_url, json=call, headers={**alice, **session})
+        no_key = h.post(http_url, json=call, headers={**base, **session})
+    assert as_bob.status_code == 200 and '"isError":false' in as_bob.text and '"hits":[{' in as_bob.text
+    assert "engineering/deploy-process.md" not in as_bob.text
+    assert as_alice.status_code == 200 and "engineering/deploy-process.md" in as_alice.text
+    assert no_key.status_code == 401
+    _, kind, _, principal, _ = acme.last_audit()
+    assert (kind, principal) == ("search", "alice")
+
+
 # -- stdio --------------------------------------------------------------------------------------------------
 def test_stdio_session_as_the_keys_principal(acme):
     plan = acme.doc_id("hr/reorganisation-plan.md")
@@ -319,3 +344,21 @@ def test_stdio_refuses_a_missing_or_bad_key(acme, tmp_path):
                                            env=env), read_timeout_seconds=120), search)
     assert acme.audit_row(bob["audit_id"])[2] == "bob"
     assert not any(h["external_id"].startswith("engineering/") for h in bob["hits"])
+
+
+@pytest.mark.slow
+def test_stdio_ask_through_the_default_embedded_model(acme, smollm2_dir):
+    """The one call through a real model: the embedded SmolLM2 (the default backend) answers over MCP."""
+    env = {**acme.env, "CITELINE_API_KEY": acme.keys["alice"], "CITELINE_GENERATION__BACKEND": "embedded",
+           "CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir), "CITELINE_GENERATION__MAX_TOKENS": "60"}
+
+    async def body(c: Client) -> Any:
+        return await c.call_tool("ask", {"question": DEPLOY})
+
+    result = run(Client(StdioServerParameters(command=CLI[0], args=CLI[1:], env=env), read_timeout_seconds=300),
+                 body)
+    out = result.structured_content
+    assert not result.is_error and out["refused"] is False and out["citations"], text_of(result)
+    assert out["model"] == smollm2_dir.name, out
+    kind, _, principal, payload = acme.audit_row(out["audit_id"])
+    assert (kind, principal, payload["model"]) == ("ask", "alice", smollm2_dir.name)
