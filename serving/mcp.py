@@ -12,9 +12,10 @@ an API key, never of anything the client writes in its arguments:
 What each call may see is decided by PostgreSQL (the facade's search, ask and document read run as that
 principal). Each call leaves one audit row naming the principal before it returns: ``ask`` the assistant's
 answer row (kind ``ask``), ``search`` a row of kind ``search`` with the chunks shown, a document read a row of
-kind ``read`` (also when the document was not found). Results name their sources and link each cited document as
-the resource ``citeline://documents/{id}``; reading it returns the text only to a principal who may see the
-document, and "not found" otherwise, exactly as for an id that does not exist.
+kind ``read`` (also when the document was not found); each call runs under a request id (an HTTP request's
+``X-Request-ID`` when it is sane, else a new one) that its audit row and log lines carry. Results name their
+sources and link each cited document as the resource ``citeline://documents/{id}``; reading it returns the text
+only to a principal who may see the document, and "not found" otherwise, exactly as for an id that does not exist.
 
 Arguments are validated before any work: a wrong type, a query over 4,000 characters or a NUL byte is a tool
 error naming the argument (``isError`` true; a lone surrogate is refused by the SDK's own parsing); the server
@@ -39,6 +40,7 @@ from pydantic import BaseModel, Field
 from citeline.domain import SearchMode
 from citeline.errors import AuthError, CitelineError
 from citeline.facade import Authenticated, Citeline
+from citeline.tracing import accept_request_id, request_context, set_principal, span
 
 __all__ = ["AUTH_SCOPE_KEY", "DOCUMENT_URI", "AskOutput", "SearchOutput", "build_server", "document_uri",
            "serve_stdio"]
@@ -131,13 +133,27 @@ class _Handlers:
                             "--api-key-file")
         return self.cl.keys.authenticate(self.api_key)
 
+    @contextlib.contextmanager
+    def acting(self, name: str, ctx: Context, error: type[Exception]) -> Iterator[Authenticated]:
+        """Run one call as its caller: under a request id (an HTTP request's sane ``X-Request-ID``, else a new
+        one; it reaches the audit rows and log lines) and a span ``mcp.<name>``; a citeline error (a refused
+        key, an unwritable audit log) becomes ``error`` with its message, said plainly to the client."""
+        request = ctx.request_context.request
+        header = request.headers.get("x-request-id") if request is not None else None
+        with request_context(accept_request_id(header)[0] if header else None), span(f"mcp.{name}"):
+            try:
+                who = self.caller(ctx)
+                set_principal(who.principal.user)
+                yield who
+            except CitelineError as exc:
+                raise error(str(exc)) from exc
+
     def search(self, query: Query, ctx: Context, k: TopK = 5,
                mode: Literal["hybrid", "dense", "lexical"] = "hybrid") -> Annotated[CallToolResult, SearchOutput]:
         """Search the company's documents with the caller's access: the best passages, each with its document's
         title, URL and source, and a citeline://documents/{id} resource to read the whole document."""
         _check_text("query", query)
-        try:
-            who = self.caller(ctx)
+        with self.acting("search", ctx, ToolError) as who:
             result = self.cl.search(query, user=who.principal.user, k=k, mode=SearchMode(mode))
             hits = [Hit(n=i, document_id=h.document_id, title=h.title, url=h.url, source=h.source,
                         external_id=h.external_id, score=round(h.score, 6), text=h.text, span_start=h.span_start,
@@ -145,8 +161,6 @@ class _Handlers:
                     for i, h in enumerate(result.hits, 1)]
             audit_id = self.cl.audit.append("search", "search", principal=who.principal.user, team=who.principal.team,
                                             payload=self._search_payload(who, query, k, mode, result.hits)).id
-        except CitelineError as exc:  # a refused key, an unwritable audit log: said plainly to the client
-            raise ToolError(str(exc)) from exc
         out = SearchOutput(query=query, hits=hits, audit_id=audit_id)
         seen: dict[int, ContentBlock] = {h.document_id: _link(h.document_id, h.title, h.source) for h in hits}
         return CallToolResult(content=[TextContent(text=out.model_dump_json()), *seen.values()],
@@ -164,11 +178,8 @@ class _Handlers:
         sentences cite [n], the cited sources (title, URL, snippet, resource), or a refusal when the
         documents do not say."""
         _check_text("question", question)
-        try:
-            who = self.caller(ctx)
+        with self.acting("ask", ctx, ToolError) as who:
             answer = self.cl.assistant.ask(question, who.principal)  # audited by the assistant (kind "ask")
-        except CitelineError as exc:
-            raise ToolError(str(exc)) from exc
         cited = [Cited(n=c.n, document_id=c.document_id, title=c.title, url=c.url, source=c.source,
                        external_id=c.external_id, snippet=c.snippet, resource=document_uri(c.document_id))
                  for c in answer.citations]
@@ -182,14 +193,11 @@ class _Handlers:
     def document(self, document_id: str, ctx: Context) -> str:
         """A cited document's text (Markdown), readable only by a principal who may see it."""
         not_found = ResourceNotFoundError(f"document {document_id[:40]!r} not found")
-        try:
-            who = self.caller(ctx)
+        with self.acting("read", ctx, ResourceError) as who:
             doc = self.cl.document(int(document_id), user=who.principal.user) if _is_id(document_id) else None
             self.cl.audit.append("read", "document", principal=who.principal.user, team=who.principal.team,
                                  payload={"document": document_id[:40], "found": doc is not None, "via": "mcp",
                                           "key_id": who.key_id, "groups": list(who.principal.groups)})
-        except CitelineError as exc:
-            raise ResourceError(str(exc)) from exc
         if doc is None:  # absent, or not visible to this principal: the same answer
             raise not_found
         head = f"# {doc.title}\n\nSource: {doc.source} ({doc.url or doc.external_id})\n\n"

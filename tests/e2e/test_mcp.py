@@ -107,8 +107,8 @@ def http_url(acme, tmp_path_factory) -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def http_client(url: str, key: str | None) -> Client:
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+def http_client(url: str, key: str | None, **extra: str) -> Client:
+    headers = {**({"Authorization": f"Bearer {key}"} if key is not None else {}), **extra}
     return Client(streamable_http_client(url, http_client=create_mcp_http_client(headers=headers)),
                   read_timeout_seconds=120)
 
@@ -169,7 +169,7 @@ async def check_hostile_inputs(c: Client) -> None:
 # -- streamable HTTP --------------------------------------------------------------------------------------
 def test_http_lists_tools_and_searches_as_each_principal(acme, http_url):
     run(http_client(http_url, acme.keys["alice"]), check_tools)
-    alice = run(http_client(http_url, acme.keys["alice"]), search)
+    alice = run(http_client(http_url, acme.keys["alice"], **{"X-Request-ID": "mcp-e2e-1"}), search)
     bob = run(http_client(http_url, acme.keys["bob"]), search)
     assert "engineering/deploy-process.md" in {h["external_id"] for h in alice["hits"]}
     visible_to_bob = {r[0] for r in acme.owner_sql(
@@ -181,6 +181,8 @@ def test_http_lists_tools_and_searches_as_each_principal(acme, http_url):
         assert (kind, action, principal, payload["via"]) == ("search", "search", user, "mcp")
         assert [s["chunk_id"] for s in payload["shown"]] and payload["query"] == DEPLOY
         assert all(h["resource"] == f"citeline://documents/{h['document_id']}" for h in out["hits"])
+    assert acme.audit_row(alice["audit_id"])[3]["request_id"] == "mcp-e2e-1"  # the caller's id, as for REST
+    assert len(acme.audit_row(bob["audit_id"])[3]["request_id"]) == 32  # none sent: a new one
 
 
 def test_http_ask_cites_sources_and_is_audited(acme, http_url):
@@ -195,7 +197,7 @@ def test_http_ask_cites_sources_and_is_audited(acme, http_url):
     links = [b for b in result.content if b.type == "resource_link"]
     assert {str(link.uri) for link in links} == {c["resource"] for c in out["citations"]}
     kind, _, principal, payload = acme.audit_row(out["audit_id"])
-    assert (kind, principal) == ("ask", "alice") and payload["question"] == DEPLOY
+    assert (kind, principal) == ("ask", "alice") and payload["question"] == DEPLOY and payload["request_id"]
 
 
 def test_http_document_resources_only_for_who_may_see_them(acme, http_url):
