@@ -107,6 +107,7 @@ def _calls(server, user: str, questions: Iterable[str]) -> Iterable[tuple[str, s
         for q in questions:
             yield q, "POST /v1/ask", http.post("/v1/ask", json={"question": q}, headers=h)
             yield q, "POST /v1/ask stream", http.post("/v1/ask", json={"question": q, "stream": True}, headers=h)
+            yield q, "POST /v1/search", http.post("/v1/search", json={"query": q, "k": 50}, headers=h)
             chat = {"model": "citeline", "messages": [{"role": "user", "content": q}]}
             yield q, "POST /v1/chat/completions", http.post("/v1/chat/completions", json=chat, headers=h)
             yield (q, "POST /v1/chat/completions stream",
@@ -153,6 +154,9 @@ def test_no_http_path_returns_forbidden_text_to_a_low_privilege_principal(server
             body = r.json()
             shown = {s["document_id"] for s in body["sources"]} | {x["document_id"] for x in body["citations"]}
             assert not shown & c.ids, (route, shown & c.ids)
+        if route == "POST /v1/search" and r.status_code == 200:
+            shown = {h["document_id"] for h in r.json()["hits"]}
+            assert not shown & c.ids, (route, shown & c.ids)
     print(f"\n[security] {user}: {counts['requests']} requests over every route, {len(c.phrases)} canaries,"
           f" {len(leaks)} leaks, {counts['5xx']} 5xx")
     assert not leaks, leaks[:3]
@@ -162,7 +166,7 @@ def test_no_http_path_returns_forbidden_text_to_a_low_privilege_principal(server
 def test_every_route_is_classified(server):
     """A new route must be added to the calls above (or here, with why it needs no forbidden-document probe)."""
     spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
-    probed = {"/v1/ask", "/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics", "/",
+    probed = {"/v1/ask", "/v1/search", "/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics", "/",
               "/openapi.json", "/v1/admin/keys", "/v1/admin/keys/{key_id}", "/v1/admin/principals",
               "/v1/admin/principals/{user}",
               "/v1/admin/audit/verify", "/v1/admin/audit/export"}
