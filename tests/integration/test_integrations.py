@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +119,9 @@ def test_a_llamaindex_query_engine_returns_only_what_each_principal_may_see(cl):
         span = (own.node.start_char_idx, own.node.end_char_idx)
         document = FILES[f"{meta['source']}/{meta['external_id']}"]
         assert document[span[0]:span[1]] == own.node.get_content()  # the citation's exact span
+        retriever = CitelineRetriever.in_process(cl, user, k=5)
+        ids = [n.node.node_id for n in retriever.retrieve(QUESTIONS[0])]
+        assert [n.node.node_id for n in asyncio.run(retriever.aretrieve(QUESTIONS[0]))] == ids  # async engines too
 
 
 def test_an_unknown_principal_is_refused_when_the_retriever_is_made(cl):
