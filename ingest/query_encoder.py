@@ -1,7 +1,9 @@
-"""Question encoders: the embedder's own model, run fast for short inputs that arrive one at a time.
+"""Encoders: the embedder's own model run by a faster engine, for questions and for documents.
 
-Document vectors always come from the float32 model (so an index never needs rebuilding); questions may
-be encoded by a quantized copy of the same model. ``embedding.options.query_encoder`` picks the engine:
+Every engine computes the same model (the same weights, tokenizer, pooling and normalisation), so vectors from any
+two of them agree to a cosine of 0.985 or more and one index may hold vectors from several: the engine is not part
+of the embedder's ``name``, and changing it re-embeds nothing. ``embedding.options.query_encoder`` picks the engine
+for questions (short, one at a time), ``embedding.options.document_encoder`` the one for chunks (batches):
 
 ``onnx-int8``
     The transformer exported once to ONNX and its weights quantized to int8 per output channel with
@@ -12,12 +14,18 @@ be encoded by a quantized copy of the same model. ``embedding.options.query_enco
     and ``onnx`` and a model made of Transformer → Pooling (mean or CLS) → optional Normalize.
 ``torch-int8``
     ``torch.ao.quantization.quantize_dynamic`` on the linear layers (per channel).
+``onnx-float`` (documents only)
+    The same export without quantization.
 ``float``
-    The model itself.
+    The model itself (sentence-transformers' ``encode``).
 ``auto`` (default)
-    ``onnx-int8`` where possible, else ``torch-int8`` on CPU (the reason is logged), else ``float``.
+    Questions: ``onnx-int8`` where possible, else ``torch-int8`` on CPU (the reason is logged), else ``float``.
+    Documents: ``onnx-int8`` where possible on CPU, else ``float``.
 
-Quality on SciFact and the refusal curve for each engine: ``docs/benchmarks.md``.
+Document batches are formed in order of length (short texts pad little), ``batch_size`` texts each; an ONNX
+document encoder runs ``document_threads`` batches at once on one single-threaded session (independent batches
+scale better on few cores than one batch split across threads).
+Speed and quality on SciFact for each engine, and the refusal curve: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import numpy as np
 from citeline.errors import ConfigError
 from citeline.filelock import file_lock
 
-__all__ = ["QueryEncoder", "build_query_encoder", "default_cache_dir"]
+__all__ = ["QueryEncoder", "build_document_encoder", "build_query_encoder", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +83,11 @@ class TorchEncoder:
             return torch.nn.functional.normalize(out.float(), dim=1).numpy().astype(np.float32, copy=False)
 
 
-class OnnxInt8Encoder:
-    engine = "onnx-int8"
+class OnnxEncoder:
+    """The transformer exported to ONNX (int8 weights unless ``quantized`` is false), pooled and normalised here."""
 
-    def __init__(self, model: Any, model_dir: Path, cache_dir: Path, threads: int) -> None:
+    def __init__(self, model: Any, model_dir: Path, cache_dir: Path, threads: int, *, quantized: bool = True) -> None:
+        self.engine = "onnx-int8" if quantized else "onnx-float"
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -96,16 +105,18 @@ class OnnxInt8Encoder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
+        # idle threads sleep instead of spinning: on shared cores spinning burned a third more CPU per chunk
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         names = list(self.tokenizer.model_input_names)
         for attempt in (1, 2):  # a cached file that does not load (damaged, foreign) is exported again, once
-            path = _ensure_exported(modules[0].auto_model, names, model_dir, cache_dir)
+            path = _ensure_exported(modules[0].auto_model, names, model_dir, cache_dir, quantized=quantized)
             try:
                 self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 break
             except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
                 if attempt == 2:
                     raise _Unavailable(f"onnxruntime cannot load {path} ({exc})") from exc
-                log.warning("question encoder: %s does not load (%s); exporting it again", path, exc)
+                log.warning("%s encoder: %s does not load (%s); exporting it again", self.engine, path, exc)
                 path.unlink(missing_ok=True)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.path = path
@@ -127,7 +138,7 @@ def build_query_encoder(model: Any, model_dir: Path, *, engine: str, device: str
     cache_dir = cache_dir or default_cache_dir()
     if engine in ("auto", "onnx-int8") and device == "cpu":
         try:
-            return OnnxInt8Encoder(model, model_dir, cache_dir, threads)
+            return OnnxEncoder(model, model_dir, cache_dir, threads)
         except _Unavailable as exc:
             if engine == "onnx-int8":
                 raise ConfigError(f"embedding.options.query_encoder = 'onnx-int8' cannot run: {exc}; set it to "
@@ -147,6 +158,27 @@ def build_query_encoder(model: Any, model_dir: Path, *, engine: str, device: str
         raise ConfigError("embedding.options.query_encoder = 'torch-int8' runs on CPU only "
                           f"(embedding.options.device is {device!r})")
     return TorchEncoder(model, "float")
+
+
+def build_document_encoder(model: Any, model_dir: Path, *, engine: str, device: str, cache_dir: Path | None,
+                           threads: int) -> OnnxEncoder | None:
+    """The ONNX engine ``embedding.options.document_encoder`` asks for, or None for the model's own ``encode``."""
+    if engine == "float":
+        return None
+    if device != "cpu":
+        if engine == "auto":
+            return None
+        raise ConfigError(f"embedding.options.document_encoder = {engine!r} runs on CPU only (embedding.options.device "
+                          f"is {device!r}): set it to 'float' or 'auto'")
+    try:
+        return OnnxEncoder(model, model_dir, cache_dir or default_cache_dir(), threads,
+                           quantized=engine != "onnx-float")
+    except _Unavailable as exc:
+        if engine != "auto":
+            raise ConfigError(f"embedding.options.document_encoder = {engine!r} cannot run: {exc}; set it to 'auto' "
+                              "or 'float'") from exc
+        log.info("document encoder: onnx-int8 not used (%s); using the float model", exc)
+        return None
 
 
 def _torch_int8(model: Any) -> Any | None:
@@ -172,27 +204,29 @@ def _cache_key(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _ensure_exported(transformer: Any, input_names: list[str], model_dir: Path, cache_dir: Path) -> Path:
-    """``<cache>/query-encoders/<model>-<key>.int8.onnx``, exported and quantized on first use."""
-    folder = cache_dir / "query-encoders"
-    target = folder / f"{model_dir.name}-{_cache_key(model_dir)}.int8.onnx"
+def _ensure_exported(transformer: Any, input_names: list[str], model_dir: Path, cache_dir: Path, *,
+                     quantized: bool = True) -> Path:
+    """``<cache>/query-encoders/<model>-<key>.int8.onnx`` (``.float.onnx`` unquantized), made on first use."""
+    folder = cache_dir / "query-encoders"  # the folder's name predates document encoders; kept so caches stay valid
+    target = folder / f"{model_dir.name}-{_cache_key(model_dir)}.{'int8' if quantized else 'float'}.onnx"
     if target.is_file():
         return target
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _Unavailable(f"cannot create the cache folder {folder} ({exc}); set embedding.options.cache") from exc
-    with file_lock(folder / ".export.lock", "exporting the question encoder"):
+    with file_lock(folder / ".export.lock", "exporting the ONNX encoder"):
         if target.is_file():  # another process finished while we waited
             return target
         work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
         try:
             _export(transformer, input_names, work / "model.onnx")
-            _quantize(work / "model.onnx", work / "model.int8.onnx")
-            os.replace(work / "model.int8.onnx", target)
+            if quantized:
+                _quantize(work / "model.onnx", work / "model.int8.onnx")
+            os.replace(work / ("model.int8.onnx" if quantized else "model.onnx"), target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    log.info("question encoder exported to %s", target)
+    log.info("ONNX encoder exported to %s", target)
     return target
 
 

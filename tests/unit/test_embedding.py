@@ -22,9 +22,9 @@ QUESTIONS = ["how do I undo a broken release?", "can a partner get a refund for 
 ODD = ["hi", "x", "why " * 60, "what is the warranty on a Scout S2 robot bought through a partner " * 25]
 
 
-def embedder_with(engine: str, cache: Path | None = None) -> SentenceTransformerEmbedder:
+def embedder_with(engine: str, cache: Path | None = None, documents: str = "float") -> SentenceTransformerEmbedder:
     return SentenceTransformerEmbedder(SentenceTransformerEmbedder.Config(query_encoder=engine, query_cache=0,
-                                                                      cache=cache))
+                                                                      cache=cache, document_encoder=documents))
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,46 @@ def test_float_questions_are_deterministic_and_match_document_vectors() -> None:
     assert np.allclose(first, fresh.embed_documents([q])[0], atol=1e-5)
 
 
-def test_documents_never_use_an_int8_engine(embedder, exact) -> None:
-    a, b = embedder.embed_documents(DOCS), exact.embed_documents(DOCS)
-    assert np.allclose(a, b, atol=1e-5)  # the index is the same whichever question encoder is configured
+@pytest.mark.parametrize(("engine", "floor"), [("onnx-float", 0.9999), ("onnx-int8", 0.985)])
+def test_document_engines_match_the_float_model_row_for_row(engine, floor, exact, tmp_path) -> None:
+    fast = embedder_with("float", tmp_path, documents=engine)
+    assert fast.document_encoder is not None and fast.document_encoder.engine == engine
+    assert fast.name == exact.name  # same model, same index: the engine re-embeds nothing
+    # unsorted lengths, a duplicate, one-token and truncated texts, more rows than one batch: each row must
+    # come back in its own place although batches are formed in order of length
+    texts = [*DOCS, *ODD, DOCS[0], *(f"{d} (copy {i})" for i, d in enumerate(DOCS * 20))]
+    fast.batch_size = 7
+    a, b = fast.embed_documents(texts), exact.embed_documents(texts)
+    assert a.shape == b.shape == (len(texts), exact.dimension) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)
+    cosines = (a * b).sum(axis=1)
+    prose = np.r_[0:len(DOCS), len(DOCS) + len(ODD):len(texts)]  # one-token texts lose more to int8 (0.975)
+    assert float(cosines[prose].min()) > floor, texts[int(prose[cosines[prose].argmin()])][:40]
+    assert float(cosines.min()) > min(floor, 0.97), texts[int(cosines.argmin())][:40]
+    assert np.allclose(a[0], a[len(DOCS) + len(ODD)], atol=1e-6)  # the duplicate, far apart in the input
+    assert fast.embed_documents([]).shape == (0, exact.dimension)
+    for i, q in enumerate(QUESTIONS):  # ranking of the documents by each question is unchanged
+        assert int(np.argmax(a[: len(DOCS)] @ exact.embed_query(q))) == i
+
+
+def test_float_documents_use_the_model_itself(exact) -> None:
+    assert exact.document_encoder is None
+    assert np.allclose(exact.embed_documents(DOCS[:1])[0], exact._model.encode(DOCS[:1], normalize_embeddings=True)[0],
+                       atol=1e-6)
+
+
+def test_document_encoder_falls_back_or_names_the_fix(exact, tmp_path) -> None:
+    from citeline.ingest.query_encoder import build_document_encoder
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")  # no export possible here
+    assert embedder_with("float", blocker, documents="auto").document_encoder is None  # auto: the float model
+    with pytest.raises(ConfigError, match=r"document_encoder = 'onnx-int8' cannot run.*'float'"):
+        embedder_with("float", blocker, documents="onnx-int8")
+    on_gpu = {"model": exact._model, "model_dir": tmp_path, "device": "cuda", "cache_dir": tmp_path, "threads": 1}
+    assert build_document_encoder(engine="auto", **on_gpu) is None  # the model itself, on its device
+    with pytest.raises(ConfigError, match=r"'onnx-float' runs on CPU only.*'float'"):
+        build_document_encoder(engine="onnx-float", **on_gpu)
 
 
 def test_cache_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkeypatch) -> None:
