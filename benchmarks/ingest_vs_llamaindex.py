@@ -99,11 +99,13 @@ def _run_citeline(tmp: Path, corpus: Path, queries: Path, qrels: Path, overrides
     for item in overrides:
         key, _, value = item.partition("=")
         env["CITELINE_" + key.upper().replace(".", "__")] = value
-    citeline = Path(sys.executable).with_name("citeline")
+    # the CLI of the tree this file is in (a checkout of another commit measures that commit; see use_this_tree)
+    cli = [sys.executable, "-c", "import _common; _common.use_this_tree(); from citeline.cli import main; main()"]
     before = _load()
     t0 = time.perf_counter()
-    done = subprocess.run([str(citeline), "eval", "retrieval", "--corpus", str(corpus), "--queries", str(queries),
-                           "--qrels", str(qrels), "--json"], check=True, env=env, capture_output=True, text=True)
+    done = subprocess.run([*cli, "eval", "retrieval", "--corpus", str(corpus), "--queries", str(queries),
+                           "--qrels", str(qrels), "--json"], check=True, env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parent)
     wall = time.perf_counter() - t0
     after = _load()
     result = json.loads(done.stdout)
