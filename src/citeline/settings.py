@@ -16,6 +16,7 @@ Nothing is read at import time: call :meth:`Settings.load`.
 from __future__ import annotations
 
 import contextvars
+import enum
 import os
 import re
 from pathlib import Path
@@ -29,8 +30,8 @@ from citeline.answer_settings import Section as _Section
 from citeline.errors import ConfigError
 
 __all__ = ["AdapterSettings", "AnswerCacheSettings", "AnswerSettings", "AuditSettings", "ChunkingSettings",
-           "DatabaseSettings", "EmbeddingSettings", "GenerationSettings", "RetrievalSettings", "SchedulerSettings",
-           "ServerSettings", "Settings", "SourcePolicySettings", "SourceSettings"]
+           "DatabaseSettings", "EmbeddingSettings", "Fusion", "GenerationSettings", "RetrievalSettings",
+           "SchedulerSettings", "ServerSettings", "Settings", "SourcePolicySettings", "SourceSettings"]
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _toml_path_var: contextvars.ContextVar[Path | None] = contextvars.ContextVar("citeline_toml", default=None)
@@ -102,19 +103,32 @@ class ChunkingSettings(_PluginSection):
                                     "checked by its Config model, e.g. {chunk_tokens = 200, overlap_tokens = 20}")
 
 
+class Fusion(enum.Enum):
+    """How hybrid search joins its dense and lexical candidates (docs/benchmarks.md, "Retrieval levers")."""
+    CONVEX = "convex"  # both scores for every candidate, scaled to 0..1, weighted sum
+    RRF = "rrf"  # reciprocal rank fusion of the two lists
+
+
 class RetrievalSettings(_Section):
     top_k: int = Field(8, ge=1, le=1000)
     candidates: int = Field(20, ge=1, le=10000, description="per-method candidates fused by RRF; the dense "
                             "ones (HNSW) are ordered by exact distance, so more candidates raise dense recall "
                             "and cost more under a selective ACL (docs/benchmarks.md)")
+    fusion: Fusion = Field(Fusion.CONVEX, description="hybrid search: convex = every candidate of either list "
+                           "scored by both methods, each scaled from its theoretical minimum to the best "
+                           "candidate's, then weighted; rrf = reciprocal rank fusion (rrf_k)")
+    fusion_weight: float = Field(0.8, ge=0.0, le=1.0, description="convex fusion: weight of the dense score "
+                                 "(1 - it: the lexical score)")
+    fusion_second_chunk: float = Field(0.0, ge=0.0, le=1.0, description="convex fusion: a chunk gains this times "
+                                       "the best other candidate chunk of its document")
     rrf_k: int = Field(60, ge=1)
     ef_search: int = Field(200, ge=10, le=1000)
     text_search_config: str = Field("english", pattern=r"^[a-z_]+$")
     lexical_row_budget: int = Field(2000, ge=1, description="lexical search matches rows through the question's "
                                     "rarest terms whose document frequencies sum to at most this (the rarest "
                                     "term always counts); bounds the rows BM25 ranks")
-    bm25_k1: float = Field(1.2, ge=0.0, description="BM25 term-frequency saturation")
-    bm25_b: float = Field(0.75, ge=0.0, le=1.0, description="BM25 length normalisation")
+    bm25_k1: float = Field(0.9, ge=0.0, description="BM25 term-frequency saturation (Anserini's default)")
+    bm25_b: float = Field(0.4, ge=0.0, le=1.0, description="BM25 length normalisation (Anserini's default)")
     lexical_statistics: Literal["visible", "global"] = Field(
         "visible", description="which chunks BM25's document frequencies, chunk count and mean length come "
         "from: visible = only those the asking principal may see (statistics kept per visibility class), so "

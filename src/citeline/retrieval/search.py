@@ -1,4 +1,4 @@
-"""Hybrid retrieval: dense (HNSW, cosine) + lexical (BM25 over PostgreSQL full text), fused by reciprocal rank.
+"""Hybrid retrieval: dense (HNSW, cosine) + lexical (BM25 over PostgreSQL full text), fused by score.
 
 Both candidate lists are computed in one SQL statement that runs as ``citeline_reader`` for the
 asking principal, so row-level security filters inside the HNSW index scan (with
@@ -33,6 +33,19 @@ with ``tf`` the term's number of positions in the chunk and ``dl`` the chunk's n
 lexemes (``length(tsv)``). The tsquery is assembled in SQL from quoted lexemes; the question's text
 is only ever a bound parameter. A question made only of stop words has no lexemes and no lexical hits.
 
+Fusion (``retrieval.fusion``): ``convex`` (the default) takes the union of the two candidate lists and
+gives every candidate both scores, computed in the same statement as the same principal: its cosine from
+its stored embedding and its BM25 from its ``tsv`` with the question's terms and statistics (a chunk that
+holds none of them scores 0). Each score is scaled from its theoretical minimum (cosine -1, BM25 0) to the
+best candidate's (Bruch et al. 2023, "An Analysis of Fusion Functions for Hybrid Retrieval": their TM2C2,
+a convex combination that beats RRF and needs few labelled queries to set) and the chunk ranks by
+``fusion_weight * dense + (1 - fusion_weight) * lexical``;
+``fusion_second_chunk`` adds that share of the best other candidate chunk of the same document. It lives in
+SQL, not in a reranker, because a candidate found by one method needs the other method's score, which
+only the database can compute under row-level security, and because the statement then returns ``k`` rows
+instead of the whole union. ``rrf`` is reciprocal rank fusion (``rrf_k``). Quality of each choice on
+SciFact: docs/benchmarks.md ("Retrieval levers").
+
 Reranking (``retrieval.reranker``, unset by default): the statement then returns ``candidates`` hits
 instead of ``k`` and the reranker (:mod:`citeline.contracts.reranker`, built-in ``mmr``) picks and orders
 ``k`` of them. It runs after the statement, on rows row-level security already let through: it can
@@ -54,7 +67,7 @@ from citeline.contracts.embedder import Embedder
 from citeline.contracts.reranker import Reranker
 from citeline.db import Database
 from citeline.domain import SearchHit, SearchMode
-from citeline.settings import RetrievalSettings
+from citeline.settings import Fusion, RetrievalSettings
 
 __all__ = ["Retriever", "SearchResult"]
 
@@ -113,13 +126,13 @@ _FUSED = {
     SearchMode.DENSE: """
 fused AS (
     SELECT id, r AS dense_rank, NULL::bigint AS lexical_rank, dist, NULL::float8 AS score,
-           1.0 / (%(rrf_k)s + r) AS rrf
+           1.0 / (%(rrf_k)s + r) AS fused
     FROM dense_ranked
 )""",
     SearchMode.LEXICAL: """
 fused AS (
     SELECT id, NULL::bigint AS dense_rank, r AS lexical_rank, NULL::float8 AS dist, score,
-           1.0 / (%(rrf_k)s + r) AS rrf
+           1.0 / (%(rrf_k)s + r) AS fused
     FROM lexical_ranked
 )""",
     SearchMode.HYBRID: """
@@ -127,14 +140,50 @@ fused AS (
     -- CASE, not coalesce(): under row-level security only leakproof join keys reach the chunks index
     SELECT CASE WHEN d.id IS NULL THEN l.id ELSE d.id END AS id, d.r AS dense_rank, l.r AS lexical_rank,
            d.dist, l.score,
-           coalesce(1.0 / (%(rrf_k)s + d.r), 0) + coalesce(1.0 / (%(rrf_k)s + l.r), 0) AS rrf
+           coalesce(1.0 / (%(rrf_k)s + d.r), 0) + coalesce(1.0 / (%(rrf_k)s + l.r), 0) AS fused
     FROM dense_ranked d FULL JOIN lexical_ranked l ON d.id = l.id
 )""",
 }
 
+# Hybrid with convex fusion: every candidate of either list gets both scores (the cosine from its stored
+# embedding, BM25 from its tsv with the same terms and statistics as the lexical list), each scaled to 0..1
+# from its theoretical minimum to the best candidate's score, then alpha * dense + (1 - alpha) * lexical. A
+# chunk then gains ``second`` times the best other candidate chunk of its document (the best chunk of a
+# document stays ahead of its others; off by default: it gained nothing on SciFact).
+_CONVEX = """
+pool AS MATERIALIZED (
+    SELECT id FROM dense UNION SELECT id FROM lexical
+), scored AS MATERIALIZED (
+    SELECT c.id, c.document_id, c.embedding <=> %(vec)s AS dist,
+           coalesce((SELECT sum(t.idf * f.tf * (%(k1)s + 1) / (f.tf + %(k1)s * (1 - %(b)s + %(b)s * length(c.tsv)
+                                                                                   / coalesce(s.avgdl, length(c.tsv)))))
+                     FROM unnest(ts_filter(setweight(c.tsv, 'A', (SELECT array_agg(lexeme) FROM terms)), '{a}')) u
+                     CROSS JOIN LATERAL (SELECT coalesce(cardinality(u.positions), 1) AS tf) f
+                     JOIN terms t ON t.lexeme = u.lexeme), 0)::float8 AS score
+    FROM chunks c
+    CROSS JOIN (SELECT max(nullif(avg_length, 0)) AS avgdl FROM {corpus}) s
+    WHERE c.id = ANY (ARRAY(SELECT id FROM pool))
+), scaled AS (
+    -- each score from its theoretical minimum (cosine -1, BM25 0) to the best candidate's: 1 - dist + 1 = 2 - dist
+    SELECT id, document_id, dist, score,
+           %(alpha)s * coalesce((2 - dist) / nullif(2 - min(dist) OVER (), 0), 0)
+           + (1 - %(alpha)s) * coalesce(score / nullif(max(score) OVER (), 0), 0) AS own
+    FROM scored
+), fused AS (
+    SELECT x.id, d.r AS dense_rank, l.r AS lexical_rank, x.dist, x.score,
+           x.own + %(second)s * coalesce(CASE WHEN x.pos = 1 THEN x.runner_up ELSE x.best END, 0) AS fused
+    FROM (SELECT *, row_number() OVER doc AS pos, first_value(own) OVER doc AS best,
+                 nth_value(own, 2) OVER doc AS runner_up
+          FROM scaled
+          WINDOW doc AS (PARTITION BY document_id ORDER BY own DESC, id
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
+    LEFT JOIN dense_ranked d ON d.id = x.id
+    LEFT JOIN lexical_ranked l ON l.id = x.id
+)"""
+
 _SELECT = """
 SELECT c.id, c.document_id, s.name, doc.external_id, doc.title, doc.url, c.text, c.span_start, c.span_end,
-       f.dense_rank, f.lexical_rank, f.dist, f.score, f.rrf
+       f.dense_rank, f.lexical_rank, f.dist, f.score, f.fused
 FROM fused f
 JOIN chunks c ON c.id = f.id
 JOIN documents doc ON doc.id = c.document_id
@@ -146,7 +195,7 @@ LIMIT %(k)s
 _ORDER = {
     SearchMode.DENSE: "f.dense_rank",
     SearchMode.LEXICAL: "f.score DESC NULLS LAST, c.id",
-    SearchMode.HYBRID: "f.rrf DESC, c.id",
+    SearchMode.HYBRID: "f.fused DESC, c.id",
 }
 
 
@@ -198,9 +247,11 @@ class Retriever:
             "budget": self.settings.lexical_row_budget,
             "k1": self.settings.bm25_k1,
             "b": self.settings.bm25_b,
+            "alpha": self.settings.fusion_weight,
+            "second": self.settings.fusion_second_chunk,
             "k": n if self.reranker is not None else k,
         }
-        sql = _statement(mode, self.settings.lexical_statistics)
+        sql = _statement(mode, self.settings.lexical_statistics, self.settings.fusion)
         with self.db.reader(user) as conn:
             rows = conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
         t2 = time.perf_counter()
@@ -219,10 +270,11 @@ _STATISTICS = {
 
 
 @functools.cache
-def _statement(mode: SearchMode, statistics: str = "visible") -> str:
+def _statement(mode: SearchMode, statistics: str = "visible", fusion: Fusion = Fusion.CONVEX) -> str:
     parts = [_DENSE] if mode is not SearchMode.LEXICAL else []
     parts += [_LEXICAL] if mode is not SearchMode.DENSE else []
-    text = "WITH" + ",".join([*parts, _FUSED[mode]]) + _SELECT.replace("{order}", _ORDER[mode])
+    fused = _CONVEX if mode is SearchMode.HYBRID and fusion is Fusion.CONVEX else _FUSED[mode]
+    text = "WITH" + ",".join([*parts, fused]) + _SELECT.replace("{order}", _ORDER[mode])
     for name, value in _STATISTICS[statistics].items():
         text = text.replace(name, value)
     return text
@@ -242,7 +294,7 @@ def _hit(row: dict[str, Any], mode: SearchMode) -> SearchHit:
     elif mode is SearchMode.LEXICAL:
         score = float(lex_score)
     else:
-        score = float(row["rrf"])
+        score = float(row["fused"])
     return SearchHit(
         chunk_id=row["id"], document_id=row["document_id"], source=row["name"], external_id=row["external_id"],
         title=row["title"], url=row["url"], text=row["text"], span_start=row["span_start"],
