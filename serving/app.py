@@ -18,6 +18,7 @@ is produced by one thread for its whole length.
 ``/v1/chat/completions``    POST    OpenAI chat completions; the last message (a user's) is the question
 ``/v1/ask``                 POST    question → answer, citations, refusal flag, latency (``stream``: SSE)
 ``/v1/admin/...``           *       keys, principals, audit verify/export (admin key)
+``/auth/...``               GET     sign-in with OpenID Connect for the pages (when ``[auth.oidc]`` is set)
 ==========================  ======  ==============================================================
 
 Chat completions: the last message must be the user's question (422 otherwise, as for an empty one); the
@@ -40,6 +41,7 @@ from fastapi import FastAPI
 
 from citeline.facade import Citeline
 from citeline.serving.api import admin, ask, chat, errors, page, probes, search
+from citeline.serving.api import auth as sign_in
 from citeline.serving.api.edge import Edge
 from citeline.serving.capacity import Admission, ReadinessProbe, RequestSlots
 from citeline.serving.limits import Limits
@@ -65,9 +67,10 @@ def create_app(cl: Citeline) -> FastAPI:
     errors.install(app)
     for part in (page, probes, chat, ask, search, admin):
         app.include_router(part.router)
+    sessions = sign_in.install(app, cl)  # /auth/* when [auth.oidc] is set: pages sign in with OpenID Connect
     app.add_middleware(Admission, slots=app.state.request_slots)  # inside Limits: refused requests take no slot
     app.add_middleware(Limits, settings=server, authenticate=cl.keys.authenticate, metrics=metrics,
-                       lookups=cl.settings.database.pool_max_size)
+                       lookups=cl.settings.database.pool_max_size, sessions=sessions)
     app.add_middleware(Edge, metrics=metrics)  # outermost: its headers and counts cover Limits' answers too
     return app
 

@@ -10,7 +10,8 @@ are counted). For every path under ``/v1/`` (all of them need an API key), in th
    proxy whose keys work are not locked out);
 3. the key, from the ``Authorization`` header only: 401 without reading the body (a missing key costs no
    database round trip; a presented one costs the one lookup the endpoint would have made, done here once
-   and handed on in ``scope["state"]``);
+   and handed on in ``scope["state"]``); without a key, a page's OIDC session cookie when sign-in is set up
+   (:mod:`citeline.serving.auth_oidc`; a bad or expired one is 401 the same way);
 4. the key's rate (``server.rate_limit_per_minute`` / ``rate_limit_burst``, a token bucket): 429 with
    ``Retry-After`` (seconds);
 5. the body: a ``Content-Length`` over ``server.max_body_bytes`` is 413 at once; a chunked body is counted
@@ -36,11 +37,13 @@ import anyio
 import anyio.to_thread
 import psycopg
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from citeline.errors import AuthError, DatabaseError
 from citeline.facade import Authenticated
+from citeline.serving.auth_oidc import SESSION_COOKIE, Sessions
 from citeline.serving.metrics import Metrics
 from citeline.settings import ServerSettings
 from citeline.tracing import set_principal, span
@@ -99,6 +102,10 @@ def _bearer(headers: Headers) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def _session_cookie(headers: Headers) -> str | None:
+    return cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE) or None
+
+
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
@@ -107,8 +114,9 @@ class Limits:
     """The ASGI middleware described in the module docstring."""
 
     def __init__(self, app: ASGIApp, *, settings: ServerSettings, authenticate: Callable[[str | None], Authenticated],
-                 metrics: Metrics, lookups: int = 8) -> None:
+                 metrics: Metrics, lookups: int = 8, sessions: Sessions | None = None) -> None:
         self.app = app
+        self.sessions = sessions  # OIDC sign-in: a page's session cookie stands in for a missing key
         self.settings = settings
         self.authenticate = authenticate
         self.metrics = metrics
@@ -136,8 +144,9 @@ class Limits:
                                unread, retry_after=wait)
             return
         t0 = time.perf_counter()
+        cookie = None if token is not None or self.sessions is None else _session_cookie(headers)
         try:
-            who = await self._authenticate(token)
+            who = await (self._session(cookie, scope, headers) if cookie else self._authenticate(token))
         except AuthError as exc:
             self.failures.take(address)
             self.metrics.auth_failures.inc()
@@ -177,6 +186,16 @@ class Limits:
             if token is None:
                 self.authenticate(None)  # raises at once, no database: the message says how to send a key
             who = await anyio.to_thread.run_sync(self.authenticate, token, limiter=self._lookups)
+            s.set_attribute("citeline.key_id", who.key_id)
+        set_principal(who.principal.user)
+        return who
+
+    async def _session(self, cookie: str, scope: Scope, headers: Headers) -> Authenticated:
+        """The principal of a signed-in page's session cookie (:mod:`citeline.serving.auth_oidc`)."""
+        assert self.sessions is not None
+        with span("auth") as s:
+            who = await anyio.to_thread.run_sync(self.sessions.authenticate, cookie, scope["method"],
+                                                 headers.get("origin"), headers.get("host"), limiter=self._lookups)
             s.set_attribute("citeline.key_id", who.key_id)
         set_principal(who.principal.user)
         return who

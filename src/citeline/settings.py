@@ -27,11 +27,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from citeline.answer_settings import AnswerCacheSettings, AnswerSettings
 from citeline.answer_settings import Section as _Section
+from citeline.auth_settings import AuthSettings, OidcSettings, PrincipalClaim
 from citeline.errors import ConfigError
 
-__all__ = ["AdapterSettings", "AnswerCacheSettings", "AnswerSettings", "AuditSettings", "ChunkingSettings",
-           "DatabaseSettings", "EmbeddingSettings", "Fusion", "GenerationSettings", "RetrievalSettings",
-           "SchedulerSettings", "ServerSettings", "Settings", "SourcePolicySettings", "SourceSettings"]
+__all__ = ["AdapterSettings", "AnswerCacheSettings", "AnswerSettings", "AuditSettings", "AuthSettings",
+           "ChunkingSettings", "DatabaseSettings", "EmbeddingSettings", "Fusion", "GenerationSettings", "OidcSettings",
+           "PrincipalClaim", "RetrievalSettings", "SchedulerSettings", "ServerSettings", "Settings",
+           "SourcePolicySettings", "SourceSettings"]
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _toml_path_var: contextvars.ContextVar[Path | None] = contextvars.ContextVar("citeline_toml", default=None)
@@ -300,6 +302,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     source_policy: SourcePolicySettings = SourcePolicySettings()
     audit: AuditSettings = AuditSettings()
+    auth: AuthSettings = AuthSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
 
