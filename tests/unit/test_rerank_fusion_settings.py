@@ -39,5 +39,7 @@ def test_each_fusion_plans_its_own_statement():
     assert "pool AS MATERIALIZED" in convex and "pool AS" not in rrf
     assert "%(rrf_k)s + d.r" in rrf
     # the question is only ever a bound parameter, and the dense and lexical modes are untouched
-    assert "%(text)s" in convex and "{" not in convex.replace("'{a}'", "")
+    for statistics in ("visible", "global"):  # every placeholder filled, whichever statistics
+        text = _statement(SearchMode.HYBRID, statistics, Fusion.CONVEX)
+        assert "%(text)s" in text and "{" not in text.replace("'{a}'", "")
     assert _statement(SearchMode.DENSE, "visible", Fusion.CONVEX) == _statement(SearchMode.DENSE, "visible", Fusion.RRF)
