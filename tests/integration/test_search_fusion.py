@@ -122,3 +122,12 @@ def test_hostile_or_empty_questions_give_dense_order_without_error(db, embedder,
     dense = retriever.search(query, user=None, k=10, mode=SearchMode.DENSE).hits
     assert all(h.lexical_score == 0.0 for h in hybrid)  # no term matches: the lexical side adds nothing
     assert [h.chunk_id for h in hybrid] == [h.chunk_id for h in dense]
+
+
+def test_a_principal_who_sees_nothing_gets_nothing_and_global_statistics_still_fuse(db, embedder, chunker):
+    _index(db, embedder, chunker, [SECRET])
+    assert Retriever(db, embedder).search(QUESTION, user=None, k=5, mode=SearchMode.HYBRID).hits == ()
+    assert Retriever(db, embedder).search(QUESTION, user="nobody", k=5, mode=SearchMode.HYBRID).hits == ()
+    hits = Retriever(db, embedder, RetrievalSettings(lexical_statistics="global")).search(
+        QUESTION, user="vera", k=5, mode=SearchMode.HYBRID).hits
+    assert [h.external_id for h in hits] == ["secret"] and hits[0].lexical_score > 0
