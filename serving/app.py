@@ -17,7 +17,7 @@ is produced by one thread for its whole length.
 ``/v1/models``              GET     ``citeline`` (the grounded assistant) and the backend's models
 ``/v1/chat/completions``    POST    OpenAI chat completions; the last message (a user's) is the question
 ``/v1/ask``                 POST    question → answer, citations, refusal flag, latency (``stream``: SSE)
-``/v1/admin/...``           *       keys, principals, audit verify/export (admin key)
+``/v1/admin/...``           *       sources, keys, principals, adapters, audit, view-as (admin)
 ``/auth/...``               GET     sign-in with OpenID Connect for the pages (when ``[auth.oidc]`` is set)
 ==========================  ======  ==============================================================
 
@@ -40,7 +40,18 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from citeline.facade import Citeline
-from citeline.serving.api import admin, ask, chat, errors, page, probes, search
+from citeline.serving.api import (
+    admin,
+    admin_adapters,
+    admin_audit,
+    admin_sources,
+    ask,
+    chat,
+    errors,
+    page,
+    probes,
+    search,
+)
 from citeline.serving.api import auth as sign_in
 from citeline.serving.api.edge import Edge
 from citeline.serving.capacity import Admission, ReadinessProbe, RequestSlots
@@ -65,7 +76,7 @@ def create_app(cl: Citeline) -> FastAPI:
     app.state.request_slots = RequestSlots(admitted, server.queue_timeout_s, server.retry_after_s)
     app.state.readiness = ReadinessProbe(cl.db.url, server.probe_timeout_s)
     errors.install(app)
-    for part in (page, probes, chat, ask, search, admin):
+    for part in (page, probes, chat, ask, search, admin, admin_sources, admin_adapters, admin_audit):
         app.include_router(part.router)
     sessions = sign_in.install(app, cl)  # /auth/* when [auth.oidc] is set: pages sign in with OpenID Connect
     app.add_middleware(Admission, slots=app.state.request_slots)  # inside Limits: refused requests take no slot

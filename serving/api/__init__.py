@@ -6,7 +6,9 @@
 ``chat``        ``/v1/models``, ``/v1/chat/completions`` (OpenAI-compatible)
 ``ask``         ``/v1/ask``
 ``search``      ``/v1/search``: the chunks the caller may see (the LlamaIndex and LangChain retrievers' route)
-``admin``       ``/v1/admin/...``: keys, principals, audit (admin key)
+``admin``       ``/v1/admin/...``: keys, principals (admin only)
+``admin_*``     the rest of the admin API: ``sources`` (status, sync now, runs), ``adapters``, ``audit`` (verify,
+                export, search, replay, view-as); ``admin_models``: its typed bodies and replies
 ``bodies``      request bodies (pydantic; unstorable text refused, 400 ``invalid_text``)
 ``deps``        ``Annotated`` dependencies: the facade, the metrics, the caller, the admin check
 ``errors``      error responses in OpenAI's shape and the exception handlers

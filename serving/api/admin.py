@@ -1,66 +1,85 @@
-"""``/v1/admin/...``: keys, principals, audit verify/export; every route needs an admin key.
+"""``/v1/admin/...``: keys and principals; every route needs an admin (key flag, or an admin group's sign-in).
 
-Every change goes through the facade's audited methods, naming the admin's key as the actor.
+The admin API's other parts: :mod:`~citeline.serving.api.admin_sources` (sources, sync now, runs),
+:mod:`~citeline.serving.api.admin_adapters` (adapters), :mod:`~citeline.serving.api.admin_audit` (audit
+verify/export/search, view as, replay); their bodies and replies are in
+:mod:`~citeline.serving.api.admin_models`. Every change goes through the facade's audited methods (the
+change and its audit row in one transaction), naming the admin as the actor.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import PlainTextResponse, Response
 
 from citeline.domain import Principal
+from citeline.errors import PrincipalError
+from citeline.serving.api.admin_models import (
+    KeyCreatedOut,
+    KeyOut,
+    KeyRevokedOut,
+    PrincipalOut,
+    PrincipalRemovedOut,
+)
 from citeline.serving.api.bodies import KeyBody, PrincipalBody
 from citeline.serving.api.deps import Admin, Facade, actor
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/admin")
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+def _out(p: Principal) -> PrincipalOut:
+    return PrincipalOut(user=p.user, groups=list(p.groups), team=p.team)
+
+
+@router.get("/keys")
+def list_keys(who: Admin, cl: Facade, user: str | None = None) -> list[KeyOut]:
+    """Every key (or one user's), revoked ones included; never a secret."""
+    return [KeyOut(key_id=k.key_id, user=k.user, admin=k.is_admin, label=k.label, created_at=k.created_at,
+                   revoked_at=k.revoked_at) for k in cl.keys.list(user)]
 
 
 @router.post("/keys")
-def create_key(body: KeyBody, who: Admin, cl: Facade) -> dict[str, Any]:
-    new = cl.admin.create_key(body.user, actor=actor(who), admin=body.admin, label=body.label)
-    return {"key_id": new.key.key_id, "user": body.user, "admin": body.admin, "key": new.secret}
+def create_key(body: KeyBody, who: Admin, cl: Facade) -> KeyCreatedOut:
+    try:
+        new = cl.admin.create_key(body.user, actor=actor(who), admin=body.admin, label=body.label)
+    except PrincipalError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return KeyCreatedOut(key_id=new.key.key_id, user=body.user, admin=body.admin, label=body.label, key=new.secret)
 
 
 @router.delete("/keys/{key_id}")
-def revoke_key(key_id: str, who: Admin, cl: Facade) -> dict[str, Any]:
+def revoke_key(key_id: str, who: Admin, cl: Facade) -> KeyRevokedOut:
     if not cl.admin.revoke_key(key_id, actor=actor(who)):
-        raise HTTPException(404, f"no active key {key_id}")
-    return {"key_id": key_id, "revoked": True}
+        raise HTTPException(404, f"no active key {key_id[:40]!r}")
+    return KeyRevokedOut(key_id=key_id, revoked=True)
+
+
+@router.get("/principals")
+def list_principals(who: Admin, cl: Facade) -> list[PrincipalOut]:
+    return [_out(p) for p in cl.principals.list()]
+
+
+@router.get("/principals/{user}")
+def get_principal(user: str, who: Admin, cl: Facade) -> PrincipalOut:
+    try:
+        return _out(cl.principals.get(user))
+    except PrincipalError as exc:
+        raise HTTPException(404, f"no principal named {user[:200]!r}") from exc
 
 
 @router.put("/principals")
-def put_principal(body: PrincipalBody, who: Admin, cl: Facade) -> dict[str, Any]:
+def put_principal(body: PrincipalBody, who: Admin, cl: Facade) -> PrincipalOut:
     try:
         p = cl.admin.add_principal(Principal(body.user, tuple(body.groups), body.team), actor=actor(who))
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
-    return {"user": p.user, "groups": list(p.groups), "team": p.team}
+    return _out(p)
 
 
 @router.delete("/principals/{user}")
-def delete_principal(user: str, who: Admin, cl: Facade) -> dict[str, Any]:
+def delete_principal(user: str, who: Admin, cl: Facade) -> PrincipalRemovedOut:
     revoked = cl.admin.delete_principal(user, actor=actor(who))
     if revoked is None:
-        raise HTTPException(404, f"no principal named {user!r}")
-    return {"user": user, "removed": True, "revoked_keys": revoked}
-
-
-@router.get("/audit/verify")
-def audit_verify(who: Admin, cl: Facade) -> dict[str, Any]:
-    return cl.audit.verify().as_dict()
-
-
-@router.get("/audit/export")
-def audit_export(who: Admin, cl: Facade, format: Literal["jsonl", "csv"] = "jsonl",
-                 since: str | None = None) -> Response:
-    try:
-        when = datetime.fromisoformat(since) if since else None
-    except ValueError as exc:
-        raise HTTPException(422, f"since must be an ISO date or time, not {since!r}") from exc
-    media = "application/x-ndjson" if format == "jsonl" else "text/csv"
-    return PlainTextResponse("".join(cl.audit.export(format, since=when)), media_type=media)
+        raise HTTPException(404, f"no principal named {user[:200]!r}")
+    return PrincipalRemovedOut(user=user, removed=True, revoked_keys=revoked)

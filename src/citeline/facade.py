@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from citeline import plugins
-from citeline.access.audit import AuditLog, load_key
-from citeline.access.keys import Authenticated, KeyDirectory
+from citeline.access.audit import AuditLog, AuditRecord, load_key
+from citeline.access.audit_search import AuditFilter, AuditPage
+from citeline.access.keys import ApiKey, Authenticated, KeyDirectory
 from citeline.access.principals import PrincipalDirectory
 from citeline.answers.assistant import Answer, AnswerStream, Assistant
 from citeline.answers.cache import AnswerCache
@@ -43,7 +44,9 @@ from citeline.lora.routing import AdapterRouter
 from citeline.operations.adapters import Adapters
 from citeline.operations.admin import Admin
 from citeline.operations.database import DatabaseLifecycle
+from citeline.operations.inspect import Inspect, Replay
 from citeline.operations.sources import Sources, SourceStatus, build_connector
+from citeline.operations.sync_jobs import RunStatus, SyncJobs
 from citeline.retrieval.documents import DocumentText, read_document
 from citeline.retrieval.search import Retriever, SearchResult
 from citeline.settings import Settings
@@ -52,8 +55,9 @@ from citeline.tracing import span
 _SYNC_COUNTS = ("run_id", "status", "added", "updated", "unchanged", "deleted", "failed", "chunks", "seconds")
 
 # Answer, AnswerStream, Authenticated and DocumentText: for serving, which reaches the core only through this module
-__all__ = ["Answer", "AnswerStream", "Authenticated", "Citeline", "DocumentText", "SourceStatus",
-           "build_connector"]
+# ApiKey, AuditFilter, AuditPage, AuditRecord, Replay, RunStatus: for the admin API (serving) and the CLI
+__all__ = ["Answer", "AnswerStream", "ApiKey", "AuditFilter", "AuditPage", "AuditRecord", "Authenticated", "Citeline",
+           "DocumentText", "Replay", "RunStatus", "SourceStatus", "build_connector"]
 
 
 class Citeline:
@@ -179,6 +183,17 @@ class Citeline:
     def sources(self) -> Sources:
         """Each source's status and the scheduler."""
         return Sources(self)
+
+    @functools.cached_property
+    def sync_jobs(self) -> SyncJobs:
+        """Sync now, in the background (the admin API's sync button): audited, returns the run id."""
+        return SyncJobs(self, lambda: self.audit)
+
+    @functools.cached_property
+    def inspect(self) -> Inspect:
+        """View as a principal (audited as an impersonation), replay an audited answer, search the audit log."""
+        return Inspect(self.db, audit=lambda: self.audit, principals=self.principals, search=self.search,
+                       assistant=lambda: self.assistant)
 
     @functools.cached_property
     def verifier(self) -> Verifier:

@@ -54,10 +54,13 @@ def test_unknown_plugin_error_lists_what_is_installed():
 AUDITED = {
     "admin": {"add_principal", "delete_principal", "remove_principal", "import_principals", "create_key",
               "revoke_key"},
-    "adapters": {"register", "promote", "retire", "sync"},
+    "adapters": {"register", "register_from", "promote", "retire", "sync"},
+    "sync_jobs": {"start"},
+    "inspect": {"search_as", "ask_as", "replay"},
 }
 READ_ONLY = {"principals": {"get", "list", "read_file"}, "keys": {"list", "authenticate"},
-             "adapters": {"list", "get", "require", "active", "hosts", "base_model_dir"},
+             "adapters": {"list", "get", "require", "active", "hosts", "base_model_dir", "upload_roots"},
+             "sync_jobs": {"run", "latest_ids"}, "inspect": {"audit_search"},
              "sources": {"status", "scheduler", "retry_policy"}}
 
 

@@ -26,7 +26,12 @@ ROUTES = {("GET", "/"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metri
           ("POST", "/v1/ask"), ("POST", "/v1/search"), ("POST", "/v1/chat/completions"), ("POST", "/v1/admin/keys"),
           ("DELETE", "/v1/admin/keys/{key_id}"), ("PUT", "/v1/admin/principals"),
           ("DELETE", "/v1/admin/principals/{user}"), ("GET", "/v1/admin/audit/verify"),
-          ("GET", "/v1/admin/audit/export")}
+          ("GET", "/v1/admin/audit/export"), ("GET", "/v1/admin/keys"), ("GET", "/v1/admin/principals"),
+          ("GET", "/v1/admin/principals/{user}"), ("GET", "/v1/admin/sources"),
+          ("POST", "/v1/admin/sources/{name}/sync"), ("GET", "/v1/admin/sources/runs/{run_id}"),
+          ("GET", "/v1/admin/adapters"), ("POST", "/v1/admin/adapters"),
+          ("POST", "/v1/admin/adapters/{served_name}/promote"), ("POST", "/v1/admin/adapters/{served_name}/retire"),
+          ("GET", "/v1/admin/audit"), ("GET", "/v1/admin/audit/{row_id}/replay"), ("POST", "/v1/admin/view-as")}
 USER, ADMIN = {"Authorization": "Bearer cl_user"}, {"Authorization": "Bearer cl_admin"}
 FAILURES = {"missing": errors.ModelNotFoundError("no such model"), "backend": errors.GenerationError("down"),
             "forbidden": errors.ForbiddenError("not yours"), "busy": errors.OverloadedError("busy"),

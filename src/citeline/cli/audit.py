@@ -1,4 +1,5 @@
-"""``citeline audit verify|anchor|export``: check the keyed hash chain, write a signed head, export rows."""
+"""``citeline audit verify|anchor|export|replay``: check the keyed hash chain, write a signed head, export rows,
+replay the chunks an audited answer was shown."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from citeline.cli._common import ConfigOption, JsonOption, console, err_console, fail, opened, print_json
+from citeline.cli._common import (
+    ConfigOption,
+    JsonOption,
+    cli_actor,
+    console,
+    err_console,
+    fail,
+    opened,
+    print_json,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -102,3 +112,30 @@ def export(
         finally:
             if output:
                 out.close()
+
+
+@app.command("replay")
+def replay(
+    row: Annotated[int, typer.Argument(min=1, help="the audit row's id (an answer, a search or a view-as search)")],
+    config: ConfigOption = None, as_json: JsonOption = False,
+) -> None:
+    """The chunks an audited answer was shown, as they are today: still indexed (then unchanged), and whether
+    the asker may still see each. Writes an audit row of its own."""
+    with opened(config) as cl:
+        found = cl.inspect.replay(row, actor=cli_actor())
+    if found is None:
+        fail(f"no audit row {row}: see `citeline audit export`")
+    chunks = [{**rec, "exists": now.exists, "unchanged": now.exists, "visible_now": now.visible, "title": now.title,
+               "url": now.url, "text": now.text} for rec, now in found.chunks]
+    if as_json:
+        print_json({"row": found.row.as_dict(), "asker": found.asker, "asker_exists": found.asker_exists,
+                    "chunks": chunks})
+        return
+    console.print(f"row {row} ({found.row.kind}/{found.row.action}) at {found.row.at.isoformat()}, shown to "
+                  f"{found.asker or 'nobody'}{'' if found.asker_exists else ' (no longer a principal)'}",
+                  highlight=False, markup=False)
+    for c in chunks:
+        state = "gone (re-indexed or deleted)" if not c["exists"] else \
+            "unchanged, visible today" if c["visible_now"] else "unchanged, NOT visible to the asker today"
+        console.print(f"[{c.get('n')}] chunk {c['chunk_id']} {c.get('source')}/{c.get('external_id')}: {state}",
+                      highlight=False, markup=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from citeline import plugins
 from citeline.access.audit import AuditLog
 from citeline.contracts.generator import AdapterHost, GenerationBackend
 from citeline.db import Database
-from citeline.errors import AuditError, CitelineError, ConfigError
+from citeline.errors import AdapterError, AuditError, CitelineError, ConfigError
 from citeline.lora.registry import AdapterRegistry, AdapterVersion
 from citeline.lora.rollout import HostReport, Promotion, ReplicaClient, promote, reconcile
 from citeline.lora.routing import AdapterRouter
@@ -93,6 +94,27 @@ class Adapters:
             audit.append_in(conn, "admin", "adapter.register", principal=actor, team=team,
                             payload={"adapter": adapter.served_name, "path": str(path), "new": new})
         return adapter
+
+    def upload_roots(self) -> builtins.list[Path]:
+        """Where :meth:`register_from` may take adapter folders from: the store and ``source_policy.allowed_roots``
+        (symlinks resolved)."""
+        roots = [self._registry.store, *(self.settings.resolve_path(r)
+                                         for r in self.settings.source_policy.allowed_roots or ())]
+        return [Path(os.path.realpath(r)) for r in roots]
+
+    def register_from(self, raw_path: str, *, team: str, name: str | None = None, actor: str) -> AdapterVersion:
+        """:meth:`register` for a path a remote caller named: relative to the store, and refused (``AdapterError``)
+        unless it resolves, symlinks followed, to a folder under one of :meth:`upload_roots`."""
+        if not raw_path or "\x00" in raw_path or len(raw_path) > 4096:
+            raise AdapterError("the adapter path must be 1 to 4096 characters with no NUL byte")
+        roots = self.upload_roots()
+        real = Path(os.path.realpath(roots[0] / raw_path))  # an absolute raw_path replaces the store part
+        if not any(real.is_relative_to(r) for r in roots):
+            raise AdapterError(f"adapter path {raw_path!r} is outside the adapter store and every allowed root "
+                               "(adapters.store, source_policy.allowed_roots): copy the adapter folder there first")
+        if not real.is_dir():
+            raise AdapterError(f"adapter path {raw_path!r} is not a folder under the allowed roots")
+        return self.register(real, team=team, name=name, actor=actor)
 
     def promote(self, served_name: str, *, actor: str, force: bool = False, drain_s: float | None = None
                 ) -> Promotion:

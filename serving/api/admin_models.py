@@ -1,0 +1,232 @@
+"""The admin API's typed bodies and replies (pydantic), so every ``/v1/admin`` route is described in the OpenAPI
+document. Request bodies refuse unstorable text (400 ``invalid_text``) and bound every field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from citeline.domain import SearchMode
+from citeline.serving.api.bodies import _Body
+
+__all__ = [
+    "AdapterOut",
+    "AdapterRegisterBody",
+    "AuditPageOut",
+    "AuditRowOut",
+    "ChunkReplayOut",
+    "KeyCreatedOut",
+    "KeyOut",
+    "KeyRevokedOut",
+    "PrincipalOut",
+    "PrincipalRemovedOut",
+    "PromoteBody",
+    "PromotionOut",
+    "ReplayOut",
+    "RunOut",
+    "SourceOut",
+    "SyncBody",
+    "SyncStartedOut",
+    "VerifyOut",
+    "ViewAsBody",
+    "ViewAsOut",
+]
+
+Name = Field(min_length=1, max_length=200)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    user: str
+    admin: bool
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreatedOut(BaseModel):
+    key_id: str
+    user: str
+    admin: bool
+    label: str
+    key: str = Field(description="the whole secret, shown this once and never stored")
+
+
+class KeyRevokedOut(BaseModel):
+    key_id: str
+    revoked: bool
+
+
+class PrincipalOut(BaseModel):
+    user: str
+    groups: list[str]
+    team: str | None
+
+
+class PrincipalRemovedOut(BaseModel):
+    user: str
+    removed: bool
+    revoked_keys: list[str]
+
+
+class SourceOut(BaseModel):
+    name: str
+    connector: str
+    documents: int
+    last_run_status: str | None
+    last_run_started: datetime | None
+    last_run_finished: datetime | None
+    last_success: datetime | None
+    counts: dict[str, int]
+    error: str | None = Field(description="the last run's error, if it failed")
+    last_run_id: int | None = Field(description="the last run, for /v1/admin/sources/runs/{run_id} (its failures)")
+    schedule: str | None
+    next_run: datetime | None
+
+
+class SyncBody(_Body):
+    full: bool = Field(False, description="ignore the stored checkpoint and start from the beginning")
+
+
+class SyncStartedOut(BaseModel):
+    source: str
+    run_id: int
+    status_url: str
+
+
+class FailureOut(BaseModel):
+    external_id: str
+    reason: str
+    at: datetime
+
+
+class RunOut(BaseModel):
+    run_id: int
+    source: str
+    status: Literal["running", "succeeded", "failed", "interrupted"]
+    started_at: datetime
+    finished_at: datetime | None
+    added: int
+    updated: int
+    unchanged: int
+    deleted: int
+    failed: int
+    chunks: int
+    error: str | None
+    failures: list[FailureOut]
+
+
+class AdapterOut(BaseModel):
+    served_name: str
+    name: str
+    team: str
+    version: str
+    status: str
+    base_model: str
+    rank: int
+    target_modules: list[str]
+    metrics: dict[str, Any] = Field(description="the adapter's evaluation (against the baseline), as recorded")
+    created_at: datetime
+    created_by: str
+    promoted_at: datetime | None
+
+
+class AdapterRegisterBody(_Body):
+    path: str = Field(min_length=1, max_length=4096, description="a folder on the server: relative to the adapter "
+                      "store, or absolute under adapters.store or source_policy.allowed_roots")
+    team: str = Name
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+
+class PromoteBody(_Body):
+    force: bool = Field(False, description="promote even if its evaluation does not beat the current adapter")
+    drain_s: float | None = Field(None, ge=0.0, le=3600.0)
+
+
+class PromotionOut(BaseModel):
+    adapter: str
+    previous: str | None
+    loaded_on: list[str]
+    unloaded_from: list[str]
+    load_ms: dict[str, float]
+    errors: list[str]
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    rows: int
+    head: str
+    head_id: int
+    legacy_rows: int
+    anchor_id: int | None
+    problems: list[str]
+
+
+class AuditRowOut(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    principal: str | None
+    team: str | None
+    action: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPageOut(BaseModel):
+    rows: list[AuditRowOut]
+    next_before: int | None = Field(description="pass as `before` for the next (older) page; null: last page")
+
+
+class ViewAsBody(_Body):
+    user: str = Field(min_length=1, max_length=200, description="the principal to act as")
+    what: Literal["search", "ask"] = "search"
+    query: str = Field(min_length=1, max_length=4000, description="the search query or the question")
+    k: int | None = Field(None, ge=1, le=100, description="search: how many chunks")
+    mode: SearchMode = SearchMode.HYBRID
+    model: str | None = Field(None, max_length=200, description="ask: the model, as in /v1/ask")
+
+
+class HitOut(BaseModel):
+    chunk_id: int
+    document_id: int
+    source: str
+    external_id: str
+    title: str
+    url: str | None
+    text: str
+    span_start: int | None
+    span_end: int | None
+    score: float
+
+
+class ViewAsOut(BaseModel):
+    user: str
+    what: Literal["search", "ask"]
+    impersonation_audit_id: int = Field(description="the admin/impersonate audit row naming both identities")
+    hits: list[HitOut] | None = None
+    answer: dict[str, Any] | None = Field(None, description="ask: what /v1/ask returns to the user")
+
+
+class ChunkReplayOut(BaseModel):
+    n: int | None
+    chunk_id: int
+    document_id: int | None
+    source: str | None
+    external_id: str | None
+    exists: bool = Field(description="the chunk is still indexed")
+    unchanged: bool = Field(description="its text is what was shown (a chunk's text never changes under its id)")
+    visible_now: bool = Field(description="the asker may see it today (decided by PostgreSQL as the asker)")
+    title: str | None
+    url: str | None
+    text: str | None = Field(description="the text shown, when the chunk still exists")
+
+
+class ReplayOut(BaseModel):
+    row: AuditRowOut
+    asker: str | None
+    asker_exists: bool
+    chunks: list[ChunkReplayOut]
