@@ -134,7 +134,7 @@ def _chat_extras(answer: Answer) -> dict[str, Any]:
             "refused": answer.refused, "invalid_citations": answer.invalid_citations, "audit_id": answer.audit_id,
             "latency_ms": answer.latency_ms, "served_model": answer.model, "model_note": answer.model_note,
             "verified": answer.verified, "unsupported": [u.as_dict() for u in answer.unsupported],
-            "verify_policy": answer.verify_policy, "fallback": answer.fallback,
+            "verify_policy": answer.verify_policy, "fallback": answer.fallback, "cached": answer.cached,
             "retrieval_question": answer.retrieval_question or answer.question}
 
 

@@ -221,3 +221,46 @@ def test_a_promoted_adapter_misses_and_the_promoting_process_drops_the_old_versi
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
+
+
+def test_chat_completions_say_cached_like_ask(pg_url, embedder, tmp_path) -> None:
+    """/v1/chat/completions (whole and streamed) and /v1/ask report the same ``cached`` flag as the audit row."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from citeline.serving.app import create_app
+
+    wiki = tmp_path / "wiki"
+    wiki.mkdir()
+    (wiki / "gripper.md").write_text("# Vacuum gripper\n\nThe vacuum gripper has a warranty of two years.\n")
+    config = tmp_path / "citeline.toml"
+    config.write_text(f'home = "{tmp_path / "home"}"\n\n[[sources]]\nname = "wiki"\nconnector = "folder"\n'
+                      f'config = {{ path = "{wiki}" }}\naccess = {{ public = true }}\n')
+    namespace = f"cc_{uuid.uuid4().hex[:10]}"
+    settings = Settings.load(config, database_url=pg_url, database={"namespace": namespace},
+                             generation={"backend": "extractive"}, answer={"min_score": -1.0})
+    try:
+        with Citeline(settings, embedder=embedder) as cl:
+            cl.sync()
+            cl.admin.add_principal(Principal("alice", ("staff",)), actor="test")
+            key = cl.admin.create_key("alice", actor="test").secret
+            auth = {"Authorization": f"Bearer {key}"}
+            body = {"model": "citeline", "messages": [{"role": "user", "content": "How long is the gripper warranty?"}]}
+            with TestClient(create_app(cl)) as client:
+                first = client.post("/v1/chat/completions", json=body, headers=auth).json()
+                second = client.post("/v1/chat/completions", json=body, headers=auth).json()
+                with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}, headers=auth) as r:
+                    events = [json.loads(line[6:]) for line in r.iter_lines()
+                              if line.startswith("data: {")]
+                asked = client.post("/v1/ask", json={"question": "How long is the gripper warranty?"},
+                                    headers=auth).json()
+            assert first["cached"] is False and second["cached"] is True
+            assert second["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+            assert events[-1]["cached"] is True  # the stream's last chunk carries citeline's fields
+            assert asked["cached"] is True
+            rows = {r.id: r.payload for r in cl.audit.records(kind="ask")}
+            assert [rows[x["audit_id"]]["cached"] for x in (first, second)] == [False, True]
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
