@@ -351,6 +351,13 @@ def second_stage(lab: Lab, bm: dict, rm3: dict, dense_f: np.ndarray, m: Callable
     res["hybrid convex (tmm), dense with vector PRF; beta and alpha cross-fitted"] = crossfit(lab, grid)
     grid = {f"alpha={a:.1f}": (lambda a=a: m(lambda i: fused(i, a, 300, dense_f, rm3[key]))) for a in (0.7, 0.8, 0.9)}
     res["hybrid convex (tmm), BM25 + RM3; alpha cross-fitted"] = crossfit(lab, grid)
+    # BM25's document length as the chunk's number of tokens (stop words aside) instead of distinct lexemes
+    distinct, lab.dl = lab.dl, np.asarray(lab.tf.sum(axis=1)).ravel()
+    tok = np.stack([lab.bm25(lab.qterms[i], *key) for i in range(len(lab.qids))])
+    lab.dl = distinct
+    res["lexical BM25 k1=0.9 b=0.4, length in tokens"] = summary(m(lambda i: lex(tok[i])))
+    res["hybrid convex (tmm), alpha=0.8, BM25 length in tokens"] = summary(
+        m(lambda i: fused(i, 0.8, 300, dense_f, tok)))
     return res
 
 
