@@ -39,17 +39,18 @@ its stored embedding and its BM25 from its ``tsv`` with the question's terms and
 holds none of them scores 0). Each score is scaled from its theoretical minimum (cosine -1, BM25 0) to the
 best candidate's (Bruch et al. 2023, "An Analysis of Fusion Functions for Hybrid Retrieval": their TM2C2,
 a convex combination that beats RRF and needs few labelled queries to set) and the chunk ranks by
-``fusion_weight * dense + (1 - fusion_weight) * lexical``;
-``fusion_second_chunk`` adds that share of the best other candidate chunk of the same document. It lives in
-SQL, not in a reranker, because a candidate found by one method needs the other method's score, which
-only the database can compute under row-level security, and because the statement then returns ``k`` rows
-instead of the whole union. ``rrf`` is reciprocal rank fusion (``rrf_k``). Quality of each choice on
-SciFact: docs/benchmarks.md ("Retrieval levers").
+``fusion_weight * dense + (1 - fusion_weight) * lexical``; ``fusion_second_chunk`` adds that share of the
+best other candidate chunk of the same document. Every hybrid hit so carries ``dense_distance`` and
+``lexical_score`` (0 without a question term); ``dense_rank`` / ``lexical_rank`` stay those of the list
+that found it. It lives in SQL, not in a reranker, because a candidate found by one method needs the other
+method's score, which only the database can compute under row-level security, and because the statement
+then returns ``k`` rows instead of the whole union. ``rrf`` is reciprocal rank fusion (``rrf_k``). Quality
+of each choice on SciFact: docs/benchmarks.md ("Retrieval levers").
 
 Reranking (``retrieval.reranker``, unset by default): the statement then returns ``candidates`` hits
-instead of ``k`` and the reranker (:mod:`citeline.contracts.reranker`, built-in ``mmr``) picks and orders
-``k`` of them. It runs after the statement, on rows row-level security already let through: it can
-reorder and prune what the principal may see, never add to it.
+instead of ``k`` and the reranker (:mod:`citeline.contracts.reranker`, built-ins ``mmr`` and
+``cross-encoder``) picks and orders ``k`` of them. It runs after the statement, on rows row-level security
+already let through: it can reorder and prune what the principal may see, never add to it.
 """
 
 from __future__ import annotations
