@@ -2,13 +2,15 @@
 # Install the Debian packages the test suite needs beyond Python: Chromium and its WebDriver, for the
 # chat page's browser tests (tests/e2e/test_chat_page.py), and MediaWiki with PHP's SQLite driver, for
 # the MediaWiki connector's tests against a real wiki (tests/support/mediawiki.py; the package pulls in
-# apache2, kept from starting by a policy-rc.d during the install: the tests serve the wiki with `php -S`). Idempotent and quick when they
-# are there.
+# apache2, kept from starting by a policy-rc.d during the install: the tests serve the wiki with `php -S`), and
+# OpenLDAP's slapd with ldap-utils, for the ldap principal source's tests (tests/support/slapd.py starts its own
+# slapd in a temporary folder; the system service is kept from starting the same way). Idempotent and quick when
+# they are there.
 #
 #   bash deploy/system-deps.sh        # as root (CI runs it from tests/run.sh); otherwise it says what to install
 set -euo pipefail
 
-packages=(chromium chromium-driver mediawiki php-cli php-sqlite3)
+packages=(chromium chromium-driver mediawiki php-cli php-sqlite3 slapd ldap-utils)
 # without recommends: no printer, GPU or notification daemons; the fonts are the one recommend wanted
 extras=(fonts-liberation)
 
@@ -20,7 +22,7 @@ for p in "${packages[@]}"; do
 done
 binaries_there() {
   [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/php ] \
-    && [ -f /usr/share/mediawiki/maintenance/install.php ]
+    && [ -f /usr/share/mediawiki/maintenance/install.php ] && [ -x /usr/sbin/slapd ] && [ -x /usr/sbin/slapadd ]
 }
 if [ ${#missing[@]} -eq 0 ] && binaries_there; then
   exit 0

@@ -19,6 +19,9 @@ Promises (tested in tests/unit/test_scheduler.py and tests/integration/test_sche
   up the others (errors that leave no run row, such as an unreachable database, back off in memory);
 * :meth:`Scheduler.stop` (the CLI wires SIGTERM and SIGINT to it) lets the batch in progress commit with
   its checkpoint and then returns; the run is recorded as ``interrupted`` and the next one resumes;
+* other scheduled work (:class:`Job`: the ``[[principal_sources]]`` with a ``schedule``) runs in the same loop,
+  after the due sources: due at start, then at each slot of its schedule; a failure is reported and it runs
+  again at its next slot (its own lock and audit rows are the job's business, not ``sync_runs``);
 * :attr:`Scheduler.last_pass`, :attr:`Scheduler.last_pass_ok` and :attr:`Scheduler.syncing` say whether the
   loop is alive: :mod:`citeline.ingest.scheduler_monitor` serves them as ``/healthz`` (and ``/metrics``).
 """
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from citeline.settings import Settings, SourceSettings
 
 __all__ = [
+    "Job",
     "LastRun",
     "Outcome",
     "RetryPolicy",
@@ -117,6 +121,16 @@ class RunResult:
     report: SyncReport | None = None
     error: str | None = None
     next_run: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Scheduled work beside the sources: ``run()`` does it and returns a one-line summary (it raises on failure).
+    ``name`` is how results and logs name it (``principals:corp``)."""
+
+    name: str
+    schedule: str
+    run: Callable[[], str]
 
 
 def check_schedule(source: str, schedule: str) -> str:
@@ -191,7 +205,7 @@ class Scheduler:
     """
 
     def __init__(self, host: SyncHost, *, retry: RetryPolicy = RetryPolicy(), tick_s: float = 30.0,
-                 clock: Callable[[], datetime] = _utcnow) -> None:
+                 clock: Callable[[], datetime] = _utcnow, jobs: Sequence[Job] = ()) -> None:
         if tick_s <= 0:
             raise ConfigError("scheduler tick must be positive")
         self.host = host
@@ -199,7 +213,11 @@ class Scheduler:
         self.tick = timedelta(seconds=tick_s)
         self.clock = clock
         self.sources = [s for s in host.settings.sources if s.schedule]
-        if not self.sources:
+        self.jobs = list(jobs)
+        for job in self.jobs:
+            check_schedule(job.name, job.schedule)
+        self._job_next = {job.name: clock() for job in self.jobs}  # due at start, then at each slot
+        if not self.sources and not self.jobs:
             raise ConfigError("no source has a schedule: add e.g. schedule = \"*/30 * * * *\" to a [[sources]] "
                               "table in citeline.toml (cron, UTC)")
         for s in self.sources:
@@ -226,7 +244,7 @@ class Scheduler:
         now = now or self.clock()
         with self.host.db.writer() as conn:
             last = last_runs(conn, [s.name for s in self.sources])
-        return {s.name: self._when(s, last.get(s.name), now) for s in self.sources}
+        return {**{s.name: self._when(s, last.get(s.name), now) for s in self.sources}, **self._job_next}
 
     def _when(self, source: SourceSettings, last: LastRun | None, now: datetime) -> datetime:
         when = next_run(source.name, source.schedule, last, now, self.retry)
@@ -254,7 +272,24 @@ class Scheduler:
                 results.append(result)
                 if on_result:
                     on_result(result)
+        for job in self.jobs:
+            if not self._stop.is_set() and self._job_next[job.name] <= now:
+                results.append(self._run_job(job))
+                if on_result:
+                    on_result(results[-1])
         return results
+
+    def _run_job(self, job: Job) -> RunResult:
+        started = self.clock()
+        self._job_next[job.name] = _after(check_schedule(job.name, job.schedule), started)
+        try:
+            summary = job.run()
+        except Exception as exc:
+            log.warning("%s: failed: %s; next attempt %s", job.name, exc, _fmt(self._job_next[job.name]))
+            return RunResult(job.name, Outcome.FAILED, started, error=str(exc) or type(exc).__name__,
+                             next_run=self._job_next[job.name])
+        log.info("%s: %s; next %s", job.name, summary, _fmt(self._job_next[job.name]))
+        return RunResult(job.name, Outcome.SUCCEEDED, started, next_run=self._job_next[job.name])
 
     def serve(self, on_result: Callable[[RunResult], None] | None = None) -> None:
         """Run due sources until :meth:`stop`; a failing pass (e.g. database down) is retried a tick later."""

@@ -18,6 +18,7 @@ is produced by one thread for its whole length.
 ``/v1/chat/completions``    POST    OpenAI chat completions; the last message (a user's) is the question
 ``/v1/ask``                 POST    question → answer, citations, refusal flag, latency (``stream``: SSE)
 ``/v1/admin/...``           *       sources, keys, principals, adapters, audit, view-as (admin)
+``/scim/v2/...``            *       SCIM 2.0 Users, Groups, discovery (the ``scim`` principal source's token)
 ``/auth/...``               GET     sign-in with OpenID Connect for the pages (when ``[auth.oidc]`` is set)
 ==========================  ======  ==============================================================
 
@@ -53,6 +54,7 @@ from citeline.serving.api import (
     search,
 )
 from citeline.serving.api import auth as sign_in
+from citeline.serving.api import scim as scim_api
 from citeline.serving.api.edge import Edge
 from citeline.serving.capacity import Admission, ReadinessProbe, RequestSlots
 from citeline.serving.limits import Limits
@@ -78,6 +80,7 @@ def create_app(cl: Citeline) -> FastAPI:
     errors.install(app)
     for part in (page, probes, chat, ask, search, admin, admin_sources, admin_adapters, admin_audit):
         app.include_router(part.router)
+    app.include_router(scim_api.router)  # /scim/v2: provisioning by the identity provider (its own token)
     sessions = sign_in.install(app, cl)  # /auth/* when [auth.oidc] is set: pages sign in with OpenID Connect
     app.add_middleware(Admission, slots=app.state.request_slots)  # inside Limits: refused requests take no slot
     app.add_middleware(Limits, settings=server, authenticate=cl.keys.authenticate, metrics=metrics,

@@ -12,6 +12,7 @@ Exceptions are for operations that fail as a whole; each message names the thing
     ├── ConnectorError           a source cannot be read at all (missing folder, broken credentials)
     ├── SyncLockedError          another process is syncing the same source
     ├── PrincipalError           unknown or malformed principal
+    │   └── ScimError            a SCIM request refused (RFC 7644 status and scimType), nothing changed
     ├── EvaluationError          malformed BEIR files
     ├── TrainingError            an adapter cannot be trained (bad data, no GPU for QLoRA, refused result)
     ├── EmbeddingError           the remote embedding server cannot embed (down, 401, bad reply)
@@ -43,6 +44,7 @@ __all__ = [
     "OverloadedError",
     "PrincipalError",
     "SchemaMismatchError",
+    "ScimError",
     "SyncLockedError",
     "TrainingError",
 ]
@@ -118,3 +120,13 @@ class ForbiddenError(CitelineError):
 
 class AdapterError(CitelineError):
     """An adapter cannot be registered, promoted or loaded; the message names the problem and the fix."""
+
+
+class ScimError(PrincipalError):
+    """A SCIM 2.0 request refused (malformed body, unknown id, a filter not supported, a conflict, too big);
+    ``status`` and ``scim_type`` are what the reply carries (RFC 7644 §3.12). Nothing was changed."""
+
+    def __init__(self, message: str, *, status: int = 400, scim_type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.scim_type = scim_type

@@ -45,6 +45,8 @@ from citeline.operations.adapters import Adapters
 from citeline.operations.admin import Admin
 from citeline.operations.database import DatabaseLifecycle
 from citeline.operations.inspect import Inspect, Replay
+from citeline.operations.principal_sources import PrincipalSources
+from citeline.operations.scim import Scim
 from citeline.operations.sources import Sources, SourceStatus, build_connector
 from citeline.operations.sync_jobs import RunStatus, SyncJobs
 from citeline.retrieval.documents import DocumentText, read_document
@@ -157,6 +159,17 @@ class Citeline:
         return Admin(self.db, lambda: self.audit)
 
     @functools.cached_property
+    def principal_sources(self) -> PrincipalSources:
+        """``[[principal_sources]]`` (LDAP, SCIM, plugins): sync one, each sync audited with what it changed."""
+        return PrincipalSources(self.settings, self.db, lambda: self.audit)
+
+    @functools.cached_property
+    def scim(self) -> Scim:
+        """SCIM 2.0 provisioning (the ``scim`` principal source): each change audited with the principals it
+        implies; ConfigError unless exactly one ``[[principal_sources]]`` has ``kind = "scim"``."""
+        return Scim(self.db, lambda: self.audit, self.principal_sources)
+
+    @functools.cached_property
     def adapters(self) -> Adapters:
         """Team adapters: the registry's listings and the audited lifecycle (register, promote, retire, sync)."""
         return Adapters(self.settings, self.db, audit=lambda: self.audit, backend=lambda: self.backend,
@@ -182,7 +195,7 @@ class Citeline:
     @functools.cached_property
     def sources(self) -> Sources:
         """Each source's status and the scheduler."""
-        return Sources(self)
+        return Sources(self, jobs=lambda: self.principal_sources.jobs() if self.settings.principal_sources else [])
 
     @functools.cached_property
     def sync_jobs(self) -> SyncJobs:

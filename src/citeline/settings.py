@@ -29,6 +29,7 @@ from citeline.answer_settings import AnswerCacheSettings, AnswerSettings
 from citeline.answer_settings import Section as _Section
 from citeline.auth_settings import AuthSettings, OidcSettings, PrincipalClaim
 from citeline.errors import ConfigError
+from citeline.principal_settings import PrincipalSourceSettings
 
 __all__ = ["AdapterSettings", "AnswerCacheSettings", "AnswerSettings", "AuditSettings", "AuthSettings",
            "ChunkingSettings", "DatabaseSettings", "EmbeddingSettings", "Fusion", "GenerationSettings", "OidcSettings",
@@ -304,6 +305,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     auth: AuthSettings = AuthSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
+    principal_sources: list[PrincipalSourceSettings] = Field(default_factory=list)  # principal_settings.py
     config_path: Path | None = Field(None, exclude=True, description="the TOML file these came from")
 
     @field_validator("database_url")

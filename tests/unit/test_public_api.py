@@ -26,7 +26,7 @@ def test_exports_are_pinned():
 
 
 CONTRACTS = {"AdapterHost", "Chunker", "Connector", "ConnectorConfig", "Embedder", "GenerationBackend", "Reranker",
-             "Verifier"}
+             "Verifier", "Listing", "PrincipalSource"}
 
 
 def test_contracts_are_pinned():
@@ -57,11 +57,16 @@ AUDITED = {
     "adapters": {"register", "register_from", "promote", "retire", "sync"},
     "sync_jobs": {"start"},
     "inspect": {"search_as", "ask_as", "replay"},
+    "principal_sources": {"sync", "apply"},
+    "scim": {"create_user", "replace_user", "patch_user", "delete_user", "create_group", "replace_group",
+             "patch_group", "delete_group"},
 }
 READ_ONLY = {"principals": {"get", "list", "read_file"}, "keys": {"list", "authenticate"},
              "adapters": {"list", "get", "require", "active", "hosts", "base_model_dir", "upload_roots"},
              "sync_jobs": {"run", "latest_ids"}, "inspect": {"audit_search"},
-             "sources": {"status", "scheduler", "retry_policy"}}
+             "sources": {"status", "scheduler", "retry_policy"},
+             "principal_sources": {"configured", "entry", "build", "jobs"},
+             "scim": {"authenticate", "get_user", "list_users", "get_group", "list_groups"}}
 
 
 def _public_methods(cls: type) -> set[str]:

@@ -1,4 +1,4 @@
-"""``citeline principals add|import|list|remove``: USER (positional) is the principal administered."""
+"""``citeline principals add|import|list|remove|sync``: USER (positional) is the principal administered."""
 
 from __future__ import annotations
 
@@ -64,3 +64,22 @@ def remove(user: Annotated[str, typer.Argument(metavar="USER", help="the princip
     if revoked is None:
         fail(f"no principal named {user!r}")
     console.print(f"removed {user}; revoked keys: {', '.join(revoked) or '(none)'}", highlight=False, markup=False)
+
+
+@app.command("sync")
+def sync(source: Annotated[str, typer.Option("--source", help="a [[principal_sources]] name (ldap, scim, ...)")],
+         config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Sync the principals a principal source manages (added, updated, removed with their keys revoked)."""
+    with opened(config) as cl:
+        done = cl.principal_sources.sync(source, actor=cli_actor())
+    if as_json:
+        print_json(done.summary())
+        return
+    if done.empty:
+        console.print(f"principal source {source}: unchanged", markup=False)
+    else:
+        console.print(f"principal source {source}: {len(done.added)} added, {len(done.updated)} updated, "
+                      f"{len(done.removed)} removed ({len(done.revoked_keys)} keys revoked)", markup=False)
+    for user in done.conflicts:
+        console.print(f"  skipped {user}: a principal of that name exists and is not managed by {source}",
+                      markup=False)

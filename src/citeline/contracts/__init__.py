@@ -13,6 +13,7 @@ embedders            ``embedder.Embedder``                          ``testing.em
 generators           ``generator.GenerationBackend``                ``testing.generators``
 rerankers            ``reranker.Reranker``                          ``testing.rerankers``
 verifiers            ``verifier.Verifier``                          ``testing.verifiers``
+principal_sources    ``principal_source.PrincipalSource``           ``testing.principal_sources``
 ===================  =============================================  ==============================
 
 How each group's classes are built (``cls(config, **context)``) is tabled in :mod:`citeline.plugins`.
@@ -24,8 +25,9 @@ from citeline.contracts.chunker import Chunker
 from citeline.contracts.connector import Connector, ConnectorConfig
 from citeline.contracts.embedder import Embedder
 from citeline.contracts.generator import AdapterHost, GenerationBackend
+from citeline.contracts.principal_source import Listing, PrincipalSource
 from citeline.contracts.reranker import Reranker
 from citeline.contracts.verifier import Verifier
 
-__all__ = ["AdapterHost", "Chunker", "Connector", "ConnectorConfig", "Embedder", "GenerationBackend", "Reranker",
-           "Verifier"]
+__all__ = ["AdapterHost", "Chunker", "Connector", "ConnectorConfig", "Embedder", "GenerationBackend", "Listing",
+           "PrincipalSource", "Reranker", "Verifier"]

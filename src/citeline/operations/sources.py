@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from citeline import plugins
 from citeline.contracts.connector import Connector
 from citeline.domain import Access
 from citeline.errors import ConfigError
-from citeline.ingest.scheduler import RetryPolicy, Scheduler, SyncHost, last_runs, next_run
+from citeline.ingest.scheduler import Job, RetryPolicy, Scheduler, SyncHost, last_runs, next_run
 from citeline.settings import Settings, SourceSettings
 
 __all__ = ["SourceStatus", "Sources", "build_connector"]
@@ -80,8 +81,9 @@ def _check_allowed_roots(source: SourceSettings, settings: Settings, paths: dict
 class Sources:
     """The configured sources of one citeline (``host``: the facade, which syncs them)."""
 
-    def __init__(self, host: SyncHost) -> None:
+    def __init__(self, host: SyncHost, *, jobs: Callable[[], Sequence[Job]] = tuple) -> None:
         self._host = host
+        self._jobs = jobs  # scheduled work beside the sources: the principal sources with a schedule
 
     def retry_policy(self) -> RetryPolicy:
         """The ``[scheduler]`` settings' retry policy."""
@@ -91,7 +93,7 @@ class Sources:
     def scheduler(self, *, retry: RetryPolicy | None = None, tick_s: float | None = None) -> Scheduler:
         """Runs the sources with a ``schedule`` when due (``citeline scheduler``); defaults from ``[scheduler]``."""
         return Scheduler(self._host, retry=retry or self.retry_policy(),
-                         tick_s=self._host.settings.scheduler.tick_s if tick_s is None else tick_s)
+                         tick_s=self._host.settings.scheduler.tick_s if tick_s is None else tick_s, jobs=self._jobs())
 
     def status(self, *, retry: RetryPolicy | None = None) -> list[SourceStatus]:
         """Every configured or indexed source: last run, counts, error, and next scheduled run."""
