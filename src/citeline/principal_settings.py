@@ -25,6 +25,9 @@ class PrincipalSourceSettings(BaseModel):
     name: str
     kind: str = Field(description="entry point in group citeline.principal_sources (ldap, scim, ...)")
     config: dict[str, Any] = Field(default_factory=dict, description="the plugin's own options (its Config model)")
+    adopt: bool = Field(False, description="take over listed principals that no source manages (added by hand or "
+                        "at an OpenID Connect sign-in): the directory's groups replace theirs and the source removes "
+                        "them when the directory drops them; off: they are reported as conflicts and left alone")
     schedule: str | None = Field(None, description="cron expression: `citeline scheduler` syncs it then "
                                  "(pull sources; SCIM is pushed and needs none)")
 

@@ -77,38 +77,55 @@ def test_scim2_tester_finds_the_server_compliant(srv: Server) -> None:
     assert counts["SUCCESS"] >= 20, counts
 
 
+def _search(srv: Server, key: str, query: str = "how do we deploy a release") -> httpx.Response:
+    return httpx.post(f"{srv.url}/v1/search", json={"query": query, "k": 20},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def _sees_runbooks(srv: Server, key: str) -> bool:
+    r = _search(srv, key)
+    assert r.status_code == 200, r.text
+    return any("engineering/" in h["external_id"] for h in r.json()["hits"])
+
+
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
 def test_users_and_groups_become_principals_and_deactivation_kills_keys(srv: Server, cl: Citeline) -> None:
     client = _scim(srv)
     dana = client.create(User(user_name="dana@acme.example", active=True, external_id="okta-1"))
     erik = client.create(User(user_name="erik@acme.example", active=True))
-    group = client.create(Group(display_name="Support Team", members=[GroupMember(value=dana.id),
-                                                                       GroupMember(value=erik.id)]))
-    assert _principals(cl)["dana@acme.example"] == ("Support-Team",)
+    eng = client.create(Group(display_name="engineering", members=[GroupMember(value=dana.id),
+                                                                   GroupMember(value=erik.id)]))
+    client.create(Group(display_name="Support Team", members=[GroupMember(value=dana.id)]))
+    assert _principals(cl)["dana@acme.example"] == ("Support-Team", "engineering")
     found = client.query(User, query_parameters={"filter": 'userName eq "DANA@acme.example"'})
     assert [u.id for u in found.resources] == [dana.id]
     key = cl.admin.create_key("dana@acme.example", actor="test").secret
-    assert httpx.post(f"{srv.url}/v1/search", json={"query": "refund"},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=60).status_code == 200
-    # Okta removes a member with a filtered path; the principal loses the group, keeps its key
-    r = _raw(srv, "PATCH", f"/Groups/{group.id}", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-             "Operations": [{"op": "remove", "path": f'members[value eq "{erik.id}"]'}]})
+    assert _sees_runbooks(srv, key)  # the pushed group grants the engineering pages
+    # Okta removes a member with a filtered path; the principal loses the group
+    r = _raw(srv, "PATCH", f"/Groups/{eng.id}", {"schemas": [PATCH], "Operations": [
+        {"op": "remove", "path": f'members[value eq "{erik.id}"]'}]})
     assert r.status_code == 200, r.text
     assert _principals(cl)["erik@acme.example"] == ()
+    # Entra removes one with a value list: dana keeps her key but no longer sees the runbooks
+    r = _raw(srv, "PATCH", f"/Groups/{eng.id}", {"schemas": [PATCH], "Operations": [
+        {"op": "Remove", "path": "members", "value": [{"value": dana.id}]}]})
+    assert r.status_code == 200, r.text
+    assert not _sees_runbooks(srv, key)
     # Okta deactivates: the principal is gone and its key with it, in the audit row's transaction
-    r = _raw(srv, "PATCH", f"/Users/{dana.id}", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-             "Operations": [{"op": "replace", "value": {"active": False}}]})
+    r = _raw(srv, "PATCH", f"/Users/{dana.id}", {"schemas": [PATCH], "Operations": [
+        {"op": "replace", "value": {"active": False}}]})
     assert r.status_code == 200 and r.json()["active"] is False
     assert "dana@acme.example" not in _principals(cl)
-    assert httpx.post(f"{srv.url}/v1/search", json={"query": "refund"},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=60).status_code == 401
+    assert _search(srv, key).status_code == 401
     row = [r for r in cl.audit.records() if r.action == "scim.user.patch"][-1]
     assert row.payload["removed"] == ["dana@acme.example"] and len(row.payload["revoked_keys"]) == 1
     # Entra re-activates with a string boolean: a new principal, the old key stays dead
-    r = _raw(srv, "PATCH", f"/Users/{dana.id}", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-             "Operations": [{"op": "Replace", "path": "active", "value": "True"}]})
+    r = _raw(srv, "PATCH", f"/Users/{dana.id}", {"schemas": [PATCH], "Operations": [
+        {"op": "Replace", "path": "active", "value": "True"}]})
     assert r.status_code == 200 and _principals(cl)["dana@acme.example"] == ("Support-Team",)
-    assert httpx.post(f"{srv.url}/v1/search", json={"query": "x"},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=60).status_code == 401
+    assert _search(srv, key).status_code == 401
     # DELETE: gone as well
     client.delete(User, erik.id)
     with pytest.raises(PrincipalError):

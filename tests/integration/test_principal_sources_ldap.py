@@ -67,11 +67,12 @@ class TestLdapContract(PrincipalSourceContract):
                            Principal("carol", ("eng", "staff"), "platform")])
 
 
-def _toml(root: Path, pg_url: str, namespace: str, url: str, **extra: object) -> Path:
+def _toml(root: Path, pg_url: str, namespace: str, url: str, *, adopt: bool = False, **extra: object) -> Path:
     cfg = ", ".join(f"{k} = {json.dumps(v)}" for k, v in _config(url, **extra).items())
     path = root / f"citeline-{uuid.uuid4().hex[:6]}.toml"
     path.write_text(f'home = "{root / "home"}"\ndatabase_url = "{pg_url}"\n[database]\nnamespace = "{namespace}"\n\n'
                     f'[[principal_sources]]\nname = "corp"\nkind = "ldap"\nschedule = "*/5 * * * *"\n'
+                    f"adopt = {'true' if adopt else 'false'}\n"
                     f"config = {{ {cfg} }}\n")
     return path
 
@@ -161,6 +162,21 @@ def test_principals_added_by_hand_are_never_taken_over(world, slapd):
         conn.delete(f"uid=bob,ou=people,{BASE}")
     cl.principal_sources.sync("corp", actor="test")
     assert cl.principals.get("bob").groups == ("board",)  # not the source's to remove either
+
+
+def test_adopt_takes_over_principals_no_source_manages(world, slapd, pg_url, tmp_path):
+    cl, _ = world
+    cl.admin.add_principal(Principal("bob", ("board",)), actor="test")  # e.g. created at an OIDC sign-in
+    key = cl.admin.create_key("bob", actor="test").secret
+    with Citeline(Settings.load(_toml(tmp_path, pg_url, cl.namespace, slapd.url, adopt=True))) as adopting:
+        done = adopting.principal_sources.sync("corp", actor="test")
+        assert done.adopted == ("bob",) and cl.principals.get("bob").groups == ("hr", "staff")
+        assert cl.keys.authenticate(key).principal.groups == ("hr", "staff")  # same incarnation: the key stays
+        with _admin(slapd) as conn:
+            conn.delete(f"uid=bob,ou=people,{BASE}")
+        assert adopting.principal_sources.sync("corp", actor="test").removed == ("bob",)
+    with pytest.raises(AuthError):
+        cl.keys.authenticate(key)
 
 
 def _unchanged_after(cl: Citeline, fn) -> BaseException:

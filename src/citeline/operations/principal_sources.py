@@ -81,7 +81,7 @@ class PrincipalSources:
         """Make the principals ``name`` manages match ``listing``, with one audit row if anything changed."""
         with audited(self._db, self._audit) as (conn, audit):
             directory.lock(conn, name)
-            todo = directory.plan(conn, name, listing)
+            todo = directory.plan(conn, name, listing, adopt=self.entry(name).adopt)
             if todo.empty:
                 return todo
             done = directory.apply(conn, name, todo, self._store)

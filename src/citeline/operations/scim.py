@@ -39,6 +39,7 @@ class Scim:
             raise ConfigError("SCIM needs exactly one [[principal_sources]] table with kind = \"scim\" "
                               f"(found {len(entries)})")
         self.name = entries[0].name
+        self._adopt = entries[0].adopt
         self.source: ScimSource = sources.build(self.name)  # type: ignore[assignment]
         self.config: ScimConfig = self.source.config
         self._store = ScimStore(self.config)
@@ -76,7 +77,7 @@ class Scim:
         with audited(self._db, self._audit) as (conn, audit):
             directory.lock(conn, self.name)
             result = write(conn)
-            todo = directory.plan(conn, self.name, self._store.listing(conn))
+            todo = directory.plan(conn, self.name, self._store.listing(conn), adopt=self._adopt)
             done = directory.apply(conn, self.name, todo, self._principals)
             what = result if isinstance(result, str) else result.get("user_name") or result.get("display_name")
             audit.append_in(conn, "admin", action, principal=actor,
