@@ -28,6 +28,8 @@ class PrincipalSourceSettings(BaseModel):
     adopt: bool = Field(False, description="take over listed principals that no source manages (added by hand or "
                         "at an OpenID Connect sign-in): the directory's groups replace theirs and the source removes "
                         "them when the directory drops them; off: they are reported as conflicts and left alone")
+    refuse_empty: bool = Field(True, description="a sync whose listing is empty while the source manages "
+                               "principals is refused (a wrong base DN or filter looks like everyone leaving)")
     schedule: str | None = Field(None, description="cron expression: `citeline scheduler` syncs it then "
                                  "(pull sources; SCIM is pushed and needs none)")
 

@@ -71,7 +71,7 @@ def _toml(root: Path, pg_url: str, namespace: str, url: str, *, adopt: bool = Fa
     cfg = ", ".join(f"{k} = {json.dumps(v)}" for k, v in _config(url, **extra).items())
     path = root / f"citeline-{uuid.uuid4().hex[:6]}.toml"
     path.write_text(f'home = "{root / "home"}"\ndatabase_url = "{pg_url}"\n[database]\nnamespace = "{namespace}"\n\n'
-                    f'[[principal_sources]]\nname = "corp"\nkind = "ldap"\nschedule = "*/5 * * * *"\n'
+                    f'[[principal_sources]]\nname = "corp"\nkind = "ldap"\nschedule = "@daily"\n'
                     f"adopt = {'true' if adopt else 'false'}\n"
                     f"config = {{ {cfg} }}\n")
     return path
@@ -239,3 +239,29 @@ def test_cli_principals_sync(world, slapd):
     assert out.exit_code == 0 and "unchanged" in out.output
     out = runner.invoke(cli_app, ["principals", "sync", "--source", "nope", "--config", str(config)])
     assert out.exit_code == 1 and "unknown principal source" in out.output
+
+
+def test_the_scheduler_syncs_a_scheduled_principal_source(world, slapd):
+    cl, _ = world
+    sched = cl.sources.scheduler(tick_s=1)  # no document source is scheduled here: the principal source is
+    (result,) = sched.run_pending()
+    assert (result.source, result.outcome.value) == ("principals:corp", "succeeded") and result.next_run
+    assert [p.user for p in cl.principals.list()] == ["alice", "bob", "carol"]
+    assert sched.run_pending() == []  # not due again before its next slot (@daily)
+    rows = [r for r in cl.audit.records() if r.action == "principal_source.sync"]
+    assert len(rows) == 1 and rows[0].principal == "scheduler"
+
+
+def test_an_empty_listing_does_not_remove_everyone(world, slapd, pg_url, tmp_path):
+    cl, _ = world
+    cl.principal_sources.sync("corp", actor="test")
+
+    def sync_with(**extra: object) -> None:
+        with Citeline(Settings.load(_toml(tmp_path, pg_url, cl.namespace, slapd.url, **extra))) as other:
+            other.principal_sources.sync("corp", actor="test")
+
+    err = _unchanged_after(cl, lambda: sync_with(user_filter="(uid=nobody-matches)"))
+    assert "listed no users; refusing to remove the 3 principals" in str(err)
+    os.environ["CITELINE_TEST_LDAP_EMPTY"] = ""
+    err = _unchanged_after(cl, lambda: sync_with(bind_password_env="CITELINE_TEST_LDAP_EMPTY"))
+    assert "CITELINE_TEST_LDAP_EMPTY" in str(err)

@@ -137,3 +137,42 @@ def test_scheduler_runs_jobs_at_start_then_at_each_slot(tmp_path: Path):
     assert second.next_run == datetime(2026, 1, 1, 10, 30, tzinfo=UTC)
     with pytest.raises(ConfigError, match="not a cron expression"):
         Scheduler(host, jobs=[Job("principals:corp", "every hour", job)])
+
+
+def test_a_server_that_answers_garbage_is_an_error(monkeypatch):
+    """Not LDAP on the other end (an HTTP server, a wrong port): PrincipalError, not a listing or a crash."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        for _ in range(2):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 5\r\n\r\nnope!" + bytes(range(256)))
+
+    threading.Thread(target=answer, daemon=True).start()
+    monkeypatch.setenv("T_LDAP_PW", "pw-not-shown-123")
+    src = LdapSource(LdapSource.Config(**{**LDAP, "url": f"ldap://127.0.0.1:{port}", "timeout_s": 2,
+                                          "bind_dn": "cn=x", "bind_password_env": "T_LDAP_PW"}), source="corp")
+    try:
+        with pytest.raises(PrincipalError, match="cannot read the directory") as caught:
+            src.fetch()
+        assert "pw-not-shown-123" not in str(caught.value)
+    finally:
+        server.close()
+
+
+def test_an_empty_bind_password_is_refused_not_an_anonymous_bind(tmp_path: Path):
+    (tmp_path / "pw").write_text("\n")
+    src = LdapSource(LdapSource.Config(**{**LDAP, "bind_dn": "cn=citeline", "bind_password_file": tmp_path / "pw"}),
+                     source="corp")
+    with pytest.raises(PrincipalError, match="bind password is empty"):
+        src.fetch()

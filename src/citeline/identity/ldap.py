@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import ldap3
-from ldap3.core.exceptions import LDAPException
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from citeline.contracts.principal_source import Listing
@@ -105,6 +104,9 @@ class LdapSource:
     def fetch(self) -> Listing:
         c = self.config
         password = self._password()
+        if c.bind_dn and not password:  # an empty password is an unauthenticated bind: it would see less, not fail
+            raise PrincipalError(f"principal source {self.name!r}: bind_dn is set but the bind password is empty; "
+                                 "set bind_password_env or bind_password_file (or drop bind_dn to bind anonymously)")
         try:
             timeout = max(1, math.ceil(c.timeout_s))  # ldap3 packs it into a socket option: whole seconds
             server = ldap3.Server(c.url, connect_timeout=timeout, get_info=ldap3.NONE)
@@ -115,7 +117,9 @@ class LdapSource:
                 conn.bind()
                 users = self._users(conn)
                 groups = self._groups(conn, users)
-        except (LDAPException, OSError) as exc:  # the message never holds the password (ldap3 does not echo it)
+        except PrincipalError:
+            raise
+        except Exception as exc:  # LDAP errors, sockets, a reply that does not decode (the message holds no password)
             raise PrincipalError(f"principal source {self.name!r}: cannot read the directory at {c.url}: "
                                  f"{type(exc).__name__}: {exc}; nothing was changed") from None
         try:

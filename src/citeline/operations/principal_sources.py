@@ -74,6 +74,13 @@ class PrincipalSources:
         listing = self.build(name).fetch()  # outside the transaction: a failing source changes nothing
         if not isinstance(listing, Listing):
             raise PrincipalError(f"principal source {name!r} returned {type(listing).__name__}, not a Listing")
+        if not listing.principals and self.entry(name).refuse_empty:
+            with self._db.writer() as conn:
+                held = len(directory.managed(conn, name))
+            if held:  # a wrong base DN or filter reads as "everyone left": refused, not applied
+                raise PrincipalError(f"principal source {name!r} listed no users; refusing to remove the {held} "
+                                     "principals it manages (check its base DNs and filters, or set refuse_empty = "
+                                     "false on the entry if the directory really is empty). Nothing was changed")
         return self.apply(name, listing, actor=actor, action="principal_source.sync")
 
     def apply(self, name: str, listing: Listing, *, actor: str, action: str,
