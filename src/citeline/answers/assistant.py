@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 def _cited(text: str) -> list[int]:
     return [int(n) for m in re.finditer(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]", text) for n in m.group(1).split(",")]
 
-
 class Assistant:
     """Answers questions for principals from what they may see."""
 
@@ -202,15 +201,17 @@ class Assistant:
                                  stop=p.stop, question=p.retrieval_question or p.question, evidence=p.prompt.evidence,
                                  user_question=p.question)
 
-    def _lookup(self, p: Prepared) -> None:
-        """The answer cache's key for a prompted, greedy answer (sampled ones are not cached), and its entry."""
+    def _lookup(self, p: Prepared, *, lead: bool = False) -> Callable[[], None] | None:
+        """The answer cache's key for a prompted, greedy answer (sampled ones are not cached), and its entry; with
+        ``lead`` (whole answers) a single flight: returns the function that ends it, if this request leads."""
         if self.cache is None or p.prompt is None or p.busy:
-            return
-        request = self.generation_request(p)
-        if request.temperature == 0:
-            p.cache_key = request_key(request, backend=self.backend.name, model=p.model, settings=self.settings,
-                                      verifier=self.verifier)
-            p.hit = self.cache.get(p.cache_key)
+            return None
+        if (request := self.generation_request(p)).temperature != 0:
+            return None  # sampled answers are not cached
+        p.cache_key = request_key(request, backend=self.backend.name, model=p.model, settings=self.settings,
+                                  verifier=self.verifier)
+        p.hit, land = self.cache.find(p.cache_key, lead=lead, wait_s=self.generation.timeout_s)
+        return land
 
     def remember(self, p: Prepared, v: Verification, invalid: int, tokens: tuple[int, int], finish: str) -> None:
         """Keep a generated, verified answer under its key (not the extractive answer of a busy model)."""
@@ -344,12 +345,19 @@ class Assistant:
                       retrieval_question=p.retrieval_question, stopped_early=p.stopped_early, cache=p.cache_state)
 
     def _answer(self, p: Prepared) -> tuple[Verification, int, tuple[int, int], str]:
-        """Generate and verify (or, with no generation slot free, the extractive answer): the verification,
-        the invalid citations removed, the (prompt, completion) tokens and the finish reason (or the cache's)."""
-        self._lookup(p)
+        """The cache's answer, or :meth:`_generated`: (verification, invalid citations, tokens, finish reason)."""
+        land = self._lookup(p, lead=True)
         if (h := p.hit) is not None:
             p.stopped_early = h.stopped_early
             return h.verification, h.invalid, (h.prompt_tokens, h.completion_tokens), h.finish_reason
+        try:
+            return self._generated(p)
+        finally:
+            if land is not None:
+                land()
+
+    def _generated(self, p: Prepared) -> tuple[Verification, int, tuple[int, int], str]:
+        """Generate and verify (the extractive answer when no generation slot is free)."""
         t1 = time.perf_counter()
         release = self._slot(p)
         p.latency["queue_ms"] = (time.perf_counter() - t1) * 1000
