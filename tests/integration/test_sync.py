@@ -45,6 +45,35 @@ def test_unchanged_documents_are_skipped_by_hash(db, embedder, chunker):
     assert _count(db, "SELECT count(*) FROM chunks WHERE text LIKE %s", ("%invoices%",)) == 1
 
 
+def test_a_text_repeated_in_a_batch_is_embedded_once(db, embedder, chunker):
+    class Recording:
+        """The real embedder, recording the texts it is asked to embed."""
+
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def __getattr__(self, name: str):
+            return getattr(embedder, name)
+
+        def embed_documents(self, texts):
+            self.seen.extend(texts)
+            return embedder.embed_documents(texts)
+
+    recording = Recording()
+    boiler = "# Support\n\nCall the help desk on extension 4242 for anything urgent."
+    docs = [doc("a", boiler, title="Help"), doc("b", boiler, title="Help"),
+            doc("c", "# Billing\n\nInvoices go out on the first.", title="Billing")]
+    report = SyncRunner(db, recording, chunker).run("wiki", "list", ListConnector(docs))
+    assert report.chunks == 3 and len(recording.seen) == 2 == len(set(recording.seen))
+    with db.writer() as conn:
+        rows = conn.execute("SELECT d.external_id, c.embedding::text FROM chunks c JOIN documents d ON d.id = "
+                            "c.document_id ORDER BY d.external_id").fetchall()
+    vectors = {ext: vec for ext, vec in rows}
+    assert vectors["a"] == vectors["b"] != vectors["c"]  # each copy stored with the one vector
+    hits = Retriever(db, embedder).search("help desk extension", user=None, mode=SearchMode.DENSE).hits
+    assert {h.external_id for h in hits[:2]} == {"a", "b"}
+
+
 def test_access_change_alone_updates_acl_without_reembedding(db, embedder, chunker):
     PrincipalStore(db).put(Principal("bob", ("sales",)))
     runner = SyncRunner(db, embedder, chunker)

@@ -98,10 +98,10 @@ def test_document_engines_match_the_float_model_row_for_row(engine, floor, exact
     fast = embedder_with("float", tmp_path, documents=engine)
     assert fast.document_encoder is not None and fast.document_encoder.engine == engine
     assert fast.name == exact.name  # same model, same index: the engine re-embeds nothing
-    # unsorted lengths, a duplicate, one-token and truncated texts, more rows than one batch: each row must
-    # come back in its own place although batches are formed in order of length
+    # unsorted lengths, a duplicate, one-token and truncated texts, many rows over two workers: each row must come
+    # back in its own place
     texts = [*DOCS, *ODD, DOCS[0], *(f"{d} (copy {i})" for i, d in enumerate(DOCS * 20))]
-    fast.batch_size = 7
+    fast._document_workers = 2
     a, b = fast.embed_documents(texts), exact.embed_documents(texts)
     assert a.shape == b.shape == (len(texts), exact.dimension) and a.dtype == np.float32
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)
@@ -110,6 +110,8 @@ def test_document_engines_match_the_float_model_row_for_row(engine, floor, exact
     assert float(cosines[prose].min()) > floor, texts[int(prose[cosines[prose].argmin()])][:40]
     assert float(cosines.min()) > min(floor, 0.97), texts[int(cosines.argmin())][:40]
     assert np.allclose(a[0], a[len(DOCS) + len(ODD)], atol=1e-6)  # the duplicate, far apart in the input
+    for i in (0, len(DOCS), len(texts) - 1):  # a vector is a function of its text alone, whatever else is embedded
+        assert np.array_equal(a[i], fast.embed_documents([texts[i]])[0])
     assert fast.embed_documents([]).shape == (0, exact.dimension)
     for i, q in enumerate(QUESTIONS):  # ranking of the documents by each question is unchanged
         assert int(np.argmax(a[: len(DOCS)] @ exact.embed_query(q))) == i
