@@ -87,10 +87,10 @@ def callback(request: Request, state: str = "", code: str = "", error: str = "",
         raise AuthError(f"the identity provider refused the sign-in: {error} {error_description}".strip())
     if not state or not code:
         raise AuthError("the callback needs state and code: start at /auth/login")
+    pending = request.app.state.pending_logins.take(state)  # first: a state is spent by any use, even a refused one
     bound = request.cookies.get(LOGIN_COOKIE, "")
     if not hmac.compare_digest(bound.encode(), state.encode()):
         raise AuthError("this login was not started in this browser: start again at /auth/login")
-    pending = request.app.state.pending_logins.take(state)
     client: OidcClient = request.app.state.oidc
     claims = client.verify(client.exchange(code, pending), pending.nonce)
     who = client.identity(claims)
