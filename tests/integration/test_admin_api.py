@@ -7,12 +7,15 @@ nothing changes); replies are typed models in the OpenAPI document; hostile inpu
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg import sql
 
 from tests.support.admin_world import World, admin_world, audit_inserts_fail
 
@@ -143,6 +146,20 @@ def test_sources_status_sync_now_in_the_background_and_the_run(world: World) -> 
     assert c.get("/v1/admin/sources/runs/987654321", headers=h).status_code == 404
     assert c.get("/v1/admin/sources/runs/-1", headers=h).status_code == 404
     assert c.get("/v1/admin/sources/runs/abc", headers=h).status_code == 422
+
+
+def test_sync_now_of_a_source_already_syncing_is_409(world: World) -> None:
+    """Another process holds the source's sync lock (the runner's advisory lock): sync now is refused, no run."""
+    space = int.from_bytes(hashlib.sha256(f"sync:{world.cl.namespace}".encode()).digest()[:4], "big", signed=True)
+    with psycopg.connect(world.pg_url, autocommit=True) as holder:
+        holder.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(world.cl.namespace)))
+        row = holder.execute("SELECT id FROM sources WHERE name = 'wiki'").fetchone()
+        assert row is not None
+        runs_before = holder.execute("SELECT count(*) FROM sync_runs").fetchone()
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (space, row[0]))
+        r = world.client.post("/v1/admin/sources/wiki/sync", headers=world.h())
+        assert r.status_code == 409 and "being synced by another process" in r.json()["error"]["message"], r.text
+        assert holder.execute("SELECT count(*) FROM sync_runs").fetchone() == runs_before
 
 
 # -- adapters: a caller's path is never trusted ------------------------------------------------------------------
