@@ -32,6 +32,11 @@ class Metrics:
         self.answer_cache = Counter("citeline_answer_cache", "answer cache lookups by result: hit (generation "
                                     "skipped: the same prompt and evidence were answered before) or miss",
                                     ["result"], registry=self.registry)
+        self.feedback = Counter("citeline_feedback", "feedback given on answers (POST /v1/feedback), by the answer's "
+                                "team, the model that answered (an adapter's served name holds its version) and the "
+                                "rating (up, down); corrected: with a corrected answer", ["team", "model", "rating",
+                                                                                         "corrected"],
+                                registry=self.registry)
         self.auth_failures = Counter("citeline_auth_failures", "requests refused for a missing or bad key",
                                      registry=self.registry)
         self.rejected = Counter("citeline_rejected_requests", "requests refused at the edge before any work, by "

@@ -2,8 +2,8 @@
 
 Serving and the CLI reach the core through this object: the query path is a method here, and each other
 concern is an object it hands out (:mod:`citeline.operations`): ``cl.admin`` (principals and keys, every
-change audited), ``cl.adapters`` (the team adapters' lifecycle), ``cl.sources`` (status, scheduler),
-``cl.database`` (migrations, dropping a namespace)::
+change audited), ``cl.adapters`` (the team adapters' lifecycle), ``cl.feedback`` (feedback on answers),
+``cl.sources`` (status, scheduler), ``cl.database`` (migrations, dropping a namespace)::
 
     from citeline import Citeline
     with Citeline.open("examples/acme/citeline.toml") as cl:
@@ -44,6 +44,7 @@ from citeline.lora.routing import AdapterRouter
 from citeline.operations.adapters import Adapters
 from citeline.operations.admin import Admin
 from citeline.operations.database import DatabaseLifecycle
+from citeline.operations.feedback import Feedback
 from citeline.operations.inspect import Inspect, Replay
 from citeline.operations.principal_sources import PrincipalSources
 from citeline.operations.scim import Scim
@@ -181,6 +182,12 @@ class Citeline:
         cache = self.__dict__.get("answer_cache")  # only if this process made one
         if cache is not None and previous is not None:
             cache.clear(previous)
+
+    @functools.cached_property
+    def feedback(self) -> Feedback:
+        """Feedback on answers: given by the asker against the answer's audit row (audited), reported per
+        team and model, read back as training data (:func:`citeline.workflows.feedback_training_data`)."""
+        return Feedback(self.db, lambda: self.audit)
 
     @functools.cached_property
     def answer_cache(self) -> AnswerCache | None:

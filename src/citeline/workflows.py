@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-from citeline.errors import ConfigError
+from citeline.errors import ConfigError, GenerationError
 from citeline.evaluation.answers import AnswerEvalReport, QAItem, QuestionResult, load_keys, load_qa
 from citeline.evaluation.retrieval import EvalReport as RetrievalReport
 from citeline.facade import Citeline
@@ -25,6 +25,7 @@ from citeline.ingest.sync import SyncReport
 from citeline.lora.data import DataReport
 from citeline.lora.evaluation import EvalReport as AdapterEvalReport
 from citeline.lora.evaluation import PromotionDecision
+from citeline.lora.feedback_data import FeedbackData
 from citeline.lora.training import TrainingConfig, TrainingProgress, TrainingResult
 from citeline.settings import Settings
 
@@ -32,6 +33,7 @@ __all__ = [
     "AdapterEvalReport",
     "AnswerEvalReport",
     "DataReport",
+    "FeedbackData",
     "Outcome",
     "PromotionDecision",
     "QAItem",
@@ -50,6 +52,7 @@ __all__ = [
     "evaluate_adapter",
     "evaluate_answers",
     "evaluate_retrieval",
+    "feedback_training_data",
     "load_keys",
     "load_qa",
     "retry_policy",
@@ -92,17 +95,44 @@ def check_training_data(file: Path, *, base: Path | None = None, config: str | P
 
 def train_adapter(team: str, data: Path, *, base: Path | None = None, output: Path | None = None,
                   config: str | Path | None = None, progress: Callable[[TrainingProgress], None] | None = None,
-                  stop: threading.Event | None = None, resume: bool = True, **options: Any) -> TrainingResult:
+                  stop: threading.Event | None = None, resume: bool = True, method: str = "sft", beta: float = 0.1,
+                  start_from: str | None = None, **options: Any) -> TrainingResult:
     """Train ``team``'s LoRA adapter into ``output`` (default ``<home>/adapters/<team>``).
 
-    ``options``: the other :class:`TrainingConfig` fields (rank, alpha, epochs, learning_rate, ...).
+    ``method``: ``sft`` (chat examples) or ``dpo`` (preference pairs, :mod:`citeline.lora.preference`: ``beta``,
+    and ``start_from``: ``base`` (default), ``active`` (the team's active adapter in the registry) or an adapter
+    folder). ``options``: the other :class:`TrainingConfig` fields (rank, alpha, epochs, learning_rate, ...).
     """
     from citeline.lora.training import train_adapter as train
 
+    if method not in ("sft", "dpo"):
+        raise ConfigError(f"--method must be sft or dpo, not {method!r}")
+    if method == "sft" and start_from not in (None, "base"):
+        raise ConfigError("--start-from is for --method dpo (SFT trains a fresh adapter on the base)")
     base_dir = base_model(base, config)
     out = output or Settings.load(config).home / "adapters" / team
     cfg = TrainingConfig(team=team, data=data, output=out, base_model=base_dir, **options)
-    return train(cfg, progress=progress, stop=stop, resume=resume)
+    if method == "sft":
+        return train(cfg, progress=progress, stop=stop, resume=resume)
+    from citeline.lora.preference import train_dpo
+
+    return train_dpo(cfg, beta=beta, start_from=_start_from(team, start_from, config), progress=progress, stop=stop)
+
+
+def _start_from(team: str, start_from: str | None, config: str | Path | None) -> Path | None:
+    if start_from in (None, "base"):
+        return None
+    if start_from == "active":
+        with Citeline.open(config) as cl:
+            active = cl.adapters.active(team)
+        if active is None:
+            raise ConfigError(f"team {team!r} has no active adapter to start from: use --start-from base")
+        return active.path
+    path = Path(start_from)
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError(f"--start-from {start_from}: not an adapter folder (no adapter_config.json); use base, "
+                          "active or an adapter folder")
+    return path
 
 
 def evaluate_adapter(adapter: Path, rules: Path, *, base: Path | None = None, config: str | Path | None = None,
@@ -155,6 +185,60 @@ def _grounding(cl: Citeline, backend: Any, user: str, questions: Sequence[str], 
     assistant = Assistant(cl.retriever, backend, cl.audit, answer=cl.settings.answer,
                           generation=GenerationSettings(max_tokens=max_tokens))
     return grounding_check(assistant, cl.principals.get(user), questions, adapter_name=adapter_name)
+
+
+def feedback_training_data(team: str, output: Path, *, base: Path | None = None, config: str | Path | None = None,
+                           max_tokens: int = 1024, heldout: float = 0.1, seed: int = 0,
+                           draft_with: str | None = None, draft_model: str | None = None,
+                           draft_key: str | None = None) -> tuple[FeedbackData, DataReport, dict[str, Path]]:
+    """``team``'s feedback as training data in ``output`` (see :mod:`citeline.lora.feedback_data`): chat
+    examples (``sft.jsonl``, checked here as ``adapter train`` will check it), preference pairs, and with
+    ``draft_with`` (an OpenAI-compatible server's URL) drafted corrections for review."""
+    from citeline.lora.data import chat_token_counter, check_data
+    from citeline.lora.feedback_data import build_feedback_data
+
+    counter = chat_token_counter(_tokenizer(base_model(base, config)))
+    drafter = _drafter(draft_with, draft_model, draft_key) if draft_with else None
+    with Citeline.open(config) as cl:
+        rated = cl.feedback.rated_answers(team)
+        evidence = cl.feedback.evidence(team, (i for a in rated for i in a.chunk_ids))
+    data = build_feedback_data(team, rated, evidence.chunks, evidence.visible, members=len(evidence.members),
+                               heldout=heldout, seed=seed, drafter=drafter, count_tokens=counter,
+                               max_tokens=max_tokens)
+    files = data.write(output)
+    report = check_data(files["sft"], count_tokens=counter, max_tokens=max_tokens, heldout=heldout, seed=seed)
+    return data, report, files
+
+
+def _drafter(url: str, model: str | None, key: str | None) -> Any:
+    """Drafted corrections from the chat model at ``url`` (any OpenAI-compatible server; ``/v1`` is added
+    when missing); ``model``: its first listed model when not given."""
+    from openai import OpenAI, OpenAIError
+
+    from citeline.answers.prompt import REFUSAL
+
+    base = url.rstrip("/")
+    client = OpenAI(base_url=base if base.endswith("/v1") else base + "/v1", api_key=key or "none", timeout=600,
+                    max_retries=1)
+    try:
+        name = model or client.models.list().data[0].id
+    except (OpenAIError, IndexError) as exc:
+        raise ConfigError(f"--draft-with {url}: cannot list its models ({exc}); is it an OpenAI-compatible server? "
+                          "Name one with --draft-model") from exc
+
+    def draft(prompt: Sequence[Any], answer: str, reason: str) -> str:
+        ask = (f"That answer was rated unhelpful{' (' + reason + ')' if reason else ''}. Write a better answer "
+               "from the same evidence only, citing it like [1]; if the evidence does not answer the question, "
+               f'reply exactly: "{REFUSAL}"')
+        messages: list[Any] = [{"role": m.role, "content": m.content} for m in prompt]
+        messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": ask}]
+        try:
+            reply = client.chat.completions.create(model=name, messages=messages, temperature=0, max_tokens=512)
+        except OpenAIError as exc:
+            raise GenerationError(f"--draft-with {url}: drafting failed ({type(exc).__name__}: {exc})") from exc
+        return reply.choices[0].message.content or ""
+
+    return draft
 
 
 # -- evaluation of retrieval and answers -----------------------------------------------------------------

@@ -23,7 +23,7 @@ from citeline.settings import Settings
 pytestmark = pytest.mark.unit
 
 ROUTES = {("GET", "/"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/models"),
-          ("POST", "/v1/ask"), ("POST", "/v1/search"), ("POST", "/v1/chat/completions"), ("POST", "/v1/admin/keys"),
+          ("POST", "/v1/ask"), ("POST", "/v1/search"), ("POST", "/v1/feedback"), ("POST", "/v1/chat/completions"), ("POST", "/v1/admin/keys"),
           ("DELETE", "/v1/admin/keys/{key_id}"), ("PUT", "/v1/admin/principals"),
           ("DELETE", "/v1/admin/principals/{user}"), ("GET", "/v1/admin/audit/verify"),
           ("GET", "/v1/admin/audit/export"), ("GET", "/v1/admin/keys"), ("GET", "/v1/admin/principals"),

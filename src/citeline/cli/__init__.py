@@ -21,6 +21,7 @@ from citeline.cli import (
     audit,
     db,
     evaluate,
+    feedback,
     keys,
     mcp,
     principals,
@@ -73,6 +74,9 @@ app.add_typer(evaluate.app, name="eval", help="Measure retrieval (BEIR files) an
 app.add_typer(keys.app, name="keys", help="API keys for the server.")
 app.add_typer(audit.app, name="audit", help="Verify and export the audit log.")
 app.add_typer(db.app, name="db", help="The index's database: migrations' status, migrate, drop a namespace.")
+app.add_typer(feedback.app, name="feedback", help="Users' feedback on answers, per team and model.")
+adapter.app.add_typer(feedback.data_app, name="data", help="Training data for a team's adapter, from its users' "
+                      "feedback.")
 # one `adapter` group: training commands (citeline.cli.adapter) and the registry and hot-swap commands
 adapter_registry.attach(adapter.app)
 app.add_typer(adapter.app, name="adapter", help="Team LoRA adapters: check data, train, evaluate, register, "

@@ -105,6 +105,13 @@ def train(
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit base (QLoRA): needs a CUDA GPU and bitsandbytes")]
     = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="discard checkpoints instead of resuming from them")] = False,
+    method: Annotated[str, typer.Option("--method", help="sft: chat examples; dpo: preference pairs (`adapter data "
+                                        "from-feedback` writes both)")] = "sft",
+    beta: Annotated[float, typer.Option("--beta", min=0.001, help="with --method dpo: how far from the starting "
+                                        "model the preferences may pull")] = 0.1,
+    start_from: Annotated[str | None, typer.Option("--start-from", help="with --method dpo: base (default), active "
+                                                   "(the team's active adapter) or an adapter folder",
+                                                   show_default=False)] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: all cores)",
                                                 show_default=False)] = None,
     max_tokens: MaxTokensOption = 1024,
@@ -130,7 +137,8 @@ def train(
                 bar.update(task, completed=p.step, total=p.total_steps, loss=f"{p.loss:.3f}")
 
             result = workflows.train_adapter(team, data, base=base, output=output, config=config, progress=on_step,
-                                             stop=stop, resume=not fresh, **options)
+                                             stop=stop, resume=not fresh, method=method, beta=beta,
+                                             start_from=start_from, **options)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -141,11 +149,18 @@ def train(
     if as_json:
         print_json(body)
     elif not result.completed:
-        console.print(f"stopped at step {result.step}/{result.total_steps}; a checkpoint is saved: run the same "
-                      "command again to continue", highlight=False)
+        kept = ("nothing was saved (--method dpo keeps no checkpoints): run it again" if method == "dpo" else
+                "a checkpoint is saved: run the same command again to continue")
+        console.print(f"stopped at step {result.step}/{result.total_steps}; {kept}", highlight=False)
     else:
         m = result.manifest.metrics if result.manifest else {}
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+        if method == "dpo":
+            console.print(f"adapter written to {result.output} in {result.seconds:.0f} s: held-out DPO loss "
+                          f"{m.get('dpo_base_heldout_loss', 0):.3f} (start) → {m.get('dpo_heldout_loss', 0):.3f}, "
+                          f"chosen preferred on {m.get('dpo_heldout_preferred', 0):.0%} of held-out pairs",
+                          highlight=False, markup=False)
+            return
         console.print(f"adapter written to {result.output}{resumed} in {result.seconds:.0f} s: held-out loss "
                       f"{m.get('base_heldout_loss', 0):.3f} (base) → {m.get('heldout_loss', 0):.3f}", highlight=False,
                       markup=False)
