@@ -8,8 +8,8 @@ entry is shared exactly when the evidence shown was identical.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
