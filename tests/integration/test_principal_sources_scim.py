@@ -70,3 +70,29 @@ def test_a_sync_repairs_a_scim_principal_edited_by_hand(world) -> None:
         assert conn.execute("SELECT groups FROM principals WHERE user_id = 'ann@acme.example'").fetchone()[0] \
             == ["Field-Ops"]
     assert sources.sync("idp", actor="test").empty
+
+
+def test_each_change_reconciles_exactly_the_users_it_touches(world) -> None:
+    db, _, scim = world
+    ann = scim.list_users('userName eq "ann@acme.example"', None, None)[1][0]
+    ops = scim.create_group({"displayName": "ops", "members": [{"value": ann["id"]}]}, actor="test")
+
+    def principals() -> dict[str, list[str]]:
+        with db.writer() as conn:
+            return dict(conn.execute("SELECT user_id, groups FROM principals ORDER BY 1").fetchall())
+
+    assert principals() == {"ann@acme.example": ["Field-Ops", "ops"], "ben@acme.example": ["Field-Ops"]}
+    scim.delete_group(ops["id"], actor="test")  # ann keeps her other group
+    assert principals()["ann@acme.example"] == ["Field-Ops"]
+    key = None
+    with db.writer() as conn:  # a key for ann, to see it die when the name she had goes away
+        conn.execute("INSERT INTO api_keys (key_id, secret_hash, user_id, principal_incarnation) SELECT 'annkey000000',"
+                     " 'x', user_id, incarnation FROM principals WHERE user_id = 'ann@acme.example'")
+        key = "annkey000000"
+    scim.replace_user(ann["id"], {"userName": "ann.smith@acme.example", "active": True}, actor="test")  # renamed
+    assert principals() == {"ann.smith@acme.example": ["Field-Ops"], "ben@acme.example": ["Field-Ops"]}
+    with db.writer() as conn:
+        assert conn.execute("SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_id = %s", (key,)).fetchone()[0]
+    cy = scim.list_users('userName eq "cy@acme.example"', None, None)[1][0]
+    scim.patch_user(cy["id"], [{"op": "replace", "path": "active", "value": True}], actor="test")
+    assert principals()["cy@acme.example"] == []

@@ -27,6 +27,7 @@ _PUT = ("INSERT INTO principals (user_id, groups, team, tokens, managed_by) VALU
         " ON CONFLICT (user_id) DO UPDATE SET groups = EXCLUDED.groups, team = EXCLUDED.team,"
         " tokens = EXCLUDED.tokens, managed_by = EXCLUDED.managed_by, updated_at = now()"
         " WHERE principals.managed_by = EXCLUDED.managed_by OR (principals.managed_by IS NULL AND %s)")
+_STORED_ONLY = "SELECT user_id, groups, team, managed_by FROM principals WHERE user_id = ANY(%s)"
 _MANAGED = "SELECT user_id, groups, team FROM principals WHERE managed_by = %s ORDER BY user_id"
 
 
@@ -61,10 +62,16 @@ def managed(conn: psycopg.Connection, source: str) -> list[Principal]:
     return [Principal(r["user_id"], tuple(r["groups"]), r["team"]) for r in rows]
 
 
-def plan(conn: psycopg.Connection, source: str, listing: Listing, *, adopt: bool = False) -> Plan:
+def plan(conn: psycopg.Connection, source: str, listing: Listing, *, adopt: bool = False,
+         only: set[str] | None = None) -> Plan:
     """Compare ``listing`` (everything ``source`` manages) with the stored principals (``adopt``: take over the
-    listed principals no source manages)."""
-    rows = conn.cursor(row_factory=dict_row).execute(_STORED, (listing.users(), source)).fetchall()
+    listed principals no source manages). ``only``: the listing covers just these users (a SCIM change's), so
+    only they are compared and only they may be removed."""
+    if only is None:
+        rows = conn.cursor(row_factory=dict_row).execute(_STORED, (listing.users(), source)).fetchall()
+    else:
+        rows = conn.cursor(row_factory=dict_row).execute(
+            _STORED_ONLY, (sorted(only | set(listing.users())),)).fetchall()
     stored = {r["user_id"]: r for r in rows}
     added, updated, conflicts, adopted = [], [], [], []
     for p in listing.principals:

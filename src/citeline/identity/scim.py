@@ -190,6 +190,12 @@ class ScimStore:
         row = conn.execute("SELECT active FROM scim_users WHERE id = %s::uuid", (_uuid(user_id, "User"),)).fetchone()
         return bool(row[0]) if row else True
 
+    def names(self, conn: psycopg.Connection, user_ids: list[str]) -> set[str]:
+        """The principal names the users ``user_ids`` map to now (active or not)."""
+        rows = conn.execute("SELECT user_name FROM scim_users WHERE id = ANY(%s::uuid[])",
+                            ([_uuid(i, "User") for i in user_ids],)).fetchall()
+        return {mapped_name(r[0]) for r in rows}
+
     def delete_user(self, conn: psycopg.Connection, user_id: str) -> str:
         """Delete a user (and its memberships); its userName."""
         row = conn.cursor(row_factory=dict_row).execute(
@@ -267,8 +273,13 @@ class ScimStore:
             raise ScimError(f"no Group with id {group_id}", status=404)
         return str(row["display_name"])
 
-    def listing(self, conn: psycopg.Connection) -> Listing:
-        """Every active user as a principal with its groups."""
-        rows = conn.cursor(row_factory=dict_row).execute(_LISTING).fetchall()
+    def listing(self, conn: psycopg.Connection, user_ids: list[str] | None = None) -> Listing:
+        """Every active user (or those of ``user_ids``) as a principal with its groups."""
+        if user_ids is None:
+            rows = conn.cursor(row_factory=dict_row).execute(_LISTING).fetchall()
+        else:
+            rows = conn.cursor(row_factory=dict_row).execute(
+                _LISTING.replace(" WHERE u.active", " WHERE u.active AND u.id = ANY(%s::uuid[])"),
+                ([_uuid(i, "User") for i in user_ids],)).fetchall()
         return Listing.of([Principal(mapped_name(r["user_name"]), tuple(mapped_name(g) for g in r["groups"]))
                            for r in rows])

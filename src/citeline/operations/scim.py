@@ -73,23 +73,35 @@ class Scim:
             return self._store.list_groups(conn, parsed, *self._page(start, count))
 
     # -- writes: each with the principals it implies and its audit row --------------------------------
-    def _change(self, action: str, actor: str, write: Callable[[psycopg.Connection], _Row | str]) -> _Row | str:
+    def _change(self, action: str, actor: str, write: Callable[[psycopg.Connection], _Row | str],
+                before: Callable[[psycopg.Connection], list[str]] = lambda c: []) -> _Row | str:
+        """``write`` in one transaction with the principals of the users it touches (``before``: their ids
+        before it, the written user or group's members after it) reconciled, and one audit row."""
         with audited(self._db, self._audit) as (conn, audit):
             directory.lock(conn, self.name)
+            ids = before(conn)
+            names = self._store.names(conn, ids)
             result = write(conn)
-            todo = directory.plan(conn, self.name, self._store.listing(conn), adopt=self._adopt)
+            if isinstance(result, dict):
+                ids = sorted({*ids, *([result["id"]] if "user_name" in result else
+                                      [m["value"] for m in result.get("members", ())])})
+            names |= self._store.names(conn, ids)
+            todo = directory.plan(conn, self.name, self._store.listing(conn, ids), adopt=self._adopt, only=names)
             done = directory.apply(conn, self.name, todo, self._principals)
             what = result if isinstance(result, str) else result.get("user_name") or result.get("display_name")
             audit.append_in(conn, "admin", action, principal=actor,
                             payload={"source": self.name, "resource": what, **done.summary()})
         return result
 
+    def _members(self, group_id: str) -> Callable[[psycopg.Connection], list[str]]:
+        return lambda c: [m["value"] for m in self._store.get_group(c, group_id)["members"]]
+
     def create_user(self, resource: _Row, *, actor: str) -> _Row:
         return self._change("scim.user.create", actor, lambda c: self._store.put_user(c, resource))  # type: ignore[return-value]
 
     def replace_user(self, user_id: str, resource: _Row, *, actor: str) -> _Row:
         return self._change("scim.user.replace", actor,  # type: ignore[return-value]
-                            lambda c: self._store.put_user(c, resource, user_id))
+                            lambda c: self._store.put_user(c, resource, user_id), lambda c: [user_id])
 
     def patch_user(self, user_id: str, operations: list[dict[str, Any]], *, actor: str,
                    check: Callable[[_Row], _Row] = dict) -> _Row:
@@ -98,17 +110,17 @@ class Scim:
             current = self._store.get_user(c, user_id)
             base = {**current["resource"], "userName": current["user_name"]}  # "active" as stored, if it was sent
             return self._store.put_user(c, check(patch(base, operations)), user_id)
-        return self._change("scim.user.patch", actor, write)  # type: ignore[return-value]
+        return self._change("scim.user.patch", actor, write, lambda c: [user_id])  # type: ignore[return-value]
 
     def delete_user(self, user_id: str, *, actor: str) -> None:
-        self._change("scim.user.delete", actor, lambda c: self._store.delete_user(c, user_id))
+        self._change("scim.user.delete", actor, lambda c: self._store.delete_user(c, user_id), lambda c: [user_id])
 
     def create_group(self, resource: _Row, *, actor: str) -> _Row:
         return self._change("scim.group.create", actor, lambda c: self._store.put_group(c, resource))  # type: ignore[return-value]
 
     def replace_group(self, group_id: str, resource: _Row, *, actor: str) -> _Row:
         return self._change("scim.group.replace", actor,  # type: ignore[return-value]
-                            lambda c: self._store.put_group(c, resource, group_id))
+                            lambda c: self._store.put_group(c, resource, group_id), self._members(group_id))
 
     def patch_group(self, group_id: str, operations: list[dict[str, Any]], *, actor: str,
                     check: Callable[[_Row], _Row] = dict) -> _Row:
@@ -118,7 +130,8 @@ class Scim:
                     "members": [{"value": m["value"], "display": m["display"]} for m in g["members"]],
                     **({"externalId": g["external_id"]} if g["external_id"] else {})}
             return self._store.put_group(c, check(patch(base, operations)), group_id)
-        return self._change("scim.group.patch", actor, write)  # type: ignore[return-value]
+        return self._change("scim.group.patch", actor, write, self._members(group_id))  # type: ignore[return-value]
 
     def delete_group(self, group_id: str, *, actor: str) -> None:
-        self._change("scim.group.delete", actor, lambda c: self._store.delete_group(c, group_id))
+        self._change("scim.group.delete", actor, lambda c: self._store.delete_group(c, group_id),
+                     self._members(group_id))
