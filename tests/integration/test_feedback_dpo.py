@@ -53,6 +53,7 @@ def cfg(tiny_base: Path, data: Path, output: Path, **kw) -> TrainingConfig:
                              **kw})
 
 
+@pytest.mark.slow  # ~40 s at load 6 on 2 cores (9 steps, evaluated before and after)
 def test_dpo_from_the_base_prefers_the_chosen_answers_and_is_servable(tiny_base, pairs, tmp_path):
     result = train_dpo(cfg(tiny_base, pairs, tmp_path / "dpo"), beta=0.5)
     assert result.completed and result.total_steps == 3 * 3  # 9 train pairs, batches of 4, 3 epochs
