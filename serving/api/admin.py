@@ -60,7 +60,7 @@ def list_principals(who: Admin, cl: Facade) -> list[PrincipalOut]:
     return [_out(p) for p in cl.principals.list()]
 
 
-@router.get("/principals/{user}")
+@router.get("/principals/{user:path}")  # a name may contain "/" (it may not contain spaces)
 def get_principal(user: str, who: Admin, cl: Facade) -> PrincipalOut:
     try:
         return _out(cl.principals.get(user))
@@ -77,7 +77,7 @@ def put_principal(body: PrincipalBody, who: Admin, cl: Facade) -> PrincipalOut:
     return _out(p)
 
 
-@router.delete("/principals/{user}")
+@router.delete("/principals/{user:path}")
 def delete_principal(user: str, who: Admin, cl: Facade) -> PrincipalRemovedOut:
     revoked = cl.admin.delete_principal(user, actor=actor(who))
     if revoked is None:

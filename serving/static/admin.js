@@ -106,6 +106,10 @@
     }
   }
   const enc = encodeURIComponent;
+  // a view's reply is drawn only if no newer request for that view was made meanwhile (no stale overwrite)
+  const latest = {};
+  const ticket = (view) => (latest[view] = (latest[view] || 0) + 1);
+  const isLatest = (view, t) => latest[view] === t;
   function shown(e) {  // an error worth a notice (sign-out errors already show the login form)
     if (e && (e.status === 401 || e.status === 403)) return;
     notify("Error: " + (e && e.message ? e.message : String(e)), true);
@@ -203,7 +207,9 @@
     return node("span", { className: "failure" }, failed ? failed + " failed" : "", failed && error ? ": " : "", error);
   }
   async function loadSources() {
+    const t = ticket("sources");
     const rows = rowsOf(await api("GET", "/v1/admin/sources"), "sources");
+    if (!isLatest("sources", t)) return;
     rows.forEach((s) => { s.__data = { source: str(s.name) }; });
     $("sources-empty").hidden = rows.length > 0;
     table("sources-table", [
@@ -249,7 +255,9 @@
 
   // principals and their groups
   async function loadPrincipals() {
+    const t = ticket("principals");
     const rows = rowsOf(await api("GET", "/v1/admin/principals"), "principals");
+    if (!isLatest("principals", t)) return;
     rows.forEach((p) => { p.__data = { user: str(p.user) }; });
     table("principals-table", [
       { label: "User", cls: "user", cell: (p) => str(p.user) },
@@ -280,7 +288,9 @@
 
   // keys: the secret is shown once, right after creation
   async function loadKeys() {
+    const t = ticket("keys");
     const rows = rowsOf(await api("GET", "/v1/admin/keys"), "keys");
+    if (!isLatest("keys", t)) return;
     rows.forEach((k) => { k.__data = { key: str(k.key_id) }; });
     table("keys-table", [
       { label: "Key", cls: "key-id", cell: (k) => node("code", {}, str(k.key_id)) },
@@ -325,7 +335,9 @@
       node("span", { className: d > 0 ? "better" : "worse" }, (d > 0 ? "+" : "") + d.toFixed(3)));
   }
   async function loadAdapters() {
+    const t = ticket("adapters");
     const rows = rowsOf(await api("GET", "/v1/admin/adapters"), "adapters");
+    if (!isLatest("adapters", t)) return;
     rows.forEach((a) => { a.__data = { adapter: str(a.served_name) }; });
     $("adapters-empty").hidden = rows.length > 0;
     const status = (a) => pill(str(a.status), a.status === "active" ? "ok" : a.status === "retired" ? "bad" : "");
@@ -356,18 +368,17 @@
   const REPLAYABLE = new Set(["ask/answer", "search/search", "admin/impersonate"]);  // rows that record chunks shown
   function isoOf(local) { return local ? new Date(local).toISOString() : ""; }
   async function searchAudit(more) {
-    if (!more) {
-      auditState.rows = [];
-      auditState.filters = { principal: $("a-principal").value.trim(), kind: $("a-kind").value.trim(),
-                             action: $("a-action").value.trim(),
-                             request_id: $("a-request").value.trim(), since: isoOf($("a-since").value),
-                             until: isoOf($("a-until").value) };
-    }
+    const t = ticket("audit");
+    const filters = more ? auditState.filters : {
+      principal: $("a-principal").value.trim(), kind: $("a-kind").value.trim(), action: $("a-action").value.trim(),
+      request_id: $("a-request").value.trim(), since: isoOf($("a-since").value), until: isoOf($("a-until").value) };
     const q = new URLSearchParams({ limit: String(PAGE) });
-    for (const [k, v] of Object.entries(auditState.filters)) if (v) q.set(k, v);
+    for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
     if (more && auditState.next !== null) q.set("before", String(auditState.next));
     const body = await api("GET", "/v1/admin/audit?" + q.toString());
-    auditState.rows = auditState.rows.concat(rowsOf(body, "rows"));
+    if (!isLatest("audit", t)) return;
+    auditState.filters = filters;
+    auditState.rows = (more ? auditState.rows : []).concat(rowsOf(body, "rows"));
     auditState.next = body && typeof body.next_before === "number" ? body.next_before : null;
     $("audit-more").hidden = auditState.next === null;
     auditState.rows.forEach((r) => { r.__data = { id: str(r.id) }; });
