@@ -147,8 +147,15 @@ def _usage(answer: Answer) -> CompletionUsage:
                            total_tokens=answer.prompt_tokens + answer.completion_tokens)
 
 
+def _where(c: dict[str, Any]) -> str:
+    """A citation's title, and its section when that adds something ("Travel expenses, Page 2")."""
+    section = c.get("section") or ""
+    last = section.rsplit(" / ", 1)[-1]
+    return f"{c['title']}, {last}" if last and last != c["title"] else c["title"]
+
+
 def _with_sources(answer_text: str, sources: list[dict[str, Any]]) -> str:
     if not sources:
         return answer_text
-    lines = [f"[{c['n']}] {c['title']}" + (f" <{c['url']}>" if c["url"] else "") for c in sources]
+    lines = [f"[{c['n']}] {_where(c)}" + (f" <{c['url']}>" if c["url"] else "") for c in sources]
     return answer_text + "\n\nSources:\n" + "\n".join(lines)

@@ -170,6 +170,7 @@ class SearchHit:
     lexical_rank: int | None = None
     dense_distance: float | None = None
     lexical_score: float | None = None
+    heading: str = ""  # the chunk's heading path in its document ("Guide / Install", "Travel expenses / Page 2")
 
     def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

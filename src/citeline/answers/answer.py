@@ -29,6 +29,7 @@ class Citation:
     url: str | None
     snippet: str
     score: float
+    section: str = ""  # where in the document: the chunk's heading path (a PDF's "Page 2", a DOCX heading)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -150,4 +151,4 @@ def _snippet(text: str, limit: int = 280) -> str:
 def citation(n: int, hit: SearchHit) -> Citation:
     """Evidence ``[n]`` as shown to a client: where it comes from and a snippet of its text."""
     return Citation(n, hit.chunk_id, hit.document_id, hit.source, hit.external_id, hit.title, hit.url,
-                    _snippet(hit.text), round(hit.score, 6))
+                    _snippet(hit.text), round(hit.score, 6), hit.heading)

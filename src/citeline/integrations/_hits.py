@@ -105,7 +105,8 @@ class OverHTTP:
 def _hit(data: Mapping[str, Any]) -> SearchHit:
     return SearchHit(chunk_id=int(data["chunk_id"]), document_id=int(data["document_id"]), source=data["source"],
                      external_id=data["external_id"], title=data["title"], url=data.get("url"), text=data["text"],
-                     span_start=data.get("span_start"), span_end=data.get("span_end"), score=float(data["score"]))
+                     span_start=data.get("span_start"), span_end=data.get("span_end"), score=float(data["score"]),
+                     heading=str(data.get("heading") or ""))
 
 
 def _message(reply: httpx.Response) -> str:

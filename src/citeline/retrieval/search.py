@@ -184,7 +184,7 @@ pool AS MATERIALIZED (
 
 _SELECT = """
 SELECT c.id, c.document_id, s.name, doc.external_id, doc.title, doc.url, c.text, c.span_start, c.span_end,
-       f.dense_rank, f.lexical_rank, f.dist, f.score, f.fused
+       c.heading, f.dense_rank, f.lexical_rank, f.dist, f.score, f.fused
 FROM fused f
 JOIN chunks c ON c.id = f.id
 JOIN documents doc ON doc.id = c.document_id
@@ -301,5 +301,5 @@ def _hit(row: dict[str, Any], mode: SearchMode) -> SearchHit:
         title=row["title"], url=row["url"], text=row["text"], span_start=row["span_start"],
         span_end=row["span_end"], score=score, dense_rank=row["dense_rank"], lexical_rank=row["lexical_rank"],
         dense_distance=None if dist is None else float(dist),
-        lexical_score=None if lex_score is None else float(lex_score),
+        lexical_score=None if lex_score is None else float(lex_score), heading=row["heading"] or "",
     )
