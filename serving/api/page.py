@@ -40,7 +40,6 @@ def admin_asset(asset: str) -> Response:
 
 
 def _oidc_login(request: Request) -> bool:
-    """Whether the identity provider's sign-in is offered: its login route is mounted and ``auth.oidc`` is set."""
-    mounted = any(getattr(route, "path", None) == "/auth/login" for route in request.app.routes)
-    auth = getattr(request.app.state.citeline.settings, "auth", None)
-    return mounted and getattr(auth, "oidc", None) is not None
+    """Whether the identity provider's sign-in is offered: :func:`citeline.serving.api.auth.install` set up its
+    sessions (it does only when ``[auth.oidc]`` is set, and mounts ``/auth/login`` with them)."""
+    return getattr(request.app.state, "sessions", None) is not None

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO
+from tests.e2e.test_oidc import app, ports, provider  # noqa: F401 (fixtures: a real OIDC provider and app)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -425,6 +426,39 @@ def test_signing_out_forgets_the_key(browser, server):
     assert find_all(browser, "table.data tr") == []
     browser.refresh()
     wait(browser, lambda d: find(d, "#api-key").is_displayed(), "signed in again after signing out")
+
+
+def test_the_admin_page_signs_in_through_the_identity_provider(browser, app, provider):  # noqa: F811 (fixtures)
+    """With [auth.oidc] set (test_oidc's real provider and app): the page's button, the provider's form, back on
+    /admin; an admin group's member gets the page, anyone else the 'not an admin' message and no data."""
+    url, _ = app
+    for user, admin in (("root", True), ("alice", False)):
+        browser.delete_all_cookies()
+        browser.set_window_size(*DESKTOP)
+        browser.get(url + "/admin")
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(url + "/admin")
+        wait(browser, lambda d: find(d, "#oidc-login").is_displayed(), "the identity provider's button is not shown")
+        find(browser, "#oidc-login").click()
+        wait(browser, lambda d: find(d, "#login").is_displayed(), "the provider's form is not shown")
+        find(browser, "#login").send_keys(user)
+        find(browser, "#password").send_keys("pw")
+        find(browser, "#submit").click()
+        wait(browser, lambda d: d.current_url.startswith(url + "/admin"), "signing in did not come back to /admin")
+        if admin:
+            wait(browser, lambda d: find(d, "#admin-view").is_displayed(), "an admin group member got no admin page")
+            assert find(browser, "#who").text == "signed in as root"
+            assert {"eng", "sales"} <= {r.get_attribute("data-source") for r in rows(browser, "sources", 2)}
+            screenshot(browser, "admin-oidc-signed-in.png")
+            # a change with the session cookie alone (no key): the same-origin write the session allows
+            click(browser, lambda d: row(d, "sources", "source", "eng").find_element("css selector", "button.sync"),
+                  "no sync button for eng")
+            wait(browser, lambda d: "succeeded" in notice(d), "a sync started from the signed-in page did not finish")
+            assert not browser.execute_script("return sessionStorage.length")  # nothing but the HttpOnly cookie
+        else:
+            wait(browser, lambda d: "not as an admin" in find(d, "#login-error").text, "no 'not an admin' for alice")
+            assert "Signed in as alice" in find(browser, "#login-error").text
+            assert not find(browser, "#admin-view").is_displayed() and find_all(browser, "table.data tr") == []
 
 
 def severe_errors(driver) -> list[str]:

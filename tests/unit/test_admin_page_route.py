@@ -5,8 +5,6 @@ The page itself runs in headless Chromium against a real server in ``tests/e2e/t
 
 from __future__ import annotations
 
-from types import SimpleNamespace as NS
-
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -19,9 +17,7 @@ pytestmark = pytest.mark.unit
 def _client(*, oidc: bool) -> TestClient:
     app = FastAPI()
     app.include_router(page.router)
-    if oidc:  # what O's router mounts when [auth.oidc] is set
-        app.add_api_route("/auth/login", lambda: None, methods=["GET"])
-    app.state.citeline = NS(settings=NS(auth=NS(oidc=NS(issuer="https://idp.example") if oidc else None)))
+    app.state.sessions = object() if oidc else None  # what auth.install sets: sessions only with [auth.oidc]
     return TestClient(app)
 
 
@@ -40,7 +36,7 @@ def test_nothing_else_is_reachable_through_the_asset_route(path):
     assert _client(oidc=False).get(path).status_code == 404
 
 
-def test_the_identity_provider_button_only_when_its_login_route_is_mounted():
+def test_the_identity_provider_button_only_when_oidc_sign_in_is_installed():
     assert 'data-oidc="on"' in _client(oidc=True).get("/admin").text
     assert 'data-oidc="off"' in _client(oidc=False).get("/admin").text
 
@@ -53,3 +49,17 @@ def test_server_text_is_never_parsed_as_markup():
         assert needle not in script, needle
     html = (page.STATIC / "admin.html").read_text(encoding="utf-8")
     assert "script-src 'self'" in html and "'unsafe-inline'" not in html and "<script>" not in html
+
+
+def test_the_button_follows_the_real_app_settings():
+    """``create_app`` over settings with and without ``[auth.oidc]`` (the routers as the server mounts them)."""
+    from citeline.serving.app import create_app
+    from citeline.settings import Settings
+    from tests.unit.test_serving_routes import _fake
+
+    oidc = {"issuer": "https://idp.example", "client_id": "citeline", "client_secret": "s" * 32,
+            "redirect_url": "https://citeline.example/auth/callback", "admin_groups": ["admins"]}
+    for settings, flag in ((Settings(), 'data-oidc="off"'), (Settings(auth={"oidc": oidc}), 'data-oidc="on"')):
+        fake = _fake()
+        fake.settings = settings
+        assert flag in TestClient(create_app(fake)).get("/admin").text  # type: ignore[arg-type]
