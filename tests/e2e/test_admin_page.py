@@ -341,6 +341,23 @@ def test_a_key_is_created_shown_once_and_revoked(browser, server):
     assert actions[:2] == ["key.revoke", "key.create"], actions
 
 
+def test_a_principal_is_saved_from_the_form_and_a_bad_name_is_refused_with_the_reason(browser, server):
+    admin_page(browser, server)
+    show(browser, "principals")
+    find(browser, "#p-user").send_keys("dave")
+    find(browser, "#p-groups").send_keys(" staff , sales ,")
+    find(browser, "#p-team").send_keys("sales")
+    find(browser, "#principal-form button[type=submit]").click()
+    wait(browser, lambda d: "Saved dave" in notice(d), f"the principal was not saved ({notice(browser)!r})")
+    dave = row(browser, "principals", "user", "dave")
+    assert [g.text for g in dave.find_elements("css selector", ".groups .pill")] == ["sales", "staff"]
+    assert api(server, "GET", "/v1/admin/principals/dave").json() == {"user": "dave", "groups": ["sales", "staff"],
+                                                                      "team": "sales"}
+    find(browser, "#p-user").send_keys("two words")  # a name may not contain spaces: the API's reason is shown
+    find(browser, "#principal-form button[type=submit]").click()
+    wait(browser, lambda d: "Error" in notice(d) and "invalid user name" in notice(d), "no reason for a bad name")
+    assert "two words" not in {p["user"] for p in api(server, "GET", "/v1/admin/principals").json()}
+
 def test_view_as_shows_what_each_user_sees_and_a_past_answer_replays(browser, server):
     admin_page(browser, server)
     show(browser, "viewas")
