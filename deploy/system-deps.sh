@@ -11,6 +11,9 @@
 set -euo pipefail
 
 packages=(chromium chromium-driver mediawiki php-cli php-sqlite3 slapd ldap-utils)
+# npm, for the OpenID Connect provider the sign-in tests start (tests/run.sh: npm ci in tests/support/oidc); only
+# when there is none (a Node.js from elsewhere, e.g. NodeSource, brings its own npm and must not be replaced)
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 # without recommends: no printer, GPU or notification daemons; the fonts are the one recommend wanted
 extras=(fonts-liberation)
 
@@ -22,7 +25,8 @@ for p in "${packages[@]}"; do
 done
 binaries_there() {
   [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/php ] \
-    && [ -f /usr/share/mediawiki/maintenance/install.php ] && [ -x /usr/sbin/slapd ] && [ -x /usr/sbin/slapadd ]
+    && [ -f /usr/share/mediawiki/maintenance/install.php ] && [ -x /usr/sbin/slapd ] && [ -x /usr/sbin/slapadd ] \
+    && command -v npm >/dev/null 2>&1
 }
 if [ ${#missing[@]} -eq 0 ] && binaries_there; then
   exit 0
