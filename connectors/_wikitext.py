@@ -37,12 +37,16 @@ _LIST = re.compile(r"^((?:\x02[*#:;])+)\s*")
 _SWITCH = re.compile(r"__[A-Z]+__")
 _LANGUAGE = re.compile(r"[\w+#.-]{1,30}")
 _CODE_MARK = "\x00code{}\x00"
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def wikitext_to_markdown(source: str) -> str:
     """The readable text of a page's wikitext, with Markdown headings, lists and code fences."""
     blocks: list[str] = []
-    parsed = mwparserfromhell.parse(source.replace("\r\n", "\n"))
+    # C0 controls in the page (a NUL from a dirty source) would collide with the markers used below (\x00, \x02);
+    # ingest would drop them anyway (citeline.ingest.cleaning)
+    source = _CONTROLS.sub("", source.replace("\r\n", "\n"))
+    parsed = mwparserfromhell.parse(source)
     try:
         text = _render(parsed, blocks)
     except RecursionError:  # nesting deeper than the parser's own limit: the page's text without markup

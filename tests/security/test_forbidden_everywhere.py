@@ -132,7 +132,14 @@ def _calls(server, user: str, questions: Iterable[str]) -> Iterable[tuple[str, s
 ADMIN_CALLS = [("POST", "/v1/admin/keys"), ("DELETE", "/v1/admin/keys/k_0000"), ("PUT", "/v1/admin/principals"),
                ("DELETE", "/v1/admin/principals/alice"),
                ("GET", "/v1/admin/audit/verify"), ("GET", "/v1/admin/audit/export"),
-               ("GET", "/v1/admin/audit/export?format=csv")]
+               ("GET", "/v1/admin/audit/export?format=csv"),
+               # the admin API of issue 18: each must refuse a non-admin key without showing anything
+               ("GET", "/v1/admin/keys"), ("GET", "/v1/admin/principals"), ("GET", "/v1/admin/principals/alice"),
+               ("GET", "/v1/admin/sources"), ("POST", "/v1/admin/sources/wiki/sync"), ("GET", "/v1/admin/sources/runs/1"),
+               ("GET", "/v1/admin/adapters"), ("POST", "/v1/admin/adapters"),
+               ("POST", "/v1/admin/adapters/support-v1/promote"), ("POST", "/v1/admin/adapters/support-v1/retire"),
+               ("GET", "/v1/admin/audit"), ("GET", "/v1/admin/audit?principal=alice"),
+               ("GET", "/v1/admin/audit/1/replay"), ("POST", "/v1/admin/view-as")]
 
 
 @pytest.mark.slow
@@ -169,7 +176,10 @@ def test_every_route_is_classified(server):
     probed = {"/v1/ask", "/v1/search", "/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics", "/",
               "/openapi.json", "/v1/admin/keys", "/v1/admin/keys/{key_id}", "/v1/admin/principals",
               "/v1/admin/principals/{user}",
-              "/v1/admin/audit/verify", "/v1/admin/audit/export"}
+              "/v1/admin/audit/verify", "/v1/admin/audit/export", "/v1/admin/adapters",
+              "/v1/admin/adapters/{served_name}/promote", "/v1/admin/adapters/{served_name}/retire", "/v1/admin/audit",
+              "/v1/admin/audit/{row_id}/replay", "/v1/admin/sources", "/v1/admin/sources/runs/{run_id}",
+              "/v1/admin/sources/{name}/sync", "/v1/admin/view-as"}
     exempt = {"/docs", "/docs/oauth2-redirect", "/redoc", "/v1/feedback"}
     unknown = set(spec["paths"]) - probed - exempt
     assert not unknown, f"routes with no forbidden-document probe in this file: {sorted(unknown)}"

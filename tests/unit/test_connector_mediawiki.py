@@ -111,3 +111,11 @@ def test_wikitext_nested_beyond_any_real_page_still_converts():
     deep = "{{a|" * 300 + "x" + "}}" * 300 + " after [[link|label]]"
     assert wikitext_to_markdown(deep).endswith("after label")
     assert wikitext_to_markdown("[[" * 5000 + "tail").endswith("tail")
+
+
+@pytest.mark.parametrize("dirt", ["\x00", "\x02", "\x00code0\x00", "\x02*"])
+def test_control_characters_in_a_page_cannot_pose_as_the_converters_markers(dirt: str) -> None:
+    source = f"The kiln must{dirt} stay under 1290 degrees now.\n* one\n<syntaxhighlight lang=\"bash\">ls</syntaxhighlight>"
+    out = wikitext_to_markdown(source)
+    assert "stay under 1290 degrees now." in out and "- one" in out and "```bash\nls\n```" in out, out
+    assert not any(ord(c) < 32 and c not in "\n\t" for c in out)

@@ -210,7 +210,7 @@ class Assistant:
             return None  # sampled answers are not cached
         p.cache_key = request_key(request, backend=self.backend.name, model=p.model, settings=self.settings,
                                   verifier=self.verifier)
-        p.hit, land = self.cache.find(p.cache_key, lead=lead, wait_s=self.generation.timeout_s)
+        p.hit, land = self.cache.find(p.cache_key, lead=lead, wait_s=self.generation.queue_timeout_s)
         return land
 
     def remember(self, p: Prepared, v: Verification, invalid: int, tokens: tuple[int, int], finish: str) -> None:

@@ -17,10 +17,12 @@ retrieval.
 Only greedy generations (temperature 0) are cached: a sampled answer is not what the model would say again.
 A whole answer and a completed stream of the same key share the entry (both are the verified answer to the
 same prompt; a stream's is what it delivered). **Single flight** for whole answers: while one request generates
-a key, another whole answer with the same key waits for it (at most the generation timeout) and is then served
-from the entry (:meth:`AnswerCache.lead`); if the leader stored nothing (it failed, or answered extractively
-because the model was busy) the follower generates itself. Streams do not wait (they would stall their first
-byte): two identical streams at the same moment both generate, and the second to finish replaces the entry.
+a key, another whole answer with the same key waits for it (at most ``generation.queue_timeout_s``, the longest a
+request waits for the model before ``generation.when_busy`` applies) and is then served from the entry
+(:meth:`AnswerCache.lead`); if the leader stored nothing in time (it failed, is still generating, or answered
+extractively because the model was busy) the follower goes on as any request: a slot, or the busy policy.
+Streams do not wait (they would stall their first byte): two identical streams at the same moment both
+generate, and the second to finish replaces the entry.
 A promoted adapter misses by construction (its served name is in the key) in every replica; the process
 that promotes also drops the old version's entries (:meth:`AnswerCache.clear`).
 """

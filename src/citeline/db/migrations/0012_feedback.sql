@@ -6,7 +6,8 @@
 -- 'feedback'). team and model are copied from the audit row when the feedback is given, so reports per
 -- team and adapter version need no scan of the audit log. The application roles never read this table on
 -- behalf of a user: only citeline_writer (the server, `citeline feedback report`, the data builder).
-CREATE TABLE feedback (
+-- Safe to apply twice (IF NOT EXISTS; grants repeat harmlessly), like every migration that may be the newest.
+CREATE TABLE IF NOT EXISTS feedback (
     id           bigserial PRIMARY KEY,
     audit_id     bigint NOT NULL UNIQUE,
     principal    text NOT NULL,
@@ -18,12 +19,12 @@ CREATE TABLE feedback (
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX feedback_team_model ON feedback (team, model);
+CREATE INDEX IF NOT EXISTS feedback_team_model ON feedback (team, model);
 
 GRANT SELECT, INSERT, UPDATE ON feedback TO citeline_writer;
 GRANT USAGE ON SEQUENCE feedback_id_seq TO citeline_writer;
 
 -- A streamed answer's text is in its closing row (action 'answer.end', payload.answer_audit_id): found by
 -- this index instead of a scan of the whole log.
-CREATE INDEX audit_log_answer_end ON audit_log (((payload ->> 'answer_audit_id')::bigint))
+CREATE INDEX IF NOT EXISTS audit_log_answer_end ON audit_log (((payload ->> 'answer_audit_id')::bigint))
     WHERE action = 'answer.end';
