@@ -9,11 +9,16 @@ with its ``User``/``Group`` models and replies are dumped by them. Errors are SC
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from scim2_models import Context, Group, Meta
 
 from citeline.errors import ScimError
+from citeline.facade import Citeline
 from citeline.serving.api.scim_wire import (
     ENDPOINTS,
     UserModel,
@@ -41,111 +46,77 @@ router = APIRouter(prefix="/scim/v2", include_in_schema=False)
 _ACTOR = "scim"
 
 
-# -- Users ------------------------------------------------------------------------------------------
-@router.get("/Users")
-@handled
-async def list_users(request: Request) -> Response:
-    cl = await authorized(request)
-    flt, start, count = page_args(request)
-    total, rows = await run(request, lambda: cl.scim.list_users(flt, start, count))
-    return list_out(request, total, max(1, start or 1), [user_out(request, r) for r in rows])
+# -- Users and Groups: the same six operations each, over cl.scim's <op>_user / <op>_group ---------------
+@dataclass(frozen=True)
+class _Kind:
+    """One resource type: its endpoint, its name in ``cl.scim``'s methods, its scim2-models type and reply."""
+
+    endpoint: str  # "Users": /scim/v2/Users, the route names scim_user / scim_group
+    noun: str  # "user": cl.scim.list_users, create_user, get_user, replace_user, patch_user, delete_user
+    model: Any
+    out: Callable[[Request, dict[str, Any]], dict[str, Any]]
+    check: Callable[[dict[str, Any]], dict[str, Any]]
+
+    def op(self, cl: Citeline, name: str) -> Callable[..., Any]:
+        method: Callable[..., Any] = getattr(cl.scim, f"{name}_{self.noun}s" if name == "list" else
+                                             f"{name}_{self.noun}")
+        return method
 
 
-@router.post("/Users")
-@handled
-async def create_user(request: Request) -> Response:
-    cl = await authorized(request)
-    body = validated(UserModel, await read_body(request, cl.scim.config.max_body_bytes),
-                      Context.RESOURCE_CREATION_REQUEST)
-    row = await run(request, lambda: cl.scim.create_user(body, actor=_ACTOR))
-    out = user_out(request, row)
-    return reply(out, 201, out["meta"]["location"])
+def _routes(kind: _Kind) -> None:
+    path = f"/{kind.endpoint}"
+
+    async def body(request: Request, cl: Citeline, ctx: Context) -> dict[str, Any]:
+        return validated(kind.model, await read_body(request, cl.scim.config.max_body_bytes), ctx)
+
+    @router.get(path, name=f"scim_list_{kind.noun}s")
+    @handled
+    async def list_(request: Request) -> Response:
+        cl = await authorized(request)
+        flt, start, count = page_args(request)
+        total, rows = await run(request, lambda: kind.op(cl, "list")(flt, start, count))
+        return list_out(request, total, max(1, start or 1), [kind.out(request, r) for r in rows])
+
+    @router.post(path, name=f"scim_create_{kind.noun}")
+    @handled
+    async def create(request: Request) -> Response:
+        cl = await authorized(request)
+        resource = await body(request, cl, Context.RESOURCE_CREATION_REQUEST)
+        out = kind.out(request, await run(request, lambda: kind.op(cl, "create")(resource, actor=_ACTOR)))
+        return reply(out, 201, out["meta"]["location"])
+
+    @router.get(f"{path}/{{resource_id}}", name=f"scim_{kind.noun}")
+    @handled
+    async def get(request: Request, resource_id: str) -> Response:
+        cl = await authorized(request)
+        return reply(kind.out(request, await run(request, lambda: kind.op(cl, "get")(resource_id))))
+
+    @router.put(f"{path}/{{resource_id}}", name=f"scim_replace_{kind.noun}")
+    @handled
+    async def replace(request: Request, resource_id: str) -> Response:
+        cl = await authorized(request)
+        resource = await body(request, cl, Context.RESOURCE_REPLACEMENT_REQUEST)
+        return reply(kind.out(request, await run(request, lambda: kind.op(cl, "replace")(resource_id, resource,
+                                                                                          actor=_ACTOR))))
+
+    @router.patch(f"{path}/{{resource_id}}", name=f"scim_patch_{kind.noun}")
+    @handled
+    async def patch(request: Request, resource_id: str) -> Response:
+        cl = await authorized(request)
+        ops = operations(await read_body(request, cl.scim.config.max_body_bytes))
+        row = await run(request, lambda: kind.op(cl, "patch")(resource_id, ops, actor=_ACTOR, check=kind.check))
+        return reply(kind.out(request, row))
+
+    @router.delete(f"{path}/{{resource_id}}", name=f"scim_delete_{kind.noun}")
+    @handled
+    async def delete(request: Request, resource_id: str) -> Response:
+        cl = await authorized(request)
+        await run(request, lambda: kind.op(cl, "delete")(resource_id, actor=_ACTOR))
+        return Response(status_code=204)
 
 
-@router.get("/Users/{resource_id}", name="scim_user")
-@handled
-async def get_user(request: Request, resource_id: str) -> Response:
-    cl = await authorized(request)
-    return reply(user_out(request, await run(request, lambda: cl.scim.get_user(resource_id))))
-
-
-@router.put("/Users/{resource_id}")
-@handled
-async def replace_user(request: Request, resource_id: str) -> Response:
-    cl = await authorized(request)
-    body = validated(UserModel, await read_body(request, cl.scim.config.max_body_bytes),
-                      Context.RESOURCE_REPLACEMENT_REQUEST)
-    return reply(user_out(request, await run(request, lambda: cl.scim.replace_user(resource_id, body, actor=_ACTOR))))
-
-
-@router.patch("/Users/{resource_id}")
-@handled
-async def patch_user(request: Request, resource_id: str) -> Response:
-    cl = await authorized(request)
-    ops = operations(await read_body(request, cl.scim.config.max_body_bytes))
-    row = await run(request, lambda: cl.scim.patch_user(resource_id, ops, actor=_ACTOR, check=check_user))
-    return reply(user_out(request, row))
-
-
-@router.delete("/Users/{resource_id}")
-@handled
-async def delete_user(request: Request, resource_id: str) -> Response:
-    cl = await authorized(request)
-    await run(request, lambda: cl.scim.delete_user(resource_id, actor=_ACTOR))
-    return Response(status_code=204)
-
-
-# -- Groups -----------------------------------------------------------------------------------------
-@router.get("/Groups")
-@handled
-async def list_groups(request: Request) -> Response:
-    cl = await authorized(request)
-    flt, start, count = page_args(request)
-    total, rows = await run(request, lambda: cl.scim.list_groups(flt, start, count))
-    return list_out(request, total, max(1, start or 1), [group_out(request, r) for r in rows])
-
-
-@router.post("/Groups")
-@handled
-async def create_group(request: Request) -> Response:
-    cl = await authorized(request)
-    body = validated(Group, await read_body(request, cl.scim.config.max_body_bytes), Context.RESOURCE_CREATION_REQUEST)
-    out = group_out(request, await run(request, lambda: cl.scim.create_group(body, actor=_ACTOR)))
-    return reply(out, 201, out["meta"]["location"])
-
-
-@router.get("/Groups/{resource_id}", name="scim_group")
-@handled
-async def get_group(request: Request, resource_id: str) -> Response:
-    cl = await authorized(request)
-    return reply(group_out(request, await run(request, lambda: cl.scim.get_group(resource_id))))
-
-
-@router.put("/Groups/{resource_id}")
-@handled
-async def replace_group(request: Request, resource_id: str) -> Response:
-    cl = await authorized(request)
-    body = validated(Group, await read_body(request, cl.scim.config.max_body_bytes),
-                     Context.RESOURCE_REPLACEMENT_REQUEST)
-    return reply(group_out(request, await run(request, lambda: cl.scim.replace_group(resource_id, body,
-                                                                                     actor=_ACTOR))))
-
-
-@router.patch("/Groups/{resource_id}")
-@handled
-async def patch_group(request: Request, resource_id: str) -> Response:
-    cl = await authorized(request)
-    ops = operations(await read_body(request, cl.scim.config.max_body_bytes))
-    row = await run(request, lambda: cl.scim.patch_group(resource_id, ops, actor=_ACTOR, check=check_group))
-    return reply(group_out(request, row))
-
-
-@router.delete("/Groups/{resource_id}")
-@handled
-async def delete_group(request: Request, resource_id: str) -> Response:
-    cl = await authorized(request)
-    await run(request, lambda: cl.scim.delete_group(resource_id, actor=_ACTOR))
-    return Response(status_code=204)
+_routes(_Kind("Users", "user", UserModel, user_out, check_user))
+_routes(_Kind("Groups", "group", Group, group_out, check_group))
 
 
 @router.get("/ServiceProviderConfig")
@@ -157,40 +128,28 @@ async def service_provider_config(request: Request) -> Response:
     return reply(spc.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
 
 
-@router.get("/ResourceTypes")
-@handled
-async def resource_types(request: Request) -> Response:
-    await authorized(request)
-    items = [rt.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE) for rt in resource_types_of(request)]
-    return list_out(request, len(items), 1, items)
+def _discovery(endpoint: str, kind: str, route: str, documents: Callable[[Request], list[Any]]) -> None:
+    """``/{endpoint}``: the discovery ``documents`` as a list; ``/{endpoint}/{id}``: one (route ``scim_{route}``)."""
+
+    @router.get(f"/{endpoint}", name=f"scim_{route}s")
+    @handled
+    async def listed(request: Request) -> Response:
+        await authorized(request)
+        items = [d.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE) for d in documents(request)]
+        return list_out(request, len(items), 1, items)
+
+    @router.get(f"/{endpoint}/{{resource_id}}", name=f"scim_{route}")
+    @handled
+    async def one(request: Request, resource_id: str) -> Response:
+        await authorized(request)
+        for d in documents(request):
+            if d.id == resource_id:
+                return reply(d.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
+        raise ScimError(f"no {kind} {resource_id[:80]!r}", status=404)
 
 
-@router.get("/ResourceTypes/{resource_id}", name="scim_resource_type")
-@handled
-async def resource_type(request: Request, resource_id: str) -> Response:
-    await authorized(request)
-    for rt in resource_types_of(request):
-        if rt.id == resource_id:
-            return reply(rt.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
-    raise ScimError(f"no ResourceType {resource_id[:80]!r}", status=404)
-
-
-@router.get("/Schemas")
-@handled
-async def schemas(request: Request) -> Response:
-    await authorized(request)
-    items = [s.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE) for s in schemas_of(request)]
-    return list_out(request, len(items), 1, items)
-
-
-@router.get("/Schemas/{resource_id}", name="scim_schema")
-@handled
-async def schema(request: Request, resource_id: str) -> Response:
-    await authorized(request)
-    for s in schemas_of(request):
-        if s.id == resource_id:
-            return reply(s.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
-    raise ScimError(f"no Schema {resource_id[:80]!r}", status=404)
+_discovery("ResourceTypes", "ResourceType", "resource_type", resource_types_of)
+_discovery("Schemas", "Schema", "schema", schemas_of)
 
 
 @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -133,6 +133,23 @@ def _name_ok(value: Any, what: str) -> str:
     return value.strip()
 
 
+def _page(conn: psycopg.Connection, table: str, columns: str, name: tuple[str, str], flt: tuple[str, str] | None,
+          start: int, count: int) -> tuple[int, list[dict[str, Any]]]:
+    """The total and one page (``start``: 1-based) of ``table``'s rows, oldest first, optionally filtered by
+    ``flt`` = (attribute, value): the name attribute (``name`` = (SCIM attribute, column)) case-insensitively,
+    or ``externalId`` exactly. ``table`` and ``columns`` are this module's constants, never the caller's input."""
+    where, args = "", []
+    if flt is not None:
+        attribute, column = name
+        where = f" WHERE lower({column}) = %s" if flt[0] == attribute else " WHERE external_id = %s"
+        args = [flt[1].lower() if flt[0] == attribute else flt[1]]
+    cur = conn.cursor(row_factory=dict_row)
+    total = cur.execute(f"SELECT count(*) AS n FROM {table}{where}", args).fetchone()["n"]  # type: ignore[index]
+    rows = cur.execute(f"SELECT {columns} FROM {table}{where} ORDER BY created_at, id OFFSET %s LIMIT %s",
+                       [*args, start - 1, count]).fetchall()
+    return total, rows
+
+
 class ScimStore:
     """SCIM users, groups and memberships in PostgreSQL (``conn``: the caller's transaction)."""
 
@@ -149,15 +166,7 @@ class ScimStore:
 
     def list_users(self, conn: psycopg.Connection, flt: tuple[str, str] | None, start: int,
                    count: int) -> tuple[int, list[dict[str, Any]]]:
-        where, args = "", []
-        if flt is not None:
-            column = {"userName": "lower(user_name)", "externalId": "external_id"}[flt[0]]
-            where, args = f" WHERE {column} = %s", [flt[1].lower() if flt[0] == "userName" else flt[1]]
-        cur = conn.cursor(row_factory=dict_row)
-        total = cur.execute(f"SELECT count(*) AS n FROM scim_users{where}", args).fetchone()["n"]  # type: ignore[index]
-        rows = cur.execute(f"SELECT {_USER_COLS} FROM scim_users{where} ORDER BY created_at, id OFFSET %s LIMIT %s",
-                           [*args, start - 1, count]).fetchall()
-        return total, rows
+        return _page(conn, "scim_users", _USER_COLS, ("userName", "user_name"), flt, start, count)
 
     def put_user(self, conn: psycopg.Connection, resource: dict[str, Any],
                  user_id: str | None = None) -> dict[str, Any]:
@@ -219,14 +228,7 @@ class ScimStore:
 
     def list_groups(self, conn: psycopg.Connection, flt: tuple[str, str] | None, start: int,
                     count: int) -> tuple[int, list[dict[str, Any]]]:
-        where, args = "", []
-        if flt is not None:
-            column = {"displayName": "lower(display_name)", "externalId": "external_id"}[flt[0]]
-            where, args = f" WHERE {column} = %s", [flt[1].lower() if flt[0] == "displayName" else flt[1]]
-        cur = conn.cursor(row_factory=dict_row)
-        total = cur.execute(f"SELECT count(*) AS n FROM scim_groups{where}", args).fetchone()["n"]  # type: ignore[index]
-        ids = cur.execute(f"SELECT id::text AS id FROM scim_groups{where} ORDER BY created_at, id OFFSET %s LIMIT %s",
-                          [*args, start - 1, count]).fetchall()
+        total, ids = _page(conn, "scim_groups", "id::text AS id", ("displayName", "display_name"), flt, start, count)
         return total, [self.get_group(conn, r["id"]) for r in ids]
 
     def put_group(self, conn: psycopg.Connection, resource: dict[str, Any],
