@@ -8,21 +8,17 @@ deploy/system-deps.sh``); without them these tests fail, they do not skip. Scree
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO
 from tests.e2e.test_oidc import app, ports, provider  # noqa: F401 (fixtures: a real OIDC provider and app)
+from tests.support.browser import WAIT, chromium, find, find_all, screenshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("CITELINE_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CITELINE_CHROMEDRIVER", "/usr/bin/chromedriver")
-WAIT = 60
 VIEWS = ("sources", "principals", "keys", "adapters", "audit", "viewas")
 DESKTOP, PHONE = (1280, 800), (390, 844)
 # hostile names: no spaces (a principal's name may have none), still markup if it were ever parsed
@@ -39,35 +35,10 @@ on the ground floor; a parking permit is valid for one year.
 """
 
 
-def artifacts() -> Path:
-    path = Path(os.environ.get("CITELINE_TEST_ARTIFACTS") or REPO / "tests" / "artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (Path(p).is_file() and os.access(p, os.X_OK))]
-    if missing:
-        pytest.fail(f"the admin page tests need Chromium and its WebDriver; missing: {', '.join(missing)}. Install "
-                    "them with `bash deploy/system-deps.sh` (as root), i.e. `apt-get install -y chromium "
-                    "chromium-driver` on Debian (or set CITELINE_CHROMIUM / CITELINE_CHROMEDRIVER)", pytrace=False)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1280,800", "--lang=en-US"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(artifacts() / "chromedriver-admin.log")),
-                              options=options)
-    driver.set_page_load_timeout(WAIT)
-    try:
+    with chromium("the admin page tests", size=DESKTOP, log="chromedriver-admin.log") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +71,6 @@ def wait(driver, condition, message: str, timeout: float = WAIT):
         screenshot(driver, "admin-failure.png")
         shown = driver.execute_script("return document.body ? document.body.innerText : ''")
         raise AssertionError(f"{message}; the page at {driver.current_url} shows:\n{shown[:1500]}") from None
-
-
-def find(driver, css: str):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, css)
-
-
-def find_all(driver, css: str) -> list:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, css)
 
 
 def api(server, method: str, path: str, key: str = "admin", **kwargs) -> httpx.Response:
@@ -166,13 +125,6 @@ def click(driver, target, message: str) -> None:
 
 def notice(driver) -> str:
     return find(driver, "#notice").text.strip()
-
-
-def screenshot(driver, name: str) -> Path:
-    path = artifacts() / name
-    path.unlink(missing_ok=True)
-    assert driver.save_screenshot(str(path)), path
-    return path
 
 
 def assert_inert(driver) -> None:

@@ -8,56 +8,26 @@ without them these tests fail, they do not skip. A screenshot of the answered pa
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from citeline.answers.prompt import REFUSAL
-from tests.conftest import REPO
+from tests.support.browser import WAIT, chromium, find, find_all, screenshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DEPLOY = "how do I roll back a bad deploy"
 PRINTER = "how do I set up the office printer"
-CHROMIUM = os.environ.get("CITELINE_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CITELINE_CHROMEDRIVER", "/usr/bin/chromedriver")
-WAIT = 60
 # the elements the page itself builds inside the answer and the sources panel; anything else is injected
 ANSWER_TAGS = {"a", "span"}
 SOURCES_TAGS = {"li", "div", "span", "a", "p"}
 
 
-def artifacts() -> Path:
-    path = Path(os.environ.get("CITELINE_TEST_ARTIFACTS") or REPO / "tests" / "artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (Path(p).is_file() and os.access(p, os.X_OK))]
-    if missing:
-        pytest.fail(f"the chat page tests need Chromium and its WebDriver; missing: {', '.join(missing)}. Install them "
-                    "with `bash deploy/system-deps.sh` (as root), i.e. `apt-get install -y chromium chromium-driver` "
-                    "on Debian (or set CITELINE_CHROMIUM / CITELINE_CHROMEDRIVER)", pytrace=False)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1280,1000", "--lang=en-US"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    log = artifacts() / "chromedriver.log"
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(log)), options=options)
-    driver.set_page_load_timeout(WAIT)
-    try:
+    with chromium("the chat page tests", size=(1280, 1000), log="chromedriver.log") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -67,18 +37,6 @@ def wait(driver, condition, message: str, timeout: float = WAIT):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message)
 
 
-def find(driver, css: str):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, css)
-
-
-def find_all(driver, css: str) -> list:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, css)
-
-
 def open_page(driver, server) -> None:
     """The page, logged out (nothing in session storage)."""
     driver.set_window_size(1280, 1000)
@@ -86,13 +44,6 @@ def open_page(driver, server) -> None:
     driver.execute_script("sessionStorage.clear()")
     driver.get(server.url + "/")
     wait(driver, lambda d: find(d, "#api-key").is_displayed(), "the login form is not shown")
-
-
-def screenshot(driver, name: str) -> Path:
-    path = artifacts() / name
-    path.unlink(missing_ok=True)
-    assert driver.save_screenshot(str(path)), path
-    return path
 
 
 def log_in(driver, key: str) -> None:
