@@ -24,13 +24,12 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg import sql
 
-from citeline import tracing
 from citeline.domain import Principal
 from citeline.facade import Citeline
 from citeline.serving.app import create_app
 from citeline.settings import Settings
 from citeline.workflows import SchedulerMonitor
-from tests.support.spans import by_name, one, span_exporter
+from tests.support.spans import by_name, json_log_lines, one, span_exporter
 
 pytestmark = pytest.mark.integration
 
@@ -74,15 +73,8 @@ def client_key(cl: Citeline) -> Iterator[tuple[TestClient, str]]:
 
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    tracing.configure_logging("INFO", "json", stream=stream)
-    try:
+    with json_log_lines() as stream:
         yield stream
-    finally:
-        root = logging.getLogger()
-        for h in [h for h in root.handlers if getattr(h, "citeline", False)]:
-            root.removeHandler(h)
-        root.setLevel(logging.WARNING)
 
 
 def _answer_rows(cl: Citeline) -> list[Any]:

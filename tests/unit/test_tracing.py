@@ -12,7 +12,7 @@ import pytest
 
 from citeline import tracing
 from citeline.errors import ConfigError
-from tests.support.spans import one, span_exporter
+from tests.support.spans import json_log_lines, one, span_exporter
 
 pytestmark = pytest.mark.unit
 
@@ -103,14 +103,8 @@ def test_in_context_carries_the_trace_and_id_to_another_thread_and_leaves_it_cle
 
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    tracing.configure_logging("INFO", "json", stream=stream)
-    try:
+    with json_log_lines() as stream:
         yield stream
-    finally:
-        root = logging.getLogger()
-        for h in [h for h in root.handlers if getattr(h, "citeline", False)]:
-            root.removeHandler(h)
 
 
 def test_json_log_lines_parse_and_carry_the_request_context(json_log):
