@@ -7,10 +7,13 @@ entry is shared exactly when the evidence shown was identical.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Generator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -139,8 +142,6 @@ class Gated(Counted):
 
     def __init__(self) -> None:
         super().__init__()
-        import threading
-
         self.gate = threading.Event()
         self.fail_first = False
 
@@ -160,16 +161,10 @@ class Gated(Counted):
         return (yield from ExtractiveBackend.stream(self, request))
 
 
-def test_identical_questions_at_once_generate_once_and_a_failed_leader_frees_its_followers(db, embedder, chunker):
-    import threading
-    import time
-
-    sync(db, embedder, chunker, [warranty(0, 2, Access.everyone()), warranty(1, 3, Access.everyone())])
-    ann, ben = Principal("ann", ()), Principal("ben", ())
-    for p in (ann, ben):
-        PrincipalStore(db).put(p)
-    backend, cache = Gated(), AnswerCache()
-    a = assistant(db, embedder, backend, cache)
+def leader_and_follower(a: Assistant, backend: Gated, cache: AnswerCache, leader: Principal,
+                        follower: Principal) -> tuple[Any, Any]:
+    """``leader`` asks and is held generating at the gate; ``follower`` asks the same question and waits on the
+    leader's flight; then the gate opens. What each got: its answer, or the exception it raised."""
     results: dict[str, object] = {}
 
     def ask(p: Principal) -> None:
@@ -184,16 +179,27 @@ def test_identical_questions_at_once_generate_once_and_a_failed_leader_frees_its
             assert time.monotonic() < deadline, what
             time.sleep(0.01)
 
-    leader = threading.Thread(target=ask, args=(ann,))
-    leader.start()
-    until(lambda: backend.calls == 1, "the leader never started generating")
-    follower = threading.Thread(target=ask, args=(ben,))
-    follower.start()
+    calls = backend.calls
+    first = threading.Thread(target=ask, args=(leader,))
+    first.start()
+    until(lambda: backend.calls == calls + 1, "the leader never started generating")
+    second = threading.Thread(target=ask, args=(follower,))
+    second.start()
     until(lambda: sum(cache.waiting(k) for k in list(cache._flights)) == 1, "the follower never waited")
     backend.gate.set()
-    leader.join(30)
-    follower.join(30)
-    first, second = results["ann"], results["ben"]
+    first.join(30)
+    second.join(30)
+    return results[leader.user], results[follower.user]
+
+
+def test_identical_questions_at_once_generate_once_and_a_failed_leader_frees_its_followers(db, embedder, chunker):
+    sync(db, embedder, chunker, [warranty(0, 2, Access.everyone()), warranty(1, 3, Access.everyone())])
+    ann, ben = Principal("ann", ()), Principal("ben", ())
+    for p in (ann, ben):
+        PrincipalStore(db).put(p)
+    backend, cache = Gated(), AnswerCache()
+    a = assistant(db, embedder, backend, cache)
+    first, second = leader_and_follower(a, backend, cache, ann, ben)
     assert backend.calls == 1  # one generation for two identical questions asked at once
     assert not first.cached and second.cached and second.text == first.text
     assert second.audit_id != first.audit_id and shown(second) == shown(first)
@@ -205,19 +211,9 @@ def test_identical_questions_at_once_generate_once_and_a_failed_leader_frees_its
     backend.gate.clear()
     backend.calls = 0
     backend.fail_first = True
-    results.clear()
-    leader = threading.Thread(target=ask, args=(ann,))
-    leader.start()
-    until(lambda: backend.calls == 1, "the leader never started generating")
-    follower = threading.Thread(target=ask, args=(ben,))
-    follower.start()
-    until(lambda: sum(cache.waiting(k) for k in list(cache._flights)) == 1, "the follower never waited")
-    backend.gate.set()
-    leader.join(30)
-    follower.join(30)
-    assert isinstance(results["ann"], Exception)
-    assert not results["ben"].cached and "2 years" in results["ben"].text + " ".join(c.snippet for c in
-                                                                                     results["ben"].sources)
+    failed, alone = leader_and_follower(a, backend, cache, ann, ben)
+    assert isinstance(failed, Exception)
+    assert not alone.cached and "2 years" in alone.text + " ".join(c.snippet for c in alone.sources)
     assert backend.calls == 2 and not cache._flights
 
 
