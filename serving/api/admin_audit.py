@@ -32,7 +32,7 @@ Text = Annotated[str | None, Query(max_length=200)]
 
 
 def _row(r: AuditRecord) -> AuditRowOut:
-    return AuditRowOut(**r.__dict__)
+    return AuditRowOut(**vars(r))
 
 
 def _when(name: str, value: str | None) -> datetime | None:
@@ -94,7 +94,5 @@ def view_as(body: ViewAsBody, who: Admin, cl: Facade) -> ViewAsOut:
         result, row = cl.inspect.search_as(body.query, user=body.user, actor=actor(who), k=body.k, mode=body.mode)
     except PrincipalError as exc:
         raise HTTPException(404, f"no principal named {body.user[:200]!r}") from exc
-    hits = [HitOut(chunk_id=h.chunk_id, document_id=h.document_id, source=h.source, external_id=h.external_id,
-                   title=h.title, url=h.url, text=h.text, span_start=h.span_start, span_end=h.span_end, score=h.score)
-            for h in result.hits]
+    hits = [HitOut(**vars(h)) for h in result.hits]
     return ViewAsOut(user=body.user, what="search", impersonation_audit_id=row, hits=hits)

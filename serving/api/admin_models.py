@@ -1,14 +1,21 @@
 """The admin API's typed bodies and replies (pydantic), so every ``/v1/admin`` route is described in the OpenAPI
-document. Request bodies refuse unstorable text (400 ``invalid_text``) and bound every field."""
+document. Request bodies refuse unstorable text (400 ``invalid_text``) and bound every field.
+
+A reply that shows one of the core's records is that record's dataclass made a pydantic dataclass
+(``SourceOut``: :class:`SourceStatus`, ``RunOut``: :class:`RunStatus`, ``AuditRowOut``: :class:`AuditRecord`,
+``HitOut``: :class:`~citeline.domain.SearchHit`), so its fields cannot drift from the record's; a subclass only
+narrows a field's type, adds a description, adds a field or leaves one out of the reply."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
-from citeline.domain import SearchMode
+from citeline.domain import SearchHit, SearchMode
+from citeline.facade import AuditRecord, RunStatus, SourceStatus
 from citeline.serving.api.bodies import _Body
 
 __all__ = [
@@ -35,6 +42,8 @@ __all__ = [
 ]
 
 Name = Field(min_length=1, max_length=200)
+# a reply always carries every field: the OpenAPI document lists those with a default as required too
+_REPLY = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class KeyOut(BaseModel):
@@ -71,19 +80,13 @@ class PrincipalRemovedOut(BaseModel):
     revoked_keys: list[str]
 
 
-class SourceOut(BaseModel):
-    name: str
-    connector: str
-    documents: int
-    last_run_status: str | None
-    last_run_started: datetime | None
-    last_run_finished: datetime | None
-    last_success: datetime | None
-    counts: dict[str, int]
+@dataclass(frozen=True, config=_REPLY)
+class SourceOut(SourceStatus):
+    """A source's status (:class:`SourceStatus`) and its last run's id."""
+
     error: str | None = Field(description="the last run's error, if it failed")
-    last_run_id: int | None = Field(description="the last run, for /v1/admin/sources/runs/{run_id} (its failures)")
-    schedule: str | None
-    next_run: datetime | None
+    last_run_id: int | None = Field(kw_only=True, description="the last run, for /v1/admin/sources/runs/{run_id} "
+                                    "(its failures)")
 
 
 class SyncBody(_Body):
@@ -102,20 +105,12 @@ class FailureOut(BaseModel):
     at: datetime
 
 
-class RunOut(BaseModel):
-    run_id: int
-    source: str
+@dataclass(frozen=True, config=_REPLY)
+class RunOut(RunStatus):
+    """A sync run (:class:`RunStatus`): its status, counts and first failures."""
+
     status: Literal["running", "succeeded", "failed", "interrupted"]
-    started_at: datetime
-    finished_at: datetime | None
-    added: int
-    updated: int
-    unchanged: int
-    deleted: int
-    failed: int
-    chunks: int
-    error: str | None
-    failures: list[FailureOut]
+    failures: list[FailureOut]  # type: ignore[assignment]  # the same dicts, typed for the OpenAPI document
 
 
 class AdapterOut(BaseModel):
@@ -164,16 +159,9 @@ class VerifyOut(BaseModel):
     problems: list[str]
 
 
-class AuditRowOut(BaseModel):
-    id: int
-    at: datetime
-    kind: str
-    principal: str | None
-    team: str | None
-    action: str
-    payload: dict[str, Any]
-    prev_hash: str
-    hash: str
+@dataclass(frozen=True, config=_REPLY)
+class AuditRowOut(AuditRecord):
+    """One audit row (:class:`AuditRecord`), as stored and hashed."""
 
 
 class AuditPageOut(BaseModel):
@@ -190,17 +178,15 @@ class ViewAsBody(_Body):
     model: str | None = Field(None, max_length=200, description="ask: the model, as in /v1/ask")
 
 
-class HitOut(BaseModel):
-    chunk_id: int
-    document_id: int
-    source: str
-    external_id: str
-    title: str
-    url: str | None
-    text: str
-    span_start: int | None
-    span_end: int | None
-    score: float
+@dataclass(frozen=True, config=_REPLY)
+class HitOut(SearchHit):
+    """A hit (:class:`SearchHit`) as ``/v1/search`` shows it: without the ranking details."""
+
+    dense_rank: int | None = Field(default=None, exclude=True)
+    lexical_rank: int | None = Field(default=None, exclude=True)
+    dense_distance: float | None = Field(default=None, exclude=True)
+    lexical_score: float | None = Field(default=None, exclude=True)
+    heading: str = Field(default="", exclude=True)
 
 
 class ViewAsOut(BaseModel):

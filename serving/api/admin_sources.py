@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from citeline.errors import ConfigError, SyncLockedError
-from citeline.serving.api.admin_models import FailureOut, RunOut, SourceOut, SyncBody, SyncStartedOut
+from citeline.serving.api.admin_models import RunOut, SourceOut, SyncBody, SyncStartedOut
 from citeline.serving.api.deps import Admin, Facade, actor
 
 __all__ = ["router"]
@@ -17,10 +17,7 @@ router = APIRouter(prefix="/v1/admin/sources", tags=["admin"])
 @router.get("")
 def list_sources(who: Admin, cl: Facade) -> list[SourceOut]:
     runs = cl.sync_jobs.latest_ids()
-    return [SourceOut(name=s.name, connector=s.connector, documents=s.documents, last_run_status=s.last_run_status,
-                      last_run_started=s.last_run_started, last_run_finished=s.last_run_finished,
-                      last_success=s.last_success, counts=s.counts, error=s.error, last_run_id=runs.get(s.name),
-                      schedule=s.schedule, next_run=s.next_run) for s in cl.sources.status()]
+    return [SourceOut(**vars(s), last_run_id=runs.get(s.name)) for s in cl.sources.status()]
 
 
 @router.post("/{name}/sync", status_code=202)
@@ -42,5 +39,4 @@ def run_status(run_id: int, who: Admin, cl: Facade) -> RunOut:
     run = cl.sync_jobs.run(run_id) if 0 < run_id < 2**63 else None
     if run is None:
         raise HTTPException(404, f"no sync run {run_id}")
-    data = {**run.__dict__, "failures": [FailureOut(**f) for f in run.failures]}
-    return RunOut(**data)
+    return RunOut(**vars(run))  # each failure (a dict) validated as a FailureOut

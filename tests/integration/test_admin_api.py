@@ -126,6 +126,8 @@ def test_sources_status_sync_now_in_the_background_and_the_run(world: World) -> 
     (wiki,) = c.get("/v1/admin/sources", headers=h).json()
     assert wiki["name"] == "wiki" and wiki["documents"] == 3 and wiki["last_run_status"] == "succeeded"
     assert wiki["schedule"] == "@hourly" and wiki["next_run"] is not None and wiki["error"] is None
+    assert set(wiki) == {"name", "connector", "documents", "last_run_status", "last_run_started", "last_run_finished",
+                         "last_success", "counts", "error", "schedule", "next_run", "last_run_id"}
     (world.folder / "new.md").write_text("# Parking\n\nVisitors park in bay C.\n")
     try:
         r = c.post("/v1/admin/sources/wiki/sync", json={"full": False}, headers=h)
@@ -137,6 +139,8 @@ def test_sources_status_sync_now_in_the_background_and_the_run(world: World) -> 
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert run["run_id"] == run_id and run["status"] == "succeeded" and run["added"] == 1, run
+        assert set(run) == {"run_id", "source", "status", "started_at", "finished_at", "added", "updated", "unchanged",
+                            "deleted", "failed", "chunks", "error", "failures"} and run["failures"] == []
         after = c.get("/v1/admin/sources", headers=h).json()[0]
         assert after["documents"] == 4 and after["last_run_id"] == run_id and after["counts"]["added"] == 1
     finally:

@@ -41,6 +41,8 @@ def test_view_as_search_returns_exactly_what_the_user_sees_and_names_both(world:
     assert sees in _ids(out["hits"]) and hidden not in _ids(out["hits"]) and "open.md" in _ids(out["hits"])
     own = world.cl.search(query, user=user, k=10)
     assert [h["chunk_id"] for h in out["hits"]] == [h.chunk_id for h in own.hits]  # exactly the user's result
+    assert all(set(h) == {"chunk_id", "document_id", "source", "external_id", "title", "url", "text", "span_start",
+                          "span_end", "score"} for h in out["hits"])  # as /v1/search shows a hit: no ranking details
     row = world.rows("impersonate")[-1]
     assert row.id == out["impersonation_audit_id"] and row.kind == "admin"
     assert row.principal.startswith("root (key ") and row.payload["as_user"] == user
