@@ -26,6 +26,7 @@ from citeline.lora.data import DataReport
 from citeline.lora.evaluation import EvalReport as AdapterEvalReport
 from citeline.lora.evaluation import PromotionDecision
 from citeline.lora.feedback_data import FeedbackData
+from citeline.lora.soft_prompt import DEFAULT_VIRTUAL_TOKENS, PROMPT_LEARNING_RATE
 from citeline.lora.training import TrainingConfig, TrainingProgress, TrainingResult
 from citeline.settings import Settings
 
@@ -99,20 +100,28 @@ def train_adapter(team: str, data: Path, *, base: Path | None = None, output: Pa
                   start_from: str | None = None, **options: Any) -> TrainingResult:
     """Train ``team``'s LoRA adapter into ``output`` (default ``<home>/adapters/<team>``).
 
-    ``method``: ``sft`` (chat examples) or ``dpo`` (preference pairs, :mod:`citeline.lora.preference`: ``beta``,
+    ``method``: ``sft`` (chat examples), ``dpo`` (preference pairs, :mod:`citeline.lora.preference`: ``beta``,
     and ``start_from``: ``base`` (default), ``active`` (the team's active adapter in the registry) or an adapter
-    folder). ``options``: the other :class:`TrainingConfig` fields (rank, alpha, epochs, learning_rate, ...).
+    folder), or ``prompt`` (a soft prompt on chat examples, :mod:`citeline.lora.soft_prompt`: ``virtual_tokens``,
+    ``init_text``; learning rate ``PROMPT_LEARNING_RATE`` unless given). ``options``: the other
+    :class:`TrainingConfig` fields (rank, alpha, epochs, learning_rate, ...).
     """
     from citeline.lora.training import train_adapter as train
 
-    if method not in ("sft", "dpo"):
-        raise ConfigError(f"--method must be sft or dpo, not {method!r}")
+    if method not in ("sft", "dpo", "prompt"):
+        raise ConfigError(f"--method must be sft, dpo or prompt, not {method!r}")
+    if method == "prompt":  # a soft prompt (embedded backend only: vLLM does not serve them)
+        if start_from not in (None, "base"):
+            raise ConfigError("--start-from is for LoRA adapters (--method sft or dpo); a soft prompt starts from "
+                              "its init text")
+        options = {"learning_rate": PROMPT_LEARNING_RATE, **options, "virtual_tokens": options.get(
+            "virtual_tokens") or DEFAULT_VIRTUAL_TOKENS}
     if method == "sft" and start_from not in (None, "base"):
         raise ConfigError("--start-from is for --method dpo (SFT trains a fresh adapter on the base)")
     base_dir = base_model(base, config)
     out = output or Settings.load(config).home / "adapters" / team
     cfg = TrainingConfig(team=team, data=data, output=out, base_model=base_dir, **options)
-    if method == "sft":
+    if method in ("sft", "prompt"):
         return train(cfg, progress=progress, stop=stop, resume=resume)
     from citeline.lora.preference import train_dpo
 

@@ -99,14 +99,21 @@ def train(
     alpha: Annotated[int | None, typer.Option("--alpha", min=1, help="LoRA alpha (default: 2 × rank)",
                                               show_default=False)] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
-    learning_rate: Annotated[float, typer.Option("--lr", help="peak learning rate")] = 1e-3,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="peak learning rate (default: 1e-3; 3e-2 with "
+                                                       "--method prompt)", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
     save_every: Annotated[int, typer.Option("--save-every", min=1, help="checkpoint every N steps")] = 10,
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit base (QLoRA): needs a CUDA GPU and bitsandbytes")]
     = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="discard checkpoints instead of resuming from them")] = False,
     method: Annotated[str, typer.Option("--method", help="sft: chat examples; dpo: preference pairs (`adapter data "
-                                        "from-feedback` writes both)")] = "sft",
+                                        "from-feedback` writes both); prompt: a soft prompt on chat examples (the "
+                                        "cheap rung; served by the embedded backend only, not vLLM)")] = "sft",
+    virtual_tokens: Annotated[int, typer.Option("--virtual-tokens", min=1, max=512, help="with --method prompt: "
+                                                "the soft prompt's length")] = 20,
+    init_text: Annotated[str | None, typer.Option("--init-text", help="with --method prompt: the text its "
+                                                  "embeddings start from (default: a short format instruction)",
+                                                  show_default=False)] = None,
     beta: Annotated[float, typer.Option("--beta", min=0.001, help="with --method dpo: how far from the starting "
                                         "model the preferences may pull")] = 0.1,
     start_from: Annotated[str | None, typer.Option("--start-from", help="with --method dpo: base (default), active "
@@ -122,9 +129,13 @@ def train(
 ) -> None:
     """Train TEAM's LoRA adapter; Ctrl-C saves a checkpoint and the same command continues from it."""
     prepare()
-    options = {"rank": rank, "alpha": alpha or 2 * rank, "epochs": epochs, "learning_rate": learning_rate,
-               "batch_size": batch_size, "save_every": save_every, "qlora": qlora, "threads": threads,
-               "max_tokens": max_tokens, "heldout": heldout, "seed": seed}
+    options: dict[str, object] = {"rank": rank, "alpha": alpha or 2 * rank, "epochs": epochs, "batch_size": batch_size,
+               "save_every": save_every, "qlora": qlora, "threads": threads, "max_tokens": max_tokens,
+               "heldout": heldout, "seed": seed}
+    if learning_rate is not None:
+        options["learning_rate"] = learning_rate
+    if method == "prompt":
+        options.update(virtual_tokens=virtual_tokens, **({"init_text": init_text} if init_text else {}))
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),

@@ -27,12 +27,13 @@ import re
 import stat as st
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from citeline.lora.config_fields import CONFIG_FIELDS, MANIFEST_FIELDS, is_int, type_problems
+from citeline.lora.problems import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterProblem, Problem
 from citeline.lora.safetensors_header import safetensors_shapes
+from citeline.lora.soft_prompt import SOFT_PROMPT, embedding_problems, is_soft_prompt
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -52,8 +53,6 @@ __all__ = [
     "read_json",
 ]
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST = "citeline_adapter.json"
 # every file registration reads or copies from an adapter folder
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, "README.md", "citeline_eval.json",
@@ -66,29 +65,13 @@ LLAMA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", 
 # config.json keys that decide whether an adapter's weights fit a base model
 _FINGERPRINT_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size")
+# a soft prompt's manifest: it has no rank and no target modules, and says so (0, [])
+_SOFT_PROMPT_FIELDS = {**MANIFEST_FIELDS,
+                       "rank": (lambda v: v == 0, "0 (a soft prompt has no rank)", "0"),
+                       "target_modules": (lambda v: v == [], "[] (a soft prompt targets no module)", "[]"),
+                       "virtual_tokens": (is_int, "the number of virtual tokens, at least 1", "20")}
 # a LoRA matrix in a peft state dict: base_model.model.<module path>.lora_A.weight
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
-
-
-class Problem(StrEnum):
-    NOT_A_FOLDER = "not_a_folder"
-    NOT_AN_ADAPTER = "not_an_adapter"  # no or unreadable adapter_config.json
-    NOT_A_REGULAR_FILE = "not_a_regular_file"  # a symlink, pipe or device where a file is read or copied
-    BAD_CONFIG = "bad_config"  # a field of adapter_config.json of the wrong type or out of range
-    NOT_LORA = "not_lora"  # another PEFT method, or DoRA
-    BAD_MANIFEST = "bad_manifest"
-    BASE_MISMATCH = "base_mismatch"
-    RANK_TOO_HIGH = "rank_too_high"
-    UNSUPPORTED_MODULES = "unsupported_modules"
-    MODULES_TO_SAVE = "modules_to_save"  # lm_head / embeddings (or anything) trained in full
-    WEIGHTS_MISSING = "weights_missing"
-    WEIGHTS_MISMATCH = "weights_mismatch"  # shapes, layers or modules that do not fit the config / base
-
-
-@dataclass(frozen=True)
-class AdapterProblem:
-    kind: Problem
-    message: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +85,8 @@ class AdapterManifest:
     team: str | None = None
     data_hash: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    kind: str = "lora"  # or "soft_prompt" (rank 0, no target modules: :mod:`citeline.lora.soft_prompt`)
+    virtual_tokens: int | None = None  # a soft prompt's length
 
     @classmethod
     def read(cls, adapter_dir: Path) -> AdapterManifest | None:
@@ -113,19 +98,25 @@ class AdapterManifest:
             return None
         except OSError as exc:
             raise ValueError(f"{path} cannot be read ({exc.strerror})") from exc
-        problems = type_problems(raw, MANIFEST_FIELDS, MANIFEST,
-                                  "run `citeline adapter train` again, or fix the file")
+        kind = raw.get("kind", "lora")
+        fields = _SOFT_PROMPT_FIELDS if kind == "soft_prompt" else MANIFEST_FIELDS
+        problems = type_problems(raw, fields, MANIFEST, "run `citeline adapter train` again, or fix the file")
+        if kind not in ("lora", "soft_prompt"):
+            problems.append(f'{MANIFEST}: "kind" is {kind!r}, it must be "lora" or "soft_prompt"')
         if problems:
             raise ValueError(f"{path} is malformed: " + "; ".join(problems))
         return cls(base_model=raw["base_model"], base_fingerprint=raw["base_fingerprint"], rank=raw["rank"],
                    target_modules=tuple(raw["target_modules"]), team=raw.get("team"), data_hash=raw.get("data_hash"),
-                   metrics={str(k): float(v) for k, v in (raw.get("metrics") or {}).items()})
+                   metrics={str(k): float(v) for k, v in (raw.get("metrics") or {}).items()}, kind=kind,
+                   virtual_tokens=raw.get("virtual_tokens"))
 
     def write(self, adapter_dir: Path) -> Path:
         path = Path(adapter_dir) / MANIFEST
         body = {"base_model": self.base_model, "base_fingerprint": self.base_fingerprint, "rank": self.rank,
                 "target_modules": list(self.target_modules), "team": self.team, "data_hash": self.data_hash,
                 "metrics": dict(self.metrics)}
+        if self.kind != "lora":  # a LoRA manifest keeps the fields it always had
+            body.update(kind=self.kind, virtual_tokens=self.virtual_tokens)
         path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         return path
 
@@ -193,9 +184,11 @@ def preflight(adapter_dir: Path, *, base_model_dir: Path, max_rank: int,
                                "peft's save_pretrained")]
     except (OSError, ValueError) as exc:
         return [AdapterProblem(Problem.NOT_AN_ADAPTER, f"{adapter_dir}/{ADAPTER_CONFIG} cannot be used: {exc}")]
+    base = json.loads((base_model_dir / "config.json").read_text())
+    if is_soft_prompt(config):  # a peft prompt-tuning folder: its own checks
+        return _soft_prompt_problems(adapter_dir, config, base_model_dir, base)
     if bad := type_problems(config, CONFIG_FIELDS, ADAPTER_CONFIG, _SAVE_AGAIN):
         return [AdapterProblem(Problem.BAD_CONFIG, message) for message in bad]
-    base = json.loads((base_model_dir / "config.json").read_text())
     problems = _config_problems(config, max_rank, frozenset(supported_modules))
     problems += _base_problems(adapter_dir, config, base_model_dir)
     if not any(p.kind in (Problem.NOT_LORA, Problem.UNSUPPORTED_MODULES) for p in problems):
@@ -253,6 +246,32 @@ def _weight_problems(adapter_dir: Path, config: dict[str, Any], base: dict[str, 
     except (OSError, ValueError) as exc:
         return [AdapterProblem(Problem.WEIGHTS_MISSING, f"{weights.name} is unreadable or truncated ({exc})")]
     return lora_shape_problems(shapes, config, llama_linear_shapes(base))
+
+
+def _soft_prompt_problems(adapter_dir: Path, config: dict[str, Any], base_model_dir: Path,
+                          base: dict[str, Any]) -> list[AdapterProblem]:
+    """A soft prompt's preflight: task type, manifest (kind, base fingerprint), weights against the hidden size."""
+    if config.get("task_type") not in (None, "CAUSAL_LM"):
+        return [AdapterProblem(Problem.BAD_CONFIG, f"{ADAPTER_CONFIG}: task_type is {config.get('task_type')!r}; a "
+                               "soft prompt for a chat model is CAUSAL_LM")]
+    try:
+        manifest = AdapterManifest.read(adapter_dir)
+    except ValueError as exc:
+        return [AdapterProblem(Problem.BAD_MANIFEST, str(exc))]
+    problems = []
+    if manifest is not None and manifest.kind != SOFT_PROMPT:
+        problems.append(AdapterProblem(Problem.BAD_MANIFEST, f"the manifest says kind {manifest.kind!r}, the folder "
+                                       "holds a soft prompt (peft_type PROMPT_TUNING): train it again"))
+    if manifest is not None and manifest.base_fingerprint != base_model_fingerprint(base_model_dir):
+        problems.append(AdapterProblem(Problem.BASE_MISMATCH, f"trained on {manifest.base_model!r}, whose "
+                                       f"architecture differs from the server's {base_model_dir.name!r}"))
+    try:
+        with open_regular(adapter_dir / ADAPTER_WEIGHTS) as f:
+            shapes = safetensors_shapes(f)
+    except (OSError, ValueError) as exc:  # missing, truncated, forged header
+        return [*problems, AdapterProblem(Problem.WEIGHTS_MISSING, f"{ADAPTER_WEIGHTS} in {adapter_dir} is missing, "
+                                          f"unreadable or truncated ({exc})")]
+    return problems + embedding_problems(config, shapes, int(base["hidden_size"]))
 
 
 def llama_linear_shapes(base: Mapping[str, Any]) -> dict[str, tuple[int, int]]:

@@ -56,6 +56,7 @@ from citeline.lora.manifest import (
     read_json,
 )
 from citeline.lora.promotion import evaluation_metrics
+from citeline.lora.soft_prompt import VLLM_REFUSAL, is_soft_prompt
 
 __all__ = ["AdapterRegistry", "AdapterVersion", "adapter_version"]
 
@@ -148,9 +149,12 @@ class AdapterRegistry:
                 yield conn
 
     def register(self, source: Path, *, team: str, name: str | None, base_model_dir: Path, max_rank: int,
-                 actor: str, conn: psycopg.Connection | None = None,
-                 served_base: str | None = None) -> tuple[AdapterVersion, bool]:
+                 actor: str, conn: psycopg.Connection | None = None, served_base: str | None = None,
+                 serves_soft_prompts: bool = False) -> tuple[AdapterVersion, bool]:
         """Check, copy and record an adapter folder; returns (the version, whether it is new).
+
+        ``serves_soft_prompts``: the deployment's model servers serve soft prompts (the embedded backend in
+        process); otherwise (vLLM) a soft prompt is refused (:data:`citeline.lora.soft_prompt.VLLM_REFUSAL`).
 
         ``conn``: the caller's transaction (the row then commits with whatever else it writes there).
         ``served_base``: the base model as vLLM was started with it (``vllm serve MODEL``), written into the
@@ -180,6 +184,9 @@ class AdapterRegistry:
             config = read_json(source / ADAPTER_CONFIG)  # preflight checked it; a swap since is refused here
         except (OSError, ValueError) as exc:
             raise AdapterError(f"adapter {source} cannot be registered: {exc}") from None
+        if is_soft_prompt(config) and not serves_soft_prompts:
+            raise AdapterError(f"adapter {source} is a soft prompt and cannot be registered for this deployment: "
+                               f"{VLLM_REFUSAL}")
         dest = self._copy(source, served, served_base=served_base or str(base_model_dir),
                           base_model_dir=base_model_dir, max_rank=max_rank)
         try:

@@ -29,9 +29,10 @@ import httpx
 
 from citeline.contracts.generator import AdapterHost
 from citeline.errors import AdapterError, GenerationError
-from citeline.lora.manifest import preflight
+from citeline.lora.manifest import ADAPTER_CONFIG, preflight, read_json
 from citeline.lora.promotion import promotion_problems
 from citeline.lora.registry import AdapterRegistry, AdapterVersion
+from citeline.lora.soft_prompt import VLLM_REFUSAL, is_soft_prompt
 
 __all__ = ["HostReport", "Promotion", "ReplicaClient", "promote", "reconcile"]
 
@@ -79,6 +80,14 @@ class ReplicaClient:
         return {name: Path() for name, parent in self.served().items() if parent}
 
     def load_adapter(self, name: str, path: Path) -> None:
+        """Ask the server to load the LoRA folder ``path``; a soft prompt is refused here (vLLM cannot serve one)."""
+        try:
+            soft = is_soft_prompt(read_json(Path(path) / ADAPTER_CONFIG))
+        except (OSError, ValueError):
+            soft = False  # not readable here (the server's own path): the server checks what it loads
+        if soft:
+            raise AdapterError(f"{name} from {path} was not sent to {self.base_url}: it is a soft prompt. "
+                               f"{VLLM_REFUSAL}")
         response = self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(path).absolute())})
         if response.status_code == 400 and "already been loaded" in response.text:
             return  # same versioned name = same files: nothing to do

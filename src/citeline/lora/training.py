@@ -20,7 +20,10 @@ bring datasets, pandas and pyarrow for what is here ~150 lines, and we need exac
 - at the end: held-out loss, ``save_pretrained`` into ``output``, :class:`citeline.lora.manifest.AdapterManifest`
   (base model name and fingerprint, rank, target modules, team, data hash, metrics), ``citeline_training.json``
   (the hyper-parameters and split, read by evaluation), then :func:`citeline.lora.manifest.preflight` on the
-  result: an adapter the server would refuse is an error here, not at deploy time.
+  result: an adapter the server would refuse is an error here, not at deploy time;
+- ``virtual_tokens`` set trains a soft prompt (peft prompt tuning, :mod:`citeline.lora.soft_prompt`) instead of
+  a LoRA: the same data check, batches, loss masking, checkpoints and held-out loss, only the peft config differs;
+  the output is a peft prompt-tuning folder whose manifest says ``soft_prompt`` (rank 0, no target modules).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from citeline.lora.batches import Encoded, encode, epoch_order, loss, mean_loss
 from citeline.lora.checkpoints import CHECKPOINTS, load_last_checkpoint, save_checkpoint
 from citeline.lora.data import DataReport, chat_token_counter, check_data
 from citeline.lora.manifest import LLAMA_MODULES, MANIFEST, AdapterManifest, base_model_fingerprint, preflight
+from citeline.lora.soft_prompt import DEFAULT_INIT_TEXT, MAX_VIRTUAL_TOKENS, SOFT_PROMPT, prompt_tuning_config
 
 if TYPE_CHECKING:
     import torch
@@ -73,11 +77,18 @@ class TrainingConfig:
     save_every: int = 10
     qlora: bool = False
     threads: int | None = None  # torch CPU threads (default: all cores)
+    # set: train a soft prompt (peft prompt tuning) of this many virtual tokens instead of a LoRA adapter
+    # (rank, alpha, dropout and target_modules then do not apply); init_text: its TEXT init (None: random)
+    virtual_tokens: int | None = None
+    init_text: str | None = DEFAULT_INIT_TEXT
 
     def same_run(self) -> dict[str, Any]:
         """What must match for a checkpoint to be continued (the data hash is added by the trainer)."""
-        keys = ("rank", "alpha", "dropout", "target_modules", "epochs", "learning_rate", "batch_size",
-                "max_tokens", "heldout", "seed", "qlora")
+        keys: tuple[str, ...] = ("rank", "alpha", "dropout", "target_modules", "epochs", "learning_rate",
+                                 "batch_size", "max_tokens", "heldout", "seed", "qlora")
+        if self.virtual_tokens is not None:  # a soft prompt: its own keys instead of the LoRA ones
+            keys = tuple(k for k in keys if k not in ("rank", "alpha", "dropout", "target_modules"))
+            keys += ("virtual_tokens", "init_text")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in keys}
 
 
@@ -238,6 +249,8 @@ def _check_config(config: TrainingConfig) -> None:
                             "that folder to train it again")
     if not config.team.strip():
         raise TrainingError("--team must name the team the adapter is for")
+    if config.virtual_tokens is not None and not 1 <= config.virtual_tokens <= MAX_VIRTUAL_TOKENS:
+        raise TrainingError(f"--virtual-tokens must be from 1 to {MAX_VIRTUAL_TOKENS} (got {config.virtual_tokens})")
 
 
 def _tokenizer_and_data(config: TrainingConfig) -> tuple[Any, DataReport]:
@@ -279,7 +292,11 @@ def _load_model(config: TrainingConfig) -> tuple[Any, torch.device]:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     else:
         base.to(device)  # type: ignore[arg-type]  # transformers types .to() for its own wrapper
-    torch.manual_seed(config.seed)  # LoRA A's initialisation
+    torch.manual_seed(config.seed)  # LoRA A's (or a random soft prompt's) initialisation
+    if config.virtual_tokens is not None:  # a soft prompt: the same loop trains its embeddings only
+        soft = prompt_tuning_config(config.base_model, virtual_tokens=config.virtual_tokens,
+                                    init_text=config.init_text)
+        return get_peft_model(base, soft), device
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM", bias="none")
     return get_peft_model(base, lora), device
@@ -306,9 +323,12 @@ def _save(config: TrainingConfig, model: Any, report: DataReport, metrics: dict[
     model.save_pretrained(output)
     (output / "README.md").unlink(missing_ok=True)  # peft's model-card stub says nothing true about this adapter
     base = Path(config.base_model)
-    manifest = AdapterManifest(base_model=base.name, base_fingerprint=base_model_fingerprint(base), rank=config.rank,
-                               target_modules=tuple(config.target_modules), team=config.team,
-                               data_hash=report.data_hash, metrics=metrics)
+    soft = config.virtual_tokens is not None  # a soft prompt has no rank and no target modules: 0 and ()
+    manifest = AdapterManifest(base_model=base.name, base_fingerprint=base_model_fingerprint(base),
+                               rank=0 if soft else config.rank,
+                               target_modules=() if soft else tuple(config.target_modules), team=config.team,
+                               data_hash=report.data_hash, metrics=metrics, kind=SOFT_PROMPT if soft else "lora",
+                               virtual_tokens=config.virtual_tokens)
     manifest.write(output)
     training = {"team": config.team, "data": str(Path(config.data).resolve()), "data_hash": report.data_hash,
                 "base_model": str(base.resolve()), **config.same_run(), "train_lines": [e.line for e in

@@ -76,13 +76,24 @@ class Adapters:
         gen = self.settings.generation  # a server backend's options (openai's) say where it is and its key
         options = plugins.configure(plugins.load(plugins.GENERATORS, gen.backend), gen.options,
                                     section="generation.options")
-        base_url, api_key = getattr(options, "base_url", None), getattr(options, "api_key", None)
-        urls = list(self.settings.adapters.replicas) or ([base_url] if base_url else [])
+        api_key = getattr(options, "api_key", None)
         key = api_key.get_secret_value() if api_key else None
-        if urls:
+        if urls := self._server_urls():
             return [ReplicaClient(u, api_key=key, timeout_s=gen.timeout_s) for u in urls]
         backend = self._backend()
         return [backend] if isinstance(backend, AdapterHost) else []
+
+    def _server_urls(self) -> builtins.list[str]:
+        """The model servers adapters are loaded on over HTTP (vLLM): the replicas, else the openai backend's."""
+        gen = self.settings.generation
+        options = plugins.configure(plugins.load(plugins.GENERATORS, gen.backend), gen.options,
+                                    section="generation.options")
+        base_url = getattr(options, "base_url", None)
+        return list(self.settings.adapters.replicas) or ([base_url] if base_url else [])
+
+    def _serves_soft_prompts(self) -> bool:
+        """Only the embedded backend in process serves soft prompts; vLLM (replicas, an openai server) does not."""
+        return self.settings.generation.backend == "embedded" and not self._server_urls()
 
     # -- admin actions (audited) ---------------------------------------------------------------------
     def register(self, path: Path, *, team: str, name: str | None = None, actor: str) -> AdapterVersion:
@@ -90,7 +101,8 @@ class Adapters:
         base = self.base_model_dir()
         with audited(self._db, self._audit) as (conn, audit):
             adapter, new = self._registry.register(path, team=team, name=name, base_model_dir=base,
-                                                   max_rank=self.settings.adapters.max_rank, actor=actor, conn=conn)
+                                                   max_rank=self.settings.adapters.max_rank, actor=actor, conn=conn,
+                                                   serves_soft_prompts=self._serves_soft_prompts())
             audit.append_in(conn, "admin", "adapter.register", principal=actor, team=team,
                             payload={"adapter": adapter.served_name, "path": str(path), "new": new})
         return adapter

@@ -171,7 +171,8 @@ class EmbeddedBackend:
     # -- AdapterHost ------------------------------------------------------------------------------
 
     def load_adapter(self, name: str, path: Path) -> None:
-        """Load the PEFT LoRA folder ``path`` under the served name ``name`` (same name and path: no-op)."""
+        """Load the PEFT LoRA or prompt-tuning folder ``path`` under the served name ``name`` (same name and
+        path: no-op)."""
         self._check_open()
         path = Path(path).expanduser().absolute()
         if not name or name == self.base_model:
@@ -216,9 +217,10 @@ class EmbeddedBackend:
         else:
             hf = self._require_hf()
             prompt_ids, context = hf.chat_ids(messages), hf.max_positions
-        room = context - len(prompt_ids)
+        virtual = self._hosting.prefix_tokens(adapter)  # a soft prompt's virtual tokens take context too
+        room = context - len(prompt_ids) - virtual
         if room < 1:
-            raise GenerationError(f"embedded: the prompt has {len(prompt_ids)} tokens, more than the model's "
+            raise GenerationError(f"embedded: the prompt has {len(prompt_ids) + virtual} tokens, more than the model's "
                                   f"context of {context}: lower generation.evidence_tokens")
         return _Prepared(prompt_ids=prompt_ids, adapter=adapter, model_name=adapter or self.base_model,
                          max_new_tokens=min(request.max_tokens, room), temperature=request.temperature,
@@ -233,9 +235,10 @@ class EmbeddedBackend:
                 pieces = self._llama.stream(prepared.prompt_ids, stats, max_tokens=prepared.max_new_tokens,
                                             temperature=prepared.temperature, repetition_penalty=penalty)
             else:
-                self._hosting.activate(prepared.adapter)
+                soft = self._hosting.activate(prepared.adapter)
                 pieces = self._require_hf().decode(prepared.prompt_ids, stats, max_tokens=prepared.max_new_tokens,
-                                                   temperature=prepared.temperature, repetition_penalty=penalty)
+                                                   temperature=prepared.temperature, repetition_penalty=penalty,
+                                                   soft_prompt=soft.embeddings if soft is not None else None)
             yield from until_stop(pieces, prepared.stop, stats)
             elapsed = time.monotonic() - started
         log.debug("generated %d tokens with %s in %.2f s (%.1f tokens/s)", stats.completion_tokens,

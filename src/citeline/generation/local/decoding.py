@@ -31,6 +31,7 @@ from citeline.generation.llamacpp import LlamaStats as DecodeStats
 from citeline.generation.local.conversion import quiet_transformers
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["DecodeStats", "TransformersModel", "until_stop"]
@@ -50,6 +51,10 @@ class TransformersModel:
         self.linear_shapes = {n: (m.in_features, m.out_features) for n, m in model.named_modules()
                               if isinstance(m, torch.nn.Linear)}
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or context_tokens)
+        embedding: Any = model.get_input_embeddings().weight  # a soft prompt must match its width, device and dtype
+        self.hidden_size: int = int(embedding.shape[1])
+        self.embedding_device: torch.device = embedding.device
+        self.embedding_dtype: torch.dtype = embedding.dtype
         self._eos_ids = _eos_ids(model, tokenizer)
         self._logits_kw = ({"logits_to_keep": 1}
                            if "logits_to_keep" in inspect.signature(model.forward).parameters else {})
@@ -69,14 +74,18 @@ class TransformersModel:
             return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, prompt_ids: list[int], stats: DecodeStats, *, max_tokens: int, temperature: float,
-               repetition_penalty: float) -> Iterator[str]:
-        """The decoding loop with incremental detokenization (the window of vLLM's detokenizer)."""
+               repetition_penalty: float, soft_prompt: torch.Tensor | None = None) -> Iterator[str]:
+        """The decoding loop with incremental detokenization (the window of vLLM's detokenizer).
+
+        ``soft_prompt``: a soft prompt's embeddings ``[n, hidden]``, put before the prompt's at prefill only (the
+        KV cache holds them for every later step)."""
         stats.prompt_tokens = len(prompt_ids)
         generated: list[int] = []
         prefix_offset = read_offset = 0
         next_input, cache = prompt_ids, None
         for _ in range(max_tokens):
-            token, cache = self._step(next_input, cache, temperature, repetition_penalty, generated)
+            token, cache = self._step(next_input, cache, temperature, repetition_penalty, generated,
+                                      soft_prompt if cache is None else None)
             stats.completion_tokens += 1
             if token in self._eos_ids:
                 stats.finish_reason = "stop"
@@ -94,7 +103,7 @@ class TransformersModel:
             yield rest[len(prefix):]
 
     def _step(self, input_ids: list[int], cache: Any, temperature: float, penalty: float,
-              generated: list[int]) -> tuple[int, Any]:
+              generated: list[int], prefix: torch.Tensor | None = None) -> tuple[int, Any]:
         import torch
 
         if self.model is None:
@@ -102,7 +111,11 @@ class TransformersModel:
         try:
             with torch.inference_mode():
                 ids = torch.tensor([input_ids], device=self.model.device)
-                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **self._logits_kw)
+                if prefix is None:
+                    out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **self._logits_kw)
+                else:  # the soft prompt's virtual tokens, then the prompt's embeddings
+                    embeds = torch.cat([prefix[None], self.model.get_input_embeddings()(ids)], dim=1)
+                    out = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, **self._logits_kw)
                 logits = out.logits[0, -1].float()
                 if generated and penalty != 1.0:  # CTRL-style, on the answer's own tokens only: quoting
                     seen = torch.tensor(sorted(set(generated)), device=logits.device)  # evidence is fine

@@ -1,4 +1,4 @@
-"""The embedded backend's LoRA adapters: checked, loaded into peft, selected per request, unloaded.
+"""The embedded backend's adapters (LoRA and soft prompts): checked, loaded, selected per request, unloaded.
 
 Standard PEFT LoRA folders (adapter_config.json + adapter_model.safetensors). The first load wraps the
 model in a ``PeftModel``; every request selects its adapter (``request.model``) or disables all adapter
@@ -8,6 +8,12 @@ served name works. Before loading, the adapter is checked against the loaded bas
 the config targets, of the shape that module and the rank need: the same check registration runs), so an
 adapter built for another model is refused with a clear error; a load that fails anyway is rolled back,
 leaving the adapters already loaded untouched.
+
+Soft prompts (peft prompt-tuning folders, :mod:`citeline.lora.soft_prompt`) are checked by the same shape check
+registration runs (:func:`citeline.lora.soft_prompt.embedding_problems`, against the loaded model's hidden size)
+and kept as a tensor beside peft, not in it: peft's prompt-tuning forward prepends the virtual tokens on every
+call, and the decoding loop steps over a KV cache, so :meth:`AdapterHosting.activate` turns every LoRA layer
+off and hands the embeddings to the decoding loop, which puts them before the prompt at prefill only.
 
 :class:`AdapterHosting` holds no lock: the backend calls :meth:`~AdapterHosting.add`,
 :meth:`~AdapterHosting.remove` and :meth:`~AdapterHosting.activate` under its model lock.
@@ -24,17 +30,27 @@ from citeline.errors import GenerationError
 from citeline.generation.local.decoding import TransformersModel
 from citeline.lora.manifest import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_shape_problems
 from citeline.lora.safetensors_header import safetensors_shapes
+from citeline.lora.soft_prompt import SOFT_PROMPT_TENSOR, embedding_problems, is_soft_prompt
 
 if TYPE_CHECKING:
+    import torch
     from peft import LoraConfig, PeftModel
 
-__all__ = ["AdapterHosting"]
+__all__ = ["AdapterHosting", "SoftPrompt"]
+
+
+@dataclass(frozen=True)
+class SoftPrompt:
+    """A checked soft prompt: its virtual tokens' embeddings, ``[num_virtual_tokens, hidden_size]``."""
+
+    embeddings: torch.Tensor
 
 
 @dataclass(frozen=True)
 class _Adapter:
     path: Path
-    key: str  # the adapter's name inside peft (served names may hold characters peft cannot take)
+    key: str  # the adapter's name inside peft (served names may hold characters peft cannot take); "" for a prompt
+    prompt: SoftPrompt | None = None  # a soft prompt (not in peft)
 
 
 class AdapterHosting:
@@ -65,8 +81,14 @@ class AdapterHosting:
                                   "first or load the new version under another name")
         return True
 
-    def check(self, name: str, path: Path, lm: TransformersModel) -> LoraConfig:
-        """Refuse what is not a LoRA adapter for ``lm``, before touching the model; its peft config."""
+    def prefix_tokens(self, name: str | None) -> int:
+        """How many virtual tokens adapter ``name`` puts before the prompt (0: a LoRA adapter or the base)."""
+        entry = self._adapters.get(name) if name is not None else None
+        return 0 if entry is None or entry.prompt is None else int(entry.prompt.embeddings.shape[0])
+
+    def check(self, name: str, path: Path, lm: TransformersModel) -> LoraConfig | SoftPrompt:
+        """Refuse what is not a LoRA adapter or soft prompt for ``lm``, before touching the model; its peft
+        config (LoRA) or its embeddings (a soft prompt)."""
         from peft import PeftConfig, PeftType
 
         if not path.is_dir():
@@ -79,16 +101,20 @@ class AdapterHosting:
                                   "adapter_config.json and adapter_model.safetensors; save it with "
                                   "model.save_pretrained(folder) from peft)")
         try:
-            config = PeftConfig.from_pretrained(str(path))
             raw = json.loads((path / ADAPTER_CONFIG).read_text())
             if not isinstance(raw, dict):
                 raise ValueError("not a JSON object")
+            if is_soft_prompt(raw):
+                return self._check_soft_prompt(name, path, raw, lm)
+            config = PeftConfig.from_pretrained(str(path))
+        except GenerationError:
+            raise
         except Exception as exc:  # bad JSON, unknown fields, unknown peft_type
             raise GenerationError(f"embedded: adapter {name!r}: cannot read {path / ADAPTER_CONFIG}: "
                                   f"{exc}") from exc
         if config.peft_type != PeftType.LORA:
             raise GenerationError(f"embedded: adapter {name!r} is a {config.peft_type} adapter; only LoRA adapters "
-                                  "can be served")
+                                  "and soft prompts (PROMPT_TUNING) can be served")
         config.inference_mode = True
         try:
             with weights.open("rb") as f:
@@ -101,8 +127,29 @@ class AdapterHosting:
                                   "model, or its adapter_config.json does not match its weights")
         return config
 
-    def add(self, name: str, path: Path, config: LoraConfig, lm: TransformersModel) -> None:
-        """Load the checked adapter into peft under a fresh key; on any failure nothing is left of it."""
+    def _check_soft_prompt(self, name: str, path: Path, raw: dict[str, Any], lm: TransformersModel) -> SoftPrompt:
+        """The soft prompt's embeddings, after the shape check, on the model's device and dtype."""
+        from safetensors.torch import load_file
+
+        weights = path / ADAPTER_WEIGHTS
+        try:
+            with weights.open("rb") as f:
+                shapes = safetensors_shapes(f)
+            if problems := embedding_problems(raw, shapes, lm.hidden_size):
+                raise GenerationError(f"embedded: soft prompt {name!r} does not fit base model {self._base_model}: "
+                                      f"{'; '.join(p.message for p in problems[:3])}")
+            tensor = load_file(str(weights))[SOFT_PROMPT_TENSOR]
+        except (OSError, ValueError, KeyError) as exc:  # not a safetensors file, truncated, swapped meanwhile
+            raise GenerationError(f"embedded: soft prompt {name!r}: cannot read {weights}: {exc}") from exc
+        if list(tensor.shape) != [raw["num_virtual_tokens"], lm.hidden_size]:  # the file changed since the check
+            raise GenerationError(f"embedded: soft prompt {name!r}: {weights} changed while it was being loaded")
+        return SoftPrompt(tensor.to(device=lm.embedding_device, dtype=lm.embedding_dtype))
+
+    def add(self, name: str, path: Path, config: LoraConfig | SoftPrompt, lm: TransformersModel) -> None:
+        """Load the checked adapter (into peft, for LoRA) under a fresh key; on any failure nothing is left of it."""
+        if isinstance(config, SoftPrompt):  # no peft: the decoding loop prepends it (module docstring)
+            self._adapters[name] = _Adapter(path=path, key="", prompt=config)
+            return
         key = f"lora{self._next_key}"
         self._next_key += 1
         self._inject(name, key, path, config, lm)
@@ -110,29 +157,35 @@ class AdapterHosting:
 
     def remove(self, name: str, lm: TransformersModel) -> None:
         entry = self._adapters.get(name)
+        if entry is not None and entry.prompt is not None:
+            del self._adapters[name]
+            return
         if entry is None or self._peft is None:
             raise GenerationError(f"embedded: no adapter named {name!r} is loaded "
                                   f"(loaded: {', '.join(self._adapters) or 'none'})")
-        if len(self._adapters) == 1:  # the last one: back to the plain model, no peft wrapper left
+        loras = sum(1 for a in self._adapters.values() if a.prompt is None)
+        if loras == 1:  # the last LoRA: back to the plain model, no peft wrapper left
             lm.model = self._peft.unload()  # (kept loaded: the next adapter needs it again)
             self._peft = None
         else:
             self._peft.delete_adapter(entry.key)
         del self._adapters[name]
 
-    def activate(self, adapter: str | None) -> None:
-        """Put the model into the state a request needs: one adapter active, or all adapter layers off."""
+    def activate(self, adapter: str | None) -> SoftPrompt | None:
+        """Put the model into the state a request needs: one LoRA adapter active, or all LoRA layers off (the
+        base model, or a soft prompt: returned, for the decoding loop to put before the prompt)."""
         if adapter is not None and adapter not in self._adapters:
             raise GenerationError(f"embedded: adapter {adapter!r} was unloaded before this request ran: "
                                   "load it again or use another model name")
-        if self._peft is None:
-            return
-        layers: Any = self._peft.base_model  # the LoraModel inside the PeftModel
-        if adapter is None:
-            layers.disable_adapter_layers()
-        else:
-            layers.enable_adapter_layers()
-            self._peft.set_adapter(self._adapters[adapter].key, inference_mode=True)
+        entry = self._adapters.get(adapter) if adapter is not None else None
+        if self._peft is not None:
+            layers: Any = self._peft.base_model  # the LoraModel inside the PeftModel
+            if entry is None or entry.prompt is not None:
+                layers.disable_adapter_layers()
+            else:
+                layers.enable_adapter_layers()
+                self._peft.set_adapter(entry.key, inference_mode=True)
+        return entry.prompt if entry is not None else None
 
     def clear(self) -> None:
         self._peft = None
