@@ -106,6 +106,24 @@ def run_server(tmp: Path, pg_url: str, embedder, backend: str = "extractive",
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
 
 
+@contextlib.contextmanager
+def run_model_server(env: dict[str, str], log: Path, cwd: Path | None = None) -> Iterator[str]:
+    """``citeline model-server`` on a free loopback port with ``env`` (the whole environment), its output in
+    ``log``; its URL (no ``/v1``) once ``/health`` answers, and the process group stopped afterwards."""
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "model-server",
+                                 "--port", str(port)], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log, path="/health")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def vllm_venv() -> Path:
     """vLLM's own virtual environment, created by deploy/vllm-env.sh if it is not there (CI does this)."""

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
@@ -16,7 +13,7 @@ from citeline.contracts.generator import ChatMessage, GenerationRequest
 from citeline.errors import GenerationError
 from citeline.generation.openai import OpenAIBackend
 from citeline.settings import GenerationSettings
-from tests.e2e.conftest import free_port, run_server, wait_ready
+from tests.e2e.conftest import free_port, run_model_server, run_server
 from tests.support.adapters import make_adapter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -27,22 +24,12 @@ DEPLOY = "how do I roll back a bad deploy"
 @pytest.fixture(scope="module")
 def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
     """`citeline model-server` with the embedded backend on loopback."""
-    port = free_port()
     log = tmp_path_factory.mktemp("ms") / "model-server.log"
     env = {**os.environ, "CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir),
            "CITELINE_GENERATION__BACKEND": "embedded",
            "CITELINE_HOME": str(log.parent)}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "model-server",
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log, path="/health")
+    with run_model_server(env, log) as url:
         yield f"{url}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_openai_backend_against_the_model_server(model_server, smollm2_dir):

@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import REPO
-from tests.e2e.conftest import free_port, wait_ready
+from tests.e2e.conftest import free_port, run_model_server, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -92,20 +92,9 @@ def model_server(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
 
     home = tmp_path_factory.mktemp("ms")
     (home / "citeline.toml").write_text('home = "."\n')
-    port = free_port()
-    log = home / "model-server.log"
     env = {**lean_env(), "CITELINE_HOME": str(home), "CITELINE_CONFIG": str(home / "citeline.toml")}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "model-server",
-                                 "--port", str(port)], env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log, path="/health")
+    with run_model_server(env, home / "model-server.log", cwd=home) as url:
         yield f"{url}/v1", BASE_MODEL_NAME, default_model_path().name
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def acme(tmp: Path) -> Path:

@@ -4,9 +4,6 @@ serving the local sentence-transformers embedder; and the index refusing vectors
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from citeline.errors import SchemaMismatchError
 from citeline.facade import Citeline
 from citeline.settings import Settings
 from citeline.testing.embedders import TEXTS, EmbedderContract
-from tests.e2e.conftest import free_port, wait_ready
+from tests.e2e.conftest import run_model_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,21 +25,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def embeddings_server(tmp_path_factory) -> Iterator[str]:
     """`citeline model-server` (extractive generation: no LLM to load) on loopback; its /v1 URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("ms") / "model-server.log"
     env = {**os.environ, "CITELINE_GENERATION__BACKEND": "extractive", "CITELINE_HOME": str(log.parent),
            "HF_HUB_OFFLINE": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "model-server",
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log, path="/health")
+    with run_model_server(env, log) as url:
         yield f"{url}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def options(url: str, embedder, **more) -> dict:

@@ -12,7 +12,6 @@ All against a real ``citeline serve`` on the real embedded PostgreSQL.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from psycopg import sql
 
 from citeline.facade import Citeline
 from citeline.settings import Settings
-from tests.e2e.conftest import Server, free_port, run_server, wait_ready
+from tests.e2e.conftest import Server, run_model_server, run_server
 
 pytestmark = [pytest.mark.security, pytest.mark.e2e]
 
@@ -134,22 +133,12 @@ def test_a_reader_login_cannot_read_the_audit_or_impersonate(server: Server):
 @pytest.fixture(scope="module")
 def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
     """`citeline model-server` (the embedded backend) on loopback: what the openai backend talks to."""
-    port = free_port()
     log = tmp_path_factory.mktemp("ms") / "model-server.log"
     env = {**os.environ, "CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir),
            "CITELINE_GENERATION__BACKEND": "embedded",
            "CITELINE_HOME": str(log.parent)}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", "from citeline.cli import main; main()", "model-server",
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log, path="/health")
+    with run_model_server(env, log) as url:
         yield f"{url}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 @pytest.mark.slow
