@@ -48,7 +48,7 @@ from citeline.serving.metrics import Metrics
 from citeline.settings import ServerSettings
 from citeline.tracing import set_principal, span
 
-__all__ = ["AUTH_STATE", "Limits", "TokenBuckets"]
+__all__ = ["AUTH_STATE", "KnownKeys", "Limits", "TokenBuckets"]
 
 AUTH_STATE = "citeline_auth"  # scope["state"] key: (Authenticated, lookup ms), read by the endpoints' dependency
 _PROTECTED = "/v1/"
@@ -110,6 +110,27 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+class KnownKeys:
+    """The digests (never the keys) of the keys that authenticated lately, at most ``size`` of them, the least
+    recently seen dropped first: a known key is not held back by its address's failed logins (step 2)."""
+
+    def __init__(self, size: int = _MAX_KNOWN) -> None:
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
+        self._size = size
+
+    def __contains__(self, token: object) -> bool:
+        return isinstance(token, str) and _digest(token) in self._digests
+
+    def remember(self, token: str | None) -> None:
+        if token is None:
+            return
+        digest = _digest(token)
+        self._digests[digest] = None
+        self._digests.move_to_end(digest)
+        while len(self._digests) > self._size:
+            self._digests.popitem(last=False)
+
+
 class Limits:
     """The ASGI middleware described in the module docstring."""
 
@@ -122,7 +143,7 @@ class Limits:
         self.metrics = metrics
         self.keys = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst, max_names=_MAX_KNOWN)
         self.failures = TokenBuckets(settings.auth_failures_per_minute, settings.auth_failure_burst)
-        self._known: OrderedDict[bytes, None] = OrderedDict()
+        self._known = KnownKeys()
         self._lookups = anyio.CapacityLimiter(lookups)  # key lookups in threads, beside (not behind) requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -137,7 +158,7 @@ class Limits:
             return
         token = _bearer(headers)
         address = (scope.get("client") or ("unknown",))[0]
-        known = token is not None and _digest(token) in self._known
+        known = token in self._known
         if not known and (wait := self.failures.wait_s(address)):
             await self._refuse(scope, receive, send, 429, f"too many failed logins from {address}; retry in {wait} s "
                                "(server.auth_failures_per_minute)", "rate_limit_exceeded", "auth_rate_limited",
@@ -159,7 +180,7 @@ class Limits:
                                "database_unavailable", unread, retry_after=retry)
             return
         auth_ms = (time.perf_counter() - t0) * 1000
-        self._remember(token)
+        self._known.remember(token)
         if wait := self.keys.take(who.key_id):
             await self._refuse(scope, receive, send, 429, f"rate limit of API key {who.key_id} exceeded "
                                f"({self.settings.rate_limit_per_minute} requests per minute, bursts of "
@@ -199,15 +220,6 @@ class Limits:
             s.set_attribute("citeline.key_id", who.key_id)
         set_principal(who.principal.user)
         return who
-
-    def _remember(self, token: str | None) -> None:
-        if token is None:
-            return
-        digest = _digest(token)
-        self._known[digest] = None
-        self._known.move_to_end(digest)
-        while len(self._known) > _MAX_KNOWN:
-            self._known.popitem(last=False)
 
     @staticmethod
     async def _read(receive: Receive, limit: int) -> list[Message] | None:

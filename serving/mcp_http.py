@@ -15,10 +15,8 @@ keys that have authenticated here before). ``/healthz`` answers without a key (a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 
 import anyio
@@ -29,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from citeline.errors import AuthError, DatabaseError
 from citeline.facade import Authenticated, Citeline
-from citeline.serving.limits import TokenBuckets
+from citeline.serving.limits import KnownKeys, TokenBuckets
 from citeline.serving.mcp import AUTH_SCOPE_KEY, build_server
 from citeline.settings import ServerSettings
 
@@ -39,16 +37,11 @@ log = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
 _HEALTH = "/healthz"
-_MAX_KNOWN = 65536
 
 
 def _bearer(headers: Headers) -> str | None:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class BearerKeys:
@@ -60,7 +53,7 @@ class BearerKeys:
         self.authenticate = authenticate
         self.settings = settings
         self.failures = TokenBuckets(settings.auth_failures_per_minute, settings.auth_failure_burst)
-        self._known: OrderedDict[bytes, None] = OrderedDict()
+        self._known = KnownKeys()
         self._lookups = anyio.CapacityLimiter(lookups)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,7 +65,7 @@ class BearerKeys:
             return
         token = _bearer(Headers(scope=scope))
         address = (scope.get("client") or ("unknown",))[0]
-        known = token is not None and _digest(token) in self._known
+        known = token in self._known
         if not known and (wait := self.failures.wait_s(address)):
             await _reply(send, 429, {"error": "too_many_failures", "error_description": f"too many failed logins "
                                      f"from {address}; retry in {wait} s (server.auth_failures_per_minute)"},
@@ -93,18 +86,9 @@ class BearerKeys:
                                      f"be checked: the database did not answer ({type(exc).__name__}); retry after "
                                      f"{retry} s"}, {"retry-after": str(retry)})
             return
-        self._remember(token)
+        self._known.remember(token)
         scope[AUTH_SCOPE_KEY] = who
         await self.app(scope, receive, send)
-
-    def _remember(self, token: str | None) -> None:
-        if token is None:
-            return
-        digest = _digest(token)
-        self._known[digest] = None
-        self._known.move_to_end(digest)
-        while len(self._known) > _MAX_KNOWN:
-            self._known.popitem(last=False)
 
 
 async def _unauthorized(send: Send, message: str) -> None:
