@@ -124,6 +124,16 @@ def run_model_server(env: dict[str, str], log: Path, cwd: Path | None = None) ->
         proc.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def embedded_model_server(smollm2_dir: Path, home: Path) -> Iterator[str]:
+    """:func:`run_model_server` with the embedded backend serving SmolLM2 (``home``: CITELINE_HOME and the
+    log); its ``/v1`` URL, what the openai backend talks to."""
+    env = {**os.environ, "CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir),
+           "CITELINE_GENERATION__BACKEND": "embedded", "CITELINE_HOME": str(home)}
+    with run_model_server(env, home / "model-server.log") as url:
+        yield f"{url}/v1"
+
+
 @pytest.fixture(scope="session")
 def vllm_venv() -> Path:
     """vLLM's own virtual environment, created by deploy/vllm-env.sh if it is not there (CI does this)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,7 @@ from citeline.contracts.generator import ChatMessage, GenerationRequest
 from citeline.errors import GenerationError
 from citeline.generation.openai import OpenAIBackend
 from citeline.settings import GenerationSettings
-from tests.e2e.conftest import free_port, run_model_server, run_server
+from tests.e2e.conftest import embedded_model_server, free_port, run_server
 from tests.support.adapters import make_adapter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -24,12 +23,8 @@ DEPLOY = "how do I roll back a bad deploy"
 @pytest.fixture(scope="module")
 def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
     """`citeline model-server` with the embedded backend on loopback."""
-    log = tmp_path_factory.mktemp("ms") / "model-server.log"
-    env = {**os.environ, "CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir),
-           "CITELINE_GENERATION__BACKEND": "embedded",
-           "CITELINE_HOME": str(log.parent)}
-    with run_model_server(env, log) as url:
-        yield f"{url}/v1"
+    with embedded_model_server(smollm2_dir, tmp_path_factory.mktemp("ms")) as url:
+        yield url
 
 
 def test_openai_backend_against_the_model_server(model_server, smollm2_dir):

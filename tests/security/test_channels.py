@@ -11,7 +11,6 @@ All against a real ``citeline serve`` on the real embedded PostgreSQL.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from psycopg import sql
 
 from citeline.facade import Citeline
 from citeline.settings import Settings
-from tests.e2e.conftest import Server, run_model_server, run_server
+from tests.e2e.conftest import Server, embedded_model_server, run_server
 
 pytestmark = [pytest.mark.security, pytest.mark.e2e]
 
@@ -133,12 +132,8 @@ def test_a_reader_login_cannot_read_the_audit_or_impersonate(server: Server):
 @pytest.fixture(scope="module")
 def model_server(smollm2_dir, tmp_path_factory) -> Iterator[str]:
     """`citeline model-server` (the embedded backend) on loopback: what the openai backend talks to."""
-    log = tmp_path_factory.mktemp("ms") / "model-server.log"
-    env = {**os.environ, "CITELINE_GENERATION__OPTIONS__MODEL": str(smollm2_dir),
-           "CITELINE_GENERATION__BACKEND": "embedded",
-           "CITELINE_HOME": str(log.parent)}
-    with run_model_server(env, log) as url:
-        yield f"{url}/v1"
+    with embedded_model_server(smollm2_dir, tmp_path_factory.mktemp("ms")) as url:
+        yield url
 
 
 @pytest.mark.slow
