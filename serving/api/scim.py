@@ -51,19 +51,21 @@ _ACTOR = "scim"
 class _Kind:
     """One resource type: its endpoint, its name in ``cl.scim``'s methods, its scim2-models type and reply."""
 
-    endpoint: str  # "Users": /scim/v2/Users, the route names scim_user / scim_group
-    noun: str  # "user": cl.scim.list_users, create_user, get_user, replace_user, patch_user, delete_user
+    endpoint: str  # "Users": served at /scim/v2/Users and /scim/v2/Users/{id}
+    noun: str  # "user": cl.scim.list_users, create_user, ..., delete_user; one resource's route is scim_user
     model: Any
     out: Callable[[Request, dict[str, Any]], dict[str, Any]]
     check: Callable[[dict[str, Any]], dict[str, Any]]
 
     def op(self, cl: Citeline, name: str) -> Callable[..., Any]:
+        """``cl.scim``'s method for operation ``name`` on this kind (``list``: list_users, ``get``: get_user)."""
         method: Callable[..., Any] = getattr(cl.scim, f"{name}_{self.noun}s" if name == "list" else
                                              f"{name}_{self.noun}")
         return method
 
 
 def _routes(kind: _Kind) -> None:
+    """The six routes of one resource type (list, create, get, replace, patch, delete), each a SCIM reply."""
     path = f"/{kind.endpoint}"
 
     async def body(request: Request, cl: Citeline, ctx: Context) -> dict[str, Any]:
