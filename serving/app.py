@@ -18,7 +18,7 @@ is produced by one thread for its whole length.
 ``/v1/chat/completions``    POST    OpenAI chat completions; the last message (a user's) is the question
 ``/v1/ask``                 POST    question → answer, citations, refusal flag, latency (``stream``: SSE)
 ``/v1/feedback``            POST    up/down, reason, correction on one of the caller's answers (its audit id)
-``/v1/admin/...``           *       sources, keys, principals, adapters, audit, view-as (admin)
+``/v1/admin/...``           *       sources, keys, principals, adapters, audit, view-as, feedback (admin)
 ``/scim/v2/...``            *       SCIM 2.0 Users, Groups, discovery (the ``scim`` principal source's token)
 ``/auth/...``               GET     sign-in with OpenID Connect for the pages (when ``[auth.oidc]`` is set)
 ==========================  ======  ==============================================================
@@ -46,6 +46,7 @@ from citeline.serving.api import (
     admin,
     admin_adapters,
     admin_audit,
+    admin_feedback,
     admin_sources,
     ask,
     chat,
@@ -80,7 +81,8 @@ def create_app(cl: Citeline) -> FastAPI:
     app.state.request_slots = RequestSlots(admitted, server.queue_timeout_s, server.retry_after_s)
     app.state.readiness = ReadinessProbe(cl.db.url, server.probe_timeout_s)
     errors.install(app)
-    for part in (page, probes, chat, ask, search, feedback, admin, admin_sources, admin_adapters, admin_audit):
+    for part in (page, probes, chat, ask, search, feedback, admin, admin_sources, admin_adapters, admin_audit,
+                 admin_feedback):
         app.include_router(part.router)
     app.include_router(scim_api.router)  # /scim/v2: provisioning by the identity provider (its own token)
     sessions = sign_in.install(app, cl)  # /auth/* when [auth.oidc] is set: pages sign in with OpenID Connect

@@ -3,7 +3,8 @@ document. Request bodies refuse unstorable text (400 ``invalid_text``) and bound
 
 A reply that shows one of the core's records is that record's dataclass made a pydantic dataclass
 (``SourceOut``: :class:`SourceStatus`, ``RunOut``: :class:`RunStatus`, ``AuditRowOut``: :class:`AuditRecord`,
-``HitOut``: :class:`~citeline.domain.SearchHit`), so its fields cannot drift from the record's; a subclass only
+``HitOut``: :class:`~citeline.domain.SearchHit`, ``FeedbackSummaryOut``: :class:`FeedbackSummary`,
+``FeedbackEntryOut``: :class:`FeedbackEntry`), so its fields cannot drift from the record's; a subclass only
 narrows a field's type, adds a description, adds a field or leaves one out of the reply."""
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 from pydantic.dataclasses import dataclass
 
 from citeline.domain import SearchHit, SearchMode
-from citeline.facade import AuditRecord, RunStatus, SourceStatus
+from citeline.facade import AuditRecord, FeedbackEntry, FeedbackSummary, RunStatus, SourceStatus
 from citeline.serving.api.bodies import _Body
 
 __all__ = [
@@ -24,6 +25,9 @@ __all__ = [
     "AuditPageOut",
     "AuditRowOut",
     "ChunkReplayOut",
+    "FeedbackEntryOut",
+    "FeedbackPageOut",
+    "FeedbackSummaryOut",
     "KeyCreatedOut",
     "KeyOut",
     "KeyRevokedOut",
@@ -216,3 +220,38 @@ class ReplayOut(BaseModel):
     asker: str | None
     asker_exists: bool
     chunks: list[ChunkReplayOut]
+
+
+@dataclass(frozen=True, config=_REPLY)
+class FeedbackSummaryOut(FeedbackSummary):
+    """Feedback on one team's answers from one model (:class:`FeedbackSummary`): the base model, or an adapter
+    version's served name."""
+
+    @computed_field(description="up + down")  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> int:
+        return FeedbackSummary.total.fget(self)  # type: ignore[attr-defined]
+
+    @computed_field(description="up / total (0 when there is none), 4 decimals")  # type: ignore[prop-decorator]
+    @property
+    def up_share(self) -> float:
+        return round(FeedbackSummary.up_share.fget(self), 4)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, config=_REPLY)
+class FeedbackEntryOut(FeedbackEntry):
+    """One feedback row (:class:`FeedbackEntry`): the rating, reason and correction as the asker gave them, the
+    answer's audit id and question."""
+
+    rating: Literal["up", "down"]  # type: ignore[assignment]  # the core's 1 / -1, as /v1/feedback takes it
+
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _word(cls, value: Any) -> Any:
+        return {1: "up", -1: "down"}.get(value, value)
+
+
+class FeedbackPageOut(BaseModel):
+    summary: list[FeedbackSummaryOut] = Field(description="per team and model (adapter version): up, down, "
+                                              "corrected, up share")
+    rows: list[FeedbackEntryOut] = Field(description="the latest feedback, newest first")

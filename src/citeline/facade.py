@@ -44,7 +44,7 @@ from citeline.lora.routing import AdapterRouter
 from citeline.operations.adapters import Adapters
 from citeline.operations.admin import Admin
 from citeline.operations.database import DatabaseLifecycle
-from citeline.operations.feedback import Feedback
+from citeline.operations.feedback import Feedback, FeedbackEntry, FeedbackSummary
 from citeline.operations.inspect import Inspect, Replay
 from citeline.operations.principal_sources import PrincipalSources
 from citeline.operations.scim import Scim
@@ -58,9 +58,10 @@ from citeline.tracing import span
 _SYNC_COUNTS = ("run_id", "status", "added", "updated", "unchanged", "deleted", "failed", "chunks", "seconds")
 
 # Answer, AnswerStream, Authenticated and DocumentText: for serving, which reaches the core only through this module
-# ApiKey, AuditFilter, AuditPage, AuditRecord, Replay, RunStatus: for the admin API (serving) and the CLI
+# ApiKey, AuditFilter, AuditPage, AuditRecord, FeedbackEntry, FeedbackSummary, Replay, RunStatus: for the admin API
+# (serving) and the CLI
 __all__ = ["Answer", "AnswerStream", "ApiKey", "AuditFilter", "AuditPage", "AuditRecord", "Authenticated", "Citeline",
-           "DocumentText", "Replay", "RunStatus", "SourceStatus", "build_connector"]
+           "DocumentText", "FeedbackEntry", "FeedbackSummary", "Replay", "RunStatus", "SourceStatus", "build_connector"]
 
 
 class Citeline:

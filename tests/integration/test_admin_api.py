@@ -34,7 +34,7 @@ EXPECTED = {
     ("DELETE", "/v1/admin/keys/{key_id}"), ("GET", "/v1/admin/adapters"), ("POST", "/v1/admin/adapters"),
     ("POST", "/v1/admin/adapters/{served_name}/promote"), ("POST", "/v1/admin/adapters/{served_name}/retire"),
     ("GET", "/v1/admin/audit/verify"), ("GET", "/v1/admin/audit/export"), ("GET", "/v1/admin/audit"),
-    ("GET", "/v1/admin/audit/{row_id}/replay"), ("POST", "/v1/admin/view-as"),
+    ("GET", "/v1/admin/audit/{row_id}/replay"), ("POST", "/v1/admin/view-as"), ("GET", "/v1/admin/feedback"),
 }
 
 

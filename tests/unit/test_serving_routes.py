@@ -31,7 +31,8 @@ ROUTES = {("GET", "/"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metri
           ("POST", "/v1/admin/sources/{name}/sync"), ("GET", "/v1/admin/sources/runs/{run_id}"),
           ("GET", "/v1/admin/adapters"), ("POST", "/v1/admin/adapters"),
           ("POST", "/v1/admin/adapters/{served_name}/promote"), ("POST", "/v1/admin/adapters/{served_name}/retire"),
-          ("GET", "/v1/admin/audit"), ("GET", "/v1/admin/audit/{row_id}/replay"), ("POST", "/v1/admin/view-as")}
+          ("GET", "/v1/admin/audit"), ("GET", "/v1/admin/audit/{row_id}/replay"), ("POST", "/v1/admin/view-as"),
+          ("GET", "/v1/admin/feedback")}
 USER, ADMIN = {"Authorization": "Bearer cl_user"}, {"Authorization": "Bearer cl_admin"}
 FAILURES = {"missing": errors.ModelNotFoundError("no such model"), "backend": errors.GenerationError("down"),
             "forbidden": errors.ForbiddenError("not yours"), "busy": errors.OverloadedError("busy"),

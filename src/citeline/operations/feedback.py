@@ -11,6 +11,9 @@ commits in the same transaction.
 (:mod:`citeline.lora.feedback_data`) reads: the rated answers of a team with their questions and the chunk ids
 shown, and the evidence those chunks hold now, with which of them *every* current member of the team may
 still see (checked in PostgreSQL, as each member, through row-level security).
+
+:meth:`Feedback.recent` lists the latest feedback rows (newest first, by team, model and rating) with the
+question each rated answer asked, for the admin API's ``GET /v1/admin/feedback``: reading it changes nothing.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from citeline.domain import Principal
 from citeline.lora.feedback_data import EvidenceChunk, RatedAnswer
 from citeline.operations.admin import audited
 
-__all__ = ["MAX_CORRECTION", "MAX_REASON", "Feedback", "FeedbackRecord", "FeedbackSummary", "TeamEvidence"]
+__all__ = ["MAX_CORRECTION", "MAX_LISTED", "MAX_REASON", "Feedback", "FeedbackEntry", "FeedbackRecord",
+           "FeedbackSummary", "TeamEvidence"]
 
 MAX_REASON = 2000  # characters (the table's CHECK says the same)
 MAX_CORRECTION = 16000
+MAX_LISTED = 500  # rows :meth:`Feedback.recent` returns at most
 
 _ANSWER_ROW = ("SELECT id, principal, team, payload ->> 'model' AS model FROM audit_log"
                " WHERE id = %s AND kind = 'ask' AND action = 'answer'")
@@ -50,6 +55,12 @@ _RATED = ("SELECT f.audit_id, f.team, f.model, f.rating, f.reason, f.correction,
           "   WHERE action = 'answer.end' AND (payload ->> 'answer_audit_id')::bigint = f.audit_id"
           "   ORDER BY id LIMIT 1) e ON true"
           " WHERE f.team = %s ORDER BY f.audit_id")
+_RECENT = ("SELECT f.id, f.audit_id, f.principal, f.team, f.model, f.rating, f.reason, f.correction, f.created_at,"
+           " f.updated_at, coalesce(a.payload ->> 'question', '') AS question"
+           " FROM feedback f LEFT JOIN audit_log a ON a.id = f.audit_id"
+           " WHERE (%(team)s::text IS NULL OR f.team = %(team)s) AND (%(model)s::text IS NULL OR f.model = %(model)s)"
+           " AND (%(rating)s::smallint IS NULL OR f.rating = %(rating)s)"
+           " ORDER BY f.updated_at DESC, f.id DESC LIMIT %(limit)s")
 _MEMBERS = "SELECT user_id FROM principals WHERE team = %s ORDER BY user_id"
 _VISIBLE = "SELECT id FROM chunks WHERE id = ANY(%s)"  # as a member: row-level security filters it
 _CHUNKS = ("SELECT c.id AS chunk_id, c.document_id, d.title, d.url, c.text FROM chunks c"
@@ -74,6 +85,16 @@ class FeedbackRecord:
                 "model": self.model, "rating": "up" if self.rating > 0 else "down", "reason": self.reason,
                 "correction": self.correction, "created_at": self.created_at.astimezone(UTC).isoformat(),
                 "updated_at": self.updated_at.astimezone(UTC).isoformat()}
+
+
+@dataclass(frozen=True)
+class FeedbackEntry(FeedbackRecord):
+    """A feedback row with the question of the answer it rates (from the answer's audit row)."""
+
+    question: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**super().as_dict(), "question": self.question}
 
 
 @dataclass(frozen=True)
@@ -157,6 +178,20 @@ class Feedback:
             rows = conn.cursor(row_factory=dict_row).execute(_REPORT, {"team": team}).fetchall()
         return [FeedbackSummary(r["team"], r["model"], int(r["up"]), int(r["down"]), int(r["corrected"]),
                                 r["last_at"]) for r in rows]
+
+    def recent(self, *, team: str | None = None, model: str | None = None, rating: int | None = None,
+               limit: int = 50) -> builtins.list[FeedbackEntry]:
+        """The latest feedback (newest change first), each with its answer's question; ``team``, ``model``
+        (an adapter's served name) and ``rating`` (1 up, -1 down) narrow it; at most ``limit`` rows (1 to
+        :data:`MAX_LISTED`)."""
+        if rating is not None and rating not in (1, -1):
+            raise ValueError(f"rating must be 1 (up), -1 (down) or None (both), not {rating!r}")
+        if not 1 <= limit <= MAX_LISTED:
+            raise ValueError(f"limit must be 1 to {MAX_LISTED}, not {limit}")
+        params = {"team": team, "model": model, "rating": rating, "limit": limit}
+        with self._db.writer() as conn:
+            rows = conn.cursor(row_factory=dict_row).execute(_RECENT, params).fetchall()
+        return [FeedbackEntry(**r) for r in rows]
 
     def rated_answers(self, team: str) -> builtins.list[RatedAnswer]:
         """Every rated answer of ``team`` with its question, answer text and the chunks shown (oldest first)."""
