@@ -69,6 +69,18 @@ def sync(db, embedder, chunker, docs) -> None:
     SyncRunner(db, embedder, chunker).run("wiki", "list", ListConnector(docs))
 
 
+def world(db, embedder, chunker, docs: list[Document], *principals: Principal,
+          backend: Counted | None = None) -> tuple[Assistant, Any, AnswerCache]:
+    """``docs`` indexed and ``principals`` stored; an assistant over ``backend`` (a fresh Counted) and a fresh
+    cache, with the backend and the cache to check."""
+    sync(db, embedder, chunker, docs)
+    for p in principals:
+        PrincipalStore(db).put(p)
+    backend = backend or Counted()
+    cache = AnswerCache()
+    return assistant(db, embedder, backend, cache), backend, cache
+
+
 def warranty(i: int, years: int, access: Access) -> Document:
     return doc(f"w{i}", f"# {PRODUCTS[i].title()} warranty\n\nThe warranty of the {PRODUCTS[i]} lasts {years} "
                         f"years from delivery.", access=access)
@@ -88,15 +100,10 @@ groups_st = st.lists(st.sampled_from(GROUPS), max_size=3, unique=True).map(tuple
 def test_two_principals_share_an_entry_only_when_shown_the_same_evidence(db, embedder, chunker, accesses, first,
                                                                           second):
     docs = [warranty(i, i + 2, a) for i, a in enumerate(accesses)]
-    sync(db, embedder, chunker, docs)
-    store = PrincipalStore(db)
     ann, ben = Principal("ann", first), Principal("ben", second)
-    store.put(ann)
-    store.put(ben)
+    a, backend, _ = world(db, embedder, chunker, docs, ann, ben)
     visible = {p.user: {d.external_id for d in docs if d.access.public or set(d.access.groups) & set(p.groups)}
                for p in (ann, ben)}
-    backend = Counted()
-    a = assistant(db, embedder, backend, AnswerCache())
     one = a.ask(QUESTION, ann)
     two = a.ask(QUESTION, ben)
     assert not one.cached
@@ -118,11 +125,8 @@ def test_two_principals_share_an_entry_only_when_shown_the_same_evidence(db, emb
 
 def test_an_edited_or_deleted_document_misses(db, embedder, chunker):
     docs = [warranty(0, 2, Access.everyone()), warranty(1, 3, Access.everyone())]
-    sync(db, embedder, chunker, docs)
     ann = Principal("ann", ())
-    PrincipalStore(db).put(ann)
-    backend = Counted()
-    a = assistant(db, embedder, backend, AnswerCache())
+    a, backend, _ = world(db, embedder, chunker, docs, ann)
     first = a.ask(QUESTION, ann)
     assert not first.cached and a.ask(QUESTION, ann).cached and backend.calls == 1
     sync(db, embedder, chunker, [warranty(0, 7, Access.everyone()), docs[1]])  # w0 edited: 7 years
@@ -193,12 +197,9 @@ def leader_and_follower(a: Assistant, backend: Gated, cache: AnswerCache, leader
 
 
 def test_identical_questions_at_once_generate_once_and_a_failed_leader_frees_its_followers(db, embedder, chunker):
-    sync(db, embedder, chunker, [warranty(0, 2, Access.everyone()), warranty(1, 3, Access.everyone())])
     ann, ben = Principal("ann", ()), Principal("ben", ())
-    for p in (ann, ben):
-        PrincipalStore(db).put(p)
-    backend, cache = Gated(), AnswerCache()
-    a = assistant(db, embedder, backend, cache)
+    a, backend, cache = world(db, embedder, chunker, [warranty(0, 2, Access.everyone()),
+                                                      warranty(1, 3, Access.everyone())], ann, ben, backend=Gated())
     first, second = leader_and_follower(a, backend, cache, ann, ben)
     assert backend.calls == 1  # one generation for two identical questions asked at once
     assert not first.cached and second.cached and second.text == first.text
@@ -218,16 +219,11 @@ def test_identical_questions_at_once_generate_once_and_a_failed_leader_frees_its
 
 
 def test_a_refusal_is_cached_only_as_a_refusal_for_the_same_evidence(db, embedder, chunker):
-    sync(db, embedder, chunker, [
+    outsider, engineer, other = Principal("ann", ()), Principal("ben", ("eng",)), Principal("cid", ("hr",))
+    a, backend, cache = world(db, embedder, chunker, [
         doc("cafe", "# Cafeteria\n\nThe cafeteria opens at noon on weekdays.", access=Access.everyone()),
         warranty(0, 2, Access(groups=("eng",))),
-    ])
-    outsider, engineer, other = Principal("ann", ()), Principal("ben", ("eng",)), Principal("cid", ("hr",))
-    for p in (outsider, engineer, other):
-        PrincipalStore(db).put(p)
-    backend = Counted()
-    cache = AnswerCache()
-    a = assistant(db, embedder, backend, cache)
+    ], outsider, engineer, other)
     refused = a.ask(QUESTION, outsider)
     assert refused.refused and refused.text == REFUSAL and not refused.cached
     answered = a.ask(QUESTION, engineer)  # sees the warranty too: other evidence, not the cached refusal
@@ -241,12 +237,8 @@ def test_a_refusal_is_cached_only_as_a_refusal_for_the_same_evidence(db, embedde
 
 
 def test_streams_fill_the_cache_only_when_complete_and_a_hit_streams_the_cached_text(db, embedder, chunker):
-    sync(db, embedder, chunker, [warranty(0, 2, Access.everyone())])
     ann = Principal("ann", ())
-    PrincipalStore(db).put(ann)
-    backend = Counted()
-    cache = AnswerCache()
-    a = assistant(db, embedder, backend, cache)
+    a, backend, cache = world(db, embedder, chunker, [warranty(0, 2, Access.everyone())], ann)
     abandoned = a.stream(QUESTION, ann)
     pieces = iter(abandoned)
     next(pieces)
@@ -262,12 +254,8 @@ def test_streams_fill_the_cache_only_when_complete_and_a_hit_streams_the_cached_
 
 
 def test_sampled_answers_are_not_cached_and_the_key_holds_the_model(db, embedder, chunker):
-    sync(db, embedder, chunker, [warranty(0, 2, Access.everyone())])
     ann = Principal("ann", ())
-    PrincipalStore(db).put(ann)
-    backend = Counted()
-    cache = AnswerCache()
-    a = assistant(db, embedder, backend, cache)
+    a, backend, cache = world(db, embedder, chunker, [warranty(0, 2, Access.everyone())], ann)
     assert a.ask(QUESTION, ann, temperature=0.7).cache == "off" and len(cache) == 0
     a.ask(QUESTION, ann)
     key = next(iter(cache._entries))
