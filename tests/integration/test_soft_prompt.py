@@ -242,7 +242,8 @@ def test_a_vllm_deployment_refuses_to_register_a_soft_prompt(pg_url, embedder, t
     config.write_text(f'home = "{tmp_path / "home"}"\n')
     namespace = f"s_{uuid.uuid4().hex[:10]}"
     adapters = {"base_model_path": str(tiny_base), **deployment.get("adapters", {})}
-    generation = deployment.get("generation", {"backend": "embedded"})
+    generation = deployment.get("generation", {"backend": "embedded", "options": {
+        "model": str(tiny_base), "engine": "transformers"}})
     settings = Settings.load(config, database_url=pg_url, database={"namespace": namespace}, generation=generation,
                              adapters=adapters)
     try:
@@ -251,8 +252,13 @@ def test_a_vllm_deployment_refuses_to_register_a_soft_prompt(pg_url, embedder, t
                 with pytest.raises(AdapterError, match="vLLM does not serve soft prompts"):
                     cl.adapters.register(trained.output, team="support", actor="test")
                 assert cl.adapters.list() == []
-            else:
-                assert cl.adapters.register(trained.output, team="support", actor="test").rank == 0
+            else:  # the embedded backend: registered, promoted (loaded in process), and it answers
+                adapter = cl.adapters.register(trained.output, team="support", actor="test")
+                assert adapter.rank == 0 and adapter.target_modules == ()
+                cl.adapters.promote(adapter.served_name, actor="test", force=True, drain_s=0)
+                (host,) = cl.adapters.hosts()
+                assert adapter.served_name in host.models()
+                assert answer(host, adapter.served_name) != answer(host, None)
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(namespace)))
