@@ -1,4 +1,4 @@
-// The admin page (served at /admin/admin.js): sources, principals, keys, adapters, audit and "view as",
+// The admin page (served at /admin/admin.js): sources, principals, keys, adapters, feedback, audit and "view as",
 // all through the admin API (/v1/admin/...). Sign-in: an admin API key pasted here (kept in session storage
 // and sent as a bearer token), or the identity provider's session cookie when OpenID Connect is configured.
 //
@@ -173,7 +173,7 @@
 
   // -- views -----------------------------------------------------------------------------------------
   const LOADERS = { sources: loadSources, principals: loadPrincipals, keys: loadKeys, adapters: loadAdapters,
-                    audit: () => searchAudit(false), viewas: () => Promise.resolve() };
+                    feedback: loadFeedback, audit: () => searchAudit(false), viewas: () => Promise.resolve() };
   function select(view) {
     current = view;
     for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.view === view);
@@ -363,6 +363,67 @@
     } catch (e) { shown(e); }
   }
 
+  // feedback: per team and adapter version, and the latest rows. Shown, never given: only the asker rates an answer.
+  const percent = (v) => typeof v === "number" ? Math.round(v * 100) + "%" : "";
+  function bestShares(summary) {  // team -> the best up share among its models, where a team has several rated
+    const seen = {}, best = {};
+    for (const s of summary) {
+      if (!s.total) continue;
+      const team = str(s.team);
+      seen[team] = (seen[team] || 0) + 1;
+      best[team] = Math.max(best[team] ?? 0, s.up_share);
+    }
+    for (const team of Object.keys(best)) if (seen[team] < 2) delete best[team];
+    return best;
+  }
+  function shareCell(s, best) {
+    const top = best[str(s.team)];
+    if (top === undefined || !s.total) return percent(s.up_share);
+    const behind = Math.round((top - s.up_share) * 100);
+    return node("span", {}, percent(s.up_share), " ", behind > 0
+      ? node("span", { className: "worse" }, "\u2212" + behind + " pts vs the team's best") : pill("best", "ok"));
+  }
+  async function loadFeedback() {
+    const t = ticket("feedback");
+    const q = new URLSearchParams({ limit: "100" });
+    const filters = { team: $("f-team").value.trim(), model: $("f-model").value.trim(), rating: $("f-rating").value };
+    for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
+    const body = await api("GET", "/v1/admin/feedback?" + q.toString());
+    if (!isLatest("feedback", t)) return;
+    const summary = rowsOf(body, "summary"), rows = rowsOf(body, "rows");
+    const best = bestShares(summary);
+    const team = (x) => x.team === null || x.team === undefined ? node("span", { className: "muted" }, "no team") : str(x.team);
+    summary.forEach((s) => { s.__data = { team: str(s.team), model: str(s.model) }; });
+    $("feedback-empty").hidden = summary.length > 0;
+    table("feedback-summary-table", [
+      { label: "Team", cls: "team", cell: team },
+      { label: "Model", cls: "model", cell: (s) => node("code", {}, str(s.model)) },
+      { label: "Up", cls: "num up", cell: (s) => str(s.up) },
+      { label: "Down", cls: "num down", cell: (s) => str(s.down) },
+      { label: "Corrected", cls: "num corrected", cell: (s) => str(s.corrected) },
+      { label: "Up share", cls: "share", cell: (s) => shareCell(s, best) },
+      { label: "Last", cls: "when", cell: (s) => when(s.last_at) },
+    ], summary);
+    rows.forEach((r) => { r.__data = { audit: str(r.audit_id) }; });
+    table("feedback-table", [
+      { label: "At", cls: "when", cell: (r) => when(r.updated_at) },
+      { label: "Rating", cls: "rating", cell: (r) => pill(str(r.rating), r.rating === "up" ? "ok" : "bad") },
+      { label: "Team", cls: "team", cell: team },
+      { label: "Model", cls: "model", cell: (r) => node("code", {}, str(r.model)) },
+      { label: "Asker", cls: "asker", cell: (r) => str(r.principal) },
+      { label: "Question", cls: "question", cell: (r) => str(r.question) },
+      { label: "Reason", cls: "reason", cell: (r) => str(r.reason) },
+      { label: "Correction", cls: "correction", cell: (r) => r.correction === null || r.correction === undefined
+        ? node("span", { className: "muted" }, "none") : node("div", { className: "payload" }, str(r.correction)) },
+      { label: "", cls: "actions", cell: (r) => node("button", { type: "button", className: "small replay",
+        title: "Replay the evidence this answer was shown (audited)", onclick: () => replayAnswer(r.audit_id) }, "Answer #" + str(r.audit_id)) },
+    ], rows);
+  }
+  function replayAnswer(id) {  // the answer's audit row, replayed in the audit view
+    select("audit");
+    replay(id);
+  }
+
   // audit: filters, older rows, chain verification, replay of an answer
   const PAGE = 50;
   const REPLAYABLE = new Set(["ask/answer", "search/search", "admin/impersonate"]);  // rows that record chunks shown
@@ -466,6 +527,7 @@
   onSubmit("principal-form", savePrincipal);
   onSubmit("key-form", createKey);
   onSubmit("audit-form", () => searchAudit(false).catch(shown));
+  onSubmit("feedback-form", () => refresh("feedback"));
   onSubmit("viewas-form", viewAs);
   $("logout").addEventListener("click", signOut);
   $("tabs").addEventListener("click", (ev) => {
