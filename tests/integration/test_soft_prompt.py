@@ -14,7 +14,7 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from citeline.contracts.generator import ChatMessage, GenerationRequest
-from citeline.errors import AdapterError, GenerationError
+from citeline.errors import AdapterError, GenerationError, TrainingError
 from citeline.facade import Citeline
 from citeline.generation.local import EmbeddedBackend
 from citeline.lora.evaluation import evaluate_adapter, heldout_examples, load_rules
@@ -94,6 +94,32 @@ def test_training_writes_a_peft_prompt_tuning_folder_whose_heldout_loss_drops(tr
     assert len(heldout_examples(out)) == 3  # `adapter eval` finds the held-out split
     assert preflight(out, base_model_dir=tiny_base, max_rank=8) == []
     assert not (out / "checkpoints").exists()
+
+
+def test_an_interrupted_soft_prompt_resumes_to_the_same_result(tiny_base, tmp_path):
+    import threading
+
+    import torch
+    from safetensors.torch import load_file
+
+    data = write(tmp_path, [chat(i) for i in range(22)])
+
+    def run(out: Path, **kw):
+        return train_adapter(TrainingConfig(team="support", data=data, output=out, base_model=tiny_base, epochs=2,
+                                            save_every=2, threads=2, virtual_tokens=4, learning_rate=0.1), **kw)
+
+    straight = run(tmp_path / "straight")
+    stop = threading.Event()
+    first = run(tmp_path / "resumed", stop=stop, progress=lambda p: p.step == 3 and stop.set())
+    assert not first.completed and first.step == 3
+    with pytest.raises(TrainingError, match="another training run.*virtual_tokens"):  # not continued as another run
+        train_adapter(TrainingConfig(team="support", data=data, output=tmp_path / "resumed", base_model=tiny_base,
+                                     epochs=2, threads=2, virtual_tokens=5, learning_rate=0.1))
+    second = run(tmp_path / "resumed")
+    assert second.completed and second.resumed_from == 3
+    assert second.losses == pytest.approx(straight.losses, rel=1e-4)
+    a, b = (load_file(str(tmp_path / n / ADAPTER_WEIGHTS))[SOFT_PROMPT_TENSOR] for n in ("resumed", "straight"))
+    assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_a_lying_manifest_is_refused(trained, tmp_path):
