@@ -9,6 +9,7 @@ read are re-exported here for the same reason.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -26,6 +27,7 @@ from citeline.lora.data import DataReport
 from citeline.lora.evaluation import EvalReport as AdapterEvalReport
 from citeline.lora.evaluation import PromotionDecision
 from citeline.lora.feedback_data import FeedbackData
+from citeline.lora.registry import AdapterVersion
 from citeline.lora.soft_prompt import DEFAULT_VIRTUAL_TOKENS, PROMPT_LEARNING_RATE
 from citeline.lora.training import TrainingConfig, TrainingProgress, TrainingResult
 from citeline.settings import Settings
@@ -64,14 +66,22 @@ __all__ = [
 # -- team adapters: data, training, evaluation ----------------------------------------------------------
 def base_model(base: Path | None = None, config: str | Path | None = None) -> Path:
     """The local base model folder adapters are trained and evaluated on: ``base`` (a Hugging Face model
-    folder), else the built-in SmolLM2-135M-Instruct, converted once into ``<home>/models``."""
+    folder), else ``adapters.base_model_path`` (the copy of the served base that registration checks against),
+    else the built-in SmolLM2-135M-Instruct, converted once into ``<home>/models``."""
+    settings = Settings.load(config) if base is None else None
+    if settings is not None and settings.adapters.base_model_path is not None:
+        base = settings.resolve_path(settings.adapters.base_model_path)
+        if not (base / "config.json").is_file():
+            raise ConfigError(f"adapters.base_model_path {base} is not a local Hugging Face model folder (no "
+                              "config.json): point it at a local copy of the served base model")
     if base is not None:
         if not (base / "config.json").is_file():
             raise ConfigError(f"--base {base} is not a local Hugging Face model folder (no config.json)")
         return base.resolve()
     from citeline.generation.local import ensure_base_model
 
-    return ensure_base_model(Settings.load(config).home)
+    assert settings is not None
+    return ensure_base_model(settings.home)
 
 
 def _tokenizer(base: Path) -> Any:  # transformers' tokenizer types are heavy to import here
@@ -100,11 +110,12 @@ def train_adapter(team: str, data: Path, *, base: Path | None = None, output: Pa
                   start_from: str | None = None, **options: Any) -> TrainingResult:
     """Train ``team``'s LoRA adapter into ``output`` (default ``<home>/adapters/<team>``).
 
-    ``method``: ``sft`` (chat examples), ``dpo`` (preference pairs, :mod:`citeline.lora.preference`: ``beta``,
-    and ``start_from``: ``base`` (default), ``active`` (the team's active adapter in the registry) or an adapter
-    folder), or ``prompt`` (a soft prompt on chat examples, :mod:`citeline.lora.soft_prompt`: ``virtual_tokens``,
-    ``init_text``; learning rate ``PROMPT_LEARNING_RATE`` unless given). ``options``: the other
-    :class:`TrainingConfig` fields (rank, alpha, epochs, learning_rate, ...).
+    ``method``: ``sft`` (chat examples), ``dpo`` (preference pairs, :mod:`citeline.lora.preference`: ``beta``) or
+    ``prompt`` (a soft prompt on chat examples, :mod:`citeline.lora.soft_prompt`: ``virtual_tokens``, ``init_text``;
+    learning rate ``PROMPT_LEARNING_RATE`` unless given).
+    ``start_from``: ``base`` (default: a fresh adapter), ``active`` (continue the team's active adapter in the
+    registry) or an adapter folder. ``options``: the other :class:`TrainingConfig` fields (rank, alpha, epochs,
+    learning_rate, ...).
     """
     from citeline.lora.training import train_adapter as train
 
@@ -116,13 +127,12 @@ def train_adapter(team: str, data: Path, *, base: Path | None = None, output: Pa
                               "its init text")
         options = {"learning_rate": PROMPT_LEARNING_RATE, **options, "virtual_tokens": options.get(
             "virtual_tokens") or DEFAULT_VIRTUAL_TOKENS}
-    if method == "sft" and start_from not in (None, "base"):
-        raise ConfigError("--start-from is for --method dpo (SFT trains a fresh adapter on the base)")
     base_dir = base_model(base, config)
     out = output or Settings.load(config).home / "adapters" / team
     cfg = TrainingConfig(team=team, data=data, output=out, base_model=base_dir, **options)
-    if method in ("sft", "prompt"):
-        return train(cfg, progress=progress, stop=stop, resume=resume)
+    if method in ("sft", "prompt"):  # from the base, or continuing an adapter (e.g. the active one, on corrections)
+        return train(replace(cfg, start_from=_start_from(team, start_from, config)), progress=progress, stop=stop,
+                     resume=resume)
     from citeline.lora.preference import train_dpo
 
     return train_dpo(cfg, beta=beta, start_from=_start_from(team, start_from, config), progress=progress, stop=stop)
@@ -144,34 +154,80 @@ def _start_from(team: str, start_from: str | None, config: str | Path | None) ->
     return path
 
 
-def evaluate_adapter(adapter: Path, rules: Path, *, base: Path | None = None, config: str | Path | None = None,
-                     heldout_file: Path | None = None, limit: int | None = None, max_tokens: int = 256,
-                     grounding_user: str | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[AdapterEvalReport,
+def evaluate_adapter(adapter: Path | str, rules: Path, *, base: Path | None = None,
+                     config: str | Path | None = None, heldout_file: Path | None = None, limit: int | None = None,
+                     max_tokens: int = 256, grounding_user: str | None = None, against: str | None = "active",
+                     actor: str = "api", progress: Callable[[int, int], None] | None = None) -> tuple[AdapterEvalReport,
                                                                                     PromotionDecision]:
-    """Adapter vs base model vs prompting baseline on held-out prompts (written to ``citeline_eval.json`` in
-    the adapter folder), and whether that makes it fit to promote.
+    """Adapter vs base model vs prompting baseline vs the team's current adapter on held-out prompts (written
+    to ``citeline_eval.json`` in the adapter folder), and whether that makes it fit to promote.
 
-    ``grounding_user``: also ask the held-out questions through the assistant as this principal (needs the
-    index), with and without the adapter.
+    ``adapter``: a folder, or the served name of a registered adapter (its copy in the store is evaluated, and
+    the report written there is what the promotion gate reads). ``against``: the adapter the new one must beat:
+    ``active`` (default: the team's active adapter in the registry, if it has one), ``none``, or a registered
+    served name. ``grounding_user``: also ask the held-out questions through the assistant as this principal
+    (needs the index), with each model. ``actor``: who, in the audit row that records a registered adapter's
+    new numbers.
     """
     from citeline.lora import evaluation as lora_eval
+    from citeline.lora.manifest import AdapterManifest
 
     base_dir = base_model(base, config)
-    name = adapter.name or "adapter"
     team_rules = lora_eval.load_rules(rules)
-    examples = lora_eval.heldout_examples(adapter, data=heldout_file)[:limit]
+    folder, current = _eval_subjects(adapter, against, team_rules.team, config)
+    name = folder.name or "adapter"
+    examples = lora_eval.heldout_examples(folder, data=heldout_file)[:limit]
     backend = _embedded_backend(Settings.load(config), base_dir)
-    backend.load_adapter(name, adapter)
-    report = lora_eval.evaluate_adapter(adapter, team_rules, backend, adapter_name=name, examples=examples,
-                                        max_tokens=max_tokens, progress=progress)
+    backend.load_adapter(name, folder)
+    if current is not None:
+        backend.load_adapter(current.served_name, current.path)
+    current_name = current.served_name if current is not None else None
+    if not team_rules.team and (manifest := AdapterManifest.read(folder)) is not None and manifest.team:
+        team_rules = replace(team_rules, team=manifest.team)
+    report = lora_eval.evaluate_adapter(folder, team_rules, backend, adapter_name=name, examples=examples,
+                                        max_tokens=max_tokens, current=current_name, progress=progress)
     if grounding_user is not None:
         questions = [lora_eval.question_of(p) for p in report.prompts]
         with Citeline.open(config) as cl:
-            grounding = _grounding(cl, backend, grounding_user, questions, adapter_name=name, max_tokens=max_tokens)
+            grounding = _grounding(cl, backend, grounding_user, questions, adapter_name=name, current=current_name,
+                                   max_tokens=max_tokens)
         report = replace(report, grounding=grounding)
-    report.write(adapter)
+    report.write(folder)
+    if isinstance(adapter, str) and not Path(adapter).is_dir():  # a served name: the registry's numbers too
+        with Citeline.open(config) as cl:
+            cl.adapters.record_evaluation(adapter, actor=actor)
     return report, lora_eval.decide_promotion(report)
+
+
+def _eval_subjects(adapter: Path | str, against: str | None, team: str,
+                   config: str | Path | None) -> tuple[Path, AdapterVersion | None]:
+    """The folder to evaluate, and the registered adapter it must beat (None: no comparison)."""
+    from citeline.lora.manifest import AdapterManifest
+
+    folder = Path(adapter)
+    registered = not folder.is_dir() and isinstance(adapter, str) and "/" not in adapter
+    if not registered and not folder.is_dir():
+        raise ConfigError(f"{adapter} is neither an adapter folder nor a registered adapter's served name")
+    if not registered and against in (None, "none"):
+        return folder, None
+    with Citeline.open(config) as cl:
+        if registered:
+            folder = cl.adapters.require(str(adapter)).path
+        manifest = AdapterManifest.read(folder)
+        team = team or (manifest.team if manifest and manifest.team else "")
+        if against in (None, "none"):
+            return folder, None
+        current: AdapterVersion | None
+        if against != "active":
+            current = cl.adapters.require(against)
+        elif not team:
+            raise ConfigError(f"which team's active adapter? {folder} names no team (its manifest) and neither does "
+                              "the rules file: add team = \"...\" to the rules file, or pass --against none")
+        else:
+            current = cl.adapters.active(team)
+    if current is not None and current.path.resolve() == folder.resolve():
+        return folder, None  # the active adapter itself: nothing to beat but the baseline
+    return folder, current
 
 
 def _embedded_backend(settings: Settings, base_dir: Path) -> Any:
@@ -186,14 +242,16 @@ def _embedded_backend(settings: Settings, base_dir: Path) -> Any:
 
 
 def _grounding(cl: Citeline, backend: Any, user: str, questions: Sequence[str], *, adapter_name: str,
-               max_tokens: int) -> Any:
+               current: str | None, max_tokens: int) -> Any:
     from citeline.answers.assistant import Assistant
     from citeline.lora.evaluation import grounding_check
     from citeline.settings import GenerationSettings
 
-    assistant = Assistant(cl.retriever, backend, cl.audit, answer=cl.settings.answer,
+    # verification off: a fallback would put the extractive answer in place of each model's, and hide the difference
+    answer = cl.settings.answer.model_copy(update={"verify": "off"})
+    assistant = Assistant(cl.retriever, backend, cl.audit, answer=answer,
                           generation=GenerationSettings(max_tokens=max_tokens))
-    return grounding_check(assistant, cl.principals.get(user), questions, adapter_name=adapter_name)
+    return grounding_check(assistant, cl.principals.get(user), questions, adapter_name=adapter_name, current=current)
 
 
 def feedback_training_data(team: str, output: Path, *, base: Path | None = None, config: str | Path | None = None,
@@ -216,6 +274,9 @@ def feedback_training_data(team: str, output: Path, *, base: Path | None = None,
                                max_tokens=max_tokens)
     files = data.write(output)
     report = check_data(files["sft"], count_tokens=counter, max_tokens=max_tokens, heldout=heldout, seed=seed)
+    files["sft_heldout"] = output / "sft.heldout.jsonl"  # the examples `adapter train` will hold out (same split):
+    files["sft_heldout"].write_text("".join(json.dumps(e.as_json(), ensure_ascii=False) + "\n"  # any adapter's
+                                            for e in report.split.heldout), encoding="utf-8")  # --heldout-file
     return data, report, files
 
 

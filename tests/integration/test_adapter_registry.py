@@ -181,3 +181,48 @@ def test_an_evaluated_adapter_is_gated_by_the_evaluations_own_rule(registry, ada
     assert any("grounding was not measured" in p for p in problems)
     with pytest.raises(AdapterError, match="grounding was not measured"):
         promote(registry, [], adapter.served_name, drain_s=0)
+
+
+def test_replacing_the_active_adapter_needs_an_evaluation_against_it_that_beats_it(registry, adapters, smollm2_dir,
+                                                                                   tmp_path):
+    """An evaluation report decides; it must name the team's active adapter, and the new one must beat it."""
+    from citeline.lora.evaluation import EvalReport, Grounding, ModelScores
+
+    def evaluated(name: str, source: str, current: str | None, adapter=(0.9, 0.5), previous=(0.8, 0.4)) -> Path:
+        folder = shutil.copytree(adapters[source], tmp_path / name)
+        scores = {k: ModelScores(k, c, {}, s, ()) for k, (c, s) in
+                  (("adapter", adapter), ("base", (0.1, 0.1)), ("baseline", (0.2, 0.1)))}
+        if current is not None:
+            scores["current"] = ModelScores("current", *previous[:1], {}, previous[1], ())
+        grounding = Grounding(4, 4, 1, 4, 4, *((4, 4) if current else (None, None)))
+        EvalReport(str(folder), "support", 10, ("bullets",), scores, grounding, 1.0, current=current).write(folder)
+        return folder
+
+    first = register(registry, evaluated("first", "v1", None), "support", smollm2_dir)
+    assert promotion_problems(first, registry.active("support")) == []  # the team has none yet
+    promote(registry, [], first.served_name, drain_s=0)
+
+    blind = register(registry, evaluated("blind", "v2", None), "support", smollm2_dir)  # never compared with first
+    (problem,) = promotion_problems(blind, registry.active("support"))
+    assert f"evaluated without the team's active adapter, not against {first.served_name}" in problem
+    with pytest.raises(AdapterError, match=f"not against {first.served_name}"):
+        promote(registry, [], blind.served_name, drain_s=0)
+
+    # re-evaluated against the active one (`citeline adapter eval <served name>` writes into the stored copy)
+    (evaluated("worse", "v2", first.served_name, adapter=(0.7, 0.5)) / "citeline_eval.json").replace(
+        blind.path / "citeline_eval.json")
+    with pytest.raises(AdapterError, match=f"does not beat the team's current adapter {first.served_name}"):
+        promote(registry, [], blind.served_name, drain_s=0)
+    assert registry.active("support").served_name == first.served_name  # nothing changed
+
+    metrics_only = register(registry, with_metrics(shutil.copytree(adapters["sales"], tmp_path / "m"), smollm2_dir,
+                                                   format_compliance=0.9, baseline_format_compliance=0.2),
+                            "support", smollm2_dir)
+    assert any(f"no evaluation against {first.served_name}" in p
+               for p in promotion_problems(metrics_only, registry.active("support")))
+
+    better = evaluated("better", "v2", first.served_name)
+    (better / "citeline_eval.json").replace(blind.path / "citeline_eval.json")  # `adapter eval <served name>`
+    assert promotion_problems(registry.require(blind.served_name), registry.active("support")) == []
+    promote(registry, [], blind.served_name, drain_s=0)
+    assert registry.active("support").served_name == blind.served_name

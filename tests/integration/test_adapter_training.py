@@ -173,7 +173,7 @@ def test_cli_train_then_eval(tiny_base: Path, data: Path, tmp_path: Path):
     assert trained.exit_code == 0, trained.output
     assert json.loads(trained.output)["completed"] is True
     evaluated = runner.invoke(app, ["adapter", "eval", str(out), "--rules", str(SUPPORT / "rules.toml"), "--base",
-                                    str(tiny_base), "--max-tokens", "8", "--json"])
+                                    str(tiny_base), "--max-tokens", "8", "--against", "none", "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     body = json.loads(evaluated.output)
     assert body["examples"] == 3 and set(body["scores"]) == {"adapter", "base", "baseline"}

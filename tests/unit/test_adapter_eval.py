@@ -99,3 +99,54 @@ def test_the_report_file_round_trips(tmp_path: Path):
     assert again.scores["adapter"].compliance == 0.8 and again.grounding == original.grounding
     assert again.scores["adapter"].outputs == original.scores["adapter"].outputs
     assert EvalReport.read(tmp_path / "nothing") is None
+
+
+def with_current(adapter: EvalReport, compliance: float, similarity: float) -> EvalReport:
+    """``adapter`` as if it had been compared with a current adapter of these scores."""
+    from dataclasses import replace
+
+    from citeline.lora.evaluation import ModelScores
+
+    current = ModelScores("current", compliance, {}, similarity, ())
+    return replace(adapter, scores={**adapter.scores, "current": current}, current="support-0123456789ab")
+
+
+def test_a_new_adapter_must_beat_the_current_one_on_format_and_references_without_grounding_worse():
+    new = report(0.8, 0.3, Grounding(10, 8, 2, 8, 6, 8, 6))
+    similarity = new.scores["adapter"].similarity
+    better = decide_promotion(with_current(new, 0.7, similarity - 0.1))
+    assert better.promote and any("beats the team's current adapter support-0123456789ab" in r for r in better.reasons)
+    assert decide_promotion(with_current(new, 0.8, similarity - 0.01)).promote  # equal format, closer references
+    assert decide_promotion(with_current(new, 0.7, similarity)).promote  # better format, the same references
+
+    for compliance, sim in ((0.8, similarity), (0.9, similarity - 0.1), (0.7, similarity + 0.01)):
+        refused = decide_promotion(with_current(new, compliance, sim))  # a tie, or worse on one of the two
+        assert not refused.promote, (compliance, sim)
+        assert any(r.startswith("does not beat the team's current adapter") and "keep support-" in r
+                   for r in refused.reasons)
+    forced = decide_promotion(with_current(new, 0.9, similarity), force=True)
+    assert forced.promote and forced.forced
+
+    less_grounded = replace_grounding(with_current(new, 0.7, 0.0), Grounding(10, 8, 2, 8, 5, 8, 7))
+    decision = decide_promotion(less_grounded)  # better than the base's 25%, worse than the current's 88%
+    assert not decision.promote and "drop from 88% with the current adapter" in decision.reasons[-1]
+
+
+def replace_grounding(r: EvalReport, g: Grounding) -> EvalReport:
+    from dataclasses import replace
+
+    return replace(r, grounding=g)
+
+
+def test_the_report_keeps_the_current_adapter_it_was_compared_with(tmp_path: Path):
+    original = replace_grounding(with_current(report(0.8, 0.3, None), 0.5, 0.2), Grounding(4, 3, 1, 3, 3, 3, 2))
+    original.write(tmp_path)
+    again = EvalReport.read(tmp_path)
+    assert again is not None and again.current == "support-0123456789ab"
+    assert again.scores["current"].compliance == 0.5 and again.grounding == original.grounding
+    assert again.grounding is not None and again.grounding.current_share == 2 / 3
+    legacy = report(0.8, 0.3, Grounding(10, 8, 6, 7, 6))  # a report from before the comparison existed
+    legacy.write(tmp_path)
+    old = EvalReport.read(tmp_path)
+    assert old is not None and old.current is None and old.grounding is not None
+    assert old.grounding.current_share is None

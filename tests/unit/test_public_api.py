@@ -54,7 +54,7 @@ def test_unknown_plugin_error_lists_what_is_installed():
 AUDITED = {
     "admin": {"add_principal", "delete_principal", "remove_principal", "import_principals", "create_key",
               "revoke_key"},
-    "adapters": {"register", "register_from", "promote", "retire", "sync"},
+    "adapters": {"register", "register_from", "promote", "retire", "sync", "record_evaluation"},
     "sync_jobs": {"start"},
     "inspect": {"search_as", "ask_as", "replay"},
     "principal_sources": {"sync", "apply"},

@@ -21,6 +21,7 @@ from citeline.cli._common import (
     ConfigOption,
     JsonOption,
     PlainTable,
+    cli_actor,
     console,
     err_console,
     escape,
@@ -116,8 +117,8 @@ def train(
                                                   show_default=False)] = None,
     beta: Annotated[float, typer.Option("--beta", min=0.001, help="with --method dpo: how far from the starting "
                                         "model the preferences may pull")] = 0.1,
-    start_from: Annotated[str | None, typer.Option("--start-from", help="with --method dpo: base (default), active "
-                                                   "(the team's active adapter) or an adapter folder",
+    start_from: Annotated[str | None, typer.Option("--start-from", help="base (default: a fresh adapter), active "
+                                                   "(continue the team's active adapter) or an adapter folder",
                                                    show_default=False)] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: all cores)",
                                                 show_default=False)] = None,
@@ -172,16 +173,18 @@ def train(
                           f"chosen preferred on {m.get('dpo_heldout_preferred', 0):.0%} of held-out pairs",
                           highlight=False, markup=False)
             return
+        start = f", {m['start_heldout_loss']:.3f} (start)" if "start_heldout_loss" in m else ""
         console.print(f"adapter written to {result.output}{resumed} in {result.seconds:.0f} s: held-out loss "
-                      f"{m.get('base_heldout_loss', 0):.3f} (base) → {m.get('heldout_loss', 0):.3f}", highlight=False,
-                      markup=False)
+                      f"{m.get('base_heldout_loss', 0):.3f} (base){start} → {m.get('heldout_loss', 0):.3f}",
+                      highlight=False, markup=False)
     if not result.completed:
         raise typer.Exit(130 if stop.is_set() else 1)
 
 
 @app.command("eval")
 def evaluate(
-    adapter: Annotated[Path, typer.Argument(help="the adapter folder `citeline adapter train` wrote")],
+    adapter: Annotated[str, typer.Argument(help="the adapter folder `citeline adapter train` wrote, or a registered "
+                                           "adapter's served name (its stored copy is evaluated)")],
     rules: Annotated[Path, typer.Option("--rules", help="the team's rules file (format rules, system prompt)")],
     heldout_file: Annotated[Path | None, typer.Option("--heldout-file", help="evaluation examples (default: the "
                                                       "training data's held-out split)", show_default=False)] = None,
@@ -193,10 +196,13 @@ def evaluate(
                                             "through the assistant (needs the index: citeline sync)")] = False,
     as_user: Annotated[str | None, typer.Option("--as", metavar="USER", help="with --grounding: " + AS_USER_HELP,
                                                 show_default=False)] = None,
+    against: Annotated[str, typer.Option("--against", help="the adapter to beat: active (the team's active adapter, "
+                                         "if any), none, or a registered served name")] = "active",
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Adapter vs base model vs prompting baseline on held-out prompts; writes citeline_eval.json."""
+    """Adapter vs base model vs prompting baseline vs the team's active adapter on held-out prompts; writes
+    citeline_eval.json."""
     if grounding and not as_user:
         fail("--grounding needs --as USER: the principal whose documents the questions are answered from")
     prepare()
@@ -206,7 +212,7 @@ def evaluate(
         task = bar.add_task("eval", total=None)
         report, decision = workflows.evaluate_adapter(
             adapter, rules, base=base, config=config, heldout_file=heldout_file, limit=limit, max_tokens=max_tokens,
-            grounding_user=as_user if grounding else None,
+            grounding_user=as_user if grounding else None, against=against, actor=cli_actor(),
             progress=lambda i, n: bar.update(task, completed=i, total=n))
     if as_json:
         print_json({**report.as_dict(), "decision": {"promote": decision.promote, "reasons": list(decision.reasons)}})
@@ -217,15 +223,17 @@ def evaluate(
 def _print_evaluation(report: AdapterEvalReport, decision: PromotionDecision) -> None:
     table = PlainTable("model", "compliant", *report.rules, "ROUGE-L", title=f"{report.examples} held-out prompts",
                        title_justify="left")
-    labels = {"base": "base model", "baseline": "prompting baseline", "adapter": "adapter"}
-    for key in ("base", "baseline", "adapter"):
+    labels = {"base": "base model", "baseline": "prompting baseline", "current": f"current ({report.current})",
+              "adapter": "adapter"}
+    for key in (k for k in labels if k in report.scores):
         s = report.scores[key]
         table.add_row(labels[key], f"{s.compliance:.0%}", *(f"{s.per_rule[r]:.0%}" for r in report.rules),
                       f"{s.similarity:.3f}")
     console.print(table)
     if report.grounding is not None:
         g = report.grounding
-        console.print(f"grounded answers: {g.base_share:.0%} without the adapter, {g.adapter_share:.0%} with it",
-                      highlight=False)
+        current = "" if g.current_share is None else f", {g.current_share:.0%} with the current adapter"
+        console.print(f"grounded answers: {g.base_share:.0%} without the adapter, {g.adapter_share:.0%} with it"
+                      f"{current}", highlight=False, markup=False)
     verdict = Text("fit to promote", style="green") if decision.promote else Text("not fit to promote", style="red")
     console.print(verdict.append(": " + "; ".join(decision.reasons), style=None), highlight=False)

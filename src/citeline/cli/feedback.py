@@ -44,8 +44,9 @@ def report(
 @data_app.command("from-feedback")
 def from_feedback(
     team: Annotated[str, typer.Option("--team", help="the team whose answers' feedback becomes data")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="folder for sft.jsonl, pairs.jsonl, "
-                                         "pairs.heldout.jsonl (and drafts.jsonl)")] = Path("feedback-data"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for sft.jsonl, sft.heldout.jsonl, "
+                                         "pairs.jsonl, pairs.heldout.jsonl (and drafts.jsonl)")] = Path(
+        "feedback-data"),
     base: Annotated[Path | None, typer.Option("--base", help="local base model folder whose tokenizer counts "
                                               "tokens (default: the built-in SmolLM2)", show_default=False)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, help="longest example, in the base model's "

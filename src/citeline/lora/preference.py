@@ -18,7 +18,8 @@ and torch, like :mod:`citeline.lora.training` (TRL's DPOTrainer would bring data
   the prompting baseline and, through the registry, the current adapter) and ``adapter register``'s
   preflight run on it as on any adapter.
 
-Not here (yet): checkpoints and resuming (a DPO run on feedback pairs is short), QLoRA.
+``qlora=True`` loads the base in 4 bits on a CUDA GPU, as SFT does (the adapter's weights stay in full
+precision). Not here (yet): checkpoints and resuming (a DPO run on feedback pairs is short).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from citeline.lora.training import (
     _load_model,
     _optimizer,
     _quiet,
+    qlora_missing,
 )
 
 __all__ = ["HELDOUT_FILE", "PreferencePairLine", "read_pairs", "train_dpo"]
@@ -143,22 +145,6 @@ def _dpo_loss(policy: tuple[Any, Any], reference: tuple[Any, Any], beta: float) 
     return -torch.nn.functional.logsigmoid(beta * margin).mean(), margin > 0
 
 
-def _load(config: TrainingConfig, start_from: Path | None) -> tuple[Any, Any]:
-    if start_from is None:
-        return _load_model(config)
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    problems = preflight(start_from, base_model_dir=Path(config.base_model), max_rank=256)
-    if problems:
-        raise TrainingError(f"cannot start from {start_from}: " + "; ".join(p.message for p in problems))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base = AutoModelForCausalLM.from_pretrained(config.base_model, local_files_only=True, dtype=torch.float32)
-    base.to(device)  # type: ignore[arg-type]
-    return PeftModel.from_pretrained(base, start_from, is_trainable=True), device
-
-
 def _evaluate(model: Any, pairs: Sequence[_Encoded], reference: tuple[Any, Any], pad_id: int | None, device: Any,
               beta: float) -> tuple[float, float]:
     """(mean DPO loss, share of pairs preferred more than the reference does) on ``pairs``."""
@@ -196,8 +182,9 @@ def train_dpo(config: TrainingConfig, *, beta: float = 0.1, start_from: Path | N
     """DPO on ``config.data`` (pairs) into ``config.output``; see the module docstring."""
     started = time.monotonic()
     _check_config(config)
-    if config.qlora:
-        raise TrainingError("--method dpo does not do QLoRA yet: train without --qlora")
+    if config.qlora and (missing := qlora_missing()):
+        raise TrainingError(f"--qlora needs {' and '.join(missing)}; this machine lacks them. Train without "
+                            "--qlora (full-precision LoRA, fine on CPU for small models) or run on a GPU machine")
     if beta <= 0:
         raise TrainingError(f"--beta must be positive, not {beta}")
     pairs, problems = read_pairs(config.data)
@@ -221,7 +208,7 @@ def train_dpo(config: TrainingConfig, *, beta: float = 0.1, start_from: Path | N
                         encode(tokenizer, p.example(p.rejected), config.max_tokens))
 
     train, held = [enc(pairs[i]) for i in train_idx], [enc(pairs[i]) for i in held_idx]
-    model, device = _load(config, start_from)
+    model, device = _load_model(replace(config, start_from=start_from) if start_from else config)
     pad = tokenizer.pad_token_id
     ref_train = _reference(model, train, pad, device, config.batch_size)
     ref_held = _reference(model, held, pad, device, config.batch_size)

@@ -75,6 +75,7 @@ _LOCK_FOR_FLIP = "SELECT team, status FROM adapters WHERE served_name = %s FOR U
 _RETIRE_ACTIVE = f"UPDATE adapters SET status = 'retired' WHERE team = %s AND status = 'active' RETURNING {_COLUMNS}"
 _ACTIVATE = "UPDATE adapters SET status = 'active', promoted_at = now() WHERE served_name = %s"
 _RETIRE = f"UPDATE adapters SET status = 'retired' WHERE served_name = %s RETURNING {_COLUMNS}"
+_METRICS = f"UPDATE adapters SET metrics = metrics || %s::jsonb WHERE served_name = %s RETURNING {_COLUMNS}"
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,15 @@ class AdapterRegistry:
             if audit is not None:
                 audit(conn, previous)
         return previous
+
+    def record_evaluation(self, served_name: str, *, conn: psycopg.Connection | None = None) -> AdapterVersion:
+        """Record the numbers of the stored copy's ``citeline_eval.json`` (``adapter eval`` of a served name)."""
+        adapter = self.require(served_name)
+        with self._tx(conn) as c:
+            row = c.cursor(row_factory=_ROWS).execute(_METRICS, (json.dumps(evaluation_metrics(adapter.path)),
+                                                                 served_name)).fetchone()
+        assert row is not None
+        return row
 
     def retire(self, served_name: str, *, conn: psycopg.Connection | None = None) -> AdapterVersion:
         """Withdraw an adapter (its team falls back to the base model if it was active)."""

@@ -215,7 +215,8 @@ def promote(registry: AdapterRegistry, hosts: Sequence[AdapterHost], served_name
     """Load ``served_name`` everywhere, make it its team's active adapter, then unload the old version.
 
     Refuses (``AdapterError``, nothing changed) when the evaluation says the adapter does not beat the
-    prompting baseline (unless ``force``), when it fails its preflight, or when any host cannot load it.
+    prompting baseline or the team's active adapter (unless ``force``), when it fails its preflight, or when
+    any host cannot load it.
     ``on_flip`` runs right after the registry changed (e.g. to invalidate an in-process router's cache).
     ``audit(conn, previous)`` writes the promotion's audit row in the flip's own transaction: if it fails,
     the team keeps its adapter and the new one is unloaded again.
@@ -223,7 +224,7 @@ def promote(registry: AdapterRegistry, hosts: Sequence[AdapterHost], served_name
     adapter = registry.require(served_name)
     if adapter.status == "retired":
         raise AdapterError(f"{served_name} is retired; register the folder again under a new version to use it")
-    if not force and (problems := promotion_problems(adapter)):
+    if not force and (problems := promotion_problems(adapter, registry.active(adapter.team))):
         raise AdapterError(f"{served_name} is not promoted: " + "; ".join(problems) + " (use --force to override)")
     if problems := _checked(adapter, base_model_dir, max_rank):
         raise AdapterError(f"{served_name} failed its preflight: " + "; ".join(problems))

@@ -36,7 +36,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,8 +44,15 @@ from typing import TYPE_CHECKING, Any
 from citeline.errors import TrainingError
 from citeline.lora.batches import Encoded, encode, epoch_order, loss, mean_loss
 from citeline.lora.checkpoints import CHECKPOINTS, load_last_checkpoint, save_checkpoint
-from citeline.lora.data import DataReport, chat_token_counter, check_data
-from citeline.lora.manifest import LLAMA_MODULES, MANIFEST, AdapterManifest, base_model_fingerprint, preflight
+from citeline.lora.data import DataReport, chat_token_counter, check_data, data_hash
+from citeline.lora.manifest import (
+    ADAPTER_WEIGHTS,
+    LLAMA_MODULES,
+    MANIFEST,
+    AdapterManifest,
+    base_model_fingerprint,
+    preflight,
+)
 from citeline.lora.soft_prompt import DEFAULT_INIT_TEXT, MAX_VIRTUAL_TOKENS, SOFT_PROMPT, prompt_tuning_config
 
 if TYPE_CHECKING:
@@ -77,6 +84,7 @@ class TrainingConfig:
     save_every: int = 10
     qlora: bool = False
     threads: int | None = None  # torch CPU threads (default: all cores)
+    start_from: Path | None = None  # an adapter folder to continue training (e.g. the team's active one)
     # set: train a soft prompt (peft prompt tuning) of this many virtual tokens instead of a LoRA adapter
     # (rank, alpha, dropout and target_modules then do not apply); init_text: its TEXT init (None: random)
     virtual_tokens: int | None = None
@@ -89,7 +97,10 @@ class TrainingConfig:
         if self.virtual_tokens is not None:  # a soft prompt: its own keys instead of the LoRA ones
             keys = tuple(k for k in keys if k not in ("rank", "alpha", "dropout", "target_modules"))
             keys += ("virtual_tokens", "init_text")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in keys}
+        run = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in keys}
+        if self.start_from is not None:  # its weights' bytes: another adapter at the same path is another run
+            run["start_from"] = data_hash(Path(self.start_from) / ADAPTER_WEIGHTS)
+        return run
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,7 @@ def train_adapter(config: TrainingConfig, *, progress: Callable[[TrainingProgres
                   stop: threading.Event | None = None, resume: bool = True) -> TrainingResult:
     """Train (or continue training) ``config.team``'s adapter into ``config.output``; see the module docstring."""
     started = time.monotonic()
+    config = _with_start_shape(config)
     _check_config(config)
     if config.qlora and (missing := qlora_missing()):
         raise TrainingError(f"--qlora needs {' and '.join(missing)}; this machine lacks them. Train without "
@@ -167,6 +179,8 @@ def train_adapter(config: TrainingConfig, *, progress: Callable[[TrainingProgres
 
     model, device = _load_model(config)
     base_heldout = mean_loss(model, heldout, tokenizer.pad_token_id, config.batch_size, device, adapter=False)
+    before = {} if config.start_from is None else {"start_heldout_loss": round(mean_loss(  # the adapter it continues
+        model, heldout, tokenizer.pad_token_id, config.batch_size, device, adapter=True), 4)}
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
     optimizer, schedule = _optimizer(model, config.learning_rate, total)
@@ -198,7 +212,7 @@ def train_adapter(config: TrainingConfig, *, progress: Callable[[TrainingProgres
         "train_loss": round(train_loss, 4), "heldout_loss": round(heldout_loss, 4),
         "base_heldout_loss": round(base_heldout, 4), "steps": float(total), "epochs": float(config.epochs),
         "train_examples": float(len(train)), "heldout_examples": float(len(heldout)),
-        "train_seconds": round(seconds, 1)})
+        "train_seconds": round(seconds, 1), **before})
     shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainingResult(config.output, True, total, total, start, seconds, train_loss, heldout_loss, base_heldout,
                           manifest, report, tuple(losses))
@@ -231,6 +245,19 @@ def _quiet() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _with_start_shape(config: TrainingConfig) -> TrainingConfig:
+    """With ``start_from``: the rank, alpha and target modules are the starting adapter's (the manifest says so)."""
+    if config.start_from is None:
+        return config
+    try:
+        raw = json.loads((Path(config.start_from) / "adapter_config.json").read_text())
+        return replace(config, rank=int(raw["r"]), alpha=int(raw["lora_alpha"]),
+                       target_modules=tuple(sorted(raw["target_modules"])))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"cannot start from {config.start_from}: its adapter_config.json is not a LoRA "
+                            f"config ({exc!r}); pass a folder `citeline adapter train` wrote") from exc
 
 
 def _check_config(config: TrainingConfig) -> None:
@@ -269,10 +296,14 @@ def _tokenizer_and_data(config: TrainingConfig) -> tuple[Any, DataReport]:
 
 
 def _load_model(config: TrainingConfig) -> tuple[Any, torch.device]:
+    """The base model with a fresh LoRA, or with ``config.start_from``'s adapter, trainable."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
+    if config.start_from is not None and (problems := preflight(config.start_from, base_model_dir=Path(
+            config.base_model), max_rank=256)):
+        raise TrainingError(f"cannot start from {config.start_from}: " + "; ".join(p.message for p in problems))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kwargs: dict[str, Any] = {"local_files_only": True}
     if config.qlora:
@@ -292,6 +323,8 @@ def _load_model(config: TrainingConfig) -> tuple[Any, torch.device]:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     else:
         base.to(device)  # type: ignore[arg-type]  # transformers types .to() for its own wrapper
+    if config.start_from is not None:
+        return PeftModel.from_pretrained(base, str(config.start_from), is_trainable=True), device
     torch.manual_seed(config.seed)  # LoRA A's (or a random soft prompt's) initialisation
     if config.virtual_tokens is not None:  # a soft prompt: the same loop trains its embeddings only
         soft = prompt_tuning_config(config.base_model, virtual_tokens=config.virtual_tokens,

@@ -160,6 +160,14 @@ class Adapters:
                         served_name, exc)
         return result
 
+    def record_evaluation(self, served_name: str, *, actor: str) -> AdapterVersion:
+        """Record a registered adapter's new evaluation (its stored copy's report) in the registry, audited."""
+        with audited(self._db, self._audit) as (conn, audit):
+            adapter = self._registry.record_evaluation(served_name, conn=conn)
+            audit.append_in(conn, "admin", "adapter.evaluate", principal=actor, team=adapter.team,
+                            payload={"adapter": served_name, "metrics": dict(adapter.metrics)})
+        return adapter
+
     def retire(self, served_name: str, *, actor: str) -> AdapterVersion:
         """Withdraw an adapter; its team falls back to the base model. :meth:`sync` unloads it."""
         with audited(self._db, self._audit) as (conn, audit):
