@@ -119,6 +119,32 @@ def test_checkpoints_of_another_run_are_not_continued(tiny_base: Path, data: Pat
     assert train_adapter(config(tiny_base, data, out, rank=4, alpha=8), resume=False).completed
 
 
+def test_training_continues_an_existing_adapter(tiny_base: Path, data: Path, tmp_path: Path):
+    """--start-from: the adapter's own rank and targets (whatever the options say), its held-out loss before the
+    first step recorded, lower after; a start that is not an adapter for this base is refused before training."""
+    import torch
+    from safetensors.torch import load_file
+
+    first = train_adapter(config(tiny_base, data, tmp_path / "first", rank=4, alpha=8, epochs=1,
+                                 target_modules=("q_proj", "v_proj")))
+    more = train_adapter(config(tiny_base, data, tmp_path / "more", start_from=tmp_path / "first", learning_rate=5e-3))
+    assert more.completed and more.manifest is not None
+    assert more.manifest.rank == 4 and set(more.manifest.target_modules) == {"q_proj", "v_proj"}
+    metrics = more.manifest.metrics
+    assert metrics["heldout_loss"] < metrics["start_heldout_loss"] <= first.heldout_loss + 1e-3
+    a, b = load_file(str(tmp_path / "first" / "adapter_model.safetensors")), load_file(
+        str(tmp_path / "more" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # trained further, not copied
+    assert preflight(tmp_path / "more", base_model_dir=tiny_base, max_rank=4) == []
+    assert json.loads((tmp_path / "more" / TRAINING_FILE).read_text())["start_from"]  # the start's weights hash
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / ADAPTER_CONFIG).write_text('{"peft_type": "LORA"}')
+    with pytest.raises(TrainingError, match="cannot start from .*junk"):
+        train_adapter(config(tiny_base, data, tmp_path / "never", start_from=tmp_path / "junk"))
+    assert not (tmp_path / "never").exists()
+
+
 def test_bad_data_trains_nothing(tiny_base: Path, tmp_path: Path):
     rows = [chat(i) for i in range(12)] + [chat(3)]
     out = tmp_path / "out"
