@@ -93,3 +93,45 @@ def test_qlora_on_a_gpu_names_only_what_is_missing(tiny_base: Path, data: Path, 
     else:
         result = train_adapter(config(tiny_base, data, tmp_path / "q", qlora=True, epochs=1))
         assert result.completed and preflight(tmp_path / "q", base_model_dir=tiny_base, max_rank=8) == []
+
+
+@pytest.fixture
+def pairs(tmp_path: Path) -> Path:
+    """Preference pairs as `adapter data from-feedback` writes them (as in tests/integration/test_feedback_dpo.py,
+    whose module imports the CLI and its server stack, which a bare GPU machine may lack)."""
+    from citeline.lora.feedback_data import EvidenceChunk, RatedAnswer, build_feedback_data
+
+    topics = ["returns", "warranty", "batteries", "firmware", "docks", "grippers", "invoices", "refunds"]
+
+    chunks = {i: EvidenceChunk(i, i, f"{t} policy", None, f"{t.title()} are handled by desk {i}.")
+              for i, t in enumerate(topics)}
+    rated = [RatedAnswer(2 * i, "support", "base", -1, "no citation", f"- Desk {i} [1].\nNext step: go.",
+                         f"Who handles {t}?", f"I think it is probably some desk somewhere, {t} maybe.", (i,))
+             for i, t in enumerate(topics)]
+    return build_feedback_data("support", rated, chunks, frozenset(chunks), heldout=0.0).write(tmp_path / "fb")["pairs"]
+
+
+@pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
+def test_dpo_continues_an_adapter_on_the_gpu(tiny_base: Path, data: Path, pairs: Path, tmp_path: Path, qlora: bool):
+    """The feedback loop's training on a GPU: SFT, then SFT continued from it, then DPO from it (4-bit base with
+    --qlora when bitsandbytes is there; else the error names it and nothing is written)."""
+    from citeline.lora.preference import train_dpo
+
+    first = train_adapter(config(tiny_base, data, tmp_path / "first", epochs=1))
+    assert first.completed
+    if qlora and qlora_missing():
+        with pytest.raises(Exception, match="bitsandbytes"):
+            train_dpo(config(tiny_base, pairs, tmp_path / "dpo", qlora=True), start_from=tmp_path / "first")
+        assert not (tmp_path / "dpo").exists()
+        return
+    torch.cuda.reset_peak_memory_stats()
+    more = train_adapter(config(tiny_base, data, tmp_path / "more", epochs=1, qlora=qlora,
+                                start_from=tmp_path / "first"))
+    assert more.completed and more.heldout_loss < more.base_heldout_loss
+    assert more.manifest is not None and "start_heldout_loss" in more.manifest.metrics
+    dpo = train_dpo(config(tiny_base, pairs, tmp_path / "dpo", epochs=3, heldout=0.25, learning_rate=5e-3,
+                           qlora=qlora), start_from=tmp_path / "more")
+    assert torch.cuda.max_memory_allocated() > 0
+    assert dpo.completed and dpo.heldout_loss < dpo.base_heldout_loss  # prefers the chosen answers more
+    for out in ("more", "dpo"):
+        assert preflight(tmp_path / out, base_model_dir=tiny_base, max_rank=8) == []
