@@ -177,21 +177,24 @@ def evaluate_adapter(adapter: Path | str, rules: Path, *, base: Path | None = No
     folder, current = _eval_subjects(adapter, against, team_rules.team, config)
     name = folder.name or "adapter"
     examples = lora_eval.heldout_examples(folder, data=heldout_file)[:limit]
-    backend = _embedded_backend(Settings.load(config), base_dir)
-    backend.load_adapter(name, folder)
-    if current is not None:
-        backend.load_adapter(current.served_name, current.path)
     current_name = current.served_name if current is not None else None
     if not team_rules.team and (manifest := AdapterManifest.read(folder)) is not None and manifest.team:
         team_rules = replace(team_rules, team=manifest.team)
-    report = lora_eval.evaluate_adapter(folder, team_rules, backend, adapter_name=name, examples=examples,
-                                        max_tokens=max_tokens, current=current_name, progress=progress)
-    if grounding_user is not None:
-        questions = [lora_eval.question_of(p) for p in report.prompts]
-        with Citeline.open(config) as cl:
-            grounding = _grounding(cl, backend, grounding_user, questions, adapter_name=name, current=current_name,
-                                   max_tokens=max_tokens)
-        report = replace(report, grounding=grounding)
+    backend = _embedded_backend(Settings.load(config), base_dir)
+    try:  # the model's weights are freed however the evaluation ends
+        backend.load_adapter(name, folder)
+        if current is not None:
+            backend.load_adapter(current.served_name, current.path)
+        report = lora_eval.evaluate_adapter(folder, team_rules, backend, adapter_name=name, examples=examples,
+                                            max_tokens=max_tokens, current=current_name, progress=progress)
+        if grounding_user is not None:
+            questions = [lora_eval.question_of(p) for p in report.prompts]
+            with Citeline.open(config) as cl:
+                grounding = _grounding(cl, backend, grounding_user, questions, adapter_name=name,
+                                       current=current_name, max_tokens=max_tokens)
+            report = replace(report, grounding=grounding)
+    finally:
+        backend.close()
     report.write(folder)
     if isinstance(adapter, str) and not Path(adapter).is_dir():  # a served name: the registry's numbers too
         with Citeline.open(config) as cl:

@@ -4,7 +4,6 @@ one is, ``pytest -m gpu tests/gpu`` (CITELINE_TINY_BASE may name a prebuilt tiny
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,9 @@ import pytest
 from citeline.contracts.generator import ChatMessage, GenerationRequest
 from citeline.lora.manifest import preflight
 from citeline.lora.training import TrainingConfig, train_adapter
-from tests.support.tiny_models import build_tiny_llama
 from tests.unit.test_adapter_data import chat, write
 
 torch = pytest.importorskip("torch")
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-
-@pytest.fixture(scope="module")
-def tiny_base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    prebuilt = os.environ.get("CITELINE_TINY_BASE")
-    if prebuilt:
-        return Path(prebuilt)
-    return build_tiny_llama(request.getfixturevalue("smollm2_dir"), tmp_path_factory.mktemp("tiny") / "tiny")
 
 
 def test_a_soft_prompt_trains_and_serves_on_the_gpu(tiny_base: Path, tmp_path: Path):

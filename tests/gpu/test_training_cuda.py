@@ -9,7 +9,6 @@ for a machine without the SmolLM2 package). Everywhere else the module is skippe
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -17,20 +16,9 @@ import pytest
 
 from citeline.lora.manifest import ADAPTER_WEIGHTS, preflight
 from citeline.lora.training import TrainingConfig, qlora_missing, train_adapter
-from tests.support.tiny_models import build_tiny_llama
 from tests.unit.test_adapter_data import chat, write
 
 torch = pytest.importorskip("torch")
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-
-@pytest.fixture(scope="module")
-def tiny_base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    prebuilt = os.environ.get("CITELINE_TINY_BASE")
-    if prebuilt:
-        return Path(prebuilt)
-    smollm2_dir = request.getfixturevalue("smollm2_dir")
-    return build_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("tiny") / "tiny-smollm2")
 
 
 @pytest.fixture
